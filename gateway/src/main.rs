@@ -1,0 +1,4 @@
+//! `gateway`: the binary.
+#![forbid(unsafe_code)]
+
+fn main() {}

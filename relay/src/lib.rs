@@ -1,0 +1,2 @@
+//! The TURN relay.
+#![forbid(unsafe_code)]
