@@ -1,0 +1,451 @@
+#!/usr/bin/env bash
+# deploy-check.sh — offline validation of the static deployment files under deploy/.
+#
+#   bash tests/deploy-check.sh          (from anywhere; works on the repository it lives in)
+#
+# Checks, each reported as PASS/FAIL, exit status non-zero if any fails:
+#   systemd  deploy/gateway.service: `systemd-analyze verify` (any diagnostic is a failure:
+#            systemd only warns about unknown keys and bad values), required hardening
+#            directives present, `systemd-analyze security --offline` exposure <= 2.0;
+#            deploy/gateway.env.example documents every setting.
+#   k8s      deploy/k8s/*.yaml against the Kubernetes OpenAPI JSON schemas shipped in the PyPI
+#            package kubernetes-validate (--strict: unknown fields fail), plus project rules
+#            (probes, securityContext, secretKeyRef, UDP ports = 50000-50050).
+#   compose  deploy/compose.yaml against the compose-spec JSON schema shipped in the PyPI
+#            package check-jsonschema (builtin vendor.compose-spec), plus project rules.
+#   docker   deploy/Dockerfile parsed: known instructions only, multi-stage, cargo build
+#            --locked, non-root USER, HEALTHCHECK on /health, EXPOSE, setcap; .dockerignore.
+#   coturn   deploy/coturn/turnserver.conf: every option known to `turnserver -h` (Debian
+#            package coturn), shared-secret auth, private ranges denied.
+#
+# Needs: systemd-analyze (Debian `systemd`), turnserver (Debian `coturn`), Python 3 with venv.
+# Missing Debian packages are installed with apt-get when running as root. The Python tools go
+# into a virtualenv at tests/.venv (gitignored), created on first use from PyPI, pinned below.
+# No network use beyond those package installs; nothing is started.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+DEPLOY="$ROOT/deploy"
+VENV="$ROOT/tests/.venv"
+K8S_VERSION="${K8S_VERSION:-1.30.0}"
+PY_PACKAGES=(kubernetes-validate==1.37.0 check-jsonschema==0.39.0)
+
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+
+passed=0
+failed=0
+pass() { passed=$((passed + 1)); printf 'PASS  %s\n' "$*"; }
+fail() { failed=$((failed + 1)); printf 'FAIL  %s\n' "$*"; }
+# run NAME CMD...: run a check, show its output only on failure.
+run() {
+    local name="$1"; shift
+    if "$@" >"$WORK/out" 2>&1; then
+        pass "$name"
+    else
+        fail "$name"
+        sed 's/^/      /' "$WORK/out"
+    fi
+}
+
+apt_install() { # apt_install PACKAGE...: install missing Debian packages (root only)
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "deploy-check: need Debian package(s) $*; install them (not root, not installing)" >&2
+        return 1
+    fi
+    echo "deploy-check: installing Debian package(s): $*"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >"$WORK/apt.log" 2>&1; then
+        apt-get update -qq >"$WORK/apt.log" 2>&1 || true
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" \
+            >"$WORK/apt.log" 2>&1 || { cat "$WORK/apt.log" >&2; return 1; }
+    fi
+}
+
+# --- tools --------------------------------------------------------------------------------------
+command -v systemd-analyze >/dev/null || apt_install systemd
+command -v turnserver >/dev/null || apt_install coturn
+
+if ! "$VENV/bin/python" -c 'import kubernetes_validate, check_jsonschema, yaml' 2>/dev/null; then
+    echo "deploy-check: creating $VENV (${PY_PACKAGES[*]})"
+    rm -rf "$VENV"
+    python3 -m venv "$VENV" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$VENV"; }
+    "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
+fi
+PY="$VENV/bin/python"
+
+echo "== systemd: deploy/gateway.service"
+# systemd-analyze verify also checks that ExecStart's binary exists, which it does not on a
+# build machine. Verify a byte-for-byte copy whose only change is that one ExecStart line
+# pointing at /bin/true, so every other directive of the real file is checked. The copy keeps
+# the name gateway.service (verify derives the unit type and name from it).
+unit_copy="$WORK/systemd/gateway.service"
+mkdir -p "$WORK/systemd"
+sed 's|^ExecStart=/usr/local/bin/gateway$|ExecStart=/bin/true|' "$DEPLOY/gateway.service" >"$unit_copy"
+if [ "$(diff "$DEPLOY/gateway.service" "$unit_copy" | grep -c '^>')" -ne 1 ]; then
+    fail "systemd: exactly one 'ExecStart=/usr/local/bin/gateway' line"
+else
+    pass "systemd: exactly one 'ExecStart=/usr/local/bin/gateway' line"
+fi
+verify_unit() {
+    # verify exits 0 on unknown keys and unparsable values (it only logs "..., ignoring"), so
+    # treat any output at all as a failure.
+    local out rc=0
+    out="$(systemd-analyze verify --man=no "$unit_copy" 2>&1)" || rc=$?
+    printf '%s\n' "$out"
+    [ "$rc" -eq 0 ] && [ -z "$out" ]
+}
+run "systemd: systemd-analyze verify (no diagnostics)" verify_unit
+run "systemd: required directives" "$PY" - "$DEPLOY/gateway.service" <<'EOF'
+import sys, re
+want = {
+    "Service": {
+        "AmbientCapabilities": "CAP_NET_BIND_SERVICE",
+        "CapabilityBoundingSet": "CAP_NET_BIND_SERVICE",
+        "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
+        "PrivateTmp": "yes", "PrivateDevices": "yes", "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes", "ProtectKernelLogs": "yes", "ProtectControlGroups": "yes",
+        "RestrictNamespaces": "yes", "LockPersonality": "yes", "MemoryDenyWriteExecute": "yes",
+        "SystemCallArchitectures": "native", "SystemCallFilter": "@system-service",
+        "EnvironmentFile": "-/etc/gateway/gateway.env", "ExecStart": "/usr/local/bin/gateway",
+        "ExecReload": "/bin/kill -HUP $MAINPID", "Restart": "on-failure", "KillSignal": "SIGTERM",
+        "TimeoutStopSec": None, "RestrictAddressFamilies": None,
+    },
+    "Install": {"WantedBy": "multi-user.target"},
+}
+sections, cur = {}, None
+for line in open(sys.argv[1]):
+    line = line.strip()
+    if not line or line[0] in "#;":
+        continue
+    m = re.fullmatch(r"\[(\w+)\]", line)
+    if m:
+        cur = sections.setdefault(m.group(1), {})
+        continue
+    k, _, v = line.partition("=")
+    cur.setdefault(k.strip(), []).append(v.strip())
+bad = []
+for sec, keys in want.items():
+    for k, v in keys.items():
+        vals = sections.get(sec, {}).get(k)
+        if not vals:
+            bad.append(f"[{sec}] {k}= missing")
+        elif v is not None and v not in vals:
+            bad.append(f"[{sec}] {k}= is {vals}, want {v!r}")
+svc = sections.get("Service", {})
+if not (svc.get("DynamicUser") == ["yes"] or svc.get("User")):
+    bad.append("[Service] neither DynamicUser=yes nor User=")
+fams = " ".join(svc.get("RestrictAddressFamilies", [])).split()
+for fam in ("AF_INET", "AF_INET6", "AF_UNIX"):
+    if fam not in fams:
+        bad.append(f"RestrictAddressFamilies lacks {fam}")
+if set(fams) - {"AF_INET", "AF_INET6", "AF_UNIX", "AF_NETLINK"}:
+    bad.append(f"RestrictAddressFamilies allows more than needed: {fams}")
+print("\n".join(bad))
+sys.exit(1 if bad else 0)
+EOF
+security_unit() {
+    # Exposure is 0.0 (locked down) .. 10.0; --threshold takes tenths. Show only the weak spots.
+    local out rc=0
+    out="$(systemd-analyze security --offline=true --threshold=20 --no-pager "$unit_copy" 2>&1)" || rc=$?
+    printf '%s\n' "$out" | grep -v '✓' || true
+    return "$rc"
+}
+run "systemd: systemd-analyze security --offline exposure <= 2.0" security_unit
+
+run "systemd: gateway.env.example documents every setting" "$PY" - "$DEPLOY/gateway.env.example" <<'EOF'
+import sys, re
+settings = """GATEWAY_HTTP_ADDR TURN_LISTEN TURN_UDP_LISTEN TURN_SECRET TURN_REALM TURN_HOST
+TURN_CREDENTIAL_TTL TURN_ALLOWED_PEERS TURN_DENIED_PEERS TLS_CERT TLS_KEY MEDIA_SOURCE
+WEBRTC_ADVERTISE_IP WEBRTC_PORT_RANGE ICE_SERVERS STUN_SERVER COTURN_HOST COTURN_PORT
+COTURN_USERNAME COTURN_PASSWORD COTURN_SECRET MAX_VIEWERS""".split()
+text = open(sys.argv[1]).read()
+keys = set(re.findall(r"^#?([A-Z][A-Z0-9_]*)=", text, re.M))
+bad = [f"{k} not documented" for k in settings if k not in keys]
+bad += [f"{k}: not a known setting" for k in sorted(keys - set(settings) - {"LOG_FORMAT", "RUST_LOG"})]
+active = re.findall(r"^(TURN_SECRET|COTURN_SECRET)=(.*)$", text, re.M)
+bad += [f"{k} is set to a placeholder in the example" for k, v in active if v.strip()]
+print("\n".join(bad))
+sys.exit(1 if bad else 0)
+EOF
+
+echo "== k8s: deploy/k8s (Kubernetes $K8S_VERSION schemas, strict)"
+for f in "$DEPLOY"/k8s/*.yaml; do
+    case "$(basename "$f")" in kustomization.yaml) continue ;; esac
+    run "k8s: schema $(basename "$f")" \
+        "$VENV/bin/kubernetes-validate" --strict --no-warn --quiet -k "$K8S_VERSION" "$f"
+done
+run "k8s: project rules" "$PY" - "$DEPLOY/k8s" <<'EOF'
+import sys, os, glob, yaml
+d = sys.argv[1]
+bad = []
+docs = {}
+for f in sorted(glob.glob(os.path.join(d, "*.yaml"))):
+    text = open(f).read()
+    if not text.lstrip().startswith("#"):
+        bad.append(f"{os.path.basename(f)}: no explanatory comment at the top")
+    for doc in yaml.safe_load_all(text):
+        if doc:
+            docs[(doc["kind"], doc["metadata"]["name"] if "metadata" in doc else os.path.basename(f))] = (f, doc)
+            if "namespace" in doc.get("metadata", {}):
+                bad.append(f"{os.path.basename(f)}: sets a namespace (manifests are namespace-agnostic)")
+
+kust = yaml.safe_load(open(os.path.join(d, "kustomization.yaml")))
+for r in kust["resources"]:
+    if not os.path.exists(os.path.join(d, r)):
+        bad.append(f"kustomization.yaml: missing resource {r}")
+
+def check_pod(name, spec, host_network):
+    if spec.get("hostNetwork", False) != host_network:
+        bad.append(f"{name}: hostNetwork should be {host_network}")
+    psc = spec.get("securityContext", {})
+    c = spec["containers"][0]
+    sc = c.get("securityContext", {})
+    if not (psc.get("runAsNonRoot") or sc.get("runAsNonRoot")):
+        bad.append(f"{name}: runAsNonRoot not set")
+    if sc.get("readOnlyRootFilesystem") is not True:
+        bad.append(f"{name}: readOnlyRootFilesystem not true")
+    if sc.get("allowPrivilegeEscalation") is not False:
+        bad.append(f"{name}: allowPrivilegeEscalation not false")
+    caps = sc.get("capabilities", {})
+    if caps.get("drop") != ["ALL"] or caps.get("add") != ["NET_BIND_SERVICE"]:
+        bad.append(f"{name}: capabilities must drop ALL and add only NET_BIND_SERVICE")
+    ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+    for probe in ("livenessProbe", "readinessProbe"):
+        g = c.get(probe, {}).get("httpGet", {})
+        port = ports.get(g.get("port"), g.get("port"))
+        if g.get("path") != "/health" or port != 9100:
+            bad.append(f"{name}: {probe} must be httpGet /health on 9100")
+    env = {e["name"]: e for e in c.get("env", [])}
+    ref = env.get("TURN_SECRET", {}).get("valueFrom", {}).get("secretKeyRef", {})
+    if ref.get("name") != "gateway-turn" or ref.get("key") != "turn-secret":
+        bad.append(f"{name}: TURN_SECRET must come from secretKeyRef gateway-turn/turn-secret")
+    if env.get("WEBRTC_PORT_RANGE", {}).get("value", "50000-50050") != "50000-50050":
+        bad.append(f"{name}: WEBRTC_PORT_RANGE differs from the media Service")
+
+f, dep = docs[("Deployment", "gateway")]
+check_pod("deployment.yaml", dep["spec"]["template"]["spec"], False)
+f, ds = docs[("DaemonSet", "gateway-edge")]
+check_pod("daemonset-hostnetwork.yaml", ds["spec"]["template"]["spec"], True)
+f, sec = docs[("Secret", "gateway-turn")]
+if "turn-secret" not in sec.get("stringData", {}) and "turn-secret" not in sec.get("data", {}):
+    bad.append("secret.yaml: no turn-secret key")
+
+f, svc = docs[("Service", "gateway")]
+got = {(p["port"], p["protocol"]) for p in svc["spec"]["ports"]}
+if got != {(443, "TCP"), (9100, "TCP")}:
+    bad.append(f"service.yaml: ports {sorted(got)}, want 443/TCP and 9100/TCP")
+f, media = docs[("Service", "gateway-media")]
+ports = media["spec"]["ports"]
+if [p["port"] for p in ports] != list(range(50000, 50051)):
+    bad.append("service-media-udp.yaml: ports are not exactly 50000..50050")
+for p in ports:
+    if p.get("protocol") != "UDP" or p.get("targetPort") != p["port"]:
+        bad.append(f"service-media-udp.yaml: port {p['port']} must be UDP with targetPort == port")
+sel = dep["spec"]["template"]["metadata"]["labels"]
+for s in (svc, media):
+    if any(sel.get(k) != v for k, v in s["spec"]["selector"].items()):
+        bad.append(f"Service {s['metadata']['name']}: selector does not match the Deployment")
+print("\n".join(bad))
+sys.exit(1 if bad else 0)
+EOF
+
+echo "== compose: deploy/compose.yaml (compose-spec schema)"
+run "compose: schema compose.yaml" \
+    "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec "$DEPLOY/compose.yaml"
+run "compose: project rules" "$PY" - "$DEPLOY/compose.yaml" "$DEPLOY" <<'EOF'
+import sys, os, yaml
+c = yaml.safe_load(open(sys.argv[1]))
+bad = []
+g = c["services"]["gateway"]
+build = g.get("build", {})
+if build.get("context") != ".." or build.get("dockerfile") != "deploy/Dockerfile":
+    bad.append("gateway: build must be context .. with dockerfile deploy/Dockerfile")
+for p in ("443:443/tcp", "9100:9100/tcp", "50000-50050:50000-50050/udp"):
+    if p not in g.get("ports", []):
+        bad.append(f"gateway: port {p} not published")
+if g.get("cap_drop") != ["ALL"] or g.get("cap_add") != ["NET_BIND_SERVICE"]:
+    bad.append("gateway: must cap_drop ALL and cap_add only NET_BIND_SERVICE")
+if g.get("read_only") is not True:
+    bad.append("gateway: read_only must be true")
+rng = g.get("sysctls", {}).get("net.ipv4.ip_local_port_range", "")
+try:
+    lo, hi = map(int, str(rng).split())
+    if not (lo <= hi < 50000 or lo > 50050):
+        bad.append(f"gateway: ip_local_port_range {rng!r} overlaps the media range")
+except ValueError:
+    bad.append("gateway: sysctl net.ipv4.ip_local_port_range missing or malformed")
+if "TURN_SECRET" not in g.get("environment", {}):
+    bad.append("gateway: TURN_SECRET not in environment")
+text = open(sys.argv[1]).read()
+for scenario in ("local", "STUN", "fixed public IP or DNS", "restrictive firewall", "external coturn"):
+    if scenario.lower() not in text.lower():
+        bad.append(f"compose.yaml: no comment block for scenario {scenario!r}")
+t = c["services"].get("coturn")
+if not t:
+    bad.append("no coturn service")
+else:
+    if t.get("profiles") != ["coturn"]:
+        bad.append("coturn: must be under profile 'coturn'")
+    vols = [v.split(":")[0] for v in t.get("volumes", [])]
+    if "./coturn/turnserver.conf" not in vols:
+        bad.append("coturn: does not mount ./coturn/turnserver.conf")
+    elif not os.path.exists(os.path.join(sys.argv[2], "coturn/turnserver.conf")):
+        bad.append("coturn: deploy/coturn/turnserver.conf missing")
+print("\n".join(bad))
+sys.exit(1 if bad else 0)
+EOF
+
+echo "== docker: deploy/Dockerfile, .dockerignore"
+run "docker: Dockerfile rules" "$PY" - "$DEPLOY/Dockerfile" <<'EOF'
+import sys, re, shlex
+KNOWN = {"FROM", "RUN", "CMD", "LABEL", "MAINTAINER", "EXPOSE", "ENV", "ADD", "COPY",
+         "ENTRYPOINT", "VOLUME", "USER", "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL",
+         "HEALTHCHECK", "SHELL"}
+lines, buf = [], ""
+for raw in open(sys.argv[1]):
+    s = raw.rstrip("\n")
+    if not buf and (not s.strip() or s.lstrip().startswith("#")):
+        continue
+    if buf and s.lstrip().startswith("#"):
+        continue  # comment lines inside a continued instruction are dropped by Docker too
+    if s.endswith("\\"):
+        buf += s[:-1] + " "
+        continue
+    lines.append(buf + s)
+    buf = ""
+if buf:
+    lines.append(buf)
+bad = []
+args = {}
+stages = []  # list of (base, [(instr, rest)])
+for l in lines:
+    instr, _, rest = l.strip().partition(" ")
+    instr = instr.upper()
+    rest = rest.strip()
+    if instr not in KNOWN:
+        bad.append(f"unknown instruction {instr!r}")
+        continue
+    if instr == "ARG" and not stages:
+        k, _, v = rest.partition("=")
+        args[k] = v
+    if instr == "FROM":
+        base = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), rest.split()[0])
+        stages.append((base, []))
+    elif stages:
+        stages[-1][1].append((instr, rest))
+    elif instr != "ARG":
+        bad.append(f"{instr} before the first FROM")
+if len(stages) < 2:
+    bad.append("not multi-stage (need a builder and a runtime stage)")
+else:
+    builder, final = stages[0], stages[-1]
+    if not re.match(r"rust:.*bookworm", builder[0]):
+        bad.append(f"builder base {builder[0]!r} is not a rust bookworm image")
+    if final[0] != "debian:bookworm-slim":
+        bad.append(f"runtime base {final[0]!r} is not debian:bookworm-slim")
+    if not any(i == "RUN" and re.search(r"cargo build --release -p gateway --locked", r) for i, r in builder[1]):
+        bad.append("builder does not run 'cargo build --release -p gateway --locked'")
+    body = final[1]
+    users = [r for i, r in body if i == "USER"]
+    if not users:
+        bad.append("runtime stage has no USER")
+    elif users[-1].split(":")[0] in ("root", "0", ""):
+        bad.append(f"runtime USER {users[-1]!r} is root")
+    hc = [r for i, r in body if i == "HEALTHCHECK"]
+    if not hc or hc[-1].upper().startswith("NONE") or "/health" not in hc[-1]:
+        bad.append("runtime stage has no HEALTHCHECK on /health")
+    exposed = set()
+    for i, r in body:
+        if i == "EXPOSE":
+            exposed |= set(r.split())
+    for p in ("443/tcp", "9100/tcp", "50000-50050/udp"):
+        if p not in exposed:
+            bad.append(f"EXPOSE lacks {p}")
+    runs = " ".join(r for i, r in body if i == "RUN")
+    if "setcap cap_net_bind_service=+ep /usr/local/bin/gateway" not in runs:
+        bad.append("runtime stage does not setcap cap_net_bind_service=+ep on the binary")
+    if "ca-certificates" not in runs:
+        bad.append("runtime stage does not install ca-certificates")
+    hc_tool = hc[-1].split("CMD", 1)[-1].split()[0] if hc else ""
+    if hc_tool == "curl" and not re.search(r"apt-get install[^;&]*\bcurl\b", runs):
+        bad.append("HEALTHCHECK uses curl but the runtime stage does not install it")
+    ep = [r for i, r in body if i in ("ENTRYPOINT", "CMD")]
+    if not ep or "/usr/local/bin/gateway" not in ep[0]:
+        bad.append("runtime stage does not run /usr/local/bin/gateway")
+    if not any(i == "COPY" and "--from=builder" in r for i, r in body):
+        bad.append("runtime stage does not COPY --from=builder")
+print("\n".join(bad))
+sys.exit(1 if bad else 0)
+EOF
+run "docker: .dockerignore excludes build output, keeps the workspace" "$PY" - "$ROOT/.dockerignore" <<'EOF'
+import sys
+pats = [l.strip() for l in open(sys.argv[1]) if l.strip() and not l.startswith("#")]
+bad = []
+for want in ("target", "node_modules", "fuzz/target"):
+    if not any(p.rstrip("/").endswith(want) for p in pats):
+        bad.append(f"{want} not excluded")
+for keep in ("Cargo.lock", "Cargo.toml", "tests", "auth", "relay", "gateway", "*.toml", "*.rs"):
+    if keep in pats or "/" + keep in pats or "*" in pats:
+        bad.append(f"{keep} must stay in the build context")
+print("\n".join(bad))
+sys.exit(1 if bad else 0)
+EOF
+
+echo "== coturn: deploy/coturn/turnserver.conf"
+run "coturn: options known to turnserver $(turnserver --version 2>/dev/null | head -n1)" \
+    "$PY" - "$DEPLOY/coturn/turnserver.conf" <<'EOF'
+import sys, re, subprocess
+helptext = subprocess.run(["turnserver", "-h"], capture_output=True, text=True)
+known = set(re.findall(r"--([a-z0-9][a-z0-9_-]*)", helptext.stdout + helptext.stderr))
+if len(known) < 50:
+    print(f"could not read turnserver's option list ({len(known)} options)")
+    sys.exit(1)
+bad = []
+for n, line in enumerate(open(sys.argv[1]), 1):
+    line = line.strip()
+    if not line or line.startswith("#"):
+        continue
+    key = line.split("=", 1)[0].strip()
+    if key not in known:
+        bad.append(f"line {n}: unknown option {key!r}")
+print("\n".join(bad))
+sys.exit(1 if bad else 0)
+EOF
+run "coturn: shared secret, peer policy, hardening" "$PY" - "$DEPLOY/coturn/turnserver.conf" <<'EOF'
+import sys, ipaddress
+opts = {}
+for line in open(sys.argv[1]):
+    line = line.strip()
+    if line and not line.startswith("#"):
+        k, _, v = line.partition("=")
+        opts.setdefault(k.strip(), []).append(v.strip())
+bad = []
+for flag in ("use-auth-secret", "no-multicast-peers", "no-cli", "fingerprint", "stale-nonce",
+             "realm", "static-auth-secret", "cert", "pkey", "allowed-peer-ip", "listening-port",
+             "tls-listening-port"):
+    if flag not in opts:
+        bad.append(f"{flag} missing")
+for flag in ("allow-loopback-peers", "lt-cred-mech", "user", "no-auth"):
+    if flag in opts:
+        bad.append(f"{flag} must not be set (REST secret only, loopback denied)")
+ranges = []
+for r in opts.get("denied-peer-ip", []):
+    a, _, b = r.partition("-")
+    ranges.append((ipaddress.ip_address(a), ipaddress.ip_address(b or a)))
+def denied(net):
+    net = ipaddress.ip_network(net)
+    return any(type(a) is type(net.network_address) and a <= net.network_address
+               and net.broadcast_address <= b for a, b in ranges)
+for net in ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+            "172.16.0.0/12", "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4", "::1/128",
+            "::/128", "::ffff:0:0/96", "fc00::/7", "fe80::/10", "ff00::/8"):
+    if not denied(net):
+        bad.append(f"denied-peer-ip does not cover {net}")
+print("\n".join(bad))
+sys.exit(1 if bad else 0)
+EOF
+
+echo
+echo "deploy-check: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
