@@ -16,3 +16,5 @@
 #![forbid(unsafe_code)]
 
 pub mod core;
+pub mod framer;
+pub mod io;

@@ -1,0 +1,52 @@
+//! The running gateway's shared state: settings, the secret ring, the relay.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use auth::{Credential, MintError, SecretRing};
+
+use crate::config::Settings;
+
+/// Everything request handlers need.
+pub struct App {
+    settings: Settings,
+    secrets: ArcSwap<SecretRing>,
+    relay: Arc<relay::core::Shared>,
+}
+
+impl App {
+    /// Wires the application state.
+    pub fn new(settings: Settings, secrets: SecretRing, relay: Arc<relay::core::Shared>) -> Self {
+        Self {
+            settings,
+            secrets: ArcSwap::from_pointee(secrets),
+            relay,
+        }
+    }
+
+    /// The relay's shared state.
+    pub fn relay_shared(&self) -> &Arc<relay::core::Shared> {
+        &self.relay
+    }
+
+    /// Mints a credential for `user` with the configured TTL.
+    pub fn mint(&self, user: &str) -> Result<Credential, MintError> {
+        self.secrets
+            .load()
+            .mint(user, unix_now(), self.settings.turn_credential_ttl)
+    }
+
+    /// URLs of the embedded relay.
+    pub fn turn_uris(&self) -> Vec<String> {
+        self.settings.turn_uris()
+    }
+}
+
+/// Seconds since the unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,258 @@
+//! Settings: command-line flags, each also readable from the environment variable of the
+//! same name (the names the original deployments use), with safe defaults.
+//!
+//! Every value is parsed and checked here, before anything binds a port, and a bad value
+//! stops start-up with a message naming the setting.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use relay::core::PeerPolicy;
+use relay::io::PortRange;
+
+/// TURN-aware WebRTC edge gateway: live video to browsers, its signaling API, and an
+/// embedded TURN relay (TCP and TLS on port 443) with expiring REST credentials.
+///
+/// Every flag can also be set through the environment variable named in brackets.
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version, about, long_about = None, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// Sub-commands; without one, the gateway runs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Print a TURN REST API credential document (`username`, `password`, `ttl`, `uris`)
+    /// minted with TURN_SECRET, as coturn deployments expect.
+    Credentials {
+        /// User or session id placed after the colon of the username.
+        #[arg(long, default_value = "user")]
+        user: String,
+        /// Seconds until the credential expires (default: TURN_CREDENTIAL_TTL).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+}
+
+/// Settings shared by every sub-command.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Address of the plain-HTTP signaling API and web page.
+    #[arg(long, env = "GATEWAY_HTTP_ADDR", default_value = "0.0.0.0:9100")]
+    pub gateway_http_addr: SocketAddr,
+
+    /// TCP address serving TURN over TLS, TURN over TCP and HTTPS, told apart by their
+    /// first bytes.
+    #[arg(long, env = "TURN_LISTEN", default_value = "0.0.0.0:443")]
+    pub turn_listen: SocketAddr,
+
+    /// UDP address for TURN over UDP; off unless set.
+    #[arg(long, env = "TURN_UDP_LISTEN")]
+    pub turn_udp_listen: Option<SocketAddr>,
+
+    /// Shared secrets for TURN REST credentials, comma-separated: the first mints, all
+    /// verify (rotate with `new,old`). Random per start when unset (logged as a
+    /// fingerprint, never in clear).
+    #[arg(long, env = "TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+
+    /// TURN realm.
+    #[arg(long, env = "TURN_REALM", default_value = "gateway")]
+    pub turn_realm: String,
+
+    /// Host name or IP written into turn:/turns: URLs handed to browsers. Must match the
+    /// TLS certificate for TURNS. Default: WEBRTC_ADVERTISE_IP, else `localhost`.
+    #[arg(long, env = "TURN_HOST")]
+    pub turn_host: Option<String>,
+
+    /// Lifetime of minted TURN credentials, in seconds.
+    #[arg(long, env = "TURN_CREDENTIAL_TTL", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..=auth::MAX_TTL_SECS))]
+    pub turn_credential_ttl: u64,
+
+    /// Peers the relay may send to besides the gateway's own media addresses,
+    /// comma-separated CIDRs with optional port range (`203.0.113.0/24:5000-6000`,
+    /// `[2001:db8::/32]:3478`). Private, loopback, link-local, multicast and unspecified
+    /// addresses stay denied unless an entry names them explicitly.
+    #[arg(long, env = "TURN_ALLOWED_PEERS", default_value = "")]
+    pub turn_allowed_peers: String,
+
+    /// Peers the relay never sends to (same syntax); wins over the allow list.
+    #[arg(long, env = "TURN_DENIED_PEERS", default_value = "")]
+    pub turn_denied_peers: String,
+
+    /// Local IPv4 address relay sockets bind to (for peers the policy allows).
+    #[arg(long, env = "TURN_RELAY_IP", default_value = "0.0.0.0")]
+    pub turn_relay_ip: IpAddr,
+
+    /// UDP port range for relay sockets (`49152-65535`); the OS chooses when unset.
+    #[arg(long, env = "TURN_RELAY_PORTS")]
+    pub turn_relay_ports: Option<PortRange>,
+
+    /// Allocations one credential user may hold at once.
+    #[arg(long, env = "TURN_USER_QUOTA", default_value_t = 10)]
+    pub turn_user_quota: u32,
+
+    /// Allocations the relay holds at once.
+    #[arg(long, env = "TURN_TOTAL_QUOTA", default_value_t = 20_000)]
+    pub turn_total_quota: u32,
+
+    /// Concurrent connections allowed from one source IP on the TURN port.
+    #[arg(long, env = "TURN_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub turn_max_connections_per_ip: u32,
+
+    /// Seconds a new connection has to finish its TLS handshake and send its first bytes.
+    #[arg(long, env = "TURN_HANDSHAKE_TIMEOUT", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub turn_handshake_timeout: u64,
+
+    /// PEM certificate chain for TLS on TURN_LISTEN. A self-signed certificate for
+    /// TURN_HOST is made when unset (with a warning).
+    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for TLS_CERT.
+    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Log format: `text` (human-readable) or `json`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// A setting that failed validation.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {setting}: {reason}")]
+pub struct SettingError {
+    /// Environment variable / flag name.
+    pub setting: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl Settings {
+    /// The secret ring from TURN_SECRET, or `None` when unset.
+    pub fn secrets(&self) -> Result<Option<auth::SecretRing>, SettingError> {
+        self.turn_secret
+            .as_deref()
+            .map(|s| {
+                auth::SecretRing::parse(s).map_err(|e| SettingError {
+                    setting: "TURN_SECRET",
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    /// The peer policy from TURN_ALLOWED_PEERS / TURN_DENIED_PEERS.
+    pub fn policy(&self) -> Result<PeerPolicy, SettingError> {
+        PeerPolicy::parse(&self.turn_allowed_peers, "").map_err(|e| SettingError {
+            setting: "TURN_ALLOWED_PEERS",
+            reason: e.to_string(),
+        })?;
+        PeerPolicy::parse("", &self.turn_denied_peers).map_err(|e| SettingError {
+            setting: "TURN_DENIED_PEERS",
+            reason: e.to_string(),
+        })?;
+        PeerPolicy::parse(&self.turn_allowed_peers, &self.turn_denied_peers).map_err(|e| {
+            SettingError {
+                setting: "TURN_ALLOWED_PEERS",
+                reason: e.to_string(),
+            }
+        })
+    }
+
+    /// The host written into TURN URLs.
+    pub fn turn_host(&self) -> String {
+        self.turn_host
+            .clone()
+            .unwrap_or_else(|| "localhost".to_owned())
+    }
+
+    /// `turns:` and `turn:` URLs of the embedded relay, in the order browsers should try.
+    pub fn turn_uris(&self) -> Vec<String> {
+        let host = self.turn_host();
+        let host = if host.parse::<std::net::Ipv6Addr>().is_ok() {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        let port = self.turn_listen.port();
+        let mut uris = vec![
+            format!("turns:{host}:{port}?transport=tcp"),
+            format!("turn:{host}:{port}?transport=tcp"),
+        ];
+        if let Some(udp) = self.turn_udp_listen {
+            uris.push(format!("turn:{host}:{}?transport=udp", udp.port()));
+        }
+        uris
+    }
+
+    /// The TLS handshake timeout.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.turn_handshake_timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let mut v = vec!["gateway"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v)
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.settings.turn_listen.port(), 443);
+        assert_eq!(c.settings.gateway_http_addr.port(), 9100);
+        assert!(c.settings.turn_udp_listen.is_none());
+        assert_eq!(
+            c.settings.turn_uris(),
+            vec![
+                "turns:localhost:443?transport=tcp",
+                "turn:localhost:443?transport=tcp"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let e = parse(&["--turn-listen", "nope"]).unwrap_err().to_string();
+        assert!(e.contains("--turn-listen"), "{e}");
+        let e = parse(&["--turn-credential-ttl", "0"]).unwrap_err().to_string();
+        assert!(e.contains("--turn-credential-ttl"), "{e}");
+        let c = parse(&["--turn-secret", "a,,b"]).unwrap();
+        assert!(c.settings.secrets().unwrap_err().to_string().contains("TURN_SECRET"));
+    }
+
+    #[test]
+    fn ipv6_host_is_bracketed() {
+        let c = parse(&["--turn-host", "2001:db8::1", "--turn-udp-listen", "[::]:3478"]).unwrap();
+        assert_eq!(
+            c.settings.turn_uris(),
+            vec![
+                "turns:[2001:db8::1]:443?transport=tcp",
+                "turn:[2001:db8::1]:443?transport=tcp",
+                "turn:[2001:db8::1]:3478?transport=udp"
+            ]
+        );
+    }
+}

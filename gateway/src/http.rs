@@ -1,0 +1,110 @@
+//! The HTTP API: served on GATEWAY_HTTP_ADDR and, through the TURN port's
+//! demultiplexer, as HTTPS on TURN_LISTEN.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::App;
+
+/// Builds the router.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/api/v1/turn/credentials", get(turn_credentials))
+        .fallback(not_found)
+        .with_state(app)
+}
+
+/// A JSON error body `{"error": "...", "detail": "..."}` with a status.
+pub fn error(status: StatusCode, code: &str, detail: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({ "error": code, "detail": detail.into() })),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn health(State(app): State<Arc<App>>) -> Response {
+    Json(json!({
+        "status": "ok",
+        "allocations": app.relay_shared().allocations(),
+    }))
+    .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct CredentialsQuery {
+    service: Option<String>,
+    username: Option<String>,
+}
+
+/// TURN REST API (draft-uberti-behave-turn-rest): `GET ?service=turn&username=U` →
+/// `{username, password, ttl, uris}`.
+async fn turn_credentials(
+    State(app): State<Arc<App>>,
+    Query(q): Query<CredentialsQuery>,
+) -> Response {
+    if let Some(s) = q.service.as_deref() {
+        if s != "turn" {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_service",
+                format!("service must be \"turn\", got {s:?}"),
+            );
+        }
+    }
+    let user = q.username.unwrap_or_else(|| "user".to_owned());
+    match app.mint(&user) {
+        Ok(c) => Json(json!({
+            "username": c.username,
+            "password": c.password,
+            "ttl": c.ttl,
+            "uris": app.turn_uris(),
+        }))
+        .into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, "bad_username", e.to_string()),
+    }
+}
+
+/// Serves one HTTP/1.1 connection (plain or TLS) with `router`.
+pub fn serve_connection<S>(stream: S, remote: SocketAddr, router: Router)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let service = TowerToHyperService::new(router);
+        let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .http1_only()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+        if let Err(e) = conn {
+            tracing::debug!(%remote, error = %e, "HTTP connection ended with an error");
+        }
+    });
+}
+
+/// The relay hands HTTP and HTTPS streams from the TURN port to this.
+pub struct HttpHandoff {
+    /// Router to serve.
+    pub router: Router,
+}
+
+impl relay::io::Handoff for HttpHandoff {
+    fn serve(&self, stream: Box<dyn relay::io::IoStream>, remote: SocketAddr, _tls: bool) {
+        serve_connection(stream, remote, self.router.clone());
+    }
+}

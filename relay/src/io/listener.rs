@@ -1,0 +1,261 @@
+//! The accept loop of the shared TCP port and the first-bytes demultiplexer.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use super::{stream, Context, IoStats, Prefixed};
+use crate::core::Transport;
+
+/// A byte stream the shell hands off: plain TCP or decrypted TLS.
+pub trait IoStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> IoStream for T {}
+
+/// Receives streams on the TURN port that are not TURN (HTTP or HTTPS), so one port
+/// serves both. The relay knows nothing of HTTP.
+pub trait Handoff: Send + Sync + 'static {
+    /// Serves `stream` from `remote`; `tls` tells whether it came through TLS.
+    fn serve(&self, stream: Box<dyn IoStream>, remote: SocketAddr, tls: bool);
+}
+
+/// ALPN protocol id for TURN (RFC 7443).
+pub const ALPN_TURN: &[u8] = b"stun.turn";
+
+/// What the first byte of a stream says it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sniffed {
+    /// A TLS record (handshake): 0x16.
+    Tls,
+    /// A STUN message (first two bits 00) or ChannelData (0x40–0x4F).
+    Turn,
+    /// Anything else that looks like text: an HTTP request line.
+    Http,
+    /// Nothing we serve.
+    Unknown,
+}
+
+/// Classifies a stream by its first byte. TLS records start with 0x16; STUN messages with
+/// 0x00 or 0x01 (the top two bits are zero and methods are small); ChannelData with
+/// 0x40–0x4F; HTTP request lines with an upper-case ASCII letter (`GET`, `POST`, ...).
+pub fn sniff(first: u8) -> Sniffed {
+    match first {
+        0x16 => Sniffed::Tls,
+        0x00..=0x03 | 0x40..=0x4f => Sniffed::Turn,
+        b'A'..=b'Z' => Sniffed::Http,
+        _ => Sniffed::Unknown,
+    }
+}
+
+/// Connection counters: total and per source IP. Touched on accept and close only.
+pub(crate) struct Limits {
+    max_total: u32,
+    max_per_ip: u32,
+    state: Mutex<(u32, HashMap<IpAddr, u32>)>,
+}
+
+/// Releases a connection's slot when dropped.
+pub(crate) struct Slot {
+    ctx: Arc<Context>,
+    ip: IpAddr,
+}
+
+impl Limits {
+    pub fn new(max_total: u32, max_per_ip: u32) -> Self {
+        Self {
+            max_total,
+            max_per_ip,
+            state: Mutex::new((0, HashMap::new())),
+        }
+    }
+
+    fn acquire(&self, ip: IpAddr) -> Result<(), &'static str> {
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per_ip) = &mut *guard;
+        if *total >= self.max_total {
+            return Err("too many connections");
+        }
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return Err("too many connections from this address");
+        }
+        *n += 1;
+        *total += 1;
+        Ok(())
+    }
+
+    fn release(&self, ip: IpAddr) {
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per_ip) = &mut *guard;
+        *total = total.saturating_sub(1);
+        if let Some(n) = per_ip.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.ctx.limits.release(self.ip);
+    }
+}
+
+pub(crate) async fn accept_loop(listener: TcpListener, ctx: Arc<Context>) {
+    loop {
+        let (tcp, remote) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let ip = remote.ip().to_canonical();
+        if let Err(why) = ctx.limits.acquire(ip) {
+            IoStats::inc(&ctx.stats.connections_refused);
+            tracing::debug!(%remote, why, "connection refused");
+            continue;
+        }
+        let slot = Slot {
+            ctx: ctx.clone(),
+            ip,
+        };
+        IoStats::inc(&ctx.stats.connections_accepted);
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(handle(tcp, remote, slot));
+    }
+}
+
+async fn handle(tcp: TcpStream, remote: SocketAddr, slot: Slot) {
+    let ctx = slot.ctx.clone();
+    let timeout = ctx.config.handshake_timeout;
+    let local = match tcp.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    match tokio::time::timeout(timeout, classify(tcp, remote, &ctx)).await {
+        Ok(Ok(Classified::Turn(s, transport))) => {
+            stream::serve(s, transport, remote, local, ctx, slot).await
+        }
+        Ok(Ok(Classified::Http(s, tls))) => match &ctx.handoff {
+            Some(h) => {
+                IoStats::inc(&ctx.stats.http_handoffs);
+                // The HTTP server owns the stream from here; the slot goes with the
+                // handshake phase only (HTTP has its own limits).
+                drop(slot);
+                h.serve(s, remote, tls)
+            }
+            None => tracing::debug!(%remote, "HTTP on the TURN port but no HTTP server: closed"),
+        },
+        Ok(Ok(Classified::Closed)) => {}
+        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "connection rejected"),
+        Err(_) => {
+            IoStats::inc(&ctx.stats.handshake_timeouts);
+            tracing::debug!(%remote, ?timeout, "handshake timeout: closed")
+        }
+    }
+}
+
+enum Classified {
+    Turn(Box<dyn IoStream>, Transport),
+    Http(Box<dyn IoStream>, bool),
+    Closed,
+}
+
+async fn classify(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    ctx: &Context,
+) -> std::io::Result<Classified> {
+    let mut first = [0u8; 1];
+    let n = tcp.peek(&mut first).await?;
+    if n == 0 {
+        return Ok(Classified::Closed);
+    }
+    match sniff(first[0]) {
+        Sniffed::Turn => Ok(Classified::Turn(Box::new(tcp), Transport::Tcp)),
+        Sniffed::Http => Ok(Classified::Http(Box::new(tcp), false)),
+        Sniffed::Unknown => Err(invalid(format!(
+            "first byte 0x{:02x} is neither TLS, STUN, ChannelData nor HTTP",
+            first[0]
+        ))),
+        Sniffed::Tls => {
+            let Some(tls) = &ctx.tls else {
+                return Err(invalid("TLS ClientHello but TLS is not configured".into()));
+            };
+            let acceptor = TlsAcceptor::from(tls.load_full());
+            let mut stream = acceptor.accept(tcp).await.map_err(|e| {
+                IoStats::inc(&ctx.stats.tls_failures);
+                tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                e
+            })?;
+            IoStats::inc(&ctx.stats.tls_handshakes);
+            let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+            match alpn.as_deref() {
+                Some(ALPN_TURN) => return Ok(Classified::Turn(Box::new(stream), Transport::Tls)),
+                Some(b"http/1.1") | Some(b"h2") => {
+                    return Ok(Classified::Http(Box::new(stream), true))
+                }
+                _ => {}
+            }
+            // No ALPN (browsers send none on TURNS): look at the first plaintext byte.
+            let mut b = [0u8; 1];
+            let n = stream.read(&mut b).await?;
+            if n == 0 {
+                return Ok(Classified::Closed);
+            }
+            let s = Prefixed::new(b[0..n].to_vec(), stream);
+            match sniff(b[0]) {
+                Sniffed::Turn => Ok(Classified::Turn(Box::new(s), Transport::Tls)),
+                Sniffed::Http => Ok(Classified::Http(Box::new(s), true)),
+                _ => Err(invalid(format!(
+                    "first byte 0x{:02x} inside TLS is neither STUN, ChannelData nor HTTP",
+                    b[0]
+                ))),
+            }
+        }
+    }
+}
+
+fn invalid(msg: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffs_first_bytes() {
+        assert_eq!(sniff(0x16), Sniffed::Tls);
+        assert_eq!(sniff(0x00), Sniffed::Turn);
+        assert_eq!(sniff(0x01), Sniffed::Turn);
+        assert_eq!(sniff(0x40), Sniffed::Turn);
+        assert_eq!(sniff(0x4f), Sniffed::Turn);
+        assert_eq!(sniff(b'G'), Sniffed::Http);
+        assert_eq!(sniff(b'P'), Sniffed::Http);
+        assert_eq!(sniff(0x80), Sniffed::Unknown);
+        assert_eq!(sniff(0x50), Sniffed::Unknown);
+    }
+
+    #[test]
+    fn limits_per_ip_and_total() {
+        let l = Limits::new(3, 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(l.acquire(a).is_ok());
+        assert!(l.acquire(a).is_ok());
+        assert!(l.acquire(a).is_err());
+        assert!(l.acquire(b).is_ok());
+        assert!(l.acquire(b).is_err()); // total reached
+        l.release(a);
+        assert!(l.acquire(b).is_ok());
+    }
+}

@@ -1,0 +1,193 @@
+//! The tokio shell around [`crate::core`]: listeners, TLS, relay sockets and timers.
+//!
+//! One TCP listener serves plain TURN-over-TCP and TURN-over-TLS on the same port (told
+//! apart by the first byte: 0x16 is a TLS record, a STUN or ChannelData header is plain
+//! TURN). Inside TLS, ALPN or the first plaintext bytes tell TURN from HTTP. Streams that
+//! are not TURN (HTTP, HTTPS) are handed to a [`Handoff`], so the gateway can serve its
+//! HTTPS API on the same port 443. Every connection runs in its own task: a slow TLS
+//! handshake or an idle connection delays nobody else.
+
+mod listener;
+mod ports;
+mod prefixed;
+mod stats;
+mod stream;
+mod udp;
+
+pub use listener::{Handoff, IoStream};
+pub use ports::PortRange;
+pub use prefixed::Prefixed;
+pub use stats::IoStats;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::core::{Now, Shared};
+
+/// Shell settings.
+#[derive(Debug, Clone)]
+pub struct IoConfig {
+    /// TCP address serving TURN/TCP, TURN/TLS (and handed-off HTTP(S)).
+    pub listen: SocketAddr,
+    /// Optional UDP listener.
+    pub udp_listen: Option<SocketAddr>,
+    /// Address relay sockets bind to for IPv4 peers (`None`: no IPv4 relaying).
+    pub relay_ipv4: Option<IpAddr>,
+    /// Address relay sockets bind to for IPv6 peers (`None`: no IPv6 relaying).
+    pub relay_ipv6: Option<IpAddr>,
+    /// Ports relay sockets bind to; `None` lets the OS choose.
+    pub relay_ports: Option<PortRange>,
+    /// Time a new connection has to complete its TLS handshake and send its first bytes.
+    pub handshake_timeout: Duration,
+    /// A connection with no allocation and no traffic for this long is closed.
+    pub idle_timeout: Duration,
+    /// Most concurrent connections from one source IP.
+    pub max_connections_per_ip: u32,
+    /// Most concurrent connections in all.
+    pub max_connections: u32,
+}
+
+impl Default for IoConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 443)),
+            udp_listen: None,
+            relay_ipv4: Some(IpAddr::from([0, 0, 0, 0])),
+            relay_ipv6: None,
+            relay_ports: None,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections_per_ip: 256,
+            max_connections: 50_000,
+        }
+    }
+}
+
+/// The TLS server configuration, swappable at runtime (certificate reload).
+pub type TlsConfig = Arc<ArcSwap<rustls::ServerConfig>>;
+
+/// Reads the clock once for the core.
+pub fn now() -> Now {
+    Now {
+        mono: std::time::Instant::now(),
+        unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    }
+}
+
+/// State every connection task shares.
+pub(crate) struct Context {
+    pub shared: Arc<Shared>,
+    pub config: IoConfig,
+    pub tls: Option<TlsConfig>,
+    pub handoff: Option<Arc<dyn Handoff>>,
+    pub revocations: watch::Receiver<u64>,
+    pub limits: listener::Limits,
+    pub stats: Arc<IoStats>,
+}
+
+/// A running relay.
+pub struct RelayServer {
+    shared: Arc<Shared>,
+    local_tcp: SocketAddr,
+    local_udp: Option<SocketAddr>,
+    revocations: watch::Sender<u64>,
+    stats: Arc<IoStats>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RelayServer {
+    /// Binds the listeners and starts serving.
+    pub async fn start(
+        shared: Arc<Shared>,
+        config: IoConfig,
+        tls: Option<TlsConfig>,
+        handoff: Option<Arc<dyn Handoff>>,
+    ) -> std::io::Result<Self> {
+        let tcp = TcpListener::bind(config.listen).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on TCP {}: {e}", config.listen))
+        })?;
+        let local_tcp = tcp.local_addr()?;
+        let udp = match config.udp_listen {
+            Some(addr) => Some(UdpSocket::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on UDP {addr}: {e}"))
+            })?),
+            None => None,
+        };
+        let local_udp = match &udp {
+            Some(s) => Some(s.local_addr()?),
+            None => None,
+        };
+        let (revocations, rx) = watch::channel(0u64);
+        let stats = Arc::new(IoStats::default());
+        let ctx = Arc::new(Context {
+            shared: shared.clone(),
+            limits: listener::Limits::new(config.max_connections, config.max_connections_per_ip),
+            config,
+            tls,
+            handoff,
+            revocations: rx,
+            stats: stats.clone(),
+        });
+        let mut tasks = vec![tokio::spawn(listener::accept_loop(tcp, ctx.clone()))];
+        if let Some(udp) = udp {
+            tasks.push(tokio::spawn(udp::serve(Arc::new(udp), ctx)));
+        }
+        tracing::info!(tcp = %local_tcp, udp = ?local_udp, "TURN relay listening (TCP and TLS on the same port)");
+        Ok(Self {
+            shared,
+            local_tcp,
+            local_udp,
+            revocations,
+            stats,
+            tasks,
+        })
+    }
+
+    /// The bound TCP (and TLS) address.
+    pub fn local_tcp(&self) -> SocketAddr {
+        self.local_tcp
+    }
+
+    /// The bound UDP address, if any.
+    pub fn local_udp(&self) -> Option<SocketAddr> {
+        self.local_udp
+    }
+
+    /// The shared core state (metrics, secrets, policy).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Connection counters.
+    pub fn io_stats(&self) -> &Arc<IoStats> {
+        &self.stats
+    }
+
+    /// Revokes `user` until `until_unix` and deletes its allocations.
+    pub fn revoke(&self, user: &str, until_unix: u64) {
+        self.shared.revoke(user, until_unix, now());
+        self.revocations.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// Stops accepting. Live connections end when their tasks notice (not awaited).
+    pub fn stop_accepting(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for RelayServer {
+    fn drop(&mut self) {
+        self.stop_accepting();
+    }
+}

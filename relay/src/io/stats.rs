@@ -1,0 +1,41 @@
+//! Counters of the shell (the core counts protocol events in [`crate::core::Stats`]).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Connection-level counters, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct IoStats {
+    /// TCP connections accepted on the TURN port.
+    pub connections_accepted: AtomicU64,
+    /// Connections refused by the per-IP or total limit.
+    pub connections_refused: AtomicU64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_failures: AtomicU64,
+    /// Connections closed because they sent nothing usable before the handshake timeout.
+    pub handshake_timeouts: AtomicU64,
+    /// Streams handed to the HTTP server.
+    pub http_handoffs: AtomicU64,
+    /// Datagrams dropped by the UDP listener (client queue full, too many clients).
+    pub udp_dropped: AtomicU64,
+}
+
+impl IoStats {
+    pub(crate) fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// Every counter as `(name, value)`, for exporters.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("connections_accepted", self.connections_accepted.load(Relaxed)),
+            ("connections_refused", self.connections_refused.load(Relaxed)),
+            ("tls_handshakes", self.tls_handshakes.load(Relaxed)),
+            ("tls_failures", self.tls_failures.load(Relaxed)),
+            ("handshake_timeouts", self.handshake_timeouts.load(Relaxed)),
+            ("http_handoffs", self.http_handoffs.load(Relaxed)),
+            ("udp_dropped", self.udp_dropped.load(Relaxed)),
+        ]
+    }
+}
