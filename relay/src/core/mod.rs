@@ -99,3 +99,6 @@ pub enum RelayPortError {
     #[error("no relay port available: {0}")]
     Exhausted(String),
 }
+
+#[cfg(test)]
+mod tests;
