@@ -1,0 +1,883 @@
+//! The str0m engine: one tokio task owns every `Rtc`; sockets and callers talk to it by channel.
+//!
+//! Why one task: str0m is sans-I/O and each `Rtc` is a plain state machine. Owning all of them
+//! in one place means no locks on the media path, a single place that demultiplexes datagrams
+//! (`Rtc::accepts`) and a single place that fans the shared frames out. Per-viewer work is small
+//! (packetize + SRTP); the heavy part (encoding) happens once, in the source.
+//!
+//! # In-process transport (for the embedded TURN relay)
+//!
+//! When a browser's relayed candidate lives in our own TURN relay, the datagrams between the
+//! relay and this engine need not touch a socket:
+//!
+//! * relay → engine: the relay calls [`MediaHandle::inject`] with the peer address it relays
+//!   from (the allocation's relayed address) as `source` and one of our media addresses
+//!   ([`MediaHandle::candidate_addrs`] or [`MediaHandle::local_addrs`]) as `dest`. The engine
+//!   treats it exactly like a datagram read from that socket.
+//! * engine → relay: the relay registers an [`InProcessSink`] with
+//!   [`MediaHandle::set_in_process_sink`]. For every outgoing datagram the engine asks
+//!   [`InProcessSink::owns`] whether the destination is one of the relay's in-process addresses;
+//!   if so the datagram goes to [`InProcessSink::deliver`] instead of the UDP socket.
+//!
+//! The relay side is not implemented here; the hook is all the engine needs.
+
+use std::collections::HashSet;
+use std::io::ErrorKind;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::change::SdpOffer;
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, MediaTime, Mid, Pt};
+use str0m::net::{Protocol, Receive, Transmit};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use tokio::net::UdpSocket;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::sdp_check::check_offer;
+use super::{EncodedFrame, MediaError, VideoCodec, VideoSource};
+
+/// Largest datagram we read; bigger ones are truncated (WebRTC stays below ~1200 bytes).
+const RECV_BUF: usize = 2048;
+/// Queue between socket readers / `inject` and the engine task.
+const DATAGRAM_QUEUE: usize = 4096;
+const COMMAND_QUEUE: usize = 256;
+const ENDED_QUEUE: usize = 1024;
+
+/// An inclusive UDP port range, `50000-50050` by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    /// First port (inclusive).
+    pub first: u16,
+    /// Last port (inclusive).
+    pub last: u16,
+}
+
+impl Default for PortRange {
+    fn default() -> Self {
+        PortRange {
+            first: 50000,
+            last: 50050,
+        }
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = MediaError;
+
+    /// `"50000-50050"` or a single port `"50000"`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || MediaError::Config(format!("bad port range {s:?}, want FIRST-LAST"));
+        let (a, b) = s.split_once('-').unwrap_or((s, s));
+        let first: u16 = a.trim().parse().map_err(|_| bad())?;
+        let last: u16 = b.trim().parse().map_err(|_| bad())?;
+        if first == 0 || first > last {
+            return Err(bad());
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+/// Media engine settings.
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    /// Address the media sockets bind to. When it is unspecified (`0.0.0.0`), `advertise_ip`
+    /// must be set, because a host candidate needs a concrete address.
+    pub bind_ip: IpAddr,
+    /// Ports to try, in order; the first free ones are taken.
+    pub ports: PortRange,
+    /// How many media sockets to bind (each becomes one host candidate per session).
+    pub sockets: usize,
+    /// The IP written into host candidates instead of the bound address (1:1 NAT, containers;
+    /// `WEBRTC_ADVERTISE_IP`). The port stays the bound port.
+    pub advertise_ip: Option<IpAddr>,
+    /// A session that has not connected (ICE + DTLS) within this time is dropped.
+    pub connect_timeout: Duration,
+    /// Upper bound on concurrent sessions.
+    pub max_sessions: usize,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            ports: PortRange::default(),
+            sockets: 1,
+            advertise_ip: None,
+            connect_timeout: Duration::from_secs(30),
+            max_sessions: 1000,
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// [`MediaHandle::close`] was called.
+    Closed,
+    /// The peer closed DTLS (browser `pc.close()`, tab closed cleanly).
+    PeerClosed,
+    /// ICE consent lost after being connected: the browser stopped sending STUN checks
+    /// (tab killed, network gone). This is the idle timeout of an ICE-lite server.
+    IceDisconnected,
+    /// ICE + DTLS did not complete within [`MediaConfig::connect_timeout`].
+    ConnectTimeout,
+    /// DTLS/SRTP or another protocol error; the text is for logs.
+    Failed(String),
+}
+
+/// Notification that a session is gone, for the signaling layer (revoke TURN credentials).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEnded {
+    /// The id given to [`MediaHandle::accept_offer`].
+    pub session_id: String,
+    /// Why it ended.
+    pub reason: EndReason,
+}
+
+/// Receiver of the engine's outgoing datagrams for in-process peers (the TURN relay).
+///
+/// Both methods are called from the engine task for every outgoing datagram, so they must be
+/// cheap and must not block: `owns` is a set lookup, `deliver` typically a `try_send` into the
+/// relay's queue (dropping on overflow is fine, it is UDP).
+pub trait InProcessSink: Send + Sync {
+    /// Is `dest` an address the sink takes datagrams for (a relayed address of our own relay)?
+    fn owns(&self, dest: SocketAddr) -> bool;
+    /// Take a datagram the engine sends from `source` (one of its media addresses) to `dest`.
+    fn deliver(&self, source: SocketAddr, dest: SocketAddr, data: &[u8]);
+}
+
+/// A fixed set of in-process addresses forwarding into a channel; handy for tests and as the
+/// simplest possible relay binding.
+pub struct ChannelSink {
+    /// The addresses owned.
+    pub addrs: HashSet<SocketAddr>,
+    /// Where `(source, dest, datagram)` go.
+    pub tx: mpsc::Sender<(SocketAddr, SocketAddr, Vec<u8>)>,
+}
+
+impl InProcessSink for ChannelSink {
+    fn owns(&self, dest: SocketAddr) -> bool {
+        self.addrs.contains(&dest)
+    }
+    fn deliver(&self, source: SocketAddr, dest: SocketAddr, data: &[u8]) {
+        let _ = self.tx.try_send((source, dest, data.to_vec()));
+    }
+}
+
+/// Entry point: binds the sockets and spawns the engine task.
+pub struct MediaEngine;
+
+impl MediaEngine {
+    /// Bind the media sockets and start the engine, sending the frames of `source`.
+    ///
+    /// Must be called from within a tokio runtime. The engine runs until the last
+    /// [`MediaHandle`] is dropped.
+    pub fn start(config: MediaConfig, source: VideoSource) -> Result<MediaHandle, MediaError> {
+        let public_ip = config.advertise_ip.unwrap_or(config.bind_ip);
+        if public_ip.is_unspecified() {
+            return Err(MediaError::Config(
+                "bind_ip is unspecified: set advertise_ip so host candidates carry a real address"
+                    .into(),
+            ));
+        }
+        if config.sockets == 0 {
+            return Err(MediaError::Config("sockets must be at least 1".into()));
+        }
+        let mut sockets = Vec::new();
+        for port in config.ports.first..=config.ports.last {
+            if sockets.len() == config.sockets {
+                break;
+            }
+            let std_sock = match std::net::UdpSocket::bind(SocketAddr::new(config.bind_ip, port)) {
+                Ok(s) => s,
+                Err(e) if e.kind() == ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(e.into()),
+            };
+            std_sock.set_nonblocking(true)?;
+            let local = std_sock.local_addr()?;
+            sockets.push(MediaSocket {
+                udp: Arc::new(UdpSocket::from_std(std_sock)?),
+                local,
+                candidate: SocketAddr::new(public_ip, local.port()),
+            });
+        }
+        if sockets.len() < config.sockets {
+            return Err(MediaError::Config(format!(
+                "only {} of {} media sockets could be bound in {}-{} on {}",
+                sockets.len(),
+                config.sockets,
+                config.ports.first,
+                config.ports.last,
+                config.bind_ip
+            )));
+        }
+
+        // One crypto provider and one DTLS certificate for all sessions: generating a key
+        // pair per viewer costs CPU and buys nothing (each DTLS session has its own keys).
+        let provider = Arc::new(str0m::crypto::from_feature_flags());
+        let cert = provider
+            .dtls_provider
+            .generate_certificate()
+            .ok_or_else(|| MediaError::Config("crypto provider cannot make a DTLS cert".into()))?;
+        let mut rtc_config = RtcConfig::new()
+            .set_ice_lite(true)
+            .set_crypto_provider(provider)
+            .set_dtls_cert(cert)
+            .clear_codecs();
+        match source.codec() {
+            VideoCodec::H264 => {
+                let codecs = rtc_config.codec_config();
+                // Constrained baseline first, plain baseline as a fallback match: our stream
+                // satisfies both. Packetization mode 1 only (FU-A / STAP-A).
+                codecs.add_h264(108.into(), Some(109.into()), true, 0x42e01f);
+                codecs.add_h264(127.into(), Some(121.into()), true, 0x42001f);
+            }
+            VideoCodec::Vp8 => rtc_config = rtc_config.enable_vp8(true),
+        }
+
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (dgram_tx, dgram_rx) = mpsc::channel(DATAGRAM_QUEUE);
+        let (ended_tx, _) = broadcast::channel(ENDED_QUEUE);
+
+        let readers = sockets
+            .iter()
+            .map(|s| tokio::spawn(read_loop(s.udp.clone(), s.candidate, dgram_tx.clone())))
+            .collect();
+        let shared = Arc::new(Shared {
+            cmd_tx,
+            dgram_tx,
+            local_addrs: sockets.iter().map(|s| s.local).collect(),
+            candidate_addrs: sockets.iter().map(|s| s.candidate).collect(),
+            ended_tx: ended_tx.clone(),
+            rtc_config,
+            codec: source.codec(),
+        });
+        tracing::info!(addrs = ?shared.local_addrs, advertised = ?shared.candidate_addrs, "media engine started");
+
+        let engine = Engine {
+            io: Io {
+                sockets,
+                sink: None,
+            },
+            sessions: Vec::new(),
+            frames: source.subscribe(),
+            source,
+            ended_tx,
+            connect_timeout: config.connect_timeout,
+            max_sessions: config.max_sessions,
+            _readers: AbortOnDrop(readers),
+        };
+        tokio::spawn(engine.run(cmd_rx, dgram_rx));
+        Ok(MediaHandle { shared })
+    }
+}
+
+/// Cloneable handle to a running engine. The engine stops when the last handle is dropped.
+#[derive(Clone)]
+pub struct MediaHandle {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    cmd_tx: mpsc::Sender<Command>,
+    dgram_tx: mpsc::Sender<Datagram>,
+    local_addrs: Vec<SocketAddr>,
+    candidate_addrs: Vec<SocketAddr>,
+    ended_tx: broadcast::Sender<SessionEnded>,
+    rtc_config: RtcConfig,
+    codec: VideoCodec,
+}
+
+impl MediaHandle {
+    /// Accept a browser's SDP offer for a new session and return the SDP answer.
+    ///
+    /// The answer carries one host candidate per media socket, with the advertised IP. Errors
+    /// are typed: [`MediaError::MalformedSdp`], [`MediaError::NoVideo`],
+    /// [`MediaError::NoSupportedCodec`], [`MediaError::DuplicateSession`],
+    /// [`MediaError::TooManySessions`].
+    pub async fn accept_offer(
+        &self,
+        offer_sdp: &str,
+        session_id: String,
+    ) -> Result<String, MediaError> {
+        let offer = SdpOffer::from_sdp_string(offer_sdp)
+            .map_err(|e| MediaError::MalformedSdp(e.to_string()))?;
+        check_offer(offer_sdp, self.shared.codec)?;
+
+        // The offer/answer work happens here, on the caller's task, so the engine loop only
+        // receives a ready session.
+        let mut rtc = self.shared.rtc_config.clone().build(Instant::now());
+        for addr in &self.shared.candidate_addrs {
+            let c = Candidate::host(*addr, "udp")
+                .map_err(|e| MediaError::Config(format!("host candidate {addr}: {e}")))?;
+            rtc.add_local_candidate(c);
+        }
+        // str0m parses untrusted SDP here; a panic must cost this request, not the process.
+        let answer = catch_unwind(AssertUnwindSafe(|| rtc.sdp_api().accept_offer(offer)))
+            .map_err(|_| MediaError::MalformedSdp("offer rejected (internal error)".into()))?
+            .map_err(|e| MediaError::MalformedSdp(e.to_string()))?
+            .to_sdp_string();
+        let (mid, pt) = pick_video(&mut rtc, &answer, self.shared.codec).ok_or(
+            MediaError::NoSupportedCodec(self.shared.codec.requirement()),
+        )?;
+
+        let session = Session {
+            id: session_id,
+            rtc,
+            video: Some((mid, pt)),
+            created: Instant::now(),
+            connected: false,
+            need_keyframe: true,
+            next: Instant::now(),
+        };
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Add {
+            session: Box::new(session),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| MediaError::EngineStopped)??;
+        Ok(answer)
+    }
+
+    /// Add a trickled remote ICE candidate (`candidate:...`, with or without `a=`).
+    ///
+    /// An empty string (end of candidates) and mDNS (`*.local`) candidates are accepted and
+    /// ignored: an ICE-lite server learns such peers as peer-reflexive from their checks.
+    pub async fn add_remote_candidate(
+        &self,
+        session_id: &str,
+        candidate: &str,
+    ) -> Result<(), MediaError> {
+        let line = candidate.trim();
+        let line = line.strip_prefix("a=").unwrap_or(line);
+        if line.is_empty() {
+            return Ok(());
+        }
+        let full = if line.starts_with("candidate:") {
+            line.to_owned()
+        } else {
+            format!("candidate:{line}")
+        };
+        let cand = match Candidate::from_sdp_string(&full) {
+            Ok(c) => Some(c),
+            Err(_) if full.split_ascii_whitespace().any(|f| f.ends_with(".local")) => None,
+            Err(e) => return Err(MediaError::BadCandidate(e.to_string())),
+        };
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::AddCandidate {
+            session_id: session_id.to_owned(),
+            candidate: cand,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| MediaError::EngineStopped)?
+    }
+
+    /// End a session (WHEP DELETE). It is reported on [`MediaHandle::subscribe_ended`] with
+    /// [`EndReason::Closed`] too, so credential revocation can live in one place.
+    pub async fn close(&self, session_id: &str) -> Result<(), MediaError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Close {
+            session_id: session_id.to_owned(),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| MediaError::EngineStopped)?
+    }
+
+    /// Sessions that ended, for whatever reason, from now on.
+    pub fn subscribe_ended(&self) -> broadcast::Receiver<SessionEnded> {
+        self.shared.ended_tx.subscribe()
+    }
+
+    /// The bound addresses of the media sockets.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.shared.local_addrs
+    }
+
+    /// The addresses put into host candidates (advertised IP, bound port): the gateway's own
+    /// media addresses as browsers and the TURN relay see them.
+    pub fn candidate_addrs(&self) -> &[SocketAddr] {
+        &self.shared.candidate_addrs
+    }
+
+    /// Hand the engine a datagram as if it had arrived on the media socket `dest` from
+    /// `source` (in-process transport from the TURN relay; see the module docs).
+    ///
+    /// `dest` may be a candidate (advertised) or a bound address. Returns false when `dest` is
+    /// not one of ours or the engine's queue is full (the datagram is dropped, as UDP would).
+    pub fn inject(&self, source: SocketAddr, dest: SocketAddr, data: &[u8]) -> bool {
+        let s = &self.shared;
+        let Some(i) = (s.candidate_addrs.iter().position(|a| *a == dest))
+            .or_else(|| s.local_addrs.iter().position(|a| *a == dest))
+        else {
+            return false;
+        };
+        s.dgram_tx
+            .try_send(Datagram {
+                source,
+                dest: s.candidate_addrs[i],
+                data: data.to_vec(),
+                at: Instant::now(),
+            })
+            .is_ok()
+    }
+
+    /// Route outgoing datagrams for in-process destinations to `sink` (None: sockets only).
+    pub async fn set_in_process_sink(
+        &self,
+        sink: Option<Arc<dyn InProcessSink>>,
+    ) -> Result<(), MediaError> {
+        self.command(Command::SetSink(sink)).await
+    }
+
+    async fn command(&self, c: Command) -> Result<(), MediaError> {
+        self.shared
+            .cmd_tx
+            .send(c)
+            .await
+            .map_err(|_| MediaError::EngineStopped)
+    }
+}
+
+/// Find the video m-line we send on and the payload type to send with.
+fn pick_video(rtc: &mut Rtc, answer: &str, codec: VideoCodec) -> Option<(Mid, Pt)> {
+    let want = match codec {
+        VideoCodec::H264 => Codec::H264,
+        VideoCodec::Vp8 => Codec::Vp8,
+    };
+    let mids = answer
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("a=mid:"))
+        .map(|m| Mid::from(m.trim()))
+        .collect::<Vec<_>>();
+    for mid in mids {
+        let Some(media) = rtc.media(mid) else {
+            continue;
+        };
+        if media.kind() != MediaKind::Video
+            || !matches!(media.direction(), Direction::SendOnly | Direction::SendRecv)
+        {
+            continue;
+        }
+        let writer = rtc.writer(mid)?;
+        let pt = writer
+            .payload_params()
+            .find(|p| {
+                p.spec().codec == want
+                    && (want != Codec::H264 || p.spec().format.packetization_mode == Some(1))
+            })
+            .map(|p| p.pt());
+        if let Some(pt) = pt {
+            return Some((mid, pt));
+        }
+    }
+    None
+}
+
+enum Command {
+    Add {
+        session: Box<Session>,
+        reply: oneshot::Sender<Result<(), MediaError>>,
+    },
+    AddCandidate {
+        session_id: String,
+        candidate: Option<Candidate>,
+        reply: oneshot::Sender<Result<(), MediaError>>,
+    },
+    Close {
+        session_id: String,
+        reply: oneshot::Sender<Result<(), MediaError>>,
+    },
+    SetSink(Option<Arc<dyn InProcessSink>>),
+}
+
+/// A datagram for the engine: from a socket reader or injected.
+struct Datagram {
+    source: SocketAddr,
+    /// The candidate address it arrived at (what str0m's ICE agent knows as local).
+    dest: SocketAddr,
+    data: Vec<u8>,
+    at: Instant,
+}
+
+struct MediaSocket {
+    udp: Arc<UdpSocket>,
+    local: SocketAddr,
+    candidate: SocketAddr,
+}
+
+async fn read_loop(sock: Arc<UdpSocket>, candidate: SocketAddr, tx: mpsc::Sender<Datagram>) {
+    let mut buf = vec![0u8; RECV_BUF];
+    loop {
+        match sock.recv_from(&mut buf).await {
+            Ok((n, source)) => {
+                let d = Datagram {
+                    source,
+                    dest: candidate,
+                    data: buf[..n].to_vec(),
+                    at: Instant::now(),
+                };
+                if tx.send(d).await.is_err() {
+                    return; // engine gone
+                }
+            }
+            // Transient per-datagram errors (e.g. ICMP-induced on some platforms): keep going.
+            Err(e) => tracing::debug!(error = %e, "media socket recv error"),
+        }
+    }
+}
+
+struct AbortOnDrop(Vec<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+/// Output side of the engine: sockets and the optional in-process sink.
+struct Io {
+    sockets: Vec<MediaSocket>,
+    sink: Option<Arc<dyn InProcessSink>>,
+}
+
+impl Io {
+    fn transmit(&self, t: &Transmit) {
+        if let Some(sink) = &self.sink {
+            if sink.owns(t.destination) {
+                sink.deliver(t.source, t.destination, &t.contents);
+                return;
+            }
+        }
+        let sock = self
+            .sockets
+            .iter()
+            .find(|s| s.candidate == t.source)
+            .unwrap_or(&self.sockets[0]);
+        // Non-blocking send: a full socket buffer drops the datagram, as the network would,
+        // instead of stalling every other viewer.
+        if let Err(e) = sock.udp.try_send_to(&t.contents, t.destination) {
+            if e.kind() != ErrorKind::WouldBlock {
+                tracing::debug!(error = %e, dest = %t.destination, "media send failed");
+            }
+        }
+    }
+}
+
+struct Session {
+    id: String,
+    rtc: Rtc,
+    /// Mid and payload type to send the video with.
+    video: Option<(Mid, Pt)>,
+    created: Instant,
+    connected: bool,
+    /// Do not send until a keyframe comes: a decoder cannot start on a P-frame.
+    need_keyframe: bool,
+    /// When str0m wants its next timeout.
+    next: Instant,
+}
+
+impl Session {
+    fn wake_at(&self, connect_timeout: Duration) -> Instant {
+        if self.connected {
+            self.next
+        } else {
+            self.next.min(self.created + connect_timeout)
+        }
+    }
+}
+
+struct Engine {
+    io: Io,
+    sessions: Vec<Session>,
+    frames: broadcast::Receiver<EncodedFrame>,
+    source: VideoSource,
+    ended_tx: broadcast::Sender<SessionEnded>,
+    connect_timeout: Duration,
+    max_sessions: usize,
+    _readers: AbortOnDrop,
+}
+
+impl Engine {
+    async fn run(
+        mut self,
+        mut cmd_rx: mpsc::Receiver<Command>,
+        mut dgram_rx: mpsc::Receiver<Datagram>,
+    ) {
+        let mut frames_open = true;
+        loop {
+            let wake = self
+                .sessions
+                .iter()
+                .map(|s| s.wake_at(self.connect_timeout))
+                .min()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                cmd = cmd_rx.recv() => match cmd {
+                    Some(c) => self.command(c),
+                    None => break, // every handle dropped
+                },
+                Some(d) = dgram_rx.recv() => self.datagram(d),
+                f = self.frames.recv(), if frames_open => match f {
+                    Ok(frame) => self.frame(&frame),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(skipped = n, "media engine lagged behind the source");
+                        for s in &mut self.sessions {
+                            s.need_keyframe = true;
+                        }
+                        self.source.request_keyframe();
+                    }
+                    Err(broadcast::error::RecvError::Closed) => frames_open = false,
+                },
+                _ = tokio::time::sleep_until(wake.into()) => self.timeouts(Instant::now()),
+            }
+        }
+        for s in &mut self.sessions {
+            let _ = s.rtc.close();
+        }
+        self.source.set_viewers(0);
+        tracing::info!("media engine stopped");
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Add { session, reply } => {
+                let res = if self.sessions.iter().any(|s| s.id == session.id) {
+                    Err(MediaError::DuplicateSession(session.id))
+                } else if self.sessions.len() >= self.max_sessions {
+                    Err(MediaError::TooManySessions(self.max_sessions))
+                } else {
+                    tracing::debug!(session = %session.id, "media session added");
+                    self.sessions.push(*session);
+                    let i = self.sessions.len() - 1;
+                    self.drive_or_end(i);
+                    Ok(())
+                };
+                let _ = reply.send(res);
+            }
+            Command::AddCandidate {
+                session_id,
+                candidate,
+                reply,
+            } => {
+                let res = match self.sessions.iter().position(|s| s.id == session_id) {
+                    None => Err(MediaError::UnknownSession(session_id)),
+                    Some(i) => {
+                        if let Some(c) = candidate {
+                            self.sessions[i].rtc.add_remote_candidate(c);
+                            self.drive_or_end(i);
+                        }
+                        Ok(())
+                    }
+                };
+                let _ = reply.send(res);
+            }
+            Command::Close { session_id, reply } => {
+                let res = match self.sessions.iter().position(|s| s.id == session_id) {
+                    None => Err(MediaError::UnknownSession(session_id)),
+                    Some(i) => {
+                        // Start a graceful close (RTCP BYE, DTLS close_notify), flush what
+                        // that produced, then drop the session.
+                        let s = &mut self.sessions[i];
+                        let _ = guarded(|| s.rtc.close());
+                        let _ = drive(s, &self.io, &self.source);
+                        self.end(i, EndReason::Closed);
+                        Ok(())
+                    }
+                };
+                let _ = reply.send(res);
+            }
+            Command::SetSink(sink) => self.io.sink = sink,
+        }
+    }
+
+    fn datagram(&mut self, d: Datagram) {
+        let Ok(contents) = d.data.as_slice().try_into() else {
+            return; // not STUN/DTLS/RTP/RTCP: ignore
+        };
+        let input = Input::Receive(
+            d.at,
+            Receive {
+                proto: Protocol::Udp,
+                source: d.source,
+                destination: d.dest,
+                contents,
+            },
+        );
+        let Some(i) = self.sessions.iter().position(|s| s.rtc.accepts(&input)) else {
+            tracing::trace!(source = %d.source, "datagram for no session");
+            return;
+        };
+        let s = &mut self.sessions[i];
+        match guarded(|| s.rtc.handle_input(input)) {
+            Ok(()) => {
+                self.drive_or_end(i);
+            }
+            Err(e) => self.end(i, EndReason::Failed(e)),
+        }
+    }
+
+    fn frame(&mut self, frame: &EncodedFrame) {
+        let mut i = 0;
+        while i < self.sessions.len() {
+            let s = &mut self.sessions[i];
+            let Some((mid, pt)) = s.video else {
+                i += 1;
+                continue;
+            };
+            if !s.connected || (s.need_keyframe && !frame.keyframe) {
+                i += 1;
+                continue;
+            }
+            let rtp_time = MediaTime::from_90khz(frame.rtp_time);
+            let written = guarded(|| match s.rtc.writer(mid) {
+                Some(w) => w
+                    .write(pt, frame.captured, rtp_time, frame.data.clone())
+                    .map_err(|e| e.to_string()),
+                None => Ok(()),
+            });
+            match written {
+                Ok(()) => {
+                    s.need_keyframe = false;
+                    if self.drive_or_end(i) {
+                        i += 1;
+                    }
+                }
+                Err(e) => self.end(i, EndReason::Failed(e)),
+            }
+        }
+    }
+
+    fn timeouts(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.sessions.len() {
+            let s = &mut self.sessions[i];
+            if !s.connected && now >= s.created + self.connect_timeout {
+                self.end(i, EndReason::ConnectTimeout);
+                continue;
+            }
+            if s.next > now {
+                i += 1;
+                continue;
+            }
+            match guarded(|| s.rtc.handle_input(Input::Timeout(now))) {
+                Ok(()) => {
+                    if self.drive_or_end(i) {
+                        i += 1;
+                    }
+                }
+                Err(e) => self.end(i, EndReason::Failed(e)),
+            }
+        }
+    }
+
+    /// Drive session `i`; if it ended, remove it. Returns true if it is still there.
+    fn drive_or_end(&mut self, i: usize) -> bool {
+        let was_connected = self.sessions[i].connected;
+        match drive(&mut self.sessions[i], &self.io, &self.source) {
+            None => {
+                if !was_connected && self.sessions[i].connected {
+                    self.update_viewers();
+                }
+                true
+            }
+            Some(reason) => {
+                self.end(i, reason);
+                false
+            }
+        }
+    }
+
+    /// Remove session `i` and announce it. Uses `swap_remove`: the last session moves to `i`.
+    fn end(&mut self, i: usize, reason: EndReason) {
+        let mut s = self.sessions.swap_remove(i);
+        s.rtc.disconnect();
+        tracing::info!(session = %s.id, ?reason, "media session ended");
+        let _ = self.ended_tx.send(SessionEnded {
+            session_id: s.id,
+            reason,
+        });
+        self.update_viewers();
+    }
+
+    fn update_viewers(&self) {
+        let n = self.sessions.iter().filter(|s| s.connected).count();
+        self.source.set_viewers(n);
+    }
+}
+
+/// Run `f`, turning a str0m error or panic into an error string. A panic inside one `Rtc` (a
+/// bug triggered by hostile input) must end that session only, not the engine.
+fn guarded<T, E: std::fmt::Display>(f: impl FnOnce() -> Result<T, E>) -> Result<T, String> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("internal error (panic) in WebRTC stack".into()),
+    }
+}
+
+/// Poll a session until it waits for a timeout, sending its datagrams and handling its events.
+/// Returns why it ended, if it did.
+fn drive(s: &mut Session, io: &Io, source: &VideoSource) -> Option<EndReason> {
+    loop {
+        if !s.rtc.is_alive() {
+            return Some(EndReason::PeerClosed);
+        }
+        let out = match guarded(|| s.rtc.poll_output()) {
+            Ok(o) => o,
+            Err(e) => return Some(EndReason::Failed(e)),
+        };
+        match out {
+            Output::Timeout(t) => {
+                s.next = t;
+                return None;
+            }
+            Output::Transmit(t) => io.transmit(&t),
+            Output::Event(e) => match e {
+                Event::Connected => {
+                    tracing::info!(session = %s.id, "media session connected");
+                    s.connected = true;
+                    s.need_keyframe = true;
+                    source.request_keyframe();
+                }
+                Event::IceConnectionStateChange(IceConnectionState::Disconnected)
+                    if s.connected =>
+                {
+                    return Some(EndReason::IceDisconnected);
+                }
+                Event::KeyframeRequest(_) => source.request_keyframe(),
+                Event::Closed => return Some(EndReason::PeerClosed),
+                _ => {}
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_range_parses() {
+        assert_eq!(
+            "50000-50050".parse::<PortRange>().unwrap(),
+            PortRange {
+                first: 50000,
+                last: 50050
+            }
+        );
+        assert_eq!("7000".parse::<PortRange>().unwrap().last, 7000);
+        for bad in ["", "a-b", "10-5", "0-10", "1-70000"] {
+            assert!(bad.parse::<PortRange>().is_err(), "{bad}");
+        }
+    }
+}

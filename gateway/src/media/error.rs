@@ -1,0 +1,75 @@
+//! Typed errors of the media engine.
+
+/// Everything the media engine can refuse or fail at.
+///
+/// The offer errors are distinct variants so the HTTP layer can map each to its own 4xx JSON
+/// error; [`MediaError::code`] gives a stable machine-readable name for that.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    /// The offer is not parseable SDP, or str0m refused it as inconsistent
+    /// (missing ICE credentials, fingerprint, mid, ...).
+    #[error("malformed SDP offer: {0}")]
+    MalformedSdp(String),
+    /// The offer has no (enabled) `m=video` section.
+    #[error("the offer has no video m-line")]
+    NoVideo,
+    /// The offer's video sections carry no codec the engine can send.
+    #[error("no supported video codec in offer (need {0})")]
+    NoSupportedCodec(&'static str),
+    /// `accept_offer` with a session id that is already live.
+    #[error("session {0:?} already exists")]
+    DuplicateSession(String),
+    /// A session id the engine does not know (never existed, or already ended).
+    #[error("unknown session {0:?}")]
+    UnknownSession(String),
+    /// A trickled ICE candidate that does not parse.
+    #[error("bad ICE candidate: {0}")]
+    BadCandidate(String),
+    /// The configured session limit is reached.
+    #[error("too many media sessions (limit {0})")]
+    TooManySessions(usize),
+    /// Invalid engine configuration (start-up only).
+    #[error("media config: {0}")]
+    Config(String),
+    /// Socket errors (start-up only).
+    #[error("media socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The video source could not be started (e.g. encoder initialisation).
+    #[error("video source: {0}")]
+    Source(String),
+    /// The engine task is gone (shut down or crashed).
+    #[error("media engine stopped")]
+    EngineStopped,
+}
+
+impl MediaError {
+    /// Stable, machine-readable name of the error, for JSON error bodies and metrics labels.
+    pub fn code(&self) -> &'static str {
+        match self {
+            MediaError::MalformedSdp(_) => "malformed_sdp",
+            MediaError::NoVideo => "no_video",
+            MediaError::NoSupportedCodec(_) => "unsupported_codec",
+            MediaError::DuplicateSession(_) => "duplicate_session",
+            MediaError::UnknownSession(_) => "unknown_session",
+            MediaError::BadCandidate(_) => "bad_candidate",
+            MediaError::TooManySessions(_) => "too_many_sessions",
+            MediaError::Config(_) => "config",
+            MediaError::Io(_) => "io",
+            MediaError::Source(_) => "source",
+            MediaError::EngineStopped => "engine_stopped",
+        }
+    }
+
+    /// True when the error is the client's fault (a 4xx), false for server-side failures.
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            MediaError::MalformedSdp(_)
+                | MediaError::NoVideo
+                | MediaError::NoSupportedCodec(_)
+                | MediaError::DuplicateSession(_)
+                | MediaError::UnknownSession(_)
+                | MediaError::BadCandidate(_)
+        )
+    }
+}

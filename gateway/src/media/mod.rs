@@ -1,0 +1,34 @@
+//! Media engine: WebRTC peers (str0m) that send one shared video stream to many browsers.
+//!
+//! Data flow:
+//!
+//! ```text
+//! source (testsrc thread / later: RTP ingest)
+//!    │  EncodedFrame { Arc<[u8]> access unit }   (encoded once, shared, never copied per viewer)
+//!    ▼
+//! engine task ── owns every str0m `Rtc` (one per viewer: own ICE-lite agent, DTLS, SRTP)
+//!    ▲      │
+//!    │      ├─▶ UDP media sockets (port range, shared by all sessions)
+//!    │      └─▶ in-process sink (TURN relay short-circuit, see [`InProcessSink`])
+//!    │
+//! UDP sockets / [`MediaHandle::inject`] (datagrams from the relay)
+//! ```
+//!
+//! The signaling layer talks to the engine through a cloneable [`MediaHandle`]:
+//! [`MediaHandle::accept_offer`] turns a browser offer into an answer,
+//! [`MediaHandle::add_remote_candidate`] trickles, [`MediaHandle::close`] ends a session, and
+//! [`MediaHandle::subscribe_ended`] reports sessions that ended on their own (ICE consent lost,
+//! DTLS failure, peer closed, connect timeout) so TURN credentials can be revoked.
+
+mod engine;
+mod error;
+mod sdp_check;
+mod source;
+pub mod testsrc;
+
+pub use engine::{
+    ChannelSink, EndReason, InProcessSink, MediaConfig, MediaEngine, MediaHandle, PortRange,
+    SessionEnded,
+};
+pub use error::MediaError;
+pub use source::{EncodedFrame, VideoCodec, VideoSource};

@@ -1,0 +1,387 @@
+//! Media engine end to end on loopback: a str0m client in the browser role (full ICE, offerer,
+//! H.264 receiver) against the engine (ICE-lite) sending the shared test pattern.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gateway::media::testsrc::{TestSource, TestSourceConfig};
+use gateway::media::{
+    ChannelSink, EndReason, MediaConfig, MediaEngine, MediaError, MediaHandle, PortRange,
+    VideoCodec, VideoSource,
+};
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::media::{Direction, MediaKind};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const RANGE: PortRange = PortRange {
+    first: 50000,
+    last: 50050,
+};
+
+fn config(advertise_ip: Option<IpAddr>) -> MediaConfig {
+    MediaConfig {
+        bind_ip: LOOPBACK,
+        ports: RANGE,
+        advertise_ip,
+        ..MediaConfig::default()
+    }
+}
+
+/// Small pattern so the unoptimised (debug) encoder keeps up on a 2-core machine.
+fn small_testsrc(source: &VideoSource) -> TestSource {
+    TestSource::spawn(
+        TestSourceConfig {
+            width: 320,
+            height: 240,
+            fps: 30,
+            ..TestSourceConfig::default()
+        },
+        source.clone(),
+    )
+    .expect("test pattern starts")
+}
+
+/// A browser-like client: offers one recvonly video m-line with the given codecs.
+fn client(local: SocketAddr, h264: bool) -> (Rtc, str0m::change::SdpOffer, SdpPendingOffer) {
+    let mut rtc = RtcConfig::new()
+        .clear_codecs()
+        .enable_h264(h264)
+        .enable_vp8(!h264)
+        .build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    let (offer, pending) = api.apply().expect("an offer");
+    (rtc, offer, pending)
+}
+
+/// `(ip, port)` of every host candidate in an SDP.
+fn host_candidates(sdp: &str) -> Vec<(IpAddr, u16)> {
+    sdp.lines()
+        .filter_map(|l| l.trim().strip_prefix("a=candidate:"))
+        .filter(|l| l.contains(" typ host"))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_ascii_whitespace().collect();
+            Some((f.get(4)?.parse().ok()?, f.get(5)?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// How the client reaches the engine.
+enum Path {
+    Udp(UdpSocket),
+    /// In-process: client → `MediaHandle::inject`, engine → `ChannelSink` → client.
+    InProcess {
+        handle: MediaHandle,
+        from_engine: mpsc::Receiver<(SocketAddr, SocketAddr, Vec<u8>)>,
+    },
+}
+
+/// Run the client until `frames` H.264 frames arrived or `limit` passed. Returns the frames.
+async fn receive_frames(
+    rtc: &mut Rtc,
+    path: &mut Path,
+    local: SocketAddr,
+    frames: usize,
+    limit: Duration,
+) -> Vec<(bool, Vec<u8>)> {
+    let deadline = Instant::now() + limit;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    while got.len() < frames && Instant::now() < deadline {
+        let timeout = loop {
+            match rtc.poll_output().expect("client poll") {
+                Output::Timeout(t) => break t,
+                Output::Transmit(t) => match path {
+                    Path::Udp(sock) => {
+                        let _ = sock.send_to(&t.contents, t.destination).await;
+                    }
+                    Path::InProcess { handle, .. } => {
+                        handle.inject(t.source, t.destination, &t.contents);
+                    }
+                },
+                Output::Event(Event::MediaData(d)) => got.push((d.is_keyframe(), d.data.to_vec())),
+                Output::Event(_) => {}
+            }
+        };
+        let wait = timeout.min(deadline);
+        let received = match path {
+            Path::Udp(sock) => {
+                tokio::select! {
+                    r = sock.recv_from(&mut buf) => {
+                        let (n, source) = r.expect("client recv");
+                        Some((source, buf[..n].to_vec()))
+                    }
+                    _ = tokio::time::sleep_until(wait.into()) => None,
+                }
+            }
+            Path::InProcess { from_engine, .. } => {
+                tokio::select! {
+                    r = from_engine.recv() => r.map(|(source, _dest, data)| (source, data)),
+                    _ = tokio::time::sleep_until(wait.into()) => None,
+                }
+            }
+        };
+        let now = Instant::now();
+        match received {
+            Some((source, data)) => {
+                let Ok(contents) = data.as_slice().try_into() else {
+                    continue;
+                };
+                let input = Input::Receive(
+                    now,
+                    Receive {
+                        proto: Protocol::Udp,
+                        source,
+                        destination: local,
+                        contents,
+                    },
+                );
+                rtc.handle_input(input).expect("client input");
+            }
+            None => rtc
+                .handle_input(Input::Timeout(now))
+                .expect("client timeout"),
+        }
+    }
+    got
+}
+
+/// Decode received access units with openh264; returns the size of the first decoded picture.
+fn decode_any(frames: &[(bool, Vec<u8>)]) -> Option<(usize, usize)> {
+    use openh264::formats::YUVSource;
+    let mut decoder = openh264::decoder::Decoder::new().expect("decoder");
+    for (_, au) in frames {
+        if let Ok(Some(pic)) = decoder.decode(au) {
+            return Some(pic.dimensions());
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn browser_client_receives_and_decodes_h264_over_udp() {
+    let source = VideoSource::new(VideoCodec::H264);
+    let _pattern = small_testsrc(&source);
+    let handle = MediaEngine::start(config(Some(LOOPBACK)), source).expect("engine starts");
+
+    let sock = UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
+    let local = sock.local_addr().unwrap();
+    let (mut rtc, offer, pending) = client(local, true);
+    let answer = handle
+        .accept_offer(&offer.to_sdp_string(), "viewer-1".into())
+        .await
+        .expect("offer accepted");
+
+    // The host candidate carries the advertised IP and a bound port inside the range.
+    let cands = host_candidates(&answer);
+    assert_eq!(
+        cands.len(),
+        1,
+        "one host candidate per media socket: {answer}"
+    );
+    let (ip, port) = cands[0];
+    assert_eq!(ip, LOOPBACK);
+    assert!((RANGE.first..=RANGE.last).contains(&port));
+    assert_eq!(handle.local_addrs(), &[SocketAddr::new(LOOPBACK, port)]);
+    assert!(answer.contains("a=ice-lite"), "engine answers as ICE-lite");
+
+    rtc.sdp_api()
+        .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+        .expect("answer applies");
+
+    let mut path = Path::Udp(sock);
+    let frames = receive_frames(&mut rtc, &mut path, local, 10, Duration::from_secs(10)).await;
+    assert!(
+        frames.len() >= 10,
+        "expected >= 10 H.264 frames in 10 s, got {}",
+        frames.len()
+    );
+    assert!(frames[0].0, "the first frame a viewer gets is a keyframe");
+    assert_eq!(decode_any(&frames), Some((320, 240)), "bitstream decodes");
+
+    // Ending the session is reported (so TURN credentials can be revoked).
+    let mut ended = handle.subscribe_ended();
+    handle.close("viewer-1").await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(5), ended.recv())
+        .await
+        .expect("ended in time")
+        .unwrap();
+    assert_eq!(e.session_id, "viewer-1");
+    assert_eq!(e.reason, EndReason::Closed);
+    assert!(matches!(
+        handle.close("viewer-1").await,
+        Err(MediaError::UnknownSession(_))
+    ));
+}
+
+#[tokio::test]
+async fn in_process_path_carries_a_whole_session() {
+    let source = VideoSource::new(VideoCodec::H264);
+    let _pattern = small_testsrc(&source);
+    let handle = MediaEngine::start(config(None), source).expect("engine starts");
+
+    // The client's "address" never exists as a socket: every datagram goes through the hook.
+    let local: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let (tx, from_engine) = mpsc::channel(1024);
+    let sink = ChannelSink {
+        addrs: HashSet::from([local]),
+        tx,
+    };
+    handle
+        .set_in_process_sink(Some(Arc::new(sink)))
+        .await
+        .unwrap();
+
+    let (mut rtc, offer, pending) = client(local, true);
+    let answer = handle
+        .accept_offer(&offer.to_sdp_string(), "relayed".into())
+        .await
+        .unwrap();
+    rtc.sdp_api()
+        .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+        .unwrap();
+    let mut path = Path::InProcess {
+        handle: handle.clone(),
+        from_engine,
+    };
+    let frames = receive_frames(&mut rtc, &mut path, local, 5, Duration::from_secs(10)).await;
+    assert!(frames.len() >= 5, "got {} frames in-process", frames.len());
+}
+
+#[tokio::test]
+async fn answer_advertises_configured_ip() {
+    // 203.0.113.0/24 is a documentation network: only written into SDP, never contacted.
+    let advertised: IpAddr = "203.0.113.7".parse().unwrap();
+    let handle = MediaEngine::start(config(Some(advertised)), VideoSource::new(VideoCodec::H264))
+        .expect("engine starts");
+    let (_rtc, offer, _) = client("127.0.0.1:40000".parse().unwrap(), true);
+    let answer = handle
+        .accept_offer(&offer.to_sdp_string(), "s".into())
+        .await
+        .unwrap();
+    let cands = host_candidates(&answer);
+    assert_eq!(cands.len(), 1, "{answer}");
+    assert_eq!(cands[0].0, advertised);
+    assert!((RANGE.first..=RANGE.last).contains(&cands[0].1));
+    assert_eq!(
+        handle.local_addrs()[0].ip(),
+        LOOPBACK,
+        "bound locally, advertised publicly"
+    );
+    assert_eq!(
+        handle.candidate_addrs()[0],
+        SocketAddr::new(advertised, cands[0].1)
+    );
+    assert!(
+        !answer.contains("127.0.0.1"),
+        "no local address leaks into the answer"
+    );
+}
+
+#[tokio::test]
+async fn offers_are_classified() {
+    let handle = MediaEngine::start(
+        MediaConfig {
+            connect_timeout: Duration::from_millis(300),
+            ..config(None)
+        },
+        VideoSource::new(VideoCodec::H264),
+    )
+    .unwrap();
+    let local: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+
+    let err = handle.accept_offer("hello", "a".into()).await.unwrap_err();
+    assert!(matches!(err, MediaError::MalformedSdp(_)), "{err:?}");
+    assert_eq!(err.code(), "malformed_sdp");
+
+    let mut audio = RtcConfig::new().build(Instant::now());
+    audio.add_local_candidate(Candidate::host(local, "udp").unwrap());
+    let mut api = audio.sdp_api();
+    api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+    let (offer, _) = api.apply().unwrap();
+    let err = handle
+        .accept_offer(&offer.to_sdp_string(), "b".into())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MediaError::NoVideo), "{err:?}");
+
+    let (_vp8, offer, _) = client(local, false);
+    let err = handle
+        .accept_offer(&offer.to_sdp_string(), "c".into())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MediaError::NoSupportedCodec(_)), "{err:?}");
+    assert!(err.is_client_error());
+
+    // A good offer, then the same id again.
+    let mut ended = handle.subscribe_ended();
+    let (_h264, offer, _) = client(local, true);
+    let sdp = offer.to_sdp_string();
+    handle.accept_offer(&sdp, "d".into()).await.unwrap();
+    let err = handle.accept_offer(&sdp, "d".into()).await.unwrap_err();
+    assert!(matches!(err, MediaError::DuplicateSession(_)), "{err:?}");
+
+    // Trickle: a good candidate, an mDNS one (ignored), garbage, unknown session.
+    let good = "candidate:1 1 udp 2113929471 127.0.0.1 40002 typ host";
+    handle.add_remote_candidate("d", good).await.unwrap();
+    handle
+        .add_remote_candidate(
+            "d",
+            "a=candidate:2 1 udp 2113929471 abc.local 40003 typ host",
+        )
+        .await
+        .unwrap();
+    handle.add_remote_candidate("d", "").await.unwrap();
+    assert!(matches!(
+        handle.add_remote_candidate("d", "candidate:nonsense").await,
+        Err(MediaError::BadCandidate(_))
+    ));
+    assert!(matches!(
+        handle.add_remote_candidate("zz", good).await,
+        Err(MediaError::UnknownSession(_))
+    ));
+
+    // Nobody connects: the session ends by the connect timeout.
+    let e = tokio::time::timeout(Duration::from_secs(5), ended.recv())
+        .await
+        .expect("ended in time")
+        .unwrap();
+    assert_eq!(
+        (e.session_id.as_str(), e.reason),
+        ("d", EndReason::ConnectTimeout)
+    );
+}
+
+#[tokio::test]
+async fn unspecified_bind_needs_advertise_ip() {
+    let cfg = MediaConfig {
+        bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        ..config(None)
+    };
+    let err = MediaEngine::start(cfg, VideoSource::new(VideoCodec::H264))
+        .err()
+        .expect("refused");
+    assert!(matches!(err, MediaError::Config(_)), "{err:?}");
+}
+
+#[test]
+fn injected_datagrams_to_unknown_addresses_are_refused() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let handle = MediaEngine::start(config(None), VideoSource::new(VideoCodec::H264)).unwrap();
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let other: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        assert!(!handle.inject(peer, other, b"x"));
+        assert!(handle.inject(peer, handle.local_addrs()[0], b"garbage is dropped quietly"));
+    });
+}
