@@ -1,0 +1,592 @@
+//! End-to-end tests of the TURN relay: a real relay (or the whole gateway) in-process on
+//! 127.0.0.1:0, driven by the test TURN client over TCP and TLS, relaying to a UDP echo
+//! peer on loopback.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::time::{Duration, Instant};
+
+use clap::Parser as _;
+use gateway_tests::turn_client::{connect_tls_stream, Attr, Auth, ClientError, Origin};
+use gateway_tests::{
+    connect, eventually, http_get, rest_password, test_io_config, unix_now, TestCert, TestRelay,
+    TurnClient, UdpEcho, Via, TEST_SERVER_NAME,
+};
+use stun_types::AddressFamily;
+use turn_types::message::{ALLOCATE, CREATE_PERMISSION};
+
+/// Bound on waits for things that should happen promptly.
+const T: Duration = Duration::from_secs(5);
+
+fn core_config() -> relay::core::Config {
+    relay::core::Config::default()
+}
+
+/// The error code of a failed call; panics on success or on a non-TURN error.
+#[track_caller]
+fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> u16 {
+    match r {
+        Err(ClientError::Turn(e)) => e.code,
+        other => panic!("expected a TURN error response, got {other:?}"),
+    }
+}
+
+fn localhost() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_401_then_allocate_and_relay_both_ways() {
+    let relay = TestRelay::start(core_config(), test_io_config(), "127.0.0.1", "s3cret").await;
+    let echo = UdpEcho::start(localhost()).await.unwrap();
+    for (i, via) in Via::ALL.into_iter().enumerate() {
+        let cred = relay.mint(&format!("session-{i}"));
+        let mut c = relay.connect(via).await;
+        c.set_credentials(&cred.username, &cred.password);
+
+        // 401 with REALM and NONCE, FINGERPRINT present.
+        let first = c
+            .allocate_unauthenticated(AddressFamily::IPV4)
+            .await
+            .unwrap();
+        let err = first.error().expect("unauthenticated Allocate must fail");
+        assert_eq!(err.code, 401, "{via:?}: {err:?}");
+        assert_eq!(first.realm().as_deref(), Some("gateway"), "{via:?}");
+        assert!(first.nonce().is_some(), "{via:?}: 401 without NONCE");
+        assert!(first.has_fingerprint(), "{via:?}: 401 without FINGERPRINT");
+
+        // Signed retry: success, signed with our key.
+        let reply = c
+            .transact(
+                ALLOCATE,
+                &[Attr::RequestedTransport(17), Attr::Lifetime(600)],
+                Auth::LongTerm,
+            )
+            .await
+            .unwrap();
+        assert!(reply.is_success(), "{via:?}: {:?}", reply.error());
+        assert_eq!(
+            reply.integrity_ok,
+            Some(true),
+            "{via:?}: response integrity"
+        );
+        let relayed = reply.relayed().expect("XOR-RELAYED-ADDRESS");
+        assert_eq!(relayed.ip(), localhost(), "{via:?}");
+        assert_ne!(relayed.port(), 0, "{via:?}");
+        assert_eq!(reply.mapped(), Some(c.local_addr()), "{via:?}");
+        assert_eq!(reply.lifetime(), Some(600), "{via:?}");
+
+        // Send indication → echo → Data indication.
+        c.create_permission(echo.addr).await.unwrap();
+        for payload in [&b"hello"[..], b"x", &[0xA5; 1201][..]] {
+            c.send_indication(echo.addr, payload).await.unwrap();
+            let (from, data) = c.recv_data(T).await.unwrap();
+            assert_eq!(from, Origin::Peer(echo.addr), "{via:?}");
+            assert_eq!(data, payload, "{via:?}");
+        }
+
+        // ChannelData → echo → ChannelData (odd lengths exercise stream padding).
+        let ch = 0x4000 + i as u16;
+        c.channel_bind(ch, echo.addr).await.unwrap();
+        for payload in [&b"abcde"[..], b"z", b"four", &[7u8; 999][..]] {
+            c.send_channel_data(ch, payload).await.unwrap();
+            let (from, data) = c.recv_data(T).await.unwrap();
+            assert_eq!(from, Origin::Channel(ch), "{via:?}");
+            assert_eq!(data, payload, "{via:?}");
+        }
+        // With a channel bound, the peer's answers to a Send indication come on the channel.
+        c.send_indication(echo.addr, b"via-send").await.unwrap();
+        let (from, data) = c.recv_data(T).await.unwrap();
+        assert_eq!(
+            (from, data.as_slice()),
+            (Origin::Channel(ch), &b"via-send"[..])
+        );
+    }
+    assert!(echo.received.load(SeqCst) >= 3 * 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_get_401() {
+    let relay = TestRelay::start(core_config(), test_io_config(), "", "s3cret").await;
+    for via in [Via::Tcp, Via::Tls] {
+        let good = relay.mint("u");
+        // Wrong password.
+        let mut c = relay.connect(via).await;
+        assert_eq!(
+            code(c.allocate(&good.username, "not-the-password").await),
+            401
+        );
+        // Minted under another secret.
+        let other = auth::SecretRing::parse("other").unwrap();
+        let foreign = other.mint("u", unix_now(), 600).unwrap();
+        let mut c = relay.connect(via).await;
+        assert_eq!(
+            code(c.allocate(&foreign.username, &foreign.password).await),
+            401
+        );
+        // Expired (minted an hour ago for ten minutes).
+        let old = relay.ring.mint("u", unix_now() - 3600, 600).unwrap();
+        let mut c = relay.connect(via).await;
+        assert_eq!(code(c.allocate(&old.username, &old.password).await), 401);
+        // And the good one works.
+        let mut c = relay.connect(via).await;
+        c.allocate(&good.username, &good.password).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_nonce_gets_438_and_the_new_nonce_works() {
+    let core = relay::core::Config {
+        nonce_ttl: Duration::from_secs(1),
+        ..core_config()
+    };
+    let relay = TestRelay::start(core, test_io_config(), "", "s3cret").await;
+    let cred = relay.mint("nonce-user");
+    let mut clients = Vec::new();
+    for via in Via::ALL {
+        let mut c = relay.connect(via).await;
+        c.set_credentials(&cred.username, &cred.password);
+        let r = c
+            .allocate_unauthenticated(AddressFamily::IPV4)
+            .await
+            .unwrap();
+        assert_eq!(r.error().map(|e| e.code), Some(401));
+        clients.push((via, c));
+    }
+    // Every nonce was made at or before `t0` and lives 1 s (whole unix seconds): it is
+    // stale once the wall clock reaches t0 + 1. Wait on the clock, bounded.
+    let t0 = unix_now();
+    assert!(
+        eventually(Duration::from_secs(3), || unix_now() > t0).await,
+        "wall clock did not advance"
+    );
+    for (via, c) in &mut clients {
+        let stale = c.nonce().unwrap().to_owned();
+        let r = c
+            .transact(ALLOCATE, &[Attr::RequestedTransport(17)], Auth::LongTerm)
+            .await
+            .unwrap();
+        let err = r
+            .error()
+            .unwrap_or_else(|| panic!("{via:?}: stale nonce accepted"));
+        assert_eq!(err.code, 438, "{via:?}: {err:?}");
+        assert!(r.realm().is_some(), "{via:?}: 438 without REALM");
+        let fresh = r
+            .nonce()
+            .unwrap_or_else(|| panic!("{via:?}: 438 without NONCE"));
+        assert_ne!(fresh, stale, "{via:?}");
+        // The new nonce is good for a second; retry (again if a second boundary slipped
+        // between the 438 and the retry).
+        let mut ok = None;
+        for _ in 0..3 {
+            match c.allocate_signed(AddressFamily::IPV4).await {
+                Ok(a) => {
+                    ok = Some(a);
+                    break;
+                }
+                Err(e) if e.code() == Some(438) => continue,
+                Err(e) => panic!("{via:?}: retry with the fresh nonce failed: {e}"),
+            }
+        }
+        assert!(ok.is_some(), "{via:?}: three 438s in a row");
+    }
+}
+
+/// Peers that `0.0.0.0/0,::/0` must not open (DESIGN.md, peer policy).
+const DENIED: &[&str] = &[
+    "127.0.0.1:5000",
+    "10.0.0.1:5000",
+    "172.16.0.1:5000",
+    "192.168.1.1:5000",
+    "169.254.169.254:80",
+    "100.64.0.1:5000",
+    "0.0.0.0:5000",
+    "224.0.0.1:5000",
+    "255.255.255.255:5000",
+    "[::1]:5000",
+    "[::]:5000",
+    "[fe80::1]:5000",
+    "[fc00::1]:5000",
+    "[::ffff:127.0.0.1]:5000",
+    "[::ffff:169.254.169.254]:80",
+    "[::ffff:10.0.0.1]:5000",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wide_allow_list_still_forbids_special_addresses() {
+    let relay = TestRelay::start(core_config(), test_io_config(), "0.0.0.0/0,::/0", "s3cret").await;
+    let echo = UdpEcho::start(localhost()).await.unwrap();
+    for via in [Via::Tcp, Via::Tls] {
+        let cred = relay.mint("policy");
+        let mut v4 = relay.connect(via).await;
+        let a4 = v4.allocate(&cred.username, &cred.password).await.unwrap();
+        assert!(a4.relayed.is_ipv4());
+        let mut v6 = relay.connect(via).await;
+        let a6 = v6
+            .allocate_family(&cred.username, &cred.password, AddressFamily::IPV6)
+            .await
+            .unwrap();
+        assert_eq!(a6.relayed.ip(), "::1".parse::<IpAddr>().unwrap());
+
+        // Controls: public addresses of each family are allowed, so the 403s below come
+        // from the special ranges, not from something else.
+        v4.create_permission("8.8.8.8:53".parse().unwrap())
+            .await
+            .unwrap();
+        v6.create_permission("[2606:4700::1111]:53".parse().unwrap())
+            .await
+            .unwrap();
+
+        for s in DENIED {
+            let peer: SocketAddr = s.parse().unwrap();
+            // An allocation of the peer's family, so 443 cannot mask the policy.
+            let c = if peer.is_ipv4() { &mut v4 } else { &mut v6 };
+            let r = c.create_permission(peer).await;
+            assert_eq!(code(r), 403, "{via:?}: CreatePermission {s}");
+            let r = c.channel_bind(0x4abc, peer).await;
+            assert_eq!(code(r), 403, "{via:?}: ChannelBind {s}");
+            // A multi-peer CreatePermission with one denied peer fails as a whole.
+            let good: SocketAddr = if peer.is_ipv4() {
+                "8.8.4.4:53".parse().unwrap()
+            } else {
+                "[2606:4700::1001]:53".parse().unwrap()
+            };
+            let r = c
+                .request(CREATE_PERMISSION, &[Attr::Peer(good), Attr::Peer(peer)])
+                .await;
+            assert_eq!(code(r), 403, "{via:?}: CreatePermission [good, {s}]");
+        }
+
+        // Data to a denied peer goes nowhere: the loopback echo never hears it.
+        v4.send_indication(echo.addr, b"must not arrive")
+            .await
+            .unwrap();
+        v4.send_channel_data(0x4abc, b"nor this").await.unwrap();
+        // A request after them: once answered, the relay has handled both.
+        v4.refresh(600).await.unwrap();
+        assert!(
+            !eventually(Duration::from_millis(200), || echo.received.load(SeqCst)
+                > 0)
+            .await,
+            "{via:?}: a datagram reached the loopback peer"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_quota_gets_486() {
+    let core = relay::core::Config {
+        max_allocations_per_user: 2,
+        ..core_config()
+    };
+    let relay = TestRelay::start(core, test_io_config(), "", "s3cret").await;
+    for via in [Via::Tcp, Via::Tls] {
+        let user = format!("quota-{via:?}");
+        let cred = relay.mint(&user);
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut c = relay.connect(via).await;
+            c.allocate(&cred.username, &cred.password).await.unwrap();
+            held.push(c);
+        }
+        assert_eq!(relay.server.shared().allocations_of(&user), 2);
+        let mut third = relay.connect(via).await;
+        assert_eq!(
+            code(third.allocate(&cred.username, &cred.password).await),
+            486,
+            "{via:?}"
+        );
+        // Another user is not affected.
+        let other = relay.mint(&format!("other-{via:?}"));
+        let mut o = relay.connect(via).await;
+        o.allocate(&other.username, &other.password).await.unwrap();
+
+        // Closing one connection gives its quota back.
+        held.pop().unwrap().close().await;
+        let shared = relay.server.shared().clone();
+        assert!(
+            eventually(T, || shared.allocations_of(&user) == 1).await,
+            "{via:?}: quota not released after close"
+        );
+        third.allocate_signed(AddressFamily::IPV4).await.unwrap();
+        assert_eq!(relay.server.shared().allocations_of(&user), 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_zero_deletes_the_allocation() {
+    let relay = TestRelay::start(core_config(), test_io_config(), "127.0.0.1", "s3cret").await;
+    let echo = UdpEcho::start(localhost()).await.unwrap();
+    for via in [Via::Tcp, Via::Tls] {
+        let user = format!("refresh-{via:?}");
+        let cred = relay.mint(&user);
+        let mut c = relay.connect(via).await;
+        c.allocate(&cred.username, &cred.password).await.unwrap();
+        assert_eq!(c.refresh(600).await.unwrap(), 600);
+        c.create_permission(echo.addr).await.unwrap();
+        assert_eq!(relay.server.shared().allocations_of(&user), 1);
+
+        assert_eq!(c.refresh(0).await.unwrap(), 0);
+        assert_eq!(relay.server.shared().allocations_of(&user), 0);
+        assert_eq!(code(c.create_permission(echo.addr).await), 437, "{via:?}");
+        assert_eq!(
+            code(c.channel_bind(0x4000, echo.addr).await),
+            437,
+            "{via:?}"
+        );
+        assert_eq!(code(c.refresh(600).await), 437, "{via:?}");
+        // Nothing is relayed any more.
+        c.send_indication(echo.addr, b"gone").await.unwrap();
+        assert!(matches!(
+            c.recv_data(Duration::from_millis(200)).await,
+            Err(ClientError::Timeout(_))
+        ));
+        // The 5-tuple may allocate again.
+        c.allocate_signed(AddressFamily::IPV4).await.unwrap();
+        assert_eq!(relay.server.shared().allocations_of(&user), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_ends_allocations_and_refuses_the_credential() {
+    let relay = TestRelay::start(core_config(), test_io_config(), "127.0.0.1", "s3cret").await;
+    let echo = UdpEcho::start(localhost()).await.unwrap();
+    let alice = relay.mint("alice");
+    let bob = relay.mint("bob");
+    let mut alices = Vec::new();
+    for via in [Via::Tcp, Via::Tls, Via::Tcp] {
+        let mut c = relay.connect(via).await;
+        c.allocate(&alice.username, &alice.password).await.unwrap();
+        alices.push((via, c));
+    }
+    let mut b = relay.connect(Via::Tls).await;
+    b.allocate(&bob.username, &bob.password).await.unwrap();
+    b.create_permission(echo.addr).await.unwrap();
+    assert_eq!(relay.server.shared().allocations_of("alice"), 3);
+
+    relay.server.revoke("alice", unix_now() + 3600);
+
+    for (via, c) in &mut alices {
+        c.wait_closed(T)
+            .await
+            .unwrap_or_else(|e| panic!("{via:?}: alice's connection still open: {e}"));
+    }
+    let shared = relay.server.shared().clone();
+    assert!(eventually(T, || shared.allocations_of("alice") == 0).await);
+    // Bob is untouched.
+    assert_eq!(b.refresh(600).await.unwrap(), 600);
+    b.send_indication(echo.addr, b"still here").await.unwrap();
+    assert_eq!(b.recv_data(T).await.unwrap().1, b"still here");
+    // Alice's credential is refused from now on, on new connections of either kind.
+    for via in [Via::Tcp, Via::Tls] {
+        let mut c = relay.connect(via).await;
+        assert_eq!(
+            code(c.allocate(&alice.username, &alice.password).await),
+            401,
+            "{via:?}"
+        );
+    }
+    // A fresh credential for the same user is refused too (the user is revoked).
+    let again = relay.mint("alice");
+    let mut c = relay.connect(Via::Tcp).await;
+    assert_eq!(
+        code(c.allocate(&again.username, &again.password).await),
+        401
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_do_not_delay_others_and_are_closed() {
+    const IDLE: usize = 200;
+    let io = relay::io::IoConfig {
+        handshake_timeout: Duration::from_secs(1),
+        max_connections_per_ip: 1000,
+        ..test_io_config()
+    };
+    let relay = TestRelay::start(core_config(), io, "", "s3cret").await;
+    let cred = relay.mint("timing");
+
+    // TLS handshake + 401 + Allocate, best of a few runs (filters scheduler noise on a
+    // shared machine without hiding a systematic delay).
+    async fn measure(relay: &TestRelay, cred: &auth::Credential, runs: usize) -> Duration {
+        let mut best = Duration::MAX;
+        for _ in 0..runs {
+            let t = Instant::now();
+            let mut c = relay.connect(Via::Tls).await;
+            c.allocate(&cred.username, &cred.password).await.unwrap();
+            best = best.min(t.elapsed());
+            c.close().await;
+        }
+        best
+    }
+    let _warm = measure(&relay, &cred, 1).await;
+    let baseline = measure(&relay, &cred, 5).await;
+
+    let stats = relay.server.io_stats().clone();
+    let accepted_before = stats.connections_accepted.load(Relaxed);
+    let mut idle = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        idle.push(tokio::net::TcpStream::connect(relay.addr()).await.unwrap());
+    }
+    // Wait until the relay has accepted all of them (they hold slots, not just backlog).
+    assert!(
+        eventually(T, || stats.connections_accepted.load(Relaxed)
+            >= accepted_before + IDLE as u64)
+        .await,
+        "relay did not accept the idle connections"
+    );
+    let opened = Instant::now();
+    let loaded = measure(&relay, &cred, 5).await;
+    assert!(
+        opened.elapsed() < Duration::from_millis(900),
+        "measurement overlapped the handshake timeout; result is meaningless"
+    );
+    let extra = loaded.saturating_sub(baseline);
+    assert!(
+        extra < Duration::from_millis(100),
+        "{IDLE} idle connections delayed TLS + Allocate by {extra:?} (baseline {baseline:?}, with idle {loaded:?})"
+    );
+
+    // Every idle connection is closed by the server after the handshake timeout (1 s).
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut n = 0;
+        for s in &mut idle {
+            let mut b = [0u8; 16];
+            use tokio::io::AsyncReadExt;
+            match s.read(&mut b).await {
+                Ok(0) | Err(_) => n += 1,
+                Ok(_) => {}
+            }
+        }
+        n
+    })
+    .await
+    .expect("idle connections still open 5 s after a 1 s handshake timeout");
+    assert_eq!(closed, IDLE);
+    assert!(stats.handshake_timeouts.load(Relaxed) >= IDLE as u64);
+    // And the relay still serves.
+    let mut c = relay.connect(Via::Tcp).await;
+    c.allocate(&cred.username, &cred.password).await.unwrap();
+}
+
+/// Starts the whole gateway on loopback with `secrets` and a certificate for
+/// [`TEST_SERVER_NAME`]; returns it with the certificate.
+async fn start_gateway(secrets: &str, extra: &[&str]) -> (gateway::run::Running, TestCert) {
+    let cert = TestCert::new(&[TEST_SERVER_NAME]);
+    let (cert_path, key_path) = cert.write_pem_files();
+    let mut args = vec![
+        "gateway".to_owned(),
+        "--turn-listen".into(),
+        "127.0.0.1:0".into(),
+        "--gateway-http-addr".into(),
+        "127.0.0.1:0".into(),
+        "--turn-secret".into(),
+        secrets.into(),
+        "--turn-host".into(),
+        TEST_SERVER_NAME.into(),
+        "--tls-cert".into(),
+        cert_path.display().to_string(),
+        "--tls-key".into(),
+        key_path.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let cli = gateway::config::Cli::try_parse_from(args).expect("gateway flags");
+    let running = gateway::run::start(cli.settings)
+        .await
+        .expect("gateway starts");
+    let _ = std::fs::remove_dir_all(cert_path.parent().unwrap());
+    (running, cert)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_secret_rotation_new_mints_both_verify() {
+    let (gw, cert) = start_gateway("new,old", &["--turn-relay-ip", "127.0.0.1"]).await;
+    let addr = gw.relay.local_tcp();
+    let now = unix_now();
+    let old_cred = auth::SecretRing::parse("old")
+        .unwrap()
+        .mint("old-session", now, 600)
+        .unwrap();
+    let new_cred = auth::SecretRing::parse("new")
+        .unwrap()
+        .mint("new-session", now, 600)
+        .unwrap();
+    let foreign = auth::SecretRing::parse("neither")
+        .unwrap()
+        .mint("x", now, 600)
+        .unwrap();
+    for via in [Via::Tcp, Via::Tls] {
+        for cred in [&old_cred, &new_cred] {
+            let mut c = connect(addr, via, &cert.cert_der).await.unwrap();
+            c.allocate(&cred.username, &cred.password)
+                .await
+                .unwrap_or_else(|e| panic!("{via:?} {}: {e}", cred.username));
+        }
+        let mut c = connect(addr, via, &cert.cert_der).await.unwrap();
+        assert_eq!(
+            code(c.allocate(&foreign.username, &foreign.password).await),
+            401
+        );
+    }
+
+    // Minting uses "new" only: the REST endpoint ...
+    let tcp = tokio::net::TcpStream::connect(gw.http_addr).await.unwrap();
+    let (status, body) = http_get(
+        tcp,
+        "localhost",
+        "/api/v1/turn/credentials?service=turn&username=rest-user",
+        T,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let username = doc["username"].as_str().unwrap();
+    let password = doc["password"].as_str().unwrap();
+    assert!(username.ends_with(":rest-user"), "{username}");
+    assert_eq!(password, rest_password("new", username));
+    assert_ne!(password, rest_password("old", username));
+    assert!(doc["ttl"].as_u64().unwrap() > 0);
+    // ... and the application's own minting.
+    let minted = gw.app.mint("app-user").unwrap();
+    assert_eq!(minted.password, rest_password("new", &minted.username));
+    // Both allocate.
+    let mut c = connect(addr, Via::Tls, &cert.cert_der).await.unwrap();
+    c.allocate(username, password).await.unwrap();
+    let mut c = connect(addr, Via::Tcp, &cert.cert_der).await.unwrap();
+    c.allocate(&minted.username, &minted.password)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_on_the_turn_port_is_handed_off() {
+    let (gw, cert) = start_gateway("s3cret", &[]).await;
+    let addr = gw.relay.local_tcp();
+
+    // Plain HTTP.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (status, body) = http_get(tcp, "localhost", "/health", T).await.unwrap();
+    assert_eq!(status, 200, "plain HTTP on the TURN port: {body}");
+    assert!(body.contains("\"ok\""), "{body}");
+
+    // HTTPS without ALPN (first plaintext bytes decide) and with ALPN http/1.1.
+    for alpn in [&[][..], &[&b"http/1.1"[..]][..]] {
+        let tls = connect_tls_stream(addr, TEST_SERVER_NAME, &cert.cert_der, alpn, T)
+            .await
+            .unwrap();
+        let (status, body) = http_get(tls, TEST_SERVER_NAME, "/health", T).await.unwrap();
+        assert_eq!(
+            status, 200,
+            "HTTPS (ALPN {alpn:?}) on the TURN port: {body}"
+        );
+        assert!(body.contains("\"ok\""), "{body}");
+    }
+
+    // TURN still works on the same port.
+    let cred = gw.app.mint("same-port").unwrap();
+    for via in Via::ALL {
+        let mut c: TurnClient = connect(addr, via, &cert.cert_der).await.unwrap();
+        c.allocate(&cred.username, &cred.password).await.unwrap();
+    }
+}
