@@ -246,29 +246,64 @@ pub async fn http_get<S: AsyncRead + AsyncWrite + Unpin>(
     path: &str,
     timeout: Duration,
 ) -> std::io::Result<(u16, String)> {
-    let fut = async {
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: */*\r\n\r\n"
-        );
-        stream.write_all(req.as_bytes()).await?;
-        stream.flush().await?;
-        let mut raw = Vec::new();
-        // Read until EOF (Connection: close); TLS peers may end without close_notify.
-        let mut buf = [0u8; 4096];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => raw.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => break,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(raw)
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: */*\r\n\r\n");
+    let deadline = tokio::time::Instant::now() + timeout;
+    let timed_out = |raw: &[u8]| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "HTTP GET {path} timed out after receiving {:?}",
+                String::from_utf8_lossy(raw)
+            ),
+        )
     };
-    let raw = tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "HTTP GET timed out"))??;
+    tokio::time::timeout_at(deadline, async {
+        stream.write_all(req.as_bytes()).await?;
+        stream.flush().await
+    })
+    .await
+    .map_err(|_| timed_out(b""))??;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Until EOF (Connection: close) or a complete response: some servers keep the
+    // connection open, TLS peers may end without close_notify.
+    while !response_complete(&raw) {
+        let read = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .map_err(|_| timed_out(&raw))?;
+        match read {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => break,
+            Err(e) => return Err(e),
+        }
+    }
     parse_http_response(&raw)
+}
+
+/// Whether `raw` holds a whole response with a Content-Length body or a finished chunked
+/// body.
+fn response_complete(raw: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(raw);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    };
+    if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        return body.len() >= len;
+    }
+    if header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+        return body.ends_with("0\r\n\r\n");
+    }
+    false
 }
 
 fn parse_http_response(raw: &[u8]) -> std::io::Result<(u16, String)> {
