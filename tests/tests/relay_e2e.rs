@@ -399,7 +399,7 @@ async fn revoke_ends_allocations_and_refuses_the_credential() {
 async fn idle_connections_do_not_delay_others_and_are_closed() {
     const IDLE: usize = 200;
     let io = relay::io::IoConfig {
-        handshake_timeout: Duration::from_secs(1),
+        handshake_timeout: Duration::from_secs(2),
         max_connections_per_ip: 1000,
         ..test_io_config()
     };
@@ -425,6 +425,7 @@ async fn idle_connections_do_not_delay_others_and_are_closed() {
     let stats = relay.server.io_stats().clone();
     let accepted_before = stats.connections_accepted.load(Relaxed);
     let mut idle = Vec::with_capacity(IDLE);
+    let opened = Instant::now();
     for _ in 0..IDLE {
         idle.push(tokio::net::TcpStream::connect(relay.addr()).await.unwrap());
     }
@@ -435,11 +436,23 @@ async fn idle_connections_do_not_delay_others_and_are_closed() {
         .await,
         "relay did not accept the idle connections"
     );
-    let opened = Instant::now();
     let loaded = measure(&relay, &cred, 5).await;
+    eprintln!("TLS + Allocate: baseline {baseline:?}, with {IDLE} idle connections {loaded:?}");
     assert!(
-        opened.elapsed() < Duration::from_millis(900),
+        opened.elapsed() < Duration::from_millis(1800),
         "measurement overlapped the handshake timeout; result is meaningless"
+    );
+    // They were really held open during the measurement.
+    let still_open = idle
+        .iter()
+        .filter(|s| {
+            let mut b = [0u8; 1];
+            matches!(s.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .count();
+    assert_eq!(
+        still_open, IDLE,
+        "idle connections closed before the handshake timeout"
     );
     let extra = loaded.saturating_sub(baseline);
     assert!(
@@ -447,7 +460,7 @@ async fn idle_connections_do_not_delay_others_and_are_closed() {
         "{IDLE} idle connections delayed TLS + Allocate by {extra:?} (baseline {baseline:?}, with idle {loaded:?})"
     );
 
-    // Every idle connection is closed by the server after the handshake timeout (1 s).
+    // Every idle connection is closed by the server after the handshake timeout (2 s).
     let closed = tokio::time::timeout(Duration::from_secs(5), async {
         let mut n = 0;
         for s in &mut idle {
@@ -461,7 +474,7 @@ async fn idle_connections_do_not_delay_others_and_are_closed() {
         n
     })
     .await
-    .expect("idle connections still open 5 s after a 1 s handshake timeout");
+    .expect("idle connections still open 5 s after a 2 s handshake timeout");
     assert_eq!(closed, IDLE);
     // The counter is bumped just after the socket is dropped: poll for it.
     assert!(
@@ -627,5 +640,119 @@ async fn gateway_default_relayed_address_is_concrete() {
             "{via:?}: XOR-RELAYED-ADDRESS {} is the wildcard address",
             a.relayed
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_data_needs_a_permission_for_its_ip() {
+    let relay = TestRelay::start(core_config(), test_io_config(), "127.0.0.1", "s3cret").await;
+    let echo = UdpEcho::start(localhost()).await.unwrap();
+    // Another loopback IP (Linux routes all of 127/8 to lo).
+    let stranger = tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let same_ip = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for via in [Via::Tcp, Via::Tls] {
+        let cred = relay.mint("perm");
+        let mut c = relay.connect(via).await;
+        let a = c.allocate(&cred.username, &cred.password).await.unwrap();
+        // No permission yet: nothing from anyone gets through.
+        same_ip.send_to(b"early", a.relayed).await.unwrap();
+        assert!(matches!(
+            c.recv_data(Duration::from_millis(200)).await,
+            Err(ClientError::Timeout(_))
+        ));
+        c.create_permission(echo.addr).await.unwrap();
+        // Permissions are per IP: another port of 127.0.0.1 gets through ...
+        same_ip.send_to(b"same ip", a.relayed).await.unwrap();
+        let (from, data) = c.recv_data(T).await.unwrap();
+        assert_eq!(from, Origin::Peer(same_ip.local_addr().unwrap()), "{via:?}");
+        assert_eq!(data, b"same ip");
+        // ... 127.0.0.2 does not.
+        stranger.send_to(b"stranger", a.relayed).await.unwrap();
+        assert!(matches!(
+            c.recv_data(Duration::from_millis(200)).await,
+            Err(ClientError::Timeout(_))
+        ));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocation_expires_without_refresh() {
+    let core = relay::core::Config {
+        default_lifetime: Duration::from_secs(1),
+        max_lifetime: Duration::from_secs(1),
+        ..core_config()
+    };
+    let relay = TestRelay::start(core, test_io_config(), "127.0.0.1", "s3cret").await;
+    let echo = UdpEcho::start(localhost()).await.unwrap();
+    let cred = relay.mint("expiry");
+    let mut clients = Vec::new();
+    for via in [Via::Tcp, Via::Tls] {
+        let mut c = relay.connect(via).await;
+        let a = c.allocate(&cred.username, &cred.password).await.unwrap();
+        assert_eq!(a.lifetime, 1, "{via:?}: lifetime clamped to max_lifetime");
+        clients.push((via, c));
+    }
+    let shared = relay.server.shared().clone();
+    assert!(
+        eventually(T, || shared.allocations_of("expiry") == 0).await,
+        "allocations did not expire"
+    );
+    for (via, c) in &mut clients {
+        assert_eq!(code(c.create_permission(echo.addr).await), 437, "{via:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_and_fragmented_writes_are_framed() {
+    let relay = TestRelay::start(core_config(), test_io_config(), "127.0.0.1", "s3cret").await;
+    let echo = UdpEcho::start(localhost()).await.unwrap();
+    for via in [Via::Tcp, Via::Tls] {
+        let cred = relay.mint("framing");
+        let mut c = relay.connect(via).await;
+        c.allocate(&cred.username, &cred.password).await.unwrap();
+        c.channel_bind(0x4123, echo.addr).await.unwrap();
+        // A second Allocate on the same 5-tuple is a mismatch.
+        assert_eq!(code(c.allocate_signed(AddressFamily::IPV4).await), 437);
+
+        // Three ChannelData messages (odd sizes, padded) in one write.
+        let mut wire = Vec::new();
+        for p in [&b"a"[..], b"bb", b"ccc"] {
+            relay::framer::write_channel_data(&mut wire, 0x4123, p, true);
+        }
+        c.send_raw(&wire).await.unwrap();
+        for p in [&b"a"[..], b"bb", b"ccc"] {
+            let (from, data) = c.recv_data(T).await.unwrap();
+            assert_eq!(
+                (from, data.as_slice()),
+                (Origin::Channel(0x4123), p),
+                "{via:?}"
+            );
+        }
+
+        // A signed Refresh written one byte at a time, then a ChannelData split in two.
+        let (req, _) = c
+            .build_request(
+                turn_types::message::REFRESH,
+                &[Attr::Lifetime(600)],
+                Auth::LongTerm,
+            )
+            .unwrap();
+        for b in &req {
+            c.send_raw(std::slice::from_ref(b)).await.unwrap();
+        }
+        let mut cd = Vec::new();
+        relay::framer::write_channel_data(&mut cd, 0x4123, b"split payload", true);
+        let (x, y) = cd.split_at(7);
+        c.send_raw(x).await.unwrap();
+        c.send_raw(y).await.unwrap();
+        let (from, data) = c.recv_data(T).await.unwrap();
+        assert_eq!(
+            (from, data.as_slice()),
+            (Origin::Channel(0x4123), &b"split payload"[..]),
+            "{via:?}"
+        );
+        // The Refresh response arrived before the data and was skipped by recv_data;
+        // the connection is still in sync: a normal request works.
+        assert_eq!(c.refresh(600).await.unwrap(), 600, "{via:?}");
     }
 }
