@@ -237,15 +237,28 @@ mod tests {
     fn bad_values_name_the_setting() {
         let e = parse(&["--turn-listen", "nope"]).unwrap_err().to_string();
         assert!(e.contains("--turn-listen"), "{e}");
-        let e = parse(&["--turn-credential-ttl", "0"]).unwrap_err().to_string();
+        let e = parse(&["--turn-credential-ttl", "0"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--turn-credential-ttl"), "{e}");
         let c = parse(&["--turn-secret", "a,,b"]).unwrap();
-        assert!(c.settings.secrets().unwrap_err().to_string().contains("TURN_SECRET"));
+        assert!(c
+            .settings
+            .secrets()
+            .unwrap_err()
+            .to_string()
+            .contains("TURN_SECRET"));
     }
 
     #[test]
     fn ipv6_host_is_bracketed() {
-        let c = parse(&["--turn-host", "2001:db8::1", "--turn-udp-listen", "[::]:3478"]).unwrap();
+        let c = parse(&[
+            "--turn-host",
+            "2001:db8::1",
+            "--turn-udp-listen",
+            "[::]:3478",
+        ])
+        .unwrap();
         assert_eq!(
             c.settings.turn_uris(),
             vec![

@@ -88,7 +88,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
 
     let listener = tokio::net::TcpListener::bind(settings.gateway_http_addr)
         .await
-        .with_context(|| format!("GATEWAY_HTTP_ADDR: cannot listen on {}", settings.gateway_http_addr))?;
+        .with_context(|| {
+            format!(
+                "GATEWAY_HTTP_ADDR: cannot listen on {}",
+                settings.gateway_http_addr
+            )
+        })?;
     let http_addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {

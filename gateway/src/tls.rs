@@ -21,7 +21,12 @@ pub fn load_pem(
     let certs: Vec<_> = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("TLS_CERT: cannot read {}", cert.display()))?
         .collect::<Result<_, _>>()
-        .with_context(|| format!("TLS_CERT: {} is not a PEM certificate chain", cert.display()))?;
+        .with_context(|| {
+            format!(
+                "TLS_CERT: {} is not a PEM certificate chain",
+                cert.display()
+            )
+        })?;
     if certs.is_empty() {
         return Err(anyhow!("TLS_CERT: {} holds no certificate", cert.display()));
     }
@@ -72,8 +77,11 @@ mod tests {
 
     #[test]
     fn missing_files_name_the_setting() {
-        let e = load_pem(Path::new("/nonexistent/c.pem"), Path::new("/nonexistent/k.pem"))
-            .unwrap_err();
+        let e = load_pem(
+            Path::new("/nonexistent/c.pem"),
+            Path::new("/nonexistent/k.pem"),
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("TLS_CERT"), "{e:#}");
     }
 }

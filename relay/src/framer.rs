@@ -6,8 +6,9 @@
 //! * **STUN** messages: the first two bits are `00` (first byte `0x00..=0x3F`); the 16-bit
 //!   length field at offset 2 counts the attributes after the 20-byte header and is always a
 //!   multiple of 4. Whole message: `20 + length` bytes.
-//! * **ChannelData** messages: the first byte is `0x40..=0x4F` (channel numbers
-//!   `0x4000..=0x4FFF`); a 4-byte header (channel number, 16-bit data length) is followed by
+//! * **ChannelData** messages: the first byte is `0x40..=0x7F` (channel numbers
+//!   `0x4000..=0x7FFF`: RFC 8656 narrowed the range to `0x4FFF`, but RFC 5766 clients such as
+//!   coturn's pick numbers up to `0x7FFF`, and accepting them costs nothing); a 4-byte header (channel number, 16-bit data length) is followed by
 //!   the data and, on streams, by zero to three padding bytes up to a multiple of 4.
 //!
 //! Anything else is a framing error: the stream cannot be resynchronised and the connection
@@ -110,7 +111,7 @@ impl FrameKind {
     pub fn from_first_byte(byte: u8) -> Option<Self> {
         match byte {
             0x00..=0x3F => Some(FrameKind::Stun),
-            0x40..=0x4F => Some(FrameKind::ChannelData),
+            0x40..=0x7F => Some(FrameKind::ChannelData),
             _ => None,
         }
     }
@@ -140,9 +141,9 @@ pub struct FrameHeader {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     /// The first byte of a message is neither STUN (`0x00..=0x3F`) nor ChannelData
-    /// (`0x40..=0x4F`).
+    /// (`0x40..=0x7F`).
     #[error(
-        "invalid first byte {0:#04x}: neither a STUN message (0x00-0x3f) nor ChannelData (0x40-0x4f)"
+        "invalid first byte {0:#04x}: neither a STUN message (0x00-0x3f) nor ChannelData (0x40-0x7f)"
     )]
     InvalidFirstByte(u8),
     /// A STUN length field that is not a multiple of 4.
@@ -403,8 +404,8 @@ impl Framer {
 /// Why [`try_write_channel_data`] refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
-    /// Channel numbers are `0x4000..=0x4FFF` (RFC 8656 §12).
-    #[error("channel number {0:#06x} is outside 0x4000-0x4fff")]
+    /// Channel numbers are `0x4000..=0x7FFF` (RFC 5766; RFC 8656 uses the lower part).
+    #[error("channel number {0:#06x} is outside 0x4000-0x7fff")]
     InvalidChannel(u16),
     /// The length field has 16 bits.
     #[error("ChannelData payload of {0} bytes exceeds 65535 bytes")]
@@ -431,7 +432,7 @@ pub fn try_write_channel_data(
     data: &[u8],
     stream: bool,
 ) -> Result<(), WriteError> {
-    if !(0x4000..=0x4FFF).contains(&channel) {
+    if !(0x4000..=0x7FFF).contains(&channel) {
         return Err(WriteError::InvalidChannel(channel));
     }
     let len = u16::try_from(data.len()).map_err(|_| WriteError::PayloadTooLong(data.len()))?;
@@ -587,8 +588,8 @@ mod tests {
             Err(WriteError::InvalidChannel(0x3FFF))
         );
         assert_eq!(
-            try_write_channel_data(&mut out, 0x5000, b"x", true),
-            Err(WriteError::InvalidChannel(0x5000))
+            try_write_channel_data(&mut out, 0x8000, b"x", true),
+            Err(WriteError::InvalidChannel(0x8000))
         );
         let big = vec![0; 65536];
         assert_eq!(
@@ -707,7 +708,7 @@ mod tests {
 
     #[test]
     fn garbage_first_byte_fails_immediately() {
-        for first in [0x50u8, 0x7F, 0x80, 0x16 + 0x40 * 2, 0xFF, b'P'] {
+        for first in [0x80u8, 0x16 + 0x40 * 2, 0xFF, 0xC0] {
             let mut framer = Framer::new();
             framer.feed(&[first]);
             assert_eq!(
@@ -718,14 +719,13 @@ mod tests {
         // After a valid frame, too.
         let mut framer = Framer::new();
         let mut wire = stun_message(0);
-        // ("GET" would not do: 'G' is 0x47, a ChannelData first byte.)
-        wire.extend_from_slice(b"POST / HTTP/1.1\r\n");
+        wire.push(0x90);
         framer.feed(&wire);
         assert!(matches!(framer.next_frame(), Ok(Some(Frame::Stun(_)))));
-        assert_eq!(framer.next_frame(), Err(FrameError::InvalidFirstByte(b'P')));
+        assert_eq!(framer.next_frame(), Err(FrameError::InvalidFirstByte(0x90)));
         assert_eq!(
             FrameError::InvalidFirstByte(0x80).to_string(),
-            "invalid first byte 0x80: neither a STUN message (0x00-0x3f) nor ChannelData (0x40-0x4f)"
+            "invalid first byte 0x80: neither a STUN message (0x00-0x3f) nor ChannelData (0x40-0x7f)"
         );
     }
 

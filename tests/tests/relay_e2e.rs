@@ -578,9 +578,6 @@ async fn gateway_secret_rotation_new_mints_both_verify() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "relay bug: io::listener::sniff classifies 0x40-0x4F as ChannelData before HTTP, so \
-            'GET ' (0x47) on the TURN port, plain or inside TLS without ALPN, is framed as \
-            TURN and never answered"]
 async fn http_on_the_turn_port_is_handed_off() {
     let (gw, cert) = start_gateway("s3cret", &[]).await;
     let addr = gw.relay.local_tcp();
@@ -624,9 +621,6 @@ async fn https_with_alpn_on_the_turn_port_is_handed_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "gateway bug: with the default TURN_RELAY_IP=0.0.0.0 the relay binds relay sockets \
-            to the wildcard and returns XOR-RELAYED-ADDRESS 0.0.0.0:port, which no peer can \
-            reach"]
 async fn gateway_default_relayed_address_is_concrete() {
     let (gw, cert) = start_gateway("s3cret", &[]).await;
     let cred = gw.app.mint("relay-ip").unwrap();

@@ -76,7 +76,9 @@ const FLUSH_AFTER: Duration = Duration::from_secs(1);
 const MAX_REASON: usize = 127;
 
 const CHANNEL_MIN: u16 = 0x4000;
-const CHANNEL_MAX: u16 = 0x4FFF;
+/// RFC 8656 allocates 0x4000–0x4FFF; RFC 5766 clients (coturn's among them) use up to
+/// 0x7FFF. Accepting the older range costs nothing on the server side.
+const CHANNEL_MAX: u16 = 0x7FFF;
 
 /// Comprehension-required attributes we understand in requests (others get 420).
 const SUPPORTED: &[AttributeType] = &[
@@ -1044,7 +1046,7 @@ impl Client {
                 out,
                 req,
                 400,
-                "Bad Request: CHANNEL-NUMBER outside 0x4000-0x4FFF",
+                "Bad Request: CHANNEL-NUMBER outside 0x4000-0x7FFF",
                 key,
             );
         }

@@ -764,7 +764,7 @@ fn channel_bind_rules() {
     h.allocate();
     let (a, b) = (sa("8.8.8.8:1000"), sa("8.8.4.4:1000"));
     assert_eq!(h.bind(0x3FFF, a), Some(400));
-    assert_eq!(h.bind(0x5000, a), Some(400));
+    assert_eq!(h.bind(0x8000, a), Some(400));
     assert_eq!(h.bind(0xFFFF, a), Some(400));
     assert_eq!(h.bind(0x4000, a), None);
     assert_eq!(h.bind(0x4000, b), Some(400), "channel bound to A");

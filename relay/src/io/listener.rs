@@ -30,7 +30,7 @@ pub const ALPN_TURN: &[u8] = b"stun.turn";
 pub enum Sniffed {
     /// A TLS record (handshake): 0x16.
     Tls,
-    /// A STUN message (first two bits 00) or ChannelData (0x40–0x4F).
+    /// A STUN message (a TURN client's first message is always STUN).
     Turn,
     /// Anything else that looks like text: an HTTP request line.
     Http,
@@ -38,13 +38,14 @@ pub enum Sniffed {
     Unknown,
 }
 
-/// Classifies a stream by its first byte. TLS records start with 0x16; STUN messages with
-/// 0x00 or 0x01 (the top two bits are zero and methods are small); ChannelData with
-/// 0x40–0x4F; HTTP request lines with an upper-case ASCII letter (`GET`, `POST`, ...).
+/// Classifies a fresh stream by its first byte. TLS records start with 0x16. A TURN client
+/// must Allocate (a STUN request, first byte 0x00 or 0x01) before it may send ChannelData,
+/// so a stream that *starts* with 0x40–0x4F is not TURN; that range is where HTTP methods
+/// (`GET`, `HEAD`, `DELETE`, `OPTIONS`) begin, so upper-case ASCII letters mean HTTP.
 pub fn sniff(first: u8) -> Sniffed {
     match first {
         0x16 => Sniffed::Tls,
-        0x00..=0x03 | 0x40..=0x4f => Sniffed::Turn,
+        0x00..=0x03 => Sniffed::Turn,
         b'A'..=b'Z' => Sniffed::Http,
         _ => Sniffed::Unknown,
     }
@@ -183,7 +184,7 @@ async fn classify(
         Sniffed::Turn => Ok(Classified::Turn(Box::new(tcp), Transport::Tcp)),
         Sniffed::Http => Ok(Classified::Http(Box::new(tcp), false)),
         Sniffed::Unknown => Err(invalid(format!(
-            "first byte 0x{:02x} is neither TLS, STUN, ChannelData nor HTTP",
+            "first byte 0x{:02x} is neither TLS, STUN nor HTTP",
             first[0]
         ))),
         Sniffed::Tls => {
@@ -216,7 +217,7 @@ async fn classify(
                 Sniffed::Turn => Ok(Classified::Turn(Box::new(s), Transport::Tls)),
                 Sniffed::Http => Ok(Classified::Http(Box::new(s), true)),
                 _ => Err(invalid(format!(
-                    "first byte 0x{:02x} inside TLS is neither STUN, ChannelData nor HTTP",
+                    "first byte 0x{:02x} inside TLS is neither STUN nor HTTP",
                     b[0]
                 ))),
             }
@@ -237,12 +238,14 @@ mod tests {
         assert_eq!(sniff(0x16), Sniffed::Tls);
         assert_eq!(sniff(0x00), Sniffed::Turn);
         assert_eq!(sniff(0x01), Sniffed::Turn);
-        assert_eq!(sniff(0x40), Sniffed::Turn);
-        assert_eq!(sniff(0x4f), Sniffed::Turn);
-        assert_eq!(sniff(b'G'), Sniffed::Http);
-        assert_eq!(sniff(b'P'), Sniffed::Http);
+        // ChannelData cannot open a connection (it needs an allocation first); the bytes
+        // are HTTP methods.
+        for method in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+            assert_eq!(sniff(method.as_bytes()[0]), Sniffed::Http, "{method}");
+        }
         assert_eq!(sniff(0x80), Sniffed::Unknown);
-        assert_eq!(sniff(0x50), Sniffed::Unknown);
+        assert_eq!(sniff(b'@'), Sniffed::Unknown);
+        assert_eq!(sniff(b'a'), Sniffed::Unknown);
     }
 
     #[test]

@@ -113,7 +113,10 @@ impl RelayServer {
         handoff: Option<Arc<dyn Handoff>>,
     ) -> std::io::Result<Self> {
         let tcp = TcpListener::bind(config.listen).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on TCP {}: {e}", config.listen))
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on TCP {}: {e}", config.listen),
+            )
         })?;
         let local_tcp = tcp.local_addr()?;
         let udp = match config.udp_listen {

@@ -52,16 +52,25 @@ pub(crate) struct SocketPorts {
     ipv4: Option<IpAddr>,
     ipv6: Option<IpAddr>,
     range: Option<PortRange>,
+    /// The local address the client reached; names the relayed address when the relay
+    /// sockets bind to a wildcard address.
+    local: IpAddr,
     /// The allocation's socket, once opened.
     pub socket: Option<Arc<UdpSocket>>,
 }
 
 impl SocketPorts {
-    pub fn new(ipv4: Option<IpAddr>, ipv6: Option<IpAddr>, range: Option<PortRange>) -> Self {
+    pub fn new(
+        ipv4: Option<IpAddr>,
+        ipv6: Option<IpAddr>,
+        range: Option<PortRange>,
+        local: IpAddr,
+    ) -> Self {
         Self {
             ipv4,
             ipv6,
             range,
+            local: local.to_canonical(),
             socket: None,
         }
     }
@@ -100,11 +109,25 @@ impl RelayPorts for SocketPorts {
         std_socket
             .set_nonblocking(true)
             .map_err(|e| RelayPortError::Exhausted(e.to_string()))?;
-        let socket =
-            UdpSocket::from_std(std_socket).map_err(|e| RelayPortError::Exhausted(e.to_string()))?;
-        let addr = socket
+        let socket = UdpSocket::from_std(std_socket)
+            .map_err(|e| RelayPortError::Exhausted(e.to_string()))?;
+        let mut addr = socket
             .local_addr()
             .map_err(|e| RelayPortError::Exhausted(e.to_string()))?;
+        if addr.ip().is_unspecified() {
+            // A wildcard bind has no address a peer could send to: name the relayed
+            // address after the local address this client reached, when it is concrete
+            // and of the same family.
+            if self.local.is_unspecified() || self.local.is_ipv4() != addr.is_ipv4() {
+                return Err(RelayPortError::Exhausted(format!(
+                    "relay sockets bind to {} and the client's local address {} cannot name \
+                     the relayed address: set TURN_RELAY_IP",
+                    addr.ip(),
+                    self.local
+                )));
+            }
+            addr.set_ip(self.local);
+        }
         self.socket = Some(Arc::new(socket));
         Ok(addr)
     }
@@ -139,9 +162,29 @@ mod tests {
             Some("127.0.0.1".parse().unwrap()),
             None,
             Some("40000-40100".parse().unwrap()),
+            "127.0.0.1".parse().unwrap(),
         );
         let a = p.open(Family::V4).unwrap();
         assert!((40000..=40100).contains(&a.port()));
         assert_eq!(p.open(Family::V6), Err(RelayPortError::FamilyNotSupported));
+    }
+
+    #[tokio::test]
+    async fn wildcard_bind_names_the_local_address() {
+        let mut p = SocketPorts::new(
+            Some("0.0.0.0".parse().unwrap()),
+            None,
+            None,
+            "127.0.0.1".parse().unwrap(),
+        );
+        let a = p.open(Family::V4).unwrap();
+        assert_eq!(a.ip(), "127.0.0.1".parse::<IpAddr>().unwrap());
+        let mut p = SocketPorts::new(
+            Some("0.0.0.0".parse().unwrap()),
+            None,
+            None,
+            "0.0.0.0".parse().unwrap(),
+        );
+        assert!(p.open(Family::V4).is_err());
     }
 }

@@ -29,8 +29,14 @@ impl IoStats {
     /// Every counter as `(name, value)`, for exporters.
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
         vec![
-            ("connections_accepted", self.connections_accepted.load(Relaxed)),
-            ("connections_refused", self.connections_refused.load(Relaxed)),
+            (
+                "connections_accepted",
+                self.connections_accepted.load(Relaxed),
+            ),
+            (
+                "connections_refused",
+                self.connections_refused.load(Relaxed),
+            ),
             ("tls_handshakes", self.tls_handshakes.load(Relaxed)),
             ("tls_failures", self.tls_failures.load(Relaxed)),
             ("handshake_timeouts", self.handshake_timeouts.load(Relaxed)),

@@ -38,6 +38,7 @@ pub(crate) async fn serve(
         ctx.config.relay_ipv4,
         ctx.config.relay_ipv6,
         ctx.config.relay_ports,
+        local.ip(),
     );
     let mut framer = Framer::default();
     let mut peer_buf = vec![0u8; 65_536];
@@ -56,7 +57,9 @@ pub(crate) async fn serve(
         };
         let deadline = match (client.poll_timeout(), idle_deadline) {
             (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b).unwrap_or_else(|| Instant::now() + ctx.config.idle_timeout),
+            (a, b) => a
+                .or(b)
+                .unwrap_or_else(|| Instant::now() + ctx.config.idle_timeout),
         };
         tokio::select! {
             r = s.read(framer.spare()) => {

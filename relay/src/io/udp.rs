@@ -71,6 +71,7 @@ async fn client_task(
         ctx.config.relay_ipv4,
         ctx.config.relay_ipv6,
         ctx.config.relay_ports,
+        tuple.server.ip(),
     );
     let mut out = Vec::with_capacity(2048);
     let mut peer_buf = vec![0u8; 65_536];
@@ -80,7 +81,9 @@ async fn client_task(
         let idle = (client.relayed().is_none()).then(|| last + ctx.config.idle_timeout);
         let deadline = match (client.poll_timeout(), idle) {
             (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b).unwrap_or_else(|| Instant::now() + ctx.config.idle_timeout),
+            (a, b) => a
+                .or(b)
+                .unwrap_or_else(|| Instant::now() + ctx.config.idle_timeout),
         };
         let sock = ports.socket.clone();
         tokio::select! {
