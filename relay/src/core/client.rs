@@ -828,7 +828,7 @@ impl Client {
                 return self.error(out, req, 508, "Insufficient Capacity", key);
             }
         };
-        let relayed = match ports.open(family) {
+        let relayed = match ports.open(family, even == Some(false)) {
             Ok(a) => a,
             Err(RelayPortError::FamilyNotSupported) => {
                 return self.error(out, req, 440, "Address Family not Supported", key);

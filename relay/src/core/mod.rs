@@ -81,10 +81,11 @@ pub enum Family {
 /// UDP sockets (or in-process addresses for the gateway's own media), and by tests with a
 /// fake.
 pub trait RelayPorts {
-    /// Reserves a relayed transport address of `family` for a new allocation. Called while
-    /// handling an Allocate request; an error becomes a 508 (Insufficient Capacity) answer
-    /// (or 440 Address Family not Supported when the family has no relay address at all).
-    fn open(&mut self, family: Family) -> Result<SocketAddr, RelayPortError>;
+    /// Reserves a relayed transport address of `family` for a new allocation; with `even`
+    /// its port must be even (EVEN-PORT, RFC 8656 §14.6). Called while handling an Allocate
+    /// request; an error becomes a 508 (Insufficient Capacity) answer (or 440 Address Family
+    /// not Supported when the family has no relay address at all).
+    fn open(&mut self, family: Family, even: bool) -> Result<SocketAddr, RelayPortError>;
     /// Releases a relayed address obtained from `open` (allocation deleted or expired).
     fn close(&mut self, relayed: SocketAddr);
 }

@@ -38,7 +38,7 @@ struct FakePorts {
 }
 
 impl RelayPorts for FakePorts {
-    fn open(&mut self, family: Family) -> Result<SocketAddr, RelayPortError> {
+    fn open(&mut self, family: Family, _even: bool) -> Result<SocketAddr, RelayPortError> {
         if self.exhausted {
             return Err(RelayPortError::Exhausted("test".into()));
         }

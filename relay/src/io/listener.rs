@@ -141,7 +141,12 @@ async fn handle(tcp: TcpStream, remote: SocketAddr, slot: Slot) {
         Ok(a) => a,
         Err(_) => return,
     };
-    match tokio::time::timeout(timeout, classify(tcp, remote, &ctx)).await {
+    let mut shutdown = ctx.shutdown.clone();
+    let classified = tokio::select! {
+        c = tokio::time::timeout(timeout, classify(tcp, remote, &ctx)) => c,
+        _ = super::shutting_down(&mut shutdown) => return,
+    };
+    match classified {
         Ok(Ok(Classified::Turn(s, transport))) => {
             stream::serve(s, transport, remote, local, ctx, slot).await
         }

@@ -7,6 +7,7 @@
 //! HTTPS API on the same port 443. Every connection runs in its own task: a slow TLS
 //! handshake or an idle connection delays nobody else.
 
+mod inprocess;
 mod listener;
 mod ports;
 mod prefixed;
@@ -14,6 +15,7 @@ mod stats;
 mod stream;
 mod udp;
 
+pub use inprocess::{InProcessRoutes, LocalMedia, MediaDatagram};
 pub use listener::{Handoff, IoStream};
 pub use ports::PortRange;
 pub use prefixed::Prefixed;
@@ -90,9 +92,21 @@ pub(crate) struct Context {
     pub tls: Option<TlsConfig>,
     pub handoff: Option<Arc<dyn Handoff>>,
     pub revocations: watch::Receiver<u64>,
+    /// Becomes `true` when the relay shuts down; every connection task holds a clone and
+    /// ends politely when it flips. [`RelayServer::drained`] waits for all clones to drop.
+    pub shutdown: watch::Receiver<bool>,
     pub limits: listener::Limits,
     pub stats: Arc<IoStats>,
+    /// How relayed addresses are reserved and bound.
+    pub addressing: Arc<ports::RelayAddressing>,
+    /// Allocations reachable from the media engine.
+    pub routes: Arc<InProcessRoutes>,
+    /// The gateway's media engine, once plugged in.
+    pub local_media: arc_swap::ArcSwapOption<LocalMediaRef>,
 }
+
+/// A plugged-in [`LocalMedia`] (a sized wrapper so it can live in an `ArcSwapOption`).
+pub(crate) struct LocalMediaRef(pub Box<dyn LocalMedia>);
 
 /// A running relay.
 pub struct RelayServer {
@@ -100,8 +114,10 @@ pub struct RelayServer {
     local_tcp: SocketAddr,
     local_udp: Option<SocketAddr>,
     revocations: watch::Sender<u64>,
+    shutdown: watch::Sender<bool>,
     stats: Arc<IoStats>,
     tasks: Vec<JoinHandle<()>>,
+    context: Arc<Context>,
 }
 
 impl RelayServer {
@@ -130,7 +146,15 @@ impl RelayServer {
             None => None,
         };
         let (revocations, rx) = watch::channel(0u64);
+        let (shutdown, shutdown_rx) = watch::channel(false);
         let stats = Arc::new(IoStats::default());
+        let addressing = Arc::new(ports::RelayAddressing {
+            ipv4: config.relay_ipv4,
+            ipv6: config.relay_ipv6,
+            pool: config.relay_ports.map(ports::PortPool::new),
+            stats: stats.clone(),
+        });
+        let routes = Arc::new(InProcessRoutes::new(stats.clone()));
         let ctx = Arc::new(Context {
             shared: shared.clone(),
             limits: listener::Limits::new(config.max_connections, config.max_connections_per_ip),
@@ -138,9 +162,14 @@ impl RelayServer {
             tls,
             handoff,
             revocations: rx,
+            shutdown: shutdown_rx,
             stats: stats.clone(),
+            addressing,
+            routes,
+            local_media: arc_swap::ArcSwapOption::empty(),
         });
         let mut tasks = vec![tokio::spawn(listener::accept_loop(tcp, ctx.clone()))];
+        let context = ctx.clone();
         if let Some(udp) = udp {
             tasks.push(tokio::spawn(udp::serve(Arc::new(udp), ctx)));
         }
@@ -150,8 +179,10 @@ impl RelayServer {
             local_tcp,
             local_udp,
             revocations,
+            shutdown,
             stats,
             tasks,
+            context,
         })
     }
 
@@ -175,10 +206,31 @@ impl RelayServer {
         &self.stats
     }
 
+    /// Plugs in the gateway's media engine: datagrams for peers it calls local are handed
+    /// to it instead of a relay socket (see [`inprocess`](LocalMedia)).
+    pub fn set_local_media(&self, media: Box<dyn LocalMedia>) {
+        self.context
+            .local_media
+            .store(Some(Arc::new(LocalMediaRef(media))));
+    }
+
+    /// The routes the media engine uses to reach allocations by relayed address.
+    pub fn routes(&self) -> Arc<InProcessRoutes> {
+        self.context.routes.clone()
+    }
+
     /// Revokes `user` until `until_unix` and deletes its allocations.
     pub fn revoke(&self, user: &str, until_unix: u64) {
-        self.shared.revoke(user, until_unix, now());
-        self.revocations.send_modify(|g| *g = g.wrapping_add(1));
+        self.revoker().revoke(user, until_unix);
+    }
+
+    /// A cloneable handle that revokes users of this relay (for the signaling layer, which
+    /// is built before the relay starts and outlives no one).
+    pub fn revoker(&self) -> Revoker {
+        Revoker {
+            shared: self.shared.clone(),
+            revocations: self.revocations.clone(),
+        }
     }
 
     /// Stops accepting. Live connections end when their tasks notice (not awaited).
@@ -186,6 +238,44 @@ impl RelayServer {
         for t in self.tasks.drain(..) {
             t.abort();
         }
+    }
+}
+
+/// Revokes credentials of a running relay; see [`RelayServer::revoker`].
+#[derive(Clone)]
+pub struct Revoker {
+    shared: Arc<Shared>,
+    revocations: watch::Sender<u64>,
+}
+
+impl Revoker {
+    /// Revokes `user` until `until_unix` and closes the connections holding its allocations.
+    pub fn revoke(&self, user: &str, until_unix: u64) {
+        self.shared.revoke(user, until_unix, now());
+        self.revocations.send_modify(|g| *g = g.wrapping_add(1));
+    }
+}
+
+impl RelayServer {
+    /// Graceful shutdown, step one: stops accepting and tells every connection (TCP, TLS,
+    /// UDP, handshakes in progress) to end: each deletes its allocation, flushes what it
+    /// has to send, closes TLS with close_notify and the TCP stream with FIN.
+    pub fn begin_shutdown(&mut self) {
+        self.stop_accepting();
+        self.shutdown.send_replace(true);
+    }
+
+    /// Completes once every connection task has ended (after [`Self::begin_shutdown`]).
+    pub async fn drained(&self) {
+        self.shutdown.closed().await
+    }
+}
+
+/// Completes when `rx` says the relay is shutting down; never if the relay was dropped
+/// without a shutdown (live connections then keep going, as before).
+pub(crate) async fn shutting_down(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await
     }
 }
 

@@ -1,11 +1,19 @@
-//! Relay sockets: the real UDP sockets behind allocations' relayed addresses.
+//! Relayed addresses and the real UDP sockets behind them.
+//!
+//! An allocation's relayed address is *reserved* at Allocate time but its socket is bound
+//! only when the client first sends to a peer that is not the gateway's own media: a
+//! browser that talks only to the gateway (the common case) relays in-process and never
+//! costs a socket, a file descriptor or a kernel hop. Reservations come from a process-wide
+//! [`PortPool`] over the relay port range, so two allocations never share a port.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::net::UdpSocket;
 
+use super::stats::IoStats;
 use crate::core::{Family, RelayPortError, RelayPorts};
 
 /// An inclusive UDP port range, e.g. `49152-65535`.
@@ -47,99 +55,212 @@ impl std::fmt::Display for PortRange {
     }
 }
 
-/// The relay socket of one client (a client has at most one allocation).
+/// The ports of the relay range currently reserved by allocations. Touched on Allocate
+/// and on allocation end only.
+#[derive(Debug)]
+pub(crate) struct PortPool {
+    range: PortRange,
+    state: Mutex<PoolState>,
+}
+
+#[derive(Debug)]
+struct PoolState {
+    next: u32,
+    used: HashSet<u16>,
+}
+
+impl PortPool {
+    pub fn new(range: PortRange) -> Self {
+        let span = u32::from(range.max - range.min) + 1;
+        Self {
+            range,
+            state: Mutex::new(PoolState {
+                next: rand::random::<u32>() % span,
+                used: HashSet::new(),
+            }),
+        }
+    }
+
+    /// Reserves a free port (even when asked), round-robin so a port just released is not
+    /// reused at once (late datagrams of the old allocation would reach the new one).
+    fn reserve(&self, even: bool) -> Option<u16> {
+        let span = u32::from(self.range.max - self.range.min) + 1;
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..span {
+            let offset = st.next % span;
+            st.next = st.next.wrapping_add(1);
+            let Ok(port) = u16::try_from(u32::from(self.range.min) + offset) else {
+                continue;
+            };
+            if (even && port % 2 == 1) || st.used.contains(&port) {
+                continue;
+            }
+            st.used.insert(port);
+            return Some(port);
+        }
+        None
+    }
+
+    fn release(&self, port: u16) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.used.remove(&port);
+    }
+}
+
+/// How relay addresses are made, shared by every client of a relay.
+#[derive(Debug)]
+pub(crate) struct RelayAddressing {
+    /// Bind address for IPv4 relay sockets (`None`: no IPv4 relaying).
+    pub ipv4: Option<IpAddr>,
+    /// Bind address for IPv6 relay sockets (`None`: no IPv6 relaying).
+    pub ipv6: Option<IpAddr>,
+    /// Reserved ports; `None` binds at once on an OS-chosen port.
+    pub pool: Option<PortPool>,
+    /// Counters.
+    pub stats: Arc<IoStats>,
+}
+
+/// The relayed address of one client (a client has at most one allocation) and, once
+/// needed, its socket.
 pub(crate) struct SocketPorts {
-    ipv4: Option<IpAddr>,
-    ipv6: Option<IpAddr>,
-    range: Option<PortRange>,
+    addressing: Arc<RelayAddressing>,
     /// The local address the client reached; names the relayed address when the relay
     /// sockets bind to a wildcard address.
     local: IpAddr,
-    /// The allocation's socket, once opened.
+    /// The relayed address handed to the client, and the address to bind.
+    reserved: Option<(SocketAddr, SocketAddr)>,
+    /// The allocation's socket, once bound.
     pub socket: Option<Arc<UdpSocket>>,
 }
 
 impl SocketPorts {
-    pub fn new(
-        ipv4: Option<IpAddr>,
-        ipv6: Option<IpAddr>,
-        range: Option<PortRange>,
-        local: IpAddr,
-    ) -> Self {
+    pub fn new(addressing: Arc<RelayAddressing>, local: IpAddr) -> Self {
         Self {
-            ipv4,
-            ipv6,
-            range,
+            addressing,
             local: local.to_canonical(),
+            reserved: None,
             socket: None,
         }
     }
 
-    fn bind(&self, ip: IpAddr) -> Result<std::net::UdpSocket, RelayPortError> {
-        let Some(range) = self.range else {
-            return std::net::UdpSocket::bind((ip, 0))
-                .map_err(|e| RelayPortError::Exhausted(e.to_string()));
-        };
-        // Start at a random port so allocations do not all probe the same low ports.
-        let span = u32::from(range.max - range.min) + 1;
-        let start = rand::random::<u32>() % span;
-        for i in 0..span {
-            let port = range.min as u32 + (start + i) % span;
-            let Ok(port) = u16::try_from(port) else {
-                continue;
-            };
-            if let Ok(s) = std::net::UdpSocket::bind((ip, port)) {
-                return Ok(s);
+    /// The relayed address a peer can reach for a socket bound on `bind`.
+    fn advertised(&self, bind: SocketAddr) -> Result<SocketAddr, RelayPortError> {
+        if !bind.ip().is_unspecified() {
+            return Ok(bind);
+        }
+        // A wildcard bind has no address a peer could send to: name the relayed address
+        // after the local address this client reached, when it is concrete and of the same
+        // family.
+        if self.local.is_unspecified() || self.local.is_ipv4() != bind.is_ipv4() {
+            return Err(RelayPortError::Exhausted(format!(
+                "relay sockets bind to {} and the client's local address {} cannot name the \
+                 relayed address: set TURN_RELAY_IP",
+                bind.ip(),
+                self.local
+            )));
+        }
+        Ok(SocketAddr::new(self.local, bind.port()))
+    }
+
+    /// The socket for relaying to a real peer, bound on first use. `None` when binding
+    /// failed (logged; the datagram is dropped as UDP would).
+    pub fn socket(&mut self) -> Option<&Arc<UdpSocket>> {
+        if self.socket.is_none() {
+            let (relayed, bind) = self.reserved?;
+            match bind_nonblocking(bind) {
+                Ok(s) => {
+                    IoStats::inc(&self.addressing.stats.relay_sockets_opened);
+                    self.socket = Some(Arc::new(s));
+                }
+                Err(e) => {
+                    tracing::warn!(%relayed, error = %e, "cannot bind the reserved relay port; datagram dropped");
+                    return None;
+                }
             }
         }
-        Err(RelayPortError::Exhausted(format!(
-            "every port of {range} is in use on {ip}"
-        )))
+        self.socket.as_ref()
     }
 }
 
+fn bind_nonblocking(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let s = std::net::UdpSocket::bind(addr)?;
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(s)
+}
+
 impl RelayPorts for SocketPorts {
-    fn open(&mut self, family: Family) -> Result<SocketAddr, RelayPortError> {
+    fn open(&mut self, family: Family, even: bool) -> Result<SocketAddr, RelayPortError> {
         let ip = match family {
-            Family::V4 => self.ipv4,
-            Family::V6 => self.ipv6,
+            Family::V4 => self.addressing.ipv4,
+            Family::V6 => self.addressing.ipv6,
         }
         .ok_or(RelayPortError::FamilyNotSupported)?;
-        let std_socket = self.bind(ip)?;
-        std_socket
-            .set_nonblocking(true)
-            .map_err(|e| RelayPortError::Exhausted(e.to_string()))?;
-        let socket = UdpSocket::from_std(std_socket)
-            .map_err(|e| RelayPortError::Exhausted(e.to_string()))?;
-        let mut addr = socket
-            .local_addr()
-            .map_err(|e| RelayPortError::Exhausted(e.to_string()))?;
-        if addr.ip().is_unspecified() {
-            // A wildcard bind has no address a peer could send to: name the relayed
-            // address after the local address this client reached, when it is concrete
-            // and of the same family.
-            if self.local.is_unspecified() || self.local.is_ipv4() != addr.is_ipv4() {
-                return Err(RelayPortError::Exhausted(format!(
-                    "relay sockets bind to {} and the client's local address {} cannot name \
-                     the relayed address: set TURN_RELAY_IP",
-                    addr.ip(),
-                    self.local
-                )));
+        let Some(pool) = &self.addressing.pool else {
+            // No range: bind now on an OS-chosen port (kept even when asked by binding
+            // until the kernel hands out an even one).
+            let mut odd = Vec::new();
+            for _ in 0..16 {
+                let s = bind_nonblocking(SocketAddr::new(ip, 0))
+                    .map_err(|e| RelayPortError::Exhausted(e.to_string()))?;
+                let bound = s
+                    .local_addr()
+                    .map_err(|e| RelayPortError::Exhausted(e.to_string()))?;
+                if even && bound.port() % 2 == 1 {
+                    odd.push(s);
+                    continue;
+                }
+                let relayed = self.advertised(bound)?;
+                IoStats::inc(&self.addressing.stats.relay_sockets_opened);
+                self.socket = Some(Arc::new(s));
+                self.reserved = Some((relayed, bound));
+                return Ok(relayed);
             }
-            addr.set_ip(self.local);
+            return Err(RelayPortError::Exhausted("no even port".into()));
+        };
+        let port = pool.reserve(even).ok_or_else(|| {
+            RelayPortError::Exhausted(format!("every port of {} is reserved", pool.range))
+        })?;
+        let bind = SocketAddr::new(ip, port);
+        match self.advertised(bind) {
+            Ok(relayed) => {
+                self.reserved = Some((relayed, bind));
+                Ok(relayed)
+            }
+            Err(e) => {
+                pool.release(port);
+                Err(e)
+            }
         }
-        self.socket = Some(Arc::new(socket));
-        Ok(addr)
     }
 
     fn close(&mut self, _relayed: SocketAddr) {
         self.socket = None;
+        if let (Some((_, bind)), Some(pool)) = (self.reserved.take(), &self.addressing.pool) {
+            pool.release(bind.port());
+        }
+    }
+}
+
+impl Drop for SocketPorts {
+    fn drop(&mut self) {
+        if let (Some((_, bind)), Some(pool)) = (self.reserved.take(), &self.addressing.pool) {
+            pool.release(bind.port());
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn addressing(ip: &str, range: Option<&str>) -> Arc<RelayAddressing> {
+        Arc::new(RelayAddressing {
+            ipv4: Some(ip.parse().unwrap()),
+            ipv6: None,
+            pool: range.map(|r| PortPool::new(r.parse().unwrap())),
+            stats: Arc::default(),
+        })
+    }
 
     #[test]
     fn parses_ranges() {
@@ -157,34 +278,52 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn binds_inside_range() {
-        let mut p = SocketPorts::new(
-            Some("127.0.0.1".parse().unwrap()),
-            None,
-            Some("40000-40100".parse().unwrap()),
-            "127.0.0.1".parse().unwrap(),
+    async fn reserves_inside_range_and_binds_lazily() {
+        let a = addressing("127.0.0.1", Some("40000-40100"));
+        let mut p = SocketPorts::new(a.clone(), "127.0.0.1".parse().unwrap());
+        let r = p.open(Family::V4, true).unwrap();
+        assert!((40000..=40100).contains(&r.port()));
+        assert_eq!(r.port() % 2, 0);
+        assert!(p.socket.is_none(), "no socket before the first real peer");
+        assert_eq!(
+            a.stats
+                .relay_sockets_opened
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
         );
-        let a = p.open(Family::V4).unwrap();
-        assert!((40000..=40100).contains(&a.port()));
-        assert_eq!(p.open(Family::V6), Err(RelayPortError::FamilyNotSupported));
+        let s = p.socket().unwrap();
+        assert_eq!(s.local_addr().unwrap(), r);
+        assert_eq!(
+            a.stats
+                .relay_sockets_opened
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(
+            p.open(Family::V6, false),
+            Err(RelayPortError::FamilyNotSupported)
+        );
+    }
+
+    #[test]
+    fn pool_never_hands_out_a_port_twice() {
+        let pool = PortPool::new("40000-40003".parse().unwrap());
+        let mut got: Vec<u16> = (0..4).map(|_| pool.reserve(false).unwrap()).collect();
+        got.sort();
+        assert_eq!(got, vec![40000, 40001, 40002, 40003]);
+        assert_eq!(pool.reserve(false), None);
+        pool.release(40001);
+        assert_eq!(pool.reserve(true), None, "only an odd port is free");
+        assert_eq!(pool.reserve(false), Some(40001));
     }
 
     #[tokio::test]
     async fn wildcard_bind_names_the_local_address() {
-        let mut p = SocketPorts::new(
-            Some("0.0.0.0".parse().unwrap()),
-            None,
-            None,
-            "127.0.0.1".parse().unwrap(),
-        );
-        let a = p.open(Family::V4).unwrap();
+        let mut p = SocketPorts::new(addressing("0.0.0.0", None), "127.0.0.1".parse().unwrap());
+        let a = p.open(Family::V4, true).unwrap();
         assert_eq!(a.ip(), "127.0.0.1".parse::<IpAddr>().unwrap());
-        let mut p = SocketPorts::new(
-            Some("0.0.0.0".parse().unwrap()),
-            None,
-            None,
-            "0.0.0.0".parse().unwrap(),
-        );
-        assert!(p.open(Family::V4).is_err());
+        assert_eq!(a.port() % 2, 0);
+        let mut p = SocketPorts::new(addressing("0.0.0.0", None), "0.0.0.0".parse().unwrap());
+        assert!(p.open(Family::V4, false).is_err());
     }
 }

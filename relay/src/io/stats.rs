@@ -19,6 +19,19 @@ pub struct IoStats {
     pub http_handoffs: AtomicU64,
     /// Datagrams dropped by the UDP listener (client queue full, too many clients).
     pub udp_dropped: AtomicU64,
+    /// Relay UDP sockets bound (allocations that talked to a peer other than the gateway's
+    /// own media).
+    pub relay_sockets_opened: AtomicU64,
+    /// Datagrams handed from allocations to the media engine in-process.
+    pub inprocess_to_media_packets: AtomicU64,
+    /// Bytes handed from allocations to the media engine in-process.
+    pub inprocess_to_media_bytes: AtomicU64,
+    /// Datagrams handed from the media engine to allocations in-process.
+    pub inprocess_from_media_packets: AtomicU64,
+    /// Bytes handed from the media engine to allocations in-process.
+    pub inprocess_from_media_bytes: AtomicU64,
+    /// In-process datagrams dropped (queue full, no such allocation).
+    pub inprocess_dropped: AtomicU64,
 }
 
 impl IoStats {
@@ -42,6 +55,27 @@ impl IoStats {
             ("handshake_timeouts", self.handshake_timeouts.load(Relaxed)),
             ("http_handoffs", self.http_handoffs.load(Relaxed)),
             ("udp_dropped", self.udp_dropped.load(Relaxed)),
+            (
+                "relay_sockets_opened",
+                self.relay_sockets_opened.load(Relaxed),
+            ),
+            (
+                "inprocess_to_media_packets",
+                self.inprocess_to_media_packets.load(Relaxed),
+            ),
+            (
+                "inprocess_to_media_bytes",
+                self.inprocess_to_media_bytes.load(Relaxed),
+            ),
+            (
+                "inprocess_from_media_packets",
+                self.inprocess_from_media_packets.load(Relaxed),
+            ),
+            (
+                "inprocess_from_media_bytes",
+                self.inprocess_from_media_bytes.load(Relaxed),
+            ),
+            ("inprocess_dropped", self.inprocess_dropped.load(Relaxed)),
         ]
     }
 }

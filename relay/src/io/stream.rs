@@ -8,9 +8,10 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 
+use super::inprocess::{self, Route};
 use super::listener::{IoStream, Slot};
 use super::ports::SocketPorts;
-use super::{now, Context};
+use super::{now, Context, IoStats};
 use crate::core::{Client, ClientOutput, FiveTuple, PeerOutput, Transport};
 use crate::framer::{Frame, Framer};
 
@@ -34,18 +35,15 @@ pub(crate) async fn serve(
         server: local,
     };
     let mut client = Client::new(ctx.shared.clone(), tuple);
-    let mut ports = SocketPorts::new(
-        ctx.config.relay_ipv4,
-        ctx.config.relay_ipv6,
-        ctx.config.relay_ports,
-        local.ip(),
-    );
+    let mut ports = SocketPorts::new(ctx.addressing.clone(), local.ip());
+    let mut route = Route::new(ctx.routes.clone());
     let mut framer = Framer::default();
     let mut peer_buf = vec![0u8; 65_536];
     let mut out = Vec::with_capacity(2048);
     let mut wbuf: Vec<u8> = Vec::with_capacity(WRITE_HIGH_WATER);
     let mut sock: Option<Arc<UdpSocket>> = None;
     let mut revocations = ctx.revocations.clone();
+    let mut shutdown = ctx.shutdown.clone();
     let mut last_client_activity = Instant::now();
     tracing::debug!(%remote, transport = transport.as_str(), "TURN connection");
 
@@ -71,6 +69,8 @@ pub(crate) async fn serve(
                 framer.advance(n);
                 last_client_activity = Instant::now();
                 let t = now();
+                let media = ctx.local_media.load();
+                let mut to_media = Batch::default();
                 loop {
                     let frame = match framer.next_frame() {
                         Ok(Some(f)) => f,
@@ -86,17 +86,41 @@ pub(crate) async fn serve(
                     match client.on_client(bytes, t, &mut ports, &mut out) {
                         ClientOutput::None => {}
                         ClientOutput::Reply => wbuf.extend_from_slice(&out),
-                        ClientOutput::ToPeer { peer, data, .. } => {
-                            if let Some(sock) = &ports.socket {
-                                // UDP semantics: a full socket buffer drops the datagram.
-                                let _ = sock.try_send_to(data, peer);
+                        ClientOutput::ToPeer { relayed, peer, data } => match media.as_deref() {
+                            // The gateway's own media: in-process, no socket.
+                            Some(m) if m.0.is_local(peer) => {
+                                to_media.note(m.0.deliver(relayed, peer, data), data.len());
                             }
-                        }
+                            _ => {
+                                if let Some(sock) = ports.socket() {
+                                    // UDP semantics: a full socket buffer drops the datagram.
+                                    let _ = sock.try_send_to(data, peer);
+                                }
+                            }
+                        },
                         ClientOutput::Close => break 'conn "protocol error",
                     }
                 }
+                to_media.flush(&ctx.stats);
+                if media.is_some() {
+                    route.sync(client.relayed());
+                }
                 if !same_socket(&sock, &ports.socket) {
                     sock = ports.socket.clone();
+                }
+            }
+            d = inprocess::recv(&mut route) => {
+                let t = now();
+                let mut next = d;
+                for _ in 0..PEER_BATCH {
+                    let Some((peer, data)) = next else { break };
+                    if client.on_peer(peer, &data, t, &mut out) == PeerOutput::Forward {
+                        wbuf.extend_from_slice(&out);
+                    }
+                    if wbuf.len() >= WRITE_HIGH_WATER {
+                        break;
+                    }
+                    next = route.rx.as_mut().and_then(|rx| rx.try_recv().ok());
                 }
             }
             r = recv_peer(&sock, &mut peer_buf) => {
@@ -123,6 +147,7 @@ pub(crate) async fn serve(
                     break 'conn "idle";
                 }
                 client.handle_timeout(t, &mut ports);
+                route.sync(client.relayed());
                 if !same_socket(&sock, &ports.socket) {
                     sock = ports.socket.clone();
                 }
@@ -135,6 +160,7 @@ pub(crate) async fn serve(
                     break 'conn "credential revoked";
                 }
             }
+            _ = super::shutting_down(&mut shutdown) => break 'conn "relay shutting down",
         }
         if !wbuf.is_empty() {
             let r = async {
@@ -151,6 +177,41 @@ pub(crate) async fn serve(
     client.close(&mut ports);
     let _ = s.shutdown().await;
     tracing::debug!(%remote, reason, "TURN connection closed");
+}
+
+/// In-process deliveries of one read, counted locally and added to the shared counters
+/// once per batch rather than once per packet.
+#[derive(Default)]
+struct Batch {
+    packets: u64,
+    bytes: u64,
+    dropped: u64,
+}
+
+impl Batch {
+    fn note(&mut self, delivered: bool, len: usize) {
+        if delivered {
+            self.packets += 1;
+            self.bytes += len as u64;
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    fn flush(self, stats: &IoStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.packets > 0 {
+            stats
+                .inprocess_to_media_packets
+                .fetch_add(self.packets, Relaxed);
+            stats
+                .inprocess_to_media_bytes
+                .fetch_add(self.bytes, Relaxed);
+        }
+        if self.dropped > 0 {
+            stats.inprocess_dropped.fetch_add(self.dropped, Relaxed);
+        }
+    }
 }
 
 fn same_socket(a: &Option<Arc<UdpSocket>>, b: &Option<Arc<UdpSocket>>) -> bool {

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use super::inprocess::{self, Route};
 use super::ports::SocketPorts;
 use super::stats::IoStats;
 use super::{now, Context};
@@ -67,15 +69,12 @@ async fn client_task(
     done: mpsc::UnboundedSender<SocketAddr>,
 ) {
     let mut client = Client::new(ctx.shared.clone(), tuple);
-    let mut ports = SocketPorts::new(
-        ctx.config.relay_ipv4,
-        ctx.config.relay_ipv6,
-        ctx.config.relay_ports,
-        tuple.server.ip(),
-    );
+    let mut ports = SocketPorts::new(ctx.addressing.clone(), tuple.server.ip());
+    let mut route = Route::new(ctx.routes.clone());
     let mut out = Vec::with_capacity(2048);
     let mut peer_buf = vec![0u8; 65_536];
     let mut revocations = ctx.revocations.clone();
+    let mut shutdown = ctx.shutdown.clone();
     let mut last = Instant::now();
     loop {
         let idle = (client.relayed().is_none()).then(|| last + ctx.config.idle_timeout);
@@ -93,10 +92,30 @@ async fn client_task(
                 match client.on_client(&d, now(), &mut ports, &mut out) {
                     ClientOutput::None => {}
                     ClientOutput::Reply => { let _ = socket.try_send_to(&out, tuple.client); }
-                    ClientOutput::ToPeer { peer, data, .. } => {
-                        if let Some(s) = &ports.socket { let _ = s.try_send_to(data, peer); }
-                    }
+                    ClientOutput::ToPeer { relayed, peer, data } => match ctx.local_media.load().as_deref() {
+                        Some(m) if m.0.is_local(peer) => {
+                            if m.0.deliver(relayed, peer, data) {
+                                ctx.stats.inprocess_to_media_packets.fetch_add(1, Relaxed);
+                                ctx.stats.inprocess_to_media_bytes.fetch_add(data.len() as u64, Relaxed);
+                            } else {
+                                IoStats::inc(&ctx.stats.inprocess_dropped);
+                            }
+                        }
+                        _ => {
+                            if let Some(s) = ports.socket() { let _ = s.try_send_to(data, peer); }
+                        }
+                    },
                     ClientOutput::Close => break,
+                }
+                if ctx.local_media.load().is_some() {
+                    route.sync(client.relayed());
+                }
+            }
+            d = inprocess::recv(&mut route) => {
+                if let Some((peer, data)) = d {
+                    if client.on_peer(peer, &data, now(), &mut out) == PeerOutput::Forward {
+                        let _ = socket.try_send_to(&out, tuple.client);
+                    }
                 }
             }
             r = async {
@@ -113,10 +132,12 @@ async fn client_task(
                 let t = now();
                 if idle.is_some_and(|d| d <= t.mono) { break; }
                 client.handle_timeout(t, &mut ports);
+                route.sync(client.relayed());
             }
             r = revocations.changed(), if client.user().is_some() => {
                 if r.is_err() || client.check_revoked(now(), &mut ports) { break; }
             }
+            _ = super::shutting_down(&mut shutdown) => break,
         }
     }
     client.close(&mut ports);
