@@ -3,7 +3,7 @@
 //! Data flow:
 //!
 //! ```text
-//! source (testsrc thread / later: RTP ingest)
+//! source (testsrc thread, RTP ingest, looped file)
 //!    │  EncodedFrame { Arc<[u8]> access unit }   (encoded once, shared, never copied per viewer)
 //!    ▼
 //! engine task ── owns every str0m `Rtc` (one per viewer: own ICE-lite agent, DTLS, SRTP)
@@ -22,6 +22,8 @@
 
 mod engine;
 mod error;
+pub mod file;
+pub mod rtp;
 mod sdp_check;
 mod source;
 pub mod testsrc;
