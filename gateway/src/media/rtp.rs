@@ -22,9 +22,11 @@
 //! the current stream is counted and dropped, never a panic. A frame is published only when
 //! it is complete: a sequence gap drops the frame in progress and everything up to the next
 //! keyframe (a decoder fed a frame whose reference was lost shows garbage; a short freeze is
-//! better). Frames are bounded by [`MAX_FRAME_BYTES`]. One stream at a time: packets of
-//! another SSRC are ignored until the current one has been silent for [`STREAM_SWITCH_AFTER`],
-//! so a restarted pipeline takes over after a second.
+//! better). Frames are bounded by [`MAX_FRAME_BYTES`]. One stream at a time: once a stream
+//! (SSRC and payload type) has produced a frame, packets of another are ignored until it has
+//! been silent for [`STREAM_SWITCH_AFTER`], so a restarted pipeline takes over after a second;
+//! a stray RTP-looking datagram cannot lock the source, because a stream that has produced no
+//! frame yet gives way to the next one at once.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -412,8 +414,8 @@ impl Assembler for Vp8Assembler {
 pub struct RtpDepacketizer {
     codec: VideoCodec,
     asm: Box<dyn Assembler + Send>,
-    /// (SSRC, PT) of the stream followed and when it was last heard.
-    stream: Option<(u32, u8, Instant)>,
+    /// (SSRC, PT) of the stream followed, when it was last heard, whether it made a frame.
+    stream: Option<(u32, u8, Instant, bool)>,
     next_seq: Option<u16>,
     /// RTP timestamp of the frame being assembled.
     frame_ts: Option<u32>,
@@ -470,9 +472,12 @@ impl RtpDepacketizer {
             RtpStats::add(&self.stats.ignored, 1);
             return;
         };
+        let mut produced = false;
         match self.stream {
-            Some((ssrc, pt, _)) if (ssrc, pt) == (pkt.ssrc, pkt.pt) => {}
-            Some((_, _, last)) if now.saturating_duration_since(last) < STREAM_SWITCH_AFTER => {
+            Some((ssrc, pt, _, p)) if (ssrc, pt) == (pkt.ssrc, pkt.pt) => produced = p,
+            Some((_, _, last, true))
+                if now.saturating_duration_since(last) < STREAM_SWITCH_AFTER =>
+            {
                 RtpStats::add(&self.stats.ignored, 1);
                 return;
             }
@@ -486,7 +491,7 @@ impl RtpDepacketizer {
                 self.ts_reset = true;
             }
         }
-        self.stream = Some((pkt.ssrc, pkt.pt, now));
+        self.stream = Some((pkt.ssrc, pkt.pt, now, produced));
 
         let mut gap = false;
         if let Some(expected) = self.next_seq {
@@ -577,6 +582,9 @@ impl RtpDepacketizer {
         };
         self.last_ts = Some((ts, rtp_time));
         self.ts_reset = false;
+        if let Some(stream) = self.stream.as_mut() {
+            stream.3 = true;
+        }
         RtpStats::add(&self.stats.frames, 1);
         if keyframe {
             RtpStats::add(&self.stats.keyframes, 1);
@@ -830,6 +838,20 @@ mod tests {
         d.push(&other, t0 + Duration::from_secs(2), &mut |f| out.push(f));
         assert_eq!(out.len(), 2, "the new stream took over");
         assert_eq!(out[1].rtp_time, 3000);
+    }
+
+    #[test]
+    fn a_stray_packet_does_not_lock_the_source() {
+        let mut d = RtpDepacketizer::new(VideoCodec::H264);
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        d.push(&[0x80; 40], t0, &mut |f| out.push(f)); // RTP-looking junk, SSRC 0x80808080
+        d.push(
+            &rtp(1, 0, true, &stap(&[SPS, PPS, &[0x65, 1]])),
+            t0,
+            &mut |f| out.push(f),
+        );
+        assert_eq!(out.len(), 1);
     }
 
     fn vp8_key(w: u16, h: u16, body: &[u8]) -> Vec<u8> {
