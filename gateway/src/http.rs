@@ -21,6 +21,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/api/v1/turn/credentials", get(turn_credentials))
+        .merge(crate::web::routes())
         .fallback(not_found)
         .with_state(app)
 }

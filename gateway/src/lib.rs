@@ -7,3 +7,4 @@ pub mod http;
 pub mod media;
 pub mod run;
 pub mod tls;
+pub mod web;
