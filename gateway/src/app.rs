@@ -13,6 +13,7 @@ pub struct App {
     settings: Settings,
     secrets: ArcSwap<SecretRing>,
     relay: Arc<relay::core::Shared>,
+    signaling: Option<Arc<crate::signaling::Signaling>>,
 }
 
 impl App {
@@ -22,7 +23,24 @@ impl App {
             settings,
             secrets: ArcSwap::from_pointee(secrets),
             relay,
+            signaling: None,
         }
+    }
+
+    /// Attaches the signaling state (media engine, sessions, ICE server plan).
+    pub fn with_signaling(mut self, signaling: Arc<crate::signaling::Signaling>) -> Self {
+        self.signaling = Some(signaling);
+        self
+    }
+
+    /// The signaling state, when the media engine runs.
+    pub fn signaling(&self) -> Option<&Arc<crate::signaling::Signaling>> {
+        self.signaling.as_ref()
+    }
+
+    /// Lifetime of minted credentials, in seconds.
+    pub fn credential_ttl(&self) -> u64 {
+        self.settings.turn_credential_ttl
     }
 
     /// The relay's shared state.
@@ -39,7 +57,10 @@ impl App {
 
     /// URLs of the embedded relay.
     pub fn turn_uris(&self) -> Vec<String> {
-        self.settings.turn_uris()
+        match &self.signaling {
+            Some(s) => s.embedded_uris().to_vec(),
+            None => self.settings.turn_uris(),
+        }
     }
 }
 

@@ -12,6 +12,36 @@ use clap::{Args, Parser, Subcommand};
 use relay::core::PeerPolicy;
 use relay::io::PortRange;
 
+pub use crate::media::PortRange as MediaPortRange;
+pub use crate::media_source::MediaSourceSpec;
+pub use crate::signaling::ice_servers::{IceServersSetting, StunServerSetting};
+
+/// A host name or IP literal (no port, no scheme).
+fn parse_host(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    let t = t
+        .strip_prefix('[')
+        .and_then(|x| x.strip_suffix(']'))
+        .unwrap_or(t);
+    if t.parse::<IpAddr>().is_ok() {
+        return Ok(t.to_owned());
+    }
+    let ok = !t.is_empty()
+        && t.len() <= 253
+        && t.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if ok {
+        Ok(t.to_owned())
+    } else {
+        Err(format!("{s:?} is neither an IP address nor a DNS name"))
+    }
+}
+
 /// TURN-aware WebRTC edge gateway: live video to browsers, its signaling API, and an
 /// embedded TURN relay (TCP and TLS on port 443) with expiring REST credentials.
 ///
@@ -123,6 +153,82 @@ pub struct Settings {
     #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// What to stream: `testsrc` (built-in H.264 test pattern), `rtp://ADDR:PORT?codec=h264|vp8`
+    /// (RTP ingest) or a file path.
+    #[arg(long, env = "MEDIA_SOURCE", default_value = "testsrc")]
+    pub media_source: MediaSourceSpec,
+
+    /// IP or DNS name (resolved at start) written into host candidates instead of the bound
+    /// address (1:1 NAT, containers). Default: the address STUN_SERVER reports, else
+    /// WEBRTC_BIND_IP when it is concrete, else the machine's first non-loopback IPv4.
+    #[arg(long, env = "WEBRTC_ADVERTISE_IP", value_parser = parse_host)]
+    pub webrtc_advertise_ip: Option<String>,
+
+    /// UDP ports the media sockets may bind (`FIRST-LAST`).
+    #[arg(long, env = "WEBRTC_PORT_RANGE", default_value = "50000-50050")]
+    pub webrtc_port_range: MediaPortRange,
+
+    /// Local IP the media sockets bind to.
+    #[arg(long, env = "WEBRTC_BIND_IP", default_value = "0.0.0.0")]
+    pub webrtc_bind_ip: IpAddr,
+
+    /// Extra ICE servers for browsers: a JSON list of RTCIceServer
+    /// (`[{"urls":"turn:h:3478","username":"u","credential":"p"}]`). An entry may carry
+    /// `"secret"` instead of `"credential"`: the gateway then mints TURN REST credentials for
+    /// it per session.
+    #[arg(long, env = "ICE_SERVERS", hide_env_values = true)]
+    pub ice_servers: Option<IceServersSetting>,
+
+    /// STUN server (`stun:HOST:PORT` or `HOST:PORT`) listed for browsers and, when
+    /// WEBRTC_ADVERTISE_IP is unset, asked at start-up for the public address to advertise.
+    /// A `stun:` entry of ICE_SERVERS is asked too.
+    #[arg(long, env = "STUN_SERVER")]
+    pub stun_server: Option<StunServerSetting>,
+
+    /// External coturn listed after the embedded relay (host name or IP).
+    #[arg(long, env = "COTURN_HOST", value_parser = parse_host)]
+    pub coturn_host: Option<String>,
+
+    /// Port of the external coturn.
+    #[arg(long, env = "COTURN_PORT", default_value_t = 3478,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub coturn_port: u16,
+
+    /// Static username for the external coturn.
+    #[arg(long, env = "COTURN_USERNAME", requires = "coturn_password")]
+    pub coturn_username: Option<String>,
+
+    /// Static password for the external coturn.
+    #[arg(
+        long,
+        env = "COTURN_PASSWORD",
+        hide_env_values = true,
+        requires = "coturn_username"
+    )]
+    pub coturn_password: Option<String>,
+
+    /// Shared secret of the external coturn (`use-auth-secret`): REST credentials are minted
+    /// for it per session (wins over COTURN_USERNAME/COTURN_PASSWORD).
+    #[arg(long, env = "COTURN_SECRET", hide_env_values = true)]
+    pub coturn_secret: Option<String>,
+
+    /// Most concurrent viewer sessions; further requests get 503.
+    #[arg(long, env = "MAX_VIEWERS", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_viewers: u32,
+
+    /// Seconds a session that received ICE servers may wait before sending its offer; after
+    /// that it is ended and its TURN credential revoked.
+    #[arg(long, env = "SESSION_IDLE_TIMEOUT", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub session_idle_timeout: u64,
+
+    /// Seconds a graceful shutdown (SIGTERM, Ctrl-C) waits for TURN sessions to end
+    /// before exiting anyway.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub shutdown_timeout: u64,
+
     /// Log format: `text` (human-readable) or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -170,16 +276,46 @@ impl Settings {
         })
     }
 
-    /// The host written into TURN URLs.
+    /// The host written into TURN URLs: TURN_HOST, else WEBRTC_ADVERTISE_IP, else
+    /// `localhost` (the running gateway uses the address it advertises instead, see
+    /// [`Settings::turn_uris_for`]).
     pub fn turn_host(&self) -> String {
         self.turn_host
             .clone()
+            .or_else(|| self.webrtc_advertise_ip.clone())
             .unwrap_or_else(|| "localhost".to_owned())
     }
 
     /// `turns:` and `turn:` URLs of the embedded relay, in the order browsers should try.
     pub fn turn_uris(&self) -> Vec<String> {
-        let host = self.turn_host();
+        self.turn_uris_for(&self.turn_host())
+    }
+
+    /// STUN servers to ask for the public address: STUN_SERVER, then the `stun:` URLs of
+    /// ICE_SERVERS.
+    pub fn stun_probes(&self) -> Vec<StunServerSetting> {
+        let mut out: Vec<StunServerSetting> = self.stun_server.iter().cloned().collect();
+        if let Some(list) = &self.ice_servers {
+            for e in &list.0 {
+                let urls = match &e.urls {
+                    crate::signaling::ice_servers::Urls::One(u) => vec![u.clone()],
+                    crate::signaling::ice_servers::Urls::Many(v) => v.clone(),
+                };
+                for u in urls {
+                    if u.len() > 5 && u[..5].eq_ignore_ascii_case("stun:") {
+                        if let Ok(s) = u.parse() {
+                            out.push(s);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// `turns:` and `turn:` URLs of the embedded relay for `host`.
+    pub fn turn_uris_for(&self, host: &str) -> Vec<String> {
+        let host = host.to_owned();
         let host = if host.parse::<std::net::Ipv6Addr>().is_ok() {
             format!("[{host}]")
         } else {

@@ -22,6 +22,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/health", get(health))
         .route("/api/v1/turn/credentials", get(turn_credentials))
         .merge(crate::web::routes())
+        .merge(crate::signaling::routes())
         .fallback(not_found)
         .with_state(app)
 }

@@ -3,8 +3,11 @@
 
 pub mod app;
 pub mod config;
+pub mod advertise;
 pub mod http;
 pub mod media;
+pub mod media_source;
 pub mod run;
+pub mod signaling;
 pub mod tls;
 pub mod web;

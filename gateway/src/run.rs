@@ -18,6 +18,10 @@ pub struct Running {
     pub http_addr: std::net::SocketAddr,
     /// Shared application state.
     pub app: Arc<App>,
+    /// The media engine.
+    pub media: crate::media::MediaHandle,
+    /// Keeps the video producer (MEDIA_SOURCE) running.
+    _source: crate::media_source::SourceGuard,
 }
 
 /// Validates `settings`, binds every port and starts serving.
@@ -40,7 +44,27 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         }
     };
     let policy = settings.policy()?;
-    let host = settings.turn_host();
+    let (advertised, origin) = crate::advertise::advertised_ip(&settings).await?;
+    // TURN_HOST, else WEBRTC_ADVERTISE_IP as written (a DNS name stays a name), else the
+    // address the media engine advertises.
+    let host = settings
+        .turn_host
+        .clone()
+        .or_else(|| settings.webrtc_advertise_ip.clone())
+        .unwrap_or_else(|| advertised.to_string());
+    let (video, source_guard) = crate::media_source::start(&settings.media_source)?;
+    let media = crate::media::MediaEngine::start(
+        crate::media::MediaConfig {
+            bind_ip: settings.webrtc_bind_ip,
+            ports: settings.webrtc_port_range,
+            advertise_ip: Some(advertised),
+            max_sessions: settings.max_viewers as usize,
+            ..Default::default()
+        },
+        video,
+    )
+    .map_err(|e| anyhow::anyhow!("WEBRTC_BIND_IP/WEBRTC_PORT_RANGE: {e}"))?;
+    tracing::info!(%advertised, ?origin, media = ?media.candidate_addrs(), "media engine ready");
     let (certs, key) = match (&settings.tls_cert, &settings.tls_key) {
         (Some(c), Some(k)) => tls::load_pem(c, k)?,
         _ => {
@@ -66,7 +90,38 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         policy,
         relay::core::NonceKey::random(),
     );
-    let app = Arc::new(App::new(settings.clone(), secrets, shared.clone()));
+    let embedded_uris = settings.turn_uris_for(&host);
+    let plan = crate::signaling::ice_servers::IceServerPlan::new(
+        crate::signaling::ice_servers::PlanInput {
+            ice_servers: settings
+                .ice_servers
+                .as_ref()
+                .map(|l| l.0.as_slice())
+                .unwrap_or_default(),
+            coturn: settings
+                .coturn_host
+                .as_deref()
+                .map(|h| (h, settings.coturn_port)),
+            coturn_static: settings
+                .coturn_username
+                .as_deref()
+                .zip(settings.coturn_password.as_deref()),
+            coturn_secret: settings.coturn_secret.as_deref(),
+            stun: settings.stun_server.as_ref(),
+            ttl: settings.turn_credential_ttl,
+        },
+    )?;
+    let signaling = crate::signaling::Signaling::new(
+        media.clone(),
+        plan,
+        embedded_uris,
+        shared.clone(),
+        settings.max_viewers as usize,
+        std::time::Duration::from_secs(settings.session_idle_timeout),
+    );
+    let app = Arc::new(
+        App::new(settings.clone(), secrets, shared.clone()).with_signaling(signaling.clone()),
+    );
     let router = http::router(app.clone());
 
     let io = relay::io::IoConfig {
@@ -85,6 +140,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let relay = relay::io::RelayServer::start(shared, io, Some(tls_config), Some(handoff))
         .await
         .context("TURN_LISTEN")?;
+    let bound = Settings {
+        turn_listen: relay.local_tcp(),
+        turn_udp_listen: relay.local_udp(),
+        ..settings.clone()
+    };
+    signaling.set_relay(relay.revoker(), bound.turn_uris_for(&host));
 
     let listener = tokio::net::TcpListener::bind(settings.gateway_http_addr)
         .await
@@ -106,10 +167,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             }
         }
     });
-    tracing::info!(%http_addr, uris = ?settings.turn_uris(), "gateway ready");
+    tracing::info!(%http_addr, uris = ?app.turn_uris(), "gateway ready");
     Ok(Running {
         relay,
         http_addr,
         app,
+        media,
+        _source: source_guard,
     })
 }

@@ -1,0 +1,470 @@
+//! ICE server lists: the settings that describe external servers (`ICE_SERVERS`,
+//! `STUN_SERVER`, `COTURN_*`) and the per-session list built from them.
+//!
+//! Every list is minted for one session: the embedded relay's credential has the username
+//! `<expiry>:<session-id>`, and so has every external server configured with a shared secret.
+//! Order: embedded `turns:` (TCP/TLS), embedded `turn:` over TCP, embedded `turn:` over UDP
+//! (when TURN_UDP_LISTEN is set), external TURN servers (`ICE_SERVERS`, then `COTURN_*`),
+//! then STUN servers.
+
+use std::str::FromStr;
+
+use auth::{Credential, MintError, SecretRing};
+use serde::{Deserialize, Serialize};
+
+/// One entry of `ICE_SERVERS`, as written by the operator (an `RTCIceServer`, optionally with
+/// `secret` instead of `credential`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ExternalIceServerSpec {
+    /// One URL or a list of URLs.
+    pub urls: Urls,
+    /// Static username.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Static password.
+    #[serde(default)]
+    pub credential: Option<String>,
+    /// TURN REST secret: the gateway mints `<expiry>:<session-id>` credentials for this server.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Accepted for compatibility with `RTCIceServer`; only `"password"` is meaningful.
+    #[serde(default, rename = "credentialType")]
+    pub credential_type: Option<String>,
+}
+
+/// `urls` of an `RTCIceServer`: a string or a list of strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Urls {
+    /// A single URL.
+    One(String),
+    /// Several URLs.
+    Many(Vec<String>),
+}
+
+impl Urls {
+    fn to_vec(&self) -> Vec<String> {
+        match self {
+            Urls::One(u) => vec![u.clone()],
+            Urls::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// The `ICE_SERVERS` setting: a JSON list of [`ExternalIceServerSpec`].
+#[derive(Debug, Clone, Default)]
+pub struct IceServersSetting(pub Vec<ExternalIceServerSpec>);
+
+impl FromStr for IceServersSetting {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        let list: Vec<ExternalIceServerSpec> = serde_json::from_str(s).map_err(|e| {
+            format!("not a JSON list of RTCIceServer ({{\"urls\", \"username\", \"credential\" | \"secret\"}}): {e}")
+        })?;
+        for (i, entry) in list.iter().enumerate() {
+            validate_entry(entry).map_err(|e| format!("entry {i}: {e}"))?;
+        }
+        Ok(Self(list))
+    }
+}
+
+fn url_scheme(url: &str) -> Option<&'static str> {
+    ["stun:", "stuns:", "turn:", "turns:"]
+        .into_iter()
+        .find(|p| url.len() > p.len() && url[..p.len()].eq_ignore_ascii_case(p))
+}
+
+fn is_turn(url: &str) -> bool {
+    matches!(url_scheme(url), Some("turn:" | "turns:"))
+}
+
+fn validate_entry(e: &ExternalIceServerSpec) -> Result<(), String> {
+    let urls = e.urls.to_vec();
+    if urls.is_empty() {
+        return Err("\"urls\" is empty".into());
+    }
+    for u in &urls {
+        if url_scheme(u).is_none() || u.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("{u:?} is not a stun:, stuns:, turn: or turns: URL"));
+        }
+    }
+    if e.secret.is_some() && e.credential.is_some() {
+        return Err("give either \"credential\" or \"secret\", not both".into());
+    }
+    if let Some(s) = &e.secret {
+        SecretRing::parse(s).map_err(|err| format!("\"secret\": {err}"))?;
+    }
+    if urls.iter().any(|u| is_turn(u))
+        && e.secret.is_none()
+        && (e.username.is_none() || e.credential.is_none())
+    {
+        return Err(
+            "a turn:/turns: server needs \"username\" and \"credential\", or \"secret\"".into(),
+        );
+    }
+    Ok(())
+}
+
+/// `STUN_SERVER`: `stun:host:port`, `host:port` or `host` (port 3478).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StunServerSetting {
+    /// Host name or IP (IPv6 without brackets).
+    pub host: String,
+    /// UDP port.
+    pub port: u16,
+}
+
+impl StunServerSetting {
+    /// `stun:HOST:PORT`.
+    pub fn url(&self) -> String {
+        format!("stun:{}:{}", bracket(&self.host), self.port)
+    }
+}
+
+impl FromStr for StunServerSetting {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?}: want stun:HOST:PORT or HOST:PORT");
+        let t = s.trim();
+        let t = if t.len() > 5 && t[..5].eq_ignore_ascii_case("stun:") {
+            &t[5..]
+        } else {
+            t
+        };
+        let t = t.split('?').next().unwrap_or_default();
+        let (host, port) = if let Some(rest) = t.strip_prefix('[') {
+            let (h, after) = rest.split_once(']').ok_or_else(bad)?;
+            match after.strip_prefix(':') {
+                Some(p) => (h, p.parse().map_err(|_| bad())?),
+                None if after.is_empty() => (h, 3478),
+                None => return Err(bad()),
+            }
+        } else if t.matches(':').count() > 1 {
+            // A bare IPv6 address.
+            (t, 3478)
+        } else if let Some((h, p)) = t.split_once(':') {
+            (h, p.parse().map_err(|_| bad())?)
+        } else {
+            (t, 3478)
+        };
+        if host.is_empty()
+            || port == 0
+            || host
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '/' || c == '@')
+        {
+            return Err(bad());
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+/// `[v6]` for IPv6 literals, the host unchanged otherwise.
+pub fn bracket(host: &str) -> String {
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+/// How an external server's credential is obtained.
+#[derive(Clone)]
+enum ExternalAuth {
+    None,
+    Static {
+        username: String,
+        credential: String,
+    },
+    Minted(SecretRing),
+}
+
+/// One external server, validated.
+#[derive(Clone)]
+struct External {
+    urls: Vec<String>,
+    auth: ExternalAuth,
+}
+
+/// An RTCIceServer as handed to browsers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    /// URLs.
+    pub urls: Vec<String>,
+    /// Username (absent for STUN).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub username: Option<String>,
+    /// Password (absent for STUN).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub credential: Option<String>,
+}
+
+/// Everything needed to build a session's ICE server list, checked at start-up.
+#[derive(Clone)]
+pub struct IceServerPlan {
+    external: Vec<External>,
+    stun: Vec<External>,
+    ttl: u64,
+}
+
+/// What [`IceServerPlan::new`] needs from the settings.
+pub struct PlanInput<'a> {
+    /// `ICE_SERVERS`.
+    pub ice_servers: &'a [ExternalIceServerSpec],
+    /// `COTURN_HOST`, `COTURN_PORT`.
+    pub coturn: Option<(&'a str, u16)>,
+    /// `COTURN_USERNAME`, `COTURN_PASSWORD`.
+    pub coturn_static: Option<(&'a str, &'a str)>,
+    /// `COTURN_SECRET`.
+    pub coturn_secret: Option<&'a str>,
+    /// `STUN_SERVER`.
+    pub stun: Option<&'a StunServerSetting>,
+    /// Credential lifetime.
+    pub ttl: u64,
+}
+
+impl IceServerPlan {
+    /// Validates and orders the configured servers. Errors name the setting.
+    pub fn new(input: PlanInput<'_>) -> Result<Self, crate::config::SettingError> {
+        use crate::config::SettingError;
+        let mut external = Vec::new();
+        let mut stun = Vec::new();
+        for (i, e) in input.ice_servers.iter().enumerate() {
+            validate_entry(e).map_err(|reason| SettingError {
+                setting: "ICE_SERVERS",
+                reason: format!("entry {i}: {reason}"),
+            })?;
+            let urls = e.urls.to_vec();
+            let auth = match (&e.secret, &e.username, &e.credential) {
+                (Some(s), _, _) => {
+                    ExternalAuth::Minted(SecretRing::parse(s).map_err(|err| SettingError {
+                        setting: "ICE_SERVERS",
+                        reason: format!("entry {i}: \"secret\": {err}"),
+                    })?)
+                }
+                (None, Some(u), Some(c)) => ExternalAuth::Static {
+                    username: u.clone(),
+                    credential: c.clone(),
+                },
+                _ => ExternalAuth::None,
+            };
+            let entry = External { urls, auth };
+            if entry.urls.iter().any(|u| is_turn(u)) {
+                external.push(entry);
+            } else {
+                stun.push(entry);
+            }
+        }
+        if let Some((host, port)) = input.coturn {
+            let host = bracket(host);
+            let urls = vec![
+                format!("turn:{host}:{port}?transport=udp"),
+                format!("turn:{host}:{port}?transport=tcp"),
+            ];
+            let auth = match (input.coturn_secret, input.coturn_static) {
+                (Some(s), _) => {
+                    ExternalAuth::Minted(SecretRing::parse(s).map_err(|err| SettingError {
+                        setting: "COTURN_SECRET",
+                        reason: err.to_string(),
+                    })?)
+                }
+                (None, Some((u, p))) => ExternalAuth::Static {
+                    username: u.to_owned(),
+                    credential: p.to_owned(),
+                },
+                (None, None) => {
+                    return Err(SettingError {
+                        setting: "COTURN_HOST",
+                        reason: "needs COTURN_SECRET, or COTURN_USERNAME and COTURN_PASSWORD"
+                            .into(),
+                    })
+                }
+            };
+            external.push(External { urls, auth });
+        }
+        if let Some(s) = input.stun {
+            stun.push(External {
+                urls: vec![s.url()],
+                auth: ExternalAuth::None,
+            });
+        }
+        Ok(Self {
+            external,
+            stun,
+            ttl: input.ttl,
+        })
+    }
+
+    /// The list for `session`: the embedded relay's `embedded_urls` with its credential
+    /// `embedded`, then the external servers.
+    pub fn for_session(
+        &self,
+        session: &str,
+        embedded_urls: &[String],
+        embedded: &Credential,
+        now_unix: u64,
+    ) -> Result<Vec<IceServer>, MintError> {
+        let mut out = vec![IceServer {
+            urls: embedded_urls.to_vec(),
+            username: Some(embedded.username.clone()),
+            credential: Some(embedded.password.clone()),
+        }];
+        for e in self.external.iter().chain(&self.stun) {
+            let (username, credential) = match &e.auth {
+                ExternalAuth::None => (None, None),
+                ExternalAuth::Static {
+                    username,
+                    credential,
+                } => (Some(username.clone()), Some(credential.clone())),
+                ExternalAuth::Minted(ring) => {
+                    let c = ring.mint(session, now_unix, self.ttl)?;
+                    (Some(c.username), Some(c.password))
+                }
+            };
+            out.push(IceServer {
+                urls: e.urls.clone(),
+                username,
+                credential,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// RFC 9725 `Link` header values, one per URL:
+/// `<turn:…>; rel="ice-server"; username="…"; credential="…"; credential-type="password"`.
+pub fn link_headers(servers: &[IceServer]) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in servers {
+        for url in &s.urls {
+            let mut v = format!("<{url}>; rel=\"ice-server\"");
+            if let (Some(u), Some(c)) = (&s.username, &s.credential) {
+                v.push_str(&format!(
+                    "; username=\"{}\"; credential=\"{}\"; credential-type=\"password\"",
+                    quote(u),
+                    quote(c)
+                ));
+            }
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// Escapes `"` and `\` for a quoted-string.
+fn quote(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ice_servers() {
+        let s: IceServersSetting = r#"[{"urls":"stun:stun.example.org:3478"},
+            {"urls":["turn:t.example.org:3478"],"secret":"abc"},
+            {"urls":"turns:u.example.org","username":"u","credential":"p"}]"#
+            .parse()
+            .unwrap();
+        assert_eq!(s.0.len(), 3);
+        assert!("[{\"urls\":\"turn:x\"}]"
+            .parse::<IceServersSetting>()
+            .unwrap_err()
+            .contains("entry 0"));
+        assert!("{".parse::<IceServersSetting>().is_err());
+        assert!("[{\"urls\":\"http://x\"}]"
+            .parse::<IceServersSetting>()
+            .is_err());
+        assert!("".parse::<IceServersSetting>().unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn parses_stun_server() {
+        let s: StunServerSetting = "stun:stun.l.google.com:19302".parse().unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("stun.l.google.com", 19302));
+        let s: StunServerSetting = "127.0.0.1:3478".parse().unwrap();
+        assert_eq!(s.url(), "stun:127.0.0.1:3478");
+        let s: StunServerSetting = "[::1]:5000".parse().unwrap();
+        assert_eq!(s.url(), "stun:[::1]:5000");
+        let s: StunServerSetting = "example.org".parse().unwrap();
+        assert_eq!(s.port, 3478);
+        assert!("stun:host:port".parse::<StunServerSetting>().is_err());
+        assert!("".parse::<StunServerSetting>().is_err());
+    }
+
+    #[test]
+    fn plan_orders_and_mints() {
+        let ice: IceServersSetting = r#"[{"urls":"stun:s.example:3478"},
+            {"urls":"turn:a.example:3478","secret":"sa"},
+            {"urls":"turn:b.example:3478","username":"u","credential":"p"}]"#
+            .parse()
+            .unwrap();
+        let stun: StunServerSetting = "stun:x.example:1".parse().unwrap();
+        let plan = IceServerPlan::new(PlanInput {
+            ice_servers: &ice.0,
+            coturn: Some(("c.example", 3478)),
+            coturn_static: None,
+            coturn_secret: Some("sc"),
+            stun: Some(&stun),
+            ttl: 600,
+        })
+        .unwrap();
+        let ring = SecretRing::parse("e").unwrap();
+        let emb = ring.mint("sess", 1000, 600).unwrap();
+        let list = plan
+            .for_session("sess", &["turns:h:443?transport=tcp".into()], &emb, 1000)
+            .unwrap();
+        let urls: Vec<_> = list.iter().map(|s| s.urls[0].as_str()).collect();
+        assert_eq!(
+            urls,
+            vec![
+                "turns:h:443?transport=tcp",
+                "turn:a.example:3478",
+                "turn:b.example:3478",
+                "turn:c.example:3478?transport=udp",
+                "stun:s.example:3478",
+                "stun:x.example:1"
+            ]
+        );
+        let sa = SecretRing::parse("sa").unwrap();
+        let u = list[1].username.as_deref().unwrap();
+        assert!(u.ends_with(":sess"));
+        sa.verify(u, list[1].credential.as_deref().unwrap(), 1001)
+            .unwrap();
+        assert_eq!(list[2].username.as_deref(), Some("u"));
+        assert!(list[4].username.is_none());
+        let links = link_headers(&list);
+        assert!(
+            links[0].starts_with("<turns:h:443?transport=tcp>; rel=\"ice-server\"; username=\"")
+        );
+        assert!(links[0].ends_with("credential-type=\"password\""));
+        assert_eq!(
+            links.last().unwrap(),
+            "<stun:x.example:1>; rel=\"ice-server\""
+        );
+    }
+
+    #[test]
+    fn coturn_without_credentials_is_refused() {
+        let e = IceServerPlan::new(PlanInput {
+            ice_servers: &[],
+            coturn: Some(("c", 3478)),
+            coturn_static: None,
+            coturn_secret: None,
+            stun: None,
+            ttl: 600,
+        })
+        .err()
+        .unwrap();
+        assert_eq!(e.setting, "COTURN_HOST");
+    }
+}
