@@ -446,6 +446,25 @@ print("\n".join(bad))
 sys.exit(1 if bad else 0)
 EOF
 
+echo "== justfile"
+if command -v just >/dev/null; then
+    run "justfile: just --list parses it" just --justfile "$ROOT/justfile" --list
+    run "justfile: variables expand (dry run)" just --justfile "$ROOT/justfile" --dry-run \
+        webrtc-advertise-ip=203.0.113.7 enable-stun=true enable-coturn=true coturn-port=3479 doctor
+else
+    echo "SKIP  justfile: just is not installed (not packaged for this Debian release)"
+fi
+run "justfile: recipes and variables of the original guide" "$PY" - "$ROOT/justfile" <<'EOF2'
+import re, sys
+text = open(sys.argv[1]).read()
+recipes = set(re.findall(r"^([a-z][a-z0-9-]*)\b[^:=\n]*:(?!=)", text, re.M))
+variables = set(re.findall(r"^([a-z][a-z0-9-]*)\s*:=", text, re.M))
+bad = [f"recipe {r} missing" for r in ("run", "run-image", "run-coturn", "test", "bench", "doctor") if r not in recipes]
+bad += [f"variable {v} missing" for v in ("webrtc-advertise-ip", "enable-stun", "enable-coturn", "coturn-port") if v not in variables]
+print("\n".join(bad))
+sys.exit(1 if bad else 0)
+EOF2
+
 echo
 echo "deploy-check: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

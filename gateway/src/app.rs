@@ -14,6 +14,8 @@ pub struct App {
     secrets: ArcSwap<SecretRing>,
     relay: Arc<relay::core::Shared>,
     signaling: Option<Arc<crate::signaling::Signaling>>,
+    /// Counters and gauges served at `/metrics`.
+    pub metrics: crate::metrics::Registry,
 }
 
 impl App {
@@ -24,6 +26,7 @@ impl App {
             secrets: ArcSwap::from_pointee(secrets),
             relay,
             signaling: None,
+            metrics: crate::metrics::Registry::default(),
         }
     }
 

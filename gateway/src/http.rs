@@ -20,6 +20,7 @@ use crate::app::App;
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(crate::metrics::handler))
         .route("/api/v1/turn/credentials", get(turn_credentials))
         .merge(crate::web::routes())
         .merge(crate::signaling::routes())

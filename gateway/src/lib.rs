@@ -3,11 +3,15 @@
 
 pub mod app;
 pub mod config;
+pub mod doctor;
 pub mod advertise;
 pub mod http;
 pub mod media;
+pub mod metrics;
+pub mod reload;
 pub mod media_source;
 pub mod run;
+pub mod shutdown;
 pub mod signaling;
 pub mod tls;
 pub mod web;

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
     init_logs(&cli.settings);
     let result = match cli.command {
         Some(Command::Credentials { user, ttl }) => credentials(&cli.settings, &user, ttl),
+        Some(Command::Doctor) => return doctor(cli.settings),
         None | Some(Command::Run) => run(cli.settings),
     };
     match result {
@@ -39,33 +40,64 @@ fn init_logs(settings: &Settings) {
 
 fn run(settings: Settings) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
+    let timeout = std::time::Duration::from_secs(settings.shutdown_timeout);
     rt.block_on(async {
-        let _running = gateway::run::start(settings).await?;
-        wait_for_shutdown().await;
-        tracing::info!("shutting down");
-        Ok(())
-    })
+        let running = gateway::run::start(settings).await?;
+        wait_for_shutdown(running.reloader.as_deref()).await?;
+        running.shutdown(timeout).await;
+        anyhow::Ok(())
+    })?;
+    // Tasks still running (HTTP keep-alive connections, media) end with the runtime.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(())
 }
 
-async fn wait_for_shutdown() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Waits for SIGTERM or Ctrl-C; reloads the certificate on SIGHUP meanwhile.
+async fn wait_for_shutdown(reloader: Option<&gateway::reload::Reloader>) -> anyhow::Result<()> {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => { r?; break; }
+                _ = term.recv() => break,
+                _ = hup.recv() => match reloader {
+                    Some(r) => {
+                        tracing::info!("SIGHUP: reloading TLS_CERT/TLS_KEY");
+                        let _ = r.reload();
+                    }
+                    None => tracing::info!(
+                        "SIGHUP: nothing to reload (TLS_CERT/TLS_KEY unset, self-signed certificate)"
+                    ),
+                },
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    {
+        let _ = reloader;
+        tokio::signal::ctrl_c().await?;
+    }
+    Ok(())
+}
+
+fn doctor(settings: Settings) -> ExitCode {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gateway doctor: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ok = rt.block_on(gateway::doctor::run(&settings, &mut std::io::stdout()));
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn credentials(settings: &Settings, user: &str, ttl: Option<u64>) -> anyhow::Result<()> {

@@ -22,6 +22,12 @@ pub struct Running {
     pub media: crate::media::MediaHandle,
     /// Keeps the video producer (MEDIA_SOURCE) running.
     _source: crate::media_source::SourceGuard,
+    /// The TLS configuration served on TURN_LISTEN (swapped by certificate reloads).
+    pub tls: relay::io::TlsConfig,
+    /// Reloads TLS_CERT/TLS_KEY (SIGHUP, file changes); `None` with a self-signed certificate.
+    pub reloader: Option<Arc<crate::reload::Reloader>>,
+    /// The plain-HTTP accept loop (aborted on shutdown).
+    pub http_accept: tokio::task::JoinHandle<()>,
 }
 
 /// Validates `settings`, binds every port and starts serving.
@@ -137,9 +143,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let handoff: Arc<dyn relay::io::Handoff> = Arc::new(http::HttpHandoff {
         router: router.clone(),
     });
-    let relay = relay::io::RelayServer::start(shared, io, Some(tls_config), Some(handoff))
+    let relay = relay::io::RelayServer::start(shared, io, Some(tls_config.clone()), Some(handoff))
         .await
         .context("TURN_LISTEN")?;
+    app.metrics.set_io_stats(relay.io_stats().clone());
+    let reloader = crate::reload::start(&settings, &tls_config, &app);
     let bound = Settings {
         turn_listen: relay.local_tcp(),
         turn_udp_listen: relay.local_udp(),
@@ -156,7 +164,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             )
         })?;
     let http_addr = listener.local_addr()?;
-    tokio::spawn(async move {
+    let http_accept = tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((s, remote)) => http::serve_connection(s, remote, router.clone()),
@@ -174,5 +182,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         app,
         media,
         _source: source_guard,
+        tls: tls_config,
+        reloader,
+        http_accept,
     })
 }

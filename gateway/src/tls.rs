@@ -65,6 +65,94 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
+/// What the gateway needs to know about a certificate: its names and validity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// Subject alternative names: DNS names (possibly `*.` wildcards).
+    pub dns_names: Vec<String>,
+    /// Subject alternative names: IP addresses.
+    pub ip_addrs: Vec<std::net::IpAddr>,
+    /// Subject common name, if any (not used for matching: browsers ignore it).
+    pub common_name: Option<String>,
+    /// Start of validity, unix seconds.
+    pub not_before: i64,
+    /// End of validity, unix seconds.
+    pub not_after: i64,
+}
+
+impl CertInfo {
+    /// Parses a DER certificate.
+    pub fn parse(der: &[u8]) -> anyhow::Result<Self> {
+        use x509_parser::extensions::GeneralName;
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| anyhow!("not an X.509 certificate: {e}"))?;
+        let mut dns_names = Vec::new();
+        let mut ip_addrs = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::DNSName(d) => dns_names.push(d.to_ascii_lowercase()),
+                    GeneralName::IPAddress(b) => {
+                        if let Ok(a) = <[u8; 4]>::try_from(*b) {
+                            ip_addrs.push(std::net::IpAddr::from(a));
+                        } else if let Ok(a) = <[u8; 16]>::try_from(*b) {
+                            ip_addrs.push(std::net::IpAddr::from(a));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let common_name = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned);
+        Ok(Self {
+            dns_names,
+            ip_addrs,
+            common_name,
+            not_before: cert.validity().not_before.timestamp(),
+            not_after: cert.validity().not_after.timestamp(),
+        })
+    }
+
+    /// Whether the certificate's subject alternative names cover `host` (a DNS name or
+    /// an IP address), as a browser checks it: exact match, or a `*.` wildcard standing
+    /// for exactly one leftmost label.
+    pub fn covers(&self, host: &str) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return self
+                .ip_addrs
+                .iter()
+                .any(|a| a.to_canonical() == ip.to_canonical());
+        }
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.dns_names.iter().any(|n| {
+            let n = n.trim_end_matches('.');
+            if let Some(suffix) = n.strip_prefix("*.") {
+                host.split_once('.')
+                    .is_some_and(|(first, rest)| !first.is_empty() && rest == suffix)
+            } else {
+                n == host
+            }
+        })
+    }
+
+    /// The names, for messages.
+    pub fn names(&self) -> String {
+        let mut v: Vec<String> = self.dns_names.clone();
+        v.extend(self.ip_addrs.iter().map(|a| a.to_string()));
+        if v.is_empty() {
+            "no subject alternative names".to_owned()
+        } else {
+            v.join(", ")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +171,25 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{e:#}").contains("TLS_CERT"), "{e:#}");
+    }
+
+    #[test]
+    fn cert_info_names_and_wildcards() {
+        let ck = rcgen::generate_simple_self_signed(vec![
+            "turn.example.test".to_owned(),
+            "*.edge.example.test".to_owned(),
+            "203.0.113.7".to_owned(),
+        ])
+        .unwrap();
+        let info = CertInfo::parse(ck.cert.der()).unwrap();
+        assert!(info.covers("turn.example.test"));
+        assert!(info.covers("TURN.example.test."));
+        assert!(info.covers("a.edge.example.test"));
+        assert!(!info.covers("a.b.edge.example.test"));
+        assert!(!info.covers("edge.example.test"));
+        assert!(info.covers("203.0.113.7"));
+        assert!(!info.covers("203.0.113.8"));
+        assert!(!info.covers("other.example.test"));
+        assert!(info.not_after > info.not_before);
     }
 }
