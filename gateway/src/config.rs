@@ -391,6 +391,41 @@ mod tests {
     }
 
     #[test]
+    fn media_and_signaling_settings() {
+        let c = parse(&[]).unwrap().settings;
+        assert_eq!(c.media_source, MediaSourceSpec::TestSrc);
+        assert_eq!(
+            (c.webrtc_port_range.first, c.webrtc_port_range.last),
+            (50000, 50050)
+        );
+        assert!(c.webrtc_bind_ip.is_unspecified());
+        assert_eq!((c.max_viewers, c.coturn_port), (100, 3478));
+        let c = parse(&["--webrtc-advertise-ip", "media.example.org"]).unwrap();
+        assert_eq!(c.settings.turn_host(), "media.example.org");
+        for (flag, value) in [
+            ("--webrtc-port-range", "50050-50000"),
+            ("--webrtc-advertise-ip", "not a host"),
+            ("--ice-servers", "[{\"urls\":\"turn:x\"}]"),
+            ("--stun-server", "stun:host:port"),
+            ("--media-source", "ftp://x"),
+            ("--max-viewers", "0"),
+            ("--session-idle-timeout", "0"),
+        ] {
+            let e = parse(&[flag, value]).unwrap_err().to_string();
+            assert!(e.contains(flag), "{flag}: {e}");
+        }
+        let c = parse(&[
+            "--stun-server",
+            "stun:a.example:1",
+            "--ice-servers",
+            "[{\"urls\":[\"stun:b.example:2\",\"turn:c:3\"],\"secret\":\"s\"}]",
+        ])
+        .unwrap();
+        let probes: Vec<_> = c.settings.stun_probes().iter().map(|s| s.url()).collect();
+        assert_eq!(probes, vec!["stun:a.example:1", "stun:b.example:2"]);
+    }
+
+    #[test]
     fn ipv6_host_is_bracketed() {
         let c = parse(&[
             "--turn-host",

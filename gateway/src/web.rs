@@ -9,7 +9,7 @@
 //! the DOM contract tests read (`#stats` data attributes, `window.gatewayStats`).
 
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
-use axum::http::HeaderName;
+use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -30,6 +30,8 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/", get(index))
         .route("/index.html", get(index))
         .route("/viewer.js", get(viewer_js))
+        // Browsers ask for it on every page load; no icon, and no 404 in the console.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
 }
 
 async fn index() -> Response {
