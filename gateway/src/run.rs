@@ -146,6 +146,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let relay = relay::io::RelayServer::start(shared, io, Some(tls_config.clone()), Some(handoff))
         .await
         .context("TURN_LISTEN")?;
+    // Allocations whose peer is our own media go to the engine in-process (no relay socket).
+    crate::shortcut::connect(&relay, &media)
+        .await
+        .context("connecting the TURN relay to the media engine")?;
     app.metrics.set_io_stats(relay.io_stats().clone());
     let reloader = crate::reload::start(&settings, &tls_config, &app);
     let bound = Settings {
