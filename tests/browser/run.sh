@@ -1,0 +1,342 @@
+#!/usr/bin/env bash
+# Browser end-to-end tests of restrictive-firewall mode: real headless Chromium (and aiortc)
+# inside a network namespace whose egress drops EVERY UDP packet (nft netdev egress hook on
+# its veth), watching the gateway's video through the embedded TURN relay (TLS and TCP on
+# 443) or through a real coturn. Also a control run without the firewall, a WHEP client with
+# revocation, and "expected failure" variants that break one link on purpose and check the
+# diagnosis names it.
+#
+#   tests/browser/run.sh              all scenarios
+#   tests/browser/run.sh 1 3 5        only these scenarios (1..6, f1..f3)
+#   KEEP=1 tests/browser/run.sh       keep the temp dir (logs) after the run
+#
+# Needs root (network namespaces, nft, port 443), ip, nft, chromium, certutil, openssl, node
+# with playwright-core installed here (npm install), turnserver, python3 (aiortc venv). The
+# gateway listens only on the veth's host address; traffic never leaves the machine.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+cd "$root"
+
+say() { printf '\033[1m[browser]\033[0m %s\n' "$*"; }
+die() { printf '[browser] ERROR: %s\n' "$*" >&2; exit 2; }
+
+# --- preconditions -----------------------------------------------------------------------------
+if [[ $(id -u) -ne 0 ]]; then
+  die "these tests need root: they create network namespaces, veth pairs and nft rules and bind port 443 (run as root, e.g. in CI or with sudo)"
+fi
+for tool in ip nft chromium certutil openssl node turnserver python3 curl; do
+  command -v "$tool" >/dev/null 2>&1 || die "missing tool: $tool (tests/run installs it: chromium, libnss3-tools, nftables, iproute2, coturn, nodejs, openssl, curl)"
+done
+[[ -x /usr/bin/chromium ]] || die "Debian chromium must be at /usr/bin/chromium"
+[[ -d "$here/node_modules/playwright-core" ]] || die "playwright-core is missing: (cd tests/browser && npm install)"
+ip netns list >/dev/null 2>&1 || die "network namespaces are not available here (ip netns list failed)"
+
+venv="$root/tests/.venv-aiortc"
+if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import aiortc' >/dev/null 2>&1; then
+  say "creating the aiortc virtualenv ($venv)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check aiortc
+fi
+
+gw_bin=${GATEWAY_BIN:-$root/target/release/gateway}
+if [[ ! -x "$gw_bin" ]]; then
+  say "building the gateway (cargo build --release -p gateway)"
+  cargo build --release -p gateway --quiet
+fi
+
+selected=("$@")
+want() {
+  ((${#selected[@]} == 0)) && return 0
+  local s
+  for s in "${selected[@]}"; do [[ "$s" == "$1" ]] && return 0; done
+  return 1
+}
+
+# --- names, addresses, temp dir, cleanup -----------------------------------------------------
+id=$$
+octet=$((id % 200 + 20)) # 10.213.<octet>.0/29, different per run
+for _ in $(seq 1 200); do
+  ip -4 addr show | grep -q "10\.213\.$octet\." || break
+  octet=$(((octet - 19) % 200 + 20))
+done
+host_ip=10.213.$octet.1 # host side of the firewalled pair (the gateway listens here)
+ns_ip=10.213.$octet.2
+host_ip2=10.213.$octet.5 # host side of the control pair (no firewall)
+ns_ip2=10.213.$octet.6
+ns=gwfw$id
+ns2=gwopen$id
+veth_h=gwh$id veth_n=gwn$id
+veth_h2=goh$id veth_n2=gon$id
+nft_table=gwfw$id
+host_name=gateway.test
+work=$(mktemp -d /tmp/gateway-browser.XXXXXX)
+out_dir="$root/target/browser"
+mkdir -p "$out_dir"
+pids=()
+
+cleanup() {
+  local rc=$?
+  set +e
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+  ip netns del "$ns" 2>/dev/null
+  ip netns del "$ns2" 2>/dev/null
+  ip link del "$veth_h" 2>/dev/null
+  ip link del "$veth_h2" 2>/dev/null
+  rm -rf "/etc/netns/$ns" "/etc/netns/$ns2"
+  if [[ -n "${KEEP:-}" ]]; then echo "[browser] kept $work"; else rm -rf "$work"; fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- network: two namespaces, one behind a UDP-dropping firewall -------------------------------
+make_ns() { # ns veth_host veth_ns host_ip ns_ip
+  ip netns add "$1"
+  ip link add "$2" type veth peer name "$3"
+  ip link set "$3" netns "$1"
+  ip addr add "$4/30" dev "$2"
+  ip link set "$2" up
+  ip netns exec "$1" ip addr add "$5/30" dev "$3"
+  ip netns exec "$1" ip link set "$3" up
+  ip netns exec "$1" ip link set lo up
+  ip netns exec "$1" ip route add default via "$4"
+  # `ip netns exec` bind-mounts /etc/netns/NS/hosts over /etc/hosts (for aiortc and node).
+  mkdir -p "/etc/netns/$1"
+  printf '127.0.0.1 localhost\n%s %s\n' "$host_ip" "$host_name" >"/etc/netns/$1/hosts"
+}
+make_ns "$ns" "$veth_h" "$veth_n" "$host_ip" "$ns_ip"
+make_ns "$ns2" "$veth_h2" "$veth_n2" "$host_ip2" "$ns_ip2"
+# The firewall: silently drop every UDP packet leaving the namespace (netdev egress on its veth).
+ip netns exec "$ns" nft -f - <<EOF
+table netdev $nft_table {
+  chain egress {
+    type filter hook egress device "$veth_n" priority 0;
+    meta l4proto udp counter drop
+  }
+}
+EOF
+say "namespaces: $ns ($ns_ip, UDP dropped) and $ns2 ($ns_ip2, open); gateway on $host_ip"
+
+# --- TLS: a test CA, a certificate for gateway.test (and one for another name) ----------------
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj "/CN=gateway browser-test CA $id" -keyout "$work/ca.key" -out "$work/ca.pem" \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+make_cert() { # name prefix
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$1" \
+    -keyout "$work/$2.key" -out "$work/$2.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:%s\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' "$1" >"$work/$2.ext"
+  openssl x509 -req -in "$work/$2.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial \
+    -days 2 -extfile "$work/$2.ext" -out "$work/$2.pem" 2>/dev/null
+}
+make_cert "$host_name" server
+make_cert other.test wrongname
+# Chromium trusts the CA through an NSS database in a throw-away HOME.
+export HOME="$work/home"
+mkdir -p "$HOME/.pki/nssdb"
+certutil -d "sql:$HOME/.pki/nssdb" -N --empty-password
+certutil -d "sql:$HOME/.pki/nssdb" -A -t "C,," -n gateway-test-ca -i "$work/ca.pem"
+
+turn_secret=$(openssl rand -hex 24)
+coturn_secret=$(openssl rand -hex 24)
+coturn_port=3479
+
+# --- processes ---------------------------------------------------------------------------------
+gw_pid=""
+gw_log=""
+start_gateway() { # label cert-prefix [extra env...]
+  local label=$1 cert=$2
+  shift 2
+  gw_log="$work/gateway-$label.log"
+  env RUST_LOG="${GATEWAY_RUST_LOG:-debug,str0m=info,hyper=info,hyper_util=info,h2=info,rustls=info,tower=info}" \
+    TURN_SECRET="$turn_secret" TURN_HOST="$host_name" \
+    TURN_LISTEN="$host_ip:443" GATEWAY_HTTP_ADDR="$host_ip:9100" \
+    WEBRTC_BIND_IP="$host_ip" WEBRTC_ADVERTISE_IP="$host_ip" \
+    TLS_CERT="$work/$cert.pem" TLS_KEY="$work/$cert.key" "$@" \
+    "$gw_bin" >"$gw_log" 2>&1 &
+  gw_pid=$!
+  pids+=("$gw_pid")
+  for _ in $(seq 1 100); do
+    if curl -fsS --max-time 1 "http://$host_ip:9100/health" >/dev/null 2>&1; then return 0; fi
+    kill -0 "$gw_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "--- gateway log ($gw_log) ---" >&2
+  tail -40 "$gw_log" >&2
+  die "the gateway ($label) did not become healthy on http://$host_ip:9100/health"
+}
+stop_gateway() {
+  [[ -n "$gw_pid" ]] || return 0
+  kill "$gw_pid" 2>/dev/null || true
+  wait "$gw_pid" 2>/dev/null || true
+  gw_pid=""
+}
+
+cot_pid=""
+cot_log=""
+start_coturn() { # label secret
+  cot_log="$work/coturn-$1.log"
+  cat >"$work/turnserver-$1.conf" <<EOF
+listening-ip=$host_ip
+relay-ip=$host_ip
+listening-port=$coturn_port
+no-udp
+no-dtls
+no-tls
+min-port=49152
+max-port=49999
+use-auth-secret
+static-auth-secret=$2
+realm=$host_name
+allowed-peer-ip=$host_ip
+no-multicast-peers
+no-tcp-relay
+fingerprint
+no-cli
+no-software-attribute
+no-rfc5780
+userdb=$work/turndb-$1
+pidfile=$work/turnserver-$1.pid
+log-file=$cot_log
+simple-log
+verbose
+EOF
+  turnserver -c "$work/turnserver-$1.conf" >"$work/coturn-$1.stdout" 2>&1 &
+  cot_pid=$!
+  pids+=("$cot_pid")
+  for _ in $(seq 1 50); do
+    if (exec 3<>"/dev/tcp/$host_ip/$coturn_port") 2>/dev/null; then return 0; fi
+    kill -0 "$cot_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  cat "$work/coturn-$1.stdout" >&2
+  die "coturn did not start on $host_ip:$coturn_port"
+}
+stop_coturn() {
+  [[ -n "$cot_pid" ]] || return 0
+  kill "$cot_pid" 2>/dev/null || true
+  wait "$cot_pid" 2>/dev/null || true
+  cot_pid=""
+}
+
+# --- scenarios ---------------------------------------------------------------------------------
+passed=0
+failed=0
+summary=()
+record() { # name ok detail
+  if [[ $2 == 1 ]]; then
+    passed=$((passed + 1))
+    summary+=("PASS  $1  $3")
+  else
+    failed=$((failed + 1))
+    summary+=("FAIL  $1  $3")
+  fi
+}
+
+# run_browser NS NAME JSON-FRAGMENT  → output in $work/NAME.out, status in $?
+run_browser() {
+  local netns=$1 sname=$2 frag=$3
+  local json
+  json=$(printf '{"name":"%s","hostIp":"%s","hostName":"%s","gatewayLog":"%s","coturnLog":"%s","caFile":"%s","userDataDir":"%s",%s}' \
+    "$sname" "$host_ip" "$host_name" "$gw_log" "$cot_log" "$work/ca.pem" "$work/profile-$sname" "$frag")
+  ip netns exec "$netns" env HOME="$HOME" node "$here/scenario.mjs" "$json" >"$work/$sname.out" 2>&1
+}
+
+# scenario NAME NS JSON: a scenario that must pass
+scenario() {
+  local sname=$1
+  say "scenario $sname"
+  if run_browser "$2" "$sname" "$3"; then
+    sed 's/^/    /' "$work/$sname.out" | grep -E 'selected pair|page #stats|video pixels|screenshot|WHEP|after DELETE|TIMING' || true
+    record "$sname" 1 "$(grep -Eo 'ice_connected=[^ ]+ first_frame=[^ ]+' "$work/$sname.out" | tail -1)"
+  else
+    sed 's/^/    /' "$work/$sname.out"
+    record "$sname" 0 "$(grep -E '^RESULT' "$work/$sname.out" | tail -1)"
+  fi
+}
+
+# expect_failure NAME NS JSON REGEX: breaking a link must fail with a diagnosis matching REGEX
+expect_failure() {
+  local sname=$1 regex=$4
+  say "expected failure $sname"
+  if run_browser "$2" "$sname" "$3"; then
+    sed 's/^/    /' "$work/$sname.out"
+    record "$sname" 0 "passed although the link was broken"
+  elif grep -Eq "$regex" "$work/$sname.out"; then
+    sed 's/^/    /' "$work/$sname.out" | grep -E '^    (RESULT|HINT|  failure|  TLS|  firewall|  candidate error)' || true
+    record "$sname" 1 "failed as expected; diagnosis matches /$regex/"
+  else
+    sed 's/^/    /' "$work/$sname.out"
+    record "$sname" 0 "failed, but the diagnosis does not match /$regex/"
+  fi
+}
+
+nft_frag="\"nftTable\":\"$nft_table\""
+
+# Gateway A: embedded relay (TLS+TCP on 443, UDP TURN on 3478 for the UDP-only variant).
+if want 1 || want 2 || want 3 || want 5 || want 6 || want f3; then
+  start_gateway main server TURN_UDP_LISTEN="$host_ip:3478"
+  say "gateway up: $(curl -fsS "http://$host_ip:9100/health")"
+
+  want 1 && scenario "1-turn-tls-443" "$ns" \
+    "\"url\":\"https://$host_name/?relay=1&transport=tls\",\"expect\":{\"path\":\"relay\",\"protocol\":\"tls\",\"urlPort\":443},\"screenshot\":\"$out_dir/scenario1.png\",\"pixelCheck\":true,$nft_frag"
+  want 2 && scenario "2-turn-tcp-443" "$ns" \
+    "\"url\":\"https://$host_name/?relay=1&transport=tcp\",\"expect\":{\"path\":\"relay\",\"protocol\":\"tcp\",\"urlPort\":443},$nft_frag"
+  want 3 && scenario "3-control-udp-direct" "$ns2" \
+    "\"url\":\"https://$host_name/\",\"hostIp\":\"$host_ip\",\"expect\":{\"path\":\"host\",\"protocol\":\"udp\"}"
+  want 5 && scenario "5-whep-delete-revokes" "$ns" \
+    "\"mode\":\"whep\",\"url\":\"https://$host_name/health\",\"expect\":{\"path\":\"relay\"},$nft_frag"
+  if want 6; then
+    say "scenario 6-aiortc-turn-tcp"
+    if ip netns exec "$ns" "$venv/bin/python" "$here/aiortc_client.py" --name 6-aiortc-turn-tcp \
+      --api "http://$host_name:9100" --gateway-log "$gw_log" --nft-table "$nft_table" >"$work/6.out" 2>&1; then
+      sed 's/^/    /' "$work/6.out" | grep -E 'selected|TIMING|frames' || true
+      record "6-aiortc-turn-tcp" 1 "$(grep -Eo 'ice_connected=[^ ]+ first_frame=[^ ]+' "$work/6.out" | tail -1)"
+    else
+      sed 's/^/    /' "$work/6.out"
+      record "6-aiortc-turn-tcp" 0 "$(grep -E '^RESULT' "$work/6.out" | tail -1)"
+    fi
+  fi
+  want f3 && expect_failure "f3-udp-only-relay-url" "$ns" \
+    "\"url\":\"https://$host_name/?relay=1&transport=udp\",\"timeoutMs\":15000,$nft_frag" \
+    'HINT: only UDP ICE servers were given .* dropped by the firewall'
+  stop_gateway
+fi
+
+# Gateway B: coturn as the relay (the client keeps only coturn's URL), then coturn with a wrong secret.
+if want 4 || want f1; then
+  start_gateway coturn server COTURN_HOST="$host_name" COTURN_PORT="$coturn_port" COTURN_SECRET="$coturn_secret"
+  if want 4; then
+    start_coturn good "$coturn_secret"
+    scenario "4-coturn-fallback" "$ns" \
+      "\"mode\":\"external\",\"externalPort\":$coturn_port,\"url\":\"https://$host_name/health\",\"expect\":{\"path\":\"relay\",\"protocol\":\"tcp\",\"urlPort\":$coturn_port},$nft_frag"
+    stop_coturn
+  fi
+  if want f1; then
+    start_coturn wrongsecret "not-the-gateways-secret"
+    expect_failure "f1-coturn-wrong-secret" "$ns" \
+      "\"mode\":\"external\",\"externalPort\":$coturn_port,\"url\":\"https://$host_name/health\",\"timeoutMs\":15000,$nft_frag" \
+      'HINT: .*(rejected the credentials \(401|authentication failure).*static-auth-secret'
+    stop_coturn
+  fi
+  stop_gateway
+fi
+
+# Gateway C: certificate for another name. The page comes over plain HTTP (port 9100) so that
+# only TURNS meets the wrong certificate.
+if want f2; then
+  start_gateway wrongname wrongname
+  expect_failure "f2-turns-cert-wrong-name" "$ns" \
+    "\"url\":\"http://$host_name:9100/?relay=1&transport=tls\",\"timeoutMs\":15000,$nft_frag" \
+    "HINT: TURNS cannot work: .*(does not match|altnames).*subjectAltName contains $host_name"
+  stop_gateway
+fi
+
+# --- summary -----------------------------------------------------------------------------------
+drops=$(ip netns exec "$ns" nft list table netdev "$nft_table" | grep -Eo 'packets [0-9]+' | awk '{print $2}')
+echo
+say "summary (the firewall dropped ${drops:-?} UDP packets leaving $ns)"
+for l in "${summary[@]}"; do echo "  $l"; done
+echo "$passed passed, $failed failed"
+((failed == 0))
