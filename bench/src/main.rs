@@ -1,0 +1,548 @@
+//! `gateway-bench`: the embedded TURN relay against coturn on the same machine, in the
+//! same run, interleaved. Prints one table (each figure for both servers and the ratio
+//! gateway / coturn, median of the repeats) and writes it to `docs/BENCHMARKS.md`.
+//!
+//! ```text
+//! cargo run --release -p gateway-bench -- [--quick] [--out FILE] [--repeats N]
+//! ```
+//!
+//! Both servers run as child processes on 127.0.0.1 (our `gateway` release binary, built
+//! first when needed, and coturn's `turnserver`), so each one's CPU time and memory are
+//! read from /proc/PID. The load generator is in this process: TURN clients over TCP/TLS
+//! (sans-I/O sessions, the relay's framer), UDP echo peers. It measures:
+//!
+//! 1. relayed throughput with 1,200-byte ChannelData at 1, 10, 100 allocations: the
+//!    highest rate with loss under 0.1 % (ramp, then bisection), and CPU per gigabit;
+//! 2. TURN/TLS allocation set-up rate and latency (connect, TLS, 401, Allocate,
+//!    CreatePermission);
+//! 3. resident memory per idle TURN/TLS allocation at 1,000 and 10,000;
+//! 4. added one-way latency at half the highest rate (echo RTT minus direct UDP, halved);
+//! 5. (TODO, media issue) time to first frame for viewers of a 1 Mbit/s stream.
+//!
+//! Figures only: nothing here asserts a timing.
+
+mod conn;
+mod load;
+mod proto;
+mod report;
+mod servers;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+use conn::Transport;
+use load::{EchoPeers, Mesh, Step};
+use report::{Better, Results};
+use servers::{Common, Kind, Server};
+
+/// What one run does.
+#[derive(Debug, Clone)]
+struct Plan {
+    quick: bool,
+    repeats: usize,
+    allocs: Vec<usize>,
+    step: Duration,
+    idle: Vec<usize>,
+    setup_count: usize,
+    setup_concurrency: usize,
+    latency_step: Duration,
+    uclient_messages: u32,
+    out: PathBuf,
+    gateway_bin: Option<PathBuf>,
+}
+
+impl Plan {
+    fn parse() -> anyhow::Result<Self> {
+        let root = workspace_root();
+        let mut plan = Plan {
+            quick: false,
+            repeats: 3,
+            allocs: vec![1, 10, 100],
+            step: Duration::from_millis(1000),
+            idle: vec![1000, 10_000],
+            setup_count: 1000,
+            setup_concurrency: 32,
+            latency_step: Duration::from_secs(2),
+            uclient_messages: 1000,
+            out: root.join("docs/BENCHMARKS.md"),
+            gateway_bin: std::env::var_os("GATEWAY_BIN").map(PathBuf::from),
+        };
+        let mut args = std::env::args().skip(1);
+        let mut repeats: Option<usize> = None;
+        while let Some(a) = args.next() {
+            match a.as_str() {
+                "--quick" => plan.quick = true,
+                "--out" => plan.out = PathBuf::from(args.next().context("--out needs a file")?),
+                "--repeats" => {
+                    repeats = Some(args.next().context("--repeats needs a number")?.parse()?)
+                }
+                "--gateway-bin" => {
+                    plan.gateway_bin = Some(PathBuf::from(
+                        args.next().context("--gateway-bin needs a path")?,
+                    ))
+                }
+                "-h" | "--help" => {
+                    println!(
+                        "gateway-bench [--quick] [--out FILE] [--repeats N] [--gateway-bin PATH]\n\
+                         Benchmarks the gateway's TURN relay against coturn (turnserver) on loopback\n\
+                         and writes the table to docs/BENCHMARKS.md (or FILE)."
+                    );
+                    std::process::exit(0);
+                }
+                other => bail!("unknown argument {other:?} (try --help)"),
+            }
+        }
+        if plan.quick {
+            plan.repeats = 1;
+            plan.allocs = vec![1, 10];
+            plan.step = Duration::from_millis(500);
+            plan.idle = vec![1000];
+            plan.setup_count = 300;
+            plan.latency_step = Duration::from_secs(1);
+            plan.uclient_messages = 200;
+        }
+        if let Some(r) = repeats {
+            plan.repeats = r.max(1);
+        }
+        Ok(plan)
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// The gateway binary: given, or built (`cargo build --release -p gateway`) next to ours.
+fn gateway_binary(plan: &Plan) -> anyhow::Result<PathBuf> {
+    if let Some(p) = &plan.gateway_bin {
+        return Ok(p.clone());
+    }
+    let exe = std::env::current_exe()?;
+    let bin = exe.with_file_name("gateway");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("building the gateway (cargo build --release -p gateway)...");
+    let ok = Command::new(cargo)
+        .args(["build", "--release", "--quiet", "-p", "gateway"])
+        .current_dir(workspace_root())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        if bin.exists() {
+            eprintln!(
+                "warning: building the gateway failed; using the existing {}",
+                bin.display()
+            );
+        } else {
+            bail!(
+                "cannot build the gateway binary and {} does not exist",
+                bin.display()
+            );
+        }
+    }
+    Ok(bin)
+}
+
+fn log(start: Instant, msg: impl AsRef<str>) {
+    eprintln!("[{:6.1} s] {}", start.elapsed().as_secs_f64(), msg.as_ref());
+}
+
+fn main() -> ExitCode {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        servers::kill_registered();
+        default_hook(info);
+    }));
+    let plan = match Plan::parse() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("gateway-bench: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gateway-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = run(plan) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            _ = term.recv() => Err(anyhow::anyhow!("terminated")),
+        }
+    });
+    // The run future (and every server guard in it) is dropped by now; make sure.
+    servers::kill_registered();
+    rt.shutdown_timeout(Duration::from_millis(500));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gateway-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(mut plan: Plan) -> anyhow::Result<()> {
+    let start = Instant::now();
+    if Command::new("turnserver").arg("--help").output().is_err() {
+        bail!("turnserver not found: install Debian's coturn (apt-get install coturn)");
+    }
+    let bin = gateway_binary(&plan)?;
+    let biggest = plan.idle.iter().copied().max().unwrap_or(0);
+    // Per allocation: our socket, the server's connection and relay socket (times two
+    // servers alive), plus slack.
+    let nofile = servers::raise_nofile(4 * biggest as u64 + 4096);
+    if (nofile as usize) < 3 * biggest + 1024 {
+        let fit = (nofile as usize).saturating_sub(1024) / 3;
+        eprintln!("warning: RLIMIT_NOFILE is {nofile}; idle-memory counts capped at {fit}");
+        plan.idle.retain(|n| *n <= fit);
+        if plan.idle.is_empty() {
+            plan.idle.push(fit.max(1));
+        }
+    }
+    let common = Common::new(bin)?;
+    let peers = EchoPeers::start(4).await?;
+    let mut results = Results::default();
+    let mut hints: HashMap<(Kind, Transport, usize), f64> = HashMap::new();
+    let mut notes: Vec<String> = Vec::new();
+    let mut crosscheck = None;
+    log(start, format!("plan: {plan:?}"));
+
+    for rep in 0..plan.repeats {
+        let order = if rep % 2 == 0 {
+            [Kind::Gateway, Kind::Coturn]
+        } else {
+            [Kind::Coturn, Kind::Gateway]
+        };
+        let mut servers = HashMap::new();
+        for k in order {
+            servers.insert(k, Server::start(k, &common, rep as u32).await?);
+        }
+        log(
+            start,
+            format!("repeat {}/{}: servers up", rep + 1, plan.repeats),
+        );
+
+        // 3. Memory per idle TLS allocation (first, on fresh processes).
+        for k in order {
+            let s = &servers[&k];
+            memory(s, &plan, &peers, &mut results, &mut notes).await;
+            log(start, format!("  memory {}", k.name()));
+        }
+
+        // 2. TLS allocation set-up rate.
+        for k in order {
+            let s = &servers[&k];
+            let held = load::hold(
+                &s.target,
+                Transport::Tls,
+                plan.setup_count,
+                plan.setup_concurrency,
+                peers.addrs[0],
+                "setup",
+            )
+            .await;
+            let ok = held.conns.len();
+            if held.errors > 0 {
+                notes.push(format!(
+                    "{} set-up (repeat {}): {} of {} failed, first: {}",
+                    k.name(),
+                    rep + 1,
+                    held.errors,
+                    plan.setup_count,
+                    held.first_error.as_deref().unwrap_or("?")
+                ));
+            }
+            let mut lat = held.latencies_us.clone();
+            let rate = ok as f64 / held.secs;
+            results.add(
+                "TURN/TLS allocation set-up rate",
+                "alloc/s",
+                Better::Higher,
+                k,
+                rate,
+            );
+            results.add(
+                "TURN/TLS set-up latency p50",
+                "ms",
+                Better::Lower,
+                k,
+                load::percentile(&mut lat, 50.0) / 1000.0,
+            );
+            results.add(
+                "TURN/TLS set-up latency p99",
+                "ms",
+                Better::Lower,
+                k,
+                load::percentile(&mut lat, 99.0) / 1000.0,
+            );
+            drop(held);
+            log(start, format!("  set-up rate {}: {rate:.0}/s", k.name()));
+        }
+
+        // 1. Throughput.
+        let mut best: HashMap<(Kind, Transport, usize), Step> = HashMap::new();
+        for transport in [Transport::Tcp, Transport::Tls] {
+            let mut prev: HashMap<Kind, f64> = HashMap::new();
+            for &n in &plan.allocs {
+                for k in order {
+                    let s = &servers[&k];
+                    let hint = hints
+                        .get(&(k, transport, n))
+                        .copied()
+                        .or(prev.get(&k).copied());
+                    let mut mesh = match Mesh::open(&s.target, transport, n, &peers.addrs).await {
+                        Ok(m) => m,
+                        Err(e) => {
+                            notes.push(format!(
+                                "{} {} {n} allocations: set-up failed: {e:#}",
+                                k.name(),
+                                transport.name()
+                            ));
+                            continue;
+                        }
+                    };
+                    let found = search(&mut mesh, s, hint, &plan).await;
+                    drop(mesh);
+                    let name = format!("{}, {n} alloc", transport.name());
+                    match found {
+                        Some(st) => {
+                            hints.insert((k, transport, n), st.rate);
+                            prev.insert(k, st.rate);
+                            best.insert((k, transport, n), st);
+                            results.add(
+                                &format!("{name}: relayed packets"),
+                                "pkt/s",
+                                Better::Higher,
+                                k,
+                                st.relayed_pps(),
+                            );
+                            results.add(
+                                &format!("{name}: relayed payload"),
+                                "Mbit/s",
+                                Better::Higher,
+                                k,
+                                st.relayed_mbps(),
+                            );
+                            results.add(
+                                &format!("{name}: server CPU"),
+                                "s/Gbit",
+                                Better::Lower,
+                                k,
+                                st.cpu_per_gbit(),
+                            );
+                            log(
+                                start,
+                                format!(
+                                "  {name} {}: {:.0} pkt/s relayed ({:.0} Mbit/s), {:.2} CPU s/Gbit",
+                                k.name(), st.relayed_pps(), st.relayed_mbps(), st.cpu_per_gbit()
+                            ),
+                            );
+                        }
+                        None => {
+                            notes.push(format!("{} {name}: no rate passed", k.name()));
+                            results.add(
+                                &format!("{name}: relayed packets"),
+                                "pkt/s",
+                                Better::Higher,
+                                k,
+                                f64::NAN,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+
+        // 4. Added latency at half the highest rate (10 allocations, or the most below).
+        let n_lat = plan
+            .allocs
+            .iter()
+            .copied()
+            .filter(|n| *n <= 10)
+            .max()
+            .unwrap_or(1);
+        for transport in [Transport::Tcp, Transport::Tls] {
+            for k in order {
+                let Some(b) = best.get(&(k, transport, n_lat)) else {
+                    continue;
+                };
+                let s = &servers[&k];
+                let rate = b.rate / 2.0;
+                let Ok(mut mesh) = Mesh::open(&s.target, transport, n_lat, &peers.addrs).await
+                else {
+                    continue;
+                };
+                let st = mesh.step(s, rate, plan.latency_step, true).await;
+                let mut rtt = mesh.take_rtts();
+                drop(mesh);
+                let mut base = load::udp_baseline(peers.addrs[0], rate, plan.latency_step)
+                    .await
+                    .unwrap_or_default();
+                let p50 =
+                    (load::percentile(&mut rtt, 50.0) - load::percentile(&mut base, 50.0)) / 2.0;
+                let p99 =
+                    (load::percentile(&mut rtt, 99.0) - load::percentile(&mut base, 99.0)) / 2.0;
+                let name = format!(
+                    "{}, {n_lat} alloc, half load: added one-way latency",
+                    transport.name()
+                );
+                results.add(&format!("{name} p50"), "µs", Better::Lower, k, p50.max(0.0));
+                results.add(&format!("{name} p99"), "µs", Better::Lower, k, p99.max(0.0));
+                results.add(
+                    &format!(
+                        "{}, {n_lat} alloc, half load: offered rate",
+                        transport.name()
+                    ),
+                    "pkt/s",
+                    Better::Higher,
+                    k,
+                    rate,
+                );
+                log(start, format!(
+                    "  latency {} {} at {rate:.0} pkt/s: +{p50:.0} µs p50, +{p99:.0} µs p99 (loss {:.3} %)",
+                    transport.name(), k.name(), st.loss() * 100.0
+                ));
+            }
+        }
+
+        // Cross-check with coturn's own client, once, on the last repeat's servers.
+        if rep + 1 == plan.repeats {
+            crosscheck = Some(
+                report::crosscheck(&servers, order, &peers, &common, plan.uclient_messages).await,
+            );
+            log(start, "  turnutils_uclient cross-check done");
+        }
+        drop(servers);
+    }
+
+    let machine = report::machine();
+    let md = report::markdown(
+        &results,
+        &plan_summary(&plan),
+        &machine,
+        &notes,
+        crosscheck.as_deref(),
+        start.elapsed(),
+    );
+    println!("{md}");
+    if let Some(dir) = plan.out.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    std::fs::write(&plan.out, &md).with_context(|| format!("writing {}", plan.out.display()))?;
+    log(start, format!("written to {}", plan.out.display()));
+    Ok(())
+}
+
+fn plan_summary(p: &Plan) -> String {
+    format!(
+        "{} run: median of {} repeat(s); throughput at {:?} allocations, steps of {:.1} s; \
+         set-up rate over {} TLS allocations ({} at a time); idle memory at {:?} TLS allocations",
+        if p.quick { "quick" } else { "full" },
+        p.repeats,
+        p.allocs,
+        p.step.as_secs_f64(),
+        p.setup_count,
+        p.setup_concurrency,
+        p.idle
+    )
+}
+
+/// Highest passing rate: geometric ramp from the hint (or 4,000 pkt/s) until the verdict
+/// flips, then bisection.
+async fn search(mesh: &mut Mesh, server: &Server, hint: Option<f64>, plan: &Plan) -> Option<Step> {
+    let (mut r, f, bisect) = match hint {
+        Some(h) => (h, 1.3, 2),
+        None => (4000.0, 2.0, if plan.quick { 2 } else { 3 }),
+    };
+    let mut lo: Option<Step> = None;
+    let mut hi: Option<f64> = None;
+    for _ in 0..10 {
+        let s = mesh.step(server, r, plan.step, false).await;
+        if s.passed() {
+            lo = Some(s);
+            if hi.is_some() {
+                break;
+            }
+            r *= f;
+        } else {
+            hi = Some(r);
+            if lo.is_some() {
+                break;
+            }
+            r /= f;
+        }
+        if !(200.0..=2_000_000.0).contains(&r) {
+            break;
+        }
+    }
+    for _ in 0..bisect {
+        let (Some(l), Some(h)) = (lo, hi) else { break };
+        let m = (l.rate * h).sqrt();
+        let s = mesh.step(server, m, plan.step, false).await;
+        if s.passed() {
+            lo = Some(s);
+        } else {
+            hi = Some(m);
+        }
+    }
+    lo
+}
+
+/// RSS growth per idle TURN/TLS allocation at each count of `plan.idle`.
+async fn memory(
+    s: &Server,
+    plan: &Plan,
+    peers: &EchoPeers,
+    results: &mut Results,
+    notes: &mut Vec<String>,
+) {
+    // Warm-up: lazy initialisation (thread pools, TLS state) is not per allocation.
+    drop(load::hold(&s.target, Transport::Tls, 100, 16, peers.addrs[0], "warm").await);
+    let rss0 = load::settled_rss(s).await;
+    let mut held = Vec::new();
+    let mut have = 0usize;
+    for &n in &plan.idle {
+        let h = load::hold(
+            &s.target,
+            Transport::Tls,
+            n - have,
+            64,
+            peers.addrs[0],
+            &format!("idle{n}-"),
+        )
+        .await;
+        if h.errors > 0 {
+            notes.push(format!(
+                "{} idle {n}: {} set-ups failed, first: {}",
+                s.kind.name(),
+                h.errors,
+                h.first_error.as_deref().unwrap_or("?")
+            ));
+        }
+        have += h.conns.len();
+        held.push(h);
+        let rss = load::settled_rss(s).await;
+        let per = rss.saturating_sub(rss0) as f64 / have.max(1) as f64 / 1024.0;
+        results.add(
+            &format!("RSS per idle TURN/TLS allocation at {n}"),
+            "KiB",
+            Better::Lower,
+            s.kind,
+            per,
+        );
+    }
+    drop(held);
+}

@@ -1,0 +1,486 @@
+//! Results: medians, the gateway / coturn table in Markdown, the machine, the targets, and
+//! the `turnutils_uclient` cross-check.
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::conn::Transport;
+use crate::load::{EchoPeers, Mesh};
+use crate::servers::{Common, Kind, Server};
+
+/// Which way a figure improves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    Higher,
+    Lower,
+}
+
+struct Row {
+    name: String,
+    unit: &'static str,
+    better: Better,
+    gateway: Vec<f64>,
+    coturn: Vec<f64>,
+}
+
+/// Every figure of every repeat, in the order first reported.
+#[derive(Default)]
+pub struct Results {
+    rows: Vec<Row>,
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+impl Results {
+    pub fn add(&mut self, name: &str, unit: &'static str, better: Better, kind: Kind, value: f64) {
+        let i = match self.rows.iter().position(|r| r.name == name) {
+            Some(i) => i,
+            None => {
+                self.rows.push(Row {
+                    name: name.to_owned(),
+                    unit,
+                    better,
+                    gateway: Vec::new(),
+                    coturn: Vec::new(),
+                });
+                self.rows.len() - 1
+            }
+        };
+        let row = &mut self.rows[i];
+        match kind {
+            Kind::Gateway => row.gateway.push(value),
+            Kind::Coturn => row.coturn.push(value),
+        }
+    }
+
+    fn medians(&self, name: &str) -> Option<(f64, f64)> {
+        self.rows
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| (median(&r.gateway), median(&r.coturn)))
+    }
+}
+
+/// A number with a sensible precision and thousands separators.
+pub fn fmt(x: f64) -> String {
+    if !x.is_finite() {
+        return "n/a".into();
+    }
+    let a = x.abs();
+    if a >= 1000.0 {
+        let s = format!("{:.0}", x);
+        let (sign, digits) = s.split_at(usize::from(s.starts_with('-')));
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        format!("{sign}{out}")
+    } else if a >= 100.0 {
+        format!("{x:.0}")
+    } else if a >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn ratio(g: f64, c: f64) -> String {
+    if g.is_finite() && c.is_finite() && c != 0.0 {
+        format!("{:.2}×", g / c)
+    } else {
+        "n/a".into()
+    }
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Cores, CPU model, kernel, date, versions.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .map(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|k| k.parse::<u64>().ok())
+                .unwrap_or(0)
+                / 1024
+                / 1024
+        })
+        .unwrap_or(0);
+    let coturn = sh("turnserver", &["--version"]);
+    let rev = sh(
+        "git",
+        &[
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ],
+    );
+    format!(
+        "- Date: {}\n- Machine: {cores} cores, {model}, {mem} GiB RAM\n- Kernel: {}\n- coturn: {}\n- gateway: commit {}\n",
+        sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        sh("uname", &["-srm"]),
+        if coturn.is_empty() { "unknown".into() } else { coturn },
+        if rev.is_empty() { "unknown".into() } else { rev },
+    )
+}
+
+fn target_line(
+    results: &Results,
+    what: &str,
+    row: &str,
+    check: impl Fn(f64, f64) -> Option<bool>,
+    rule: &str,
+) -> String {
+    let verdict = match results.medians(row) {
+        Some((g, c)) if g.is_finite() => match check(g, c) {
+            Some(true) => format!("**met** (gateway {} vs coturn {})", fmt(g), fmt(c)),
+            Some(false) => format!("**MISSED** (gateway {} vs coturn {})", fmt(g), fmt(c)),
+            None => "not measured".into(),
+        },
+        _ => "not measured in this run".into(),
+    };
+    format!("| {what} | {rule} | {verdict} |\n")
+}
+
+/// The whole report.
+pub fn markdown(
+    results: &Results,
+    plan: &str,
+    machine: &str,
+    notes: &[String],
+    crosscheck: Option<&str>,
+    took: Duration,
+) -> String {
+    let mut s = String::new();
+    s.push_str("# Benchmarks: the gateway's embedded TURN relay vs coturn\n\n");
+    s.push_str(
+        "Written by `gateway-bench` (`just bench`, or `cargo run --release -p gateway-bench -- [--quick]`). \
+         Both servers run as child processes on 127.0.0.1 with the same settings (REST secret, TCP + TLS, \
+         no UDP/DTLS, loopback peers allowed, relay address 127.0.0.1, quotas out of the way); every figure \
+         is measured for both in the same run, interleaved (the order alternates between repeats), with the \
+         same load generator in the bench process. On a 2-core machine the load generator shares the CPU \
+         with the server under test: absolute figures are low and noisy, the ratio is what counts.\n\n",
+    );
+    s.push_str(machine);
+    s.push_str(&format!(
+        "- Run: {plan}; took {:.0} s\n\n",
+        took.as_secs_f64()
+    ));
+    s.push_str("| figure | unit | better | gateway | coturn | gateway / coturn |\n|---|---|---|---:|---:|---:|\n");
+    for r in &results.rows {
+        let (g, c) = (median(&r.gateway), median(&r.coturn));
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            r.name,
+            r.unit,
+            match r.better {
+                Better::Higher => "higher",
+                Better::Lower => "lower",
+            },
+            fmt(g),
+            fmt(c),
+            ratio(g, c)
+        ));
+    }
+    s.push_str(
+        "| viewers of a 1 Mbit/s stream through the embedded relay: time to first frame | ms | lower | \
+         n/a (TODO: needs the media issue) | n/a (gateway only) | n/a |\n\n",
+    );
+    s.push_str(
+        "How to read it:\n\n\
+         - *relayed packets / payload*: each client sends 1,200-byte ChannelData on a bound channel to a UDP \
+         echo peer; the relay forwards it to the peer and the echo back, so relayed = sent + echoed. The \
+         rate is the highest offered rate (ramp ×2, then bisection, steps as in the plan) at which the \
+         clients could send what was offered and under 0.1 % of the echoes were lost.\n\
+         - *server CPU*: user + system seconds of the server process (/proc/PID/stat) over that step, per \
+         gigabit of relayed payload.\n\
+         - *set-up*: TCP connect, full TLS 1.3 handshake (no resumption), Allocate → 401, signed Allocate, \
+         CreatePermission; connections are held until all are done.\n\
+         - *RSS per idle allocation*: VmRSS growth after opening that many TLS allocations (each with a \
+         permission, no traffic), divided by the count; measured first, on fresh processes, after a \
+         100-allocation warm-up.\n\
+         - *added one-way latency*: with 10 allocations at half of the server's own highest rate, \
+         (round-trip through the relay − round-trip of direct UDP to the same echo peer at the same rate) / 2, \
+         per percentile.\n\n",
+    );
+    s.push_str("## Targets\n\n| target | rule | result |\n|---|---|---|\n");
+    for t in [Transport::Tcp, Transport::Tls] {
+        let row = format!("{}, 100 alloc: relayed packets", t.name());
+        s.push_str(&target_line(
+            results,
+            &format!("relay throughput, {} at 100 allocations", t.name()),
+            &row,
+            |g, c| c.is_finite().then_some(g >= 2.0 * c),
+            "≥ 2× coturn",
+        ));
+    }
+    s.push_str(&target_line(
+        results,
+        "TURN/TLS allocation set-up rate",
+        "TURN/TLS allocation set-up rate",
+        |g, c| c.is_finite().then_some(g >= 1.5 * c),
+        "≥ 1.5× coturn",
+    ));
+    let mem_row = results
+        .rows
+        .iter()
+        .rev()
+        .find(|r| r.name.starts_with("RSS per idle"))
+        .map(|r| r.name.clone())
+        .unwrap_or_default();
+    s.push_str(&target_line(
+        results,
+        &format!(
+            "memory per idle TLS allocation ({})",
+            mem_row.trim_start_matches("RSS per idle TURN/TLS allocation ")
+        ),
+        &mem_row,
+        |g, c| c.is_finite().then_some(g <= c),
+        "≤ coturn",
+    ));
+    for t in [Transport::Tcp, Transport::Tls] {
+        let row = format!(
+            "{}, 10 alloc, half load: added one-way latency p99",
+            t.name()
+        );
+        s.push_str(&target_line(
+            results,
+            &format!("p99 added latency at half load, {}", t.name()),
+            &row,
+            |g, _| Some(g <= 1000.0),
+            "≤ 1 ms (1000 µs)",
+        ));
+    }
+    if let Some(x) = crosscheck {
+        s.push_str("\n## Cross-check with coturn's `turnutils_uclient`\n\n");
+        s.push_str(x);
+    }
+    if !notes.is_empty() {
+        s.push_str("\n## Notes from this run\n\n");
+        for n in notes {
+            s.push_str(&format!("- {n}\n"));
+        }
+    }
+    s.push_str("\n## Every repeat\n\n| figure | gateway | coturn |\n|---|---|---|\n");
+    for r in &results.rows {
+        let j = |v: &[f64]| v.iter().map(|x| fmt(*x)).collect::<Vec<_>>().join(", ");
+        s.push_str(&format!(
+            "| {} ({}) | {} | {} |\n",
+            r.name,
+            r.unit,
+            j(&r.gateway),
+            j(&r.coturn)
+        ));
+    }
+    s
+}
+
+/// Output of one `turnutils_uclient` run.
+struct Uclient {
+    ok: bool,
+    lost: Option<String>,
+    rtt: Option<String>,
+    output: String,
+}
+
+fn after<'a>(out: &'a str, key: &str) -> Option<&'a str> {
+    let line = out.lines().rev().find(|l| l.contains(key))?;
+    Some(line.split(key).nth(1)?.trim())
+}
+
+fn run_uclient(args: Vec<String>) -> Uclient {
+    let mut child = match Command::new("turnutils_uclient")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return Uclient {
+                ok: false,
+                lost: None,
+                rtt: None,
+                output: e.to_string(),
+            };
+        }
+    };
+    let mut out = child.stdout.take();
+    let mut err = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(o) = out.as_mut() {
+            let _ = o.read_to_string(&mut s);
+        }
+        if let Some(e) = err.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = reader.join().unwrap_or_default();
+    Uclient {
+        ok: status.is_some_and(|s| s.success()),
+        lost: after(&output, "Total lost packets").map(str::to_owned),
+        rtt: after(&output, "Average round trip delay").map(str::to_owned),
+        output,
+    }
+}
+
+/// Runs `turnutils_uclient` (TURN/TCP, 10 clients, 1,200-byte messages every 5 ms each:
+/// 2,000 packets/s) against both servers, then our load generator at the same rate, and
+/// tabulates loss and mean round-trip time side by side.
+pub async fn crosscheck(
+    servers: &HashMap<Kind, Server>,
+    order: [Kind; 2],
+    peers: &EchoPeers,
+    common: &Common,
+    messages: u32,
+) -> String {
+    let clients = 10usize;
+    let interval_ms = 5u32;
+    let rate = clients as f64 * 1000.0 / interval_ms as f64;
+    let dur = Duration::from_millis(u64::from(messages * interval_ms));
+    let mut s = format!(
+        "TURN/TCP, {clients} clients × {messages} messages of 1,200 bytes, one every {interval_ms} ms each \
+         ({rate:.0} packets/s in all), echoed by the bench's UDP peer. `turnutils_uclient -t -c -m {clients} \
+         -n {messages} -l 1200 -z {interval_ms} -W <secret>` against our load generator at the same rate \
+         and allocation count:\n\n\
+         | client | server | packets | lost | mean round trip |\n|---|---|---:|---|---|\n"
+    );
+    for k in order {
+        let Some(server) = servers.get(&k) else {
+            continue;
+        };
+        let peer = peers.addrs[0];
+        let args: Vec<String> = [
+            "-t",
+            "-c",
+            "-e",
+            "127.0.0.1",
+            "-r",
+            &peer.port().to_string(),
+            "-n",
+            &messages.to_string(),
+            "-l",
+            "1200",
+            "-m",
+            &clients.to_string(),
+            "-z",
+            &interval_ms.to_string(),
+            "-W",
+            &common.secret,
+            "-u",
+            "uclient",
+            "-p",
+            &server.target.tcp.port().to_string(),
+            "127.0.0.1",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        let u = tokio::task::spawn_blocking(move || run_uclient(args))
+            .await
+            .unwrap_or(Uclient {
+                ok: false,
+                lost: None,
+                rtt: None,
+                output: "join error".into(),
+            });
+        let total = messages as usize * clients;
+        if u.ok {
+            s.push_str(&format!(
+                "| turnutils_uclient | {} | {total} | {} | {} |\n",
+                k.name(),
+                u.lost.as_deref().unwrap_or("?"),
+                u.rtt.as_deref().unwrap_or("?")
+            ));
+        } else {
+            let tail: Vec<&str> = u.output.lines().rev().take(3).collect();
+            s.push_str(&format!(
+                "| turnutils_uclient | {} | {total} | failed: {} | |\n",
+                k.name(),
+                tail.join(" / ").replace('|', "/")
+            ));
+        }
+        match Mesh::open(&server.target, Transport::Tcp, clients, &peers.addrs).await {
+            Ok(mut mesh) => {
+                let st = mesh.step(server, rate, dur, true).await;
+                let rtts = mesh.take_rtts();
+                let mean = if rtts.is_empty() {
+                    f64::NAN
+                } else {
+                    rtts.iter().map(|x| f64::from(*x)).sum::<f64>() / rtts.len() as f64 / 1000.0
+                };
+                s.push_str(&format!(
+                    "| gateway-bench | {} | {} | {} ({:.2}%) | {:.3} ms |\n",
+                    k.name(),
+                    st.sent,
+                    st.sent - st.received,
+                    st.loss() * 100.0,
+                    mean
+                ));
+            }
+            Err(e) => s.push_str(&format!(
+                "| gateway-bench | {} | | failed: {e} | |\n",
+                k.name()
+            )),
+        }
+    }
+    s.push_str(
+        "\nBoth clients should see no loss at this rate on both servers and round trips of the same order; \
+         uclient's own timing includes its 5 ms pacing granularity.\n",
+    );
+    s
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Smoke test of the benchmark program: a --quick run against coturn must produce a table
+# with figures for both servers. No timing assertions: benchmarks print figures only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v turnserver >/dev/null || { echo "bench-smoke: turnserver (Debian's coturn) is missing" >&2; exit 1; }
+
+out=$(mktemp --suffix=.md)
+trap 'rm -f "$out"' EXIT
+
+cargo build --release --quiet -p gateway
+cargo run --release --quiet -p gateway-bench -- --quick --out "$out" >/dev/null
+
+fail() { echo "bench-smoke: $*" >&2; cat "$out" >&2; exit 1; }
+
+grep -q '^| figure | unit | better | gateway | coturn | gateway / coturn |' "$out" || fail "no results table"
+# Each figure row has a value for both servers: gateway and coturn columns are numbers.
+num='[0-9][0-9,.]*'
+for row in "TURN/TCP, 1 alloc: relayed packets" "TURN/TLS, 1 alloc: relayed packets" \
+           "TURN/TLS allocation set-up rate" "RSS per idle TURN/TLS allocation at"; do
+  grep -Eq "^\| ${row}[^|]* \| [^|]+ \| [^|]+ \| ${num} \| ${num} \| ${num}× \|$" "$out" \
+    || fail "row '$row' lacks figures for both servers"
+done
+grep -q 'time to first frame' "$out" || fail "the media row (TODO) is missing"
+grep -q 'turnutils_uclient | gateway' "$out" || fail "no turnutils_uclient cross-check for the gateway"
+grep -q 'turnutils_uclient | coturn' "$out" || fail "no turnutils_uclient cross-check for coturn"
+echo "bench-smoke: table has figures for gateway and coturn"
