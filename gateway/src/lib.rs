@@ -1,15 +1,15 @@
 //! The gateway: media engine, signaling API and embedded TURN relay in one process.
 #![forbid(unsafe_code)]
 
+pub mod advertise;
 pub mod app;
 pub mod config;
 pub mod doctor;
-pub mod advertise;
 pub mod http;
 pub mod media;
+pub mod media_source;
 pub mod metrics;
 pub mod reload;
-pub mod media_source;
 pub mod run;
 pub mod shutdown;
 pub mod signaling;
