@@ -46,7 +46,12 @@ impl InProcessSink for RelayAsSink {
 pub async fn connect(relay: &RelayServer, media: &MediaHandle) -> Result<(), MediaError> {
     let mut peers = media.candidate_addrs().to_vec();
     // A wildcard bind address is no peer anyone may name (0.0.0.0 stays denied).
-    peers.extend(media.local_addrs().iter().filter(|a| !a.ip().is_unspecified()));
+    peers.extend(
+        media
+            .local_addrs()
+            .iter()
+            .filter(|a| !a.ip().is_unspecified()),
+    );
     relay.shared().set_internal_peers(peers);
     relay.set_local_media(Box::new(MediaAsLocal(media.clone())));
     media
