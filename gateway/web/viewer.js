@@ -89,7 +89,7 @@
     const answer = await fetchJson(`/api/v1/projects/${encodeURIComponent(project)}/offer`, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ webrtc_id: randomId(), sdp: pc.localDescription.sdp, type: "offer" }),
+      body: JSON.stringify({ webrtc_id: config.sessionId || randomId(), sdp: pc.localDescription.sdp, type: "offer" }),
     });
     await pc.setRemoteDescription({ type: answer.type || "answer", sdp: answer.sdp });
     setStatus("connecting", "connecting…");
