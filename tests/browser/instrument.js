@@ -101,7 +101,7 @@
     const mark = (what, state) => info.timeline.push([what, state, Math.round(performance.now() - info.createdAt)]);
     pc.addEventListener("icecandidate", (e) => {
       if (e.candidate && e.candidate.candidate) {
-        info.candidates.push({ candidate: e.candidate.candidate, url: e.candidate.url || null });
+        info.candidates.push({ candidate: e.candidate.candidate, url: e.candidate.url || null, at: Math.round(performance.now() - info.createdAt) });
       } else if (!e.candidate) {
         info.gatheringCompleteAt = performance.now();
       }

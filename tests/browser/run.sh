@@ -46,8 +46,8 @@ if [[ ! -x "$gw_bin" ]]; then
 fi
 
 selected=("$@")
-want() {
-  ((${#selected[@]} == 0)) && return 0
+want() { # x* scenarios (diagnostic extras) run only when named
+  ((${#selected[@]} == 0)) && [[ $1 != x* ]] && return 0
   local s
   for s in "${selected[@]}"; do [[ "$s" == "$1" ]] && return 0; done
   return 1
@@ -101,10 +101,14 @@ make_ns() { # ns veth_host veth_ns host_ip ns_ip
   ip netns exec "$1" ip addr add "$5/30" dev "$3"
   ip netns exec "$1" ip link set "$3" up
   ip netns exec "$1" ip link set lo up
-  ip netns exec "$1" ip route add default via "$4"
-  # `ip netns exec` bind-mounts /etc/netns/NS/hosts over /etc/hosts (for aiortc and node).
+  # Only the gateway's address is routable: no default route, nothing leaves the machine.
+  [[ $4 == "$host_ip" ]] || ip netns exec "$1" ip route add "$host_ip/32" via "$4"
+  # `ip netns exec` bind-mounts /etc/netns/NS/{hosts,resolv.conf} over /etc: the test host name
+  # resolves from the hosts file, and DNS goes to the namespace's own loopback (nothing
+  # listens: queries fail at once instead of leaving the machine or timing out).
   mkdir -p "/etc/netns/$1"
   printf '127.0.0.1 localhost\n%s %s\n' "$host_ip" "$host_name" >"/etc/netns/$1/hosts"
+  printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' >"/etc/netns/$1/resolv.conf"
 }
 make_ns "$ns" "$veth_h" "$veth_n" "$host_ip" "$ns_ip"
 make_ns "$ns2" "$veth_h2" "$veth_n2" "$host_ip2" "$ns_ip2"
@@ -248,7 +252,7 @@ scenario() {
   local sname=$1
   say "scenario $sname"
   if run_browser "$2" "$sname" "$3"; then
-    sed 's/^/    /' "$work/$sname.out" | grep -E 'selected pair|page #stats|video pixels|screenshot|WHEP|after DELETE|TIMING' || true
+    sed 's/^/    /' "$work/$sname.out" | grep -E 'timeline|after [0-9]+ ms more|selected pair|page #stats|video pixels|screenshot|WHEP|after DELETE|TIMING' || true
     record "$sname" 1 "$(grep -Eo 'ice_connected=[^ ]+ first_frame=[^ ]+' "$work/$sname.out" | tail -1)"
   else
     sed 's/^/    /' "$work/$sname.out"
@@ -275,16 +279,19 @@ expect_failure() {
 nft_frag="\"nftTable\":\"$nft_table\""
 
 # Gateway A: embedded relay (TLS+TCP on 443, UDP TURN on 3478 for the UDP-only variant).
-if want 1 || want 2 || want 3 || want 5 || want 6 || want f3; then
-  start_gateway main server TURN_UDP_LISTEN="$host_ip:3478"
+if want 1 || want 2 || want 3 || want x1 || want 5 || want 6 || want f3; then
+  # A short idle timeout: a relayed viewer must outlive the (bound) session's idle deadline.
+  start_gateway main server TURN_UDP_LISTEN="$host_ip:3478" SESSION_IDLE_TIMEOUT=3
   say "gateway up: $(curl -fsS "http://$host_ip:9100/health")"
 
   want 1 && scenario "1-turn-tls-443" "$ns" \
     "\"url\":\"https://$host_name/?relay=1&transport=tls\",\"expect\":{\"path\":\"relay\",\"protocol\":\"tls\",\"urlPort\":443},\"screenshot\":\"$out_dir/scenario1.png\",\"pixelCheck\":true,$nft_frag"
   want 2 && scenario "2-turn-tcp-443" "$ns" \
-    "\"url\":\"https://$host_name/?relay=1&transport=tcp\",\"expect\":{\"path\":\"relay\",\"protocol\":\"tcp\",\"urlPort\":443},$nft_frag"
+    "\"url\":\"https://$host_name/?relay=1&transport=tcp\",\"expect\":{\"path\":\"relay\",\"protocol\":\"tcp\",\"urlPort\":443},\"holdMs\":6000,$nft_frag"
   want 3 && scenario "3-control-udp-direct" "$ns2" \
     "\"url\":\"https://$host_name/\",\"hostIp\":\"$host_ip\",\"expect\":{\"path\":\"host\",\"protocol\":\"udp\"}"
+  want x1 && scenario "x1-relay-tls-without-firewall" "$ns2" \
+    "\"url\":\"https://$host_name/?relay=1&transport=tls\",\"expect\":{\"path\":\"relay\",\"protocol\":\"tls\",\"urlPort\":443}"
   want 5 && scenario "5-whep-delete-revokes" "$ns" \
     "\"mode\":\"whep\",\"url\":\"https://$host_name/health\",\"expect\":{\"path\":\"relay\"},$nft_frag"
   if want 6; then

@@ -27,6 +27,7 @@ const {
   pixelCheck = false,
   externalPort = null, // external mode: keep only TURN URLs on this port with transport=tcp
   timeoutMs = 25000,
+  holdMs = 0, // after frames flow, keep watching this long: frames must keep growing
   gatewayLog = null,
   coturnLog = null,
   caFile = null,
@@ -179,6 +180,19 @@ if (passed && pc) {
     if (wantProto && dom.protocol !== wantProto) failures.push(`page shows data-protocol=${dom.protocol}, expected ${wantProto}`);
     if (!(Number(dom.frames) > 0)) failures.push(`page shows data-frames=${dom.frames}`);
   }
+  if (holdMs > 0) {
+    const before = pc.frames;
+    await sleep(holdMs);
+    await readState();
+    const now = state.pcs[pcIndex];
+    const last = now.timeline[now.timeline.length - 1];
+    log(`after ${holdMs} ms more: frames ${before} -> ${now.frames}, last state ${last ? last.join("=") : "?"}`);
+    const lastConn = [...now.timeline].reverse().find((e) => e[0] === "connection");
+    if (!(now.frames >= before + holdMs / 100) || (lastConn && lastConn[1] !== "connected"))
+      failures.push(
+        `video stopped within ${holdMs} ms after it started (frames ${before} -> ${now.frames}, ${last ? last[0] + " " + last[1] : ""})`,
+      );
+  }
   if (pixelCheck) {
     const px = await page.evaluate(videoPixels);
     log(`video pixels: ${px.width}x${px.height} mean=${px.mean.toFixed(1)} variance=${px.variance.toFixed(1)}`);
@@ -193,6 +207,13 @@ if (passed && pc) {
   if (mode === "whep") await whepTeardown();
 }
 
+if (pc) {
+  const firstRelay = relayCandidates(pc)[0];
+  log(
+    `timeline: ${pc.timeline.map(([w, s, ms]) => `${w}=${s}@${ms}ms`).join(" ")}; ` +
+      `first relay candidate ${firstRelay ? "@" + firstRelay.at + "ms" : "none"}`,
+  );
+}
 const ice = pc && pc.iceConnectedAt != null ? pc.iceConnectedAt - pc.createdAt : null;
 const first = pc && pc.firstFrameAt != null ? pc.firstFrameAt - pc.createdAt : null;
 console.log(`TIMING ${name} ice_connected=${t(ice)} first_frame=${t(first)} (from RTCPeerConnection creation; page opened ${t(pc ? Date.now() - t0 : null)} ago)`);
@@ -431,7 +452,7 @@ async function diagnose() {
     console.log(`    states: ${p.timeline.map(([w, s, ms]) => `${w}=${s}@${ms}ms`).join(" ") || "(none)"}`);
     console.log(`    transport: iceState=${p.iceState || "?"} dtlsState=${p.dtlsState || "?"}; frames=${p.frames}; gathering ${p.gatheringCompleteAt != null ? "complete" : "NOT complete"}`);
     console.log(`    gathered candidates (${p.candidates.length}):`);
-    for (const c of p.candidates) console.log(`      ${c.candidate}${c.url ? "  [" + c.url + "]" : ""}`);
+    for (const c of p.candidates) console.log(`      @${c.at}ms ${c.candidate}${c.url ? "  [" + c.url + "]" : ""}`);
     for (const e of p.errors) console.log(`    candidate error: ${e.errorCode} ${e.errorText} url=${e.url} local=${e.address}:${e.port}`);
     for (const pr of p.pairs || [])
       console.log(
@@ -472,10 +493,18 @@ async function diagnose() {
     );
   if (p && p.config.iceServers.length === 0 && p.config.iceTransportPolicy === "relay")
     hints.push("the client had no ICE server at all (the transport filter left none): check the gateway's ICE server list and the page's ?transport= value");
-  if (p && relayCandidates(p).length && p.iceState !== "connected" && p.iceState !== "completed")
+  if (p && relayCandidates(p).length && p.iceConnectedAt == null)
     hints.push("relay candidates were allocated but connectivity checks failed: look for 403 (peer policy) on CreatePermission/ChannelBind in the relay log, and check WEBRTC_ADVERTISE_IP is reachable from the relay");
   if (p && (p.iceState === "connected" || p.iceState === "completed") && p.dtlsState !== "connected")
     hints.push("ICE connected but DTLS did not: check the gateway log for DTLS errors for this session");
+  const offered = ((state && state.fetches) || []).filter((f) => f.webrtcId);
+  const minted = new Set(((p && p.config.iceServers) || []).map((s) => (s.username || "").split(":").slice(1).join(":")).filter(Boolean));
+  if (offered.length && minted.size && !offered.some((f) => minted.has(f.webrtcId)))
+    hints.push(
+      `the page offered with webrtc_id ${offered.map((f) => f.webrtcId).join(",")} but its TURN credential was minted for session ${[...minted].join(",")} ` +
+        `(sessionId of /api/v1/webrtc/config): the two are not bound, so when that config session idles out (SESSION_IDLE_TIMEOUT) the gateway revokes the TURN user ` +
+        `and the live relay allocation with it. The client must send config.sessionId as webrtc_id`,
+    );
   if (p && p.dtlsState === "connected" && !(p.frames > 0))
     hints.push("ICE and DTLS are up but no frame was decoded: check MEDIA_SOURCE and the negotiated codec in the gateway log");
   if (!hints.length) hints.push("no specific cause recognised; read the states, candidates and log lines above");
