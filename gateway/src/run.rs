@@ -67,7 +67,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             max_sessions: settings.max_viewers as usize,
             ..Default::default()
         },
-        video,
+        video.clone(),
     )
     .map_err(|e| anyhow::anyhow!("WEBRTC_BIND_IP/WEBRTC_PORT_RANGE: {e}"))?;
     tracing::info!(%advertised, ?origin, media = ?media.candidate_addrs(), "media engine ready");
@@ -128,6 +128,19 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let app = Arc::new(
         App::new(settings.clone(), secrets, shared.clone()).with_signaling(signaling.clone()),
     );
+    {
+        let sessions = signaling.clone();
+        app.metrics.set_gauge(
+            "gateway_sessions_active",
+            "WebRTC sessions alive.",
+            move || sessions.sessions().len() as u64,
+        );
+        let video = video.clone();
+        app.metrics
+            .set_gauge("gateway_viewers", "Viewers receiving video.", move || {
+                video.viewers() as u64
+            });
+    }
     let router = http::router(app.clone());
 
     let io = relay::io::IoConfig {
