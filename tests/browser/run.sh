@@ -101,8 +101,19 @@ make_ns() { # ns veth_host veth_ns host_ip ns_ip
   ip netns exec "$1" ip addr add "$5/30" dev "$3"
   ip netns exec "$1" ip link set "$3" up
   ip netns exec "$1" ip link set lo up
-  # Only the gateway's address is routable: no default route, nothing leaves the machine.
-  [[ $4 == "$host_ip" ]] || ip netns exec "$1" ip route add "$host_ip/32" via "$4"
+  # A default route (Chromium picks host candidates from the default-route interface), and
+  # a containment rule: nothing but the gateway's address may be reached (no packet of the
+  # tests can leave the machine, even where the host forwards).
+  ip netns exec "$1" ip route add default via "$4"
+  ip netns exec "$1" nft -f - <<EOF
+table netdev ${nft_table}c {
+  chain egress {
+    type filter hook egress device "$3" priority -10;
+    ip daddr != $host_ip drop
+    meta protocol ip6 drop
+  }
+}
+EOF
   # `ip netns exec` bind-mounts /etc/netns/NS/{hosts,resolv.conf} over /etc: the test host name
   # resolves from the hosts file, and DNS goes to the namespace's own loopback (nothing
   # listens: queries fail at once instead of leaving the machine or timing out).
@@ -252,7 +263,7 @@ scenario() {
   local sname=$1
   say "scenario $sname"
   if run_browser "$2" "$sname" "$3"; then
-    sed 's/^/    /' "$work/$sname.out" | grep -E 'timeline|after [0-9]+ ms more|selected pair|page #stats|video pixels|screenshot|WHEP|after DELETE|TIMING' || true
+    sed 's/^/    /' "$work/$sname.out" | grep -E 'coturn log:|timeline|after [0-9]+ ms more|selected pair|page #stats|video pixels|screenshot|WHEP|after DELETE|TIMING' || true
     record "$sname" 1 "$(grep -Eo 'ice_connected=[^ ]+ first_frame=[^ ]+' "$work/$sname.out" | tail -1)"
   else
     sed 's/^/    /' "$work/$sname.out"

@@ -169,6 +169,15 @@ if (passed && pc) {
     failures.push(`host candidate protocol is ${local.protocol}, expected ${expect.protocol}`);
   if (expect.path === "host" && remote.type !== "host")
     failures.push(`remote candidate is ${remote.type}, expected the gateway's host candidate`);
+  if (remote.address !== hostIp || remote.type !== "host")
+    failures.push(`remote candidate is ${remote.type} ${remote.address}:${remote.port}, expected the gateway's host candidate on ${hostIp}`);
+  if (mode === "external" && coturnLog) {
+    const ids = sessionIds();
+    const lines = fs.readFileSync(coturnLog, "utf8").split("\n").filter((l) => ids.some((id) => l.includes(id)));
+    const ok = lines.some((l) => /ALLOCATE processed, success/.test(l));
+    log(`coturn log: ${lines.length} line(s) for the session, allocation ${ok ? "succeeded" : "NOT seen"}`);
+    if (!ok) failures.push("coturn's log shows no successful ALLOCATE for this session: the media did not go through coturn");
+  }
   if (expect.urlPort && !(local.url || "").includes(`:${expect.urlPort}`))
     failures.push(`relay candidate came from ${local.url}, expected the TURN server on port ${expect.urlPort}`);
 
@@ -508,5 +517,5 @@ async function diagnose() {
   if (p && p.dtlsState === "connected" && !(p.frames > 0))
     hints.push("ICE and DTLS are up but no frame was decoded: check MEDIA_SOURCE and the negotiated codec in the gateway log");
   if (!hints.length) hints.push("no specific cause recognised; read the states, candidates and log lines above");
-  for (const h of hints) console.log(`HINT: ${h}`);
+  for (const h of new Set(hints)) console.log(`HINT: ${h}`);
 }
