@@ -631,13 +631,9 @@ async fn an_allocation_with_a_real_peer_opens_a_relay_socket() {
 
 /// The datagram that makes the relay bind an allocation's socket (lazily, at the first Send
 /// to a real peer) must itself be relayed.
-///
-/// Fails today: `relay/src/io/stream.rs` (and `udp.rs`) send with tokio's `try_send_to` on
-/// the socket `SocketPorts::socket()` has just bound and registered; tokio reports no write
-/// readiness before its reactor has polled the new socket once, so `try_send_to` returns
-/// `WouldBlock` and the first datagram is dropped. Later ones go through.
+/// (tokio's `try_send_to` on a socket its reactor has not polled yet reports `WouldBlock`,
+/// so the relay sends through a std handle of the same socket.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "relay bug: the first datagram after a lazy relay-socket bind is dropped (WouldBlock)"]
 async fn first_datagram_to_a_real_peer_is_relayed() {
     let gw = start_gateway("44000-44999", &["--turn-allowed-peers", "127.0.0.1"]).await;
     let echo = UdpEcho::start(LOOPBACK).await.expect("echo peer");

@@ -129,8 +129,12 @@ pub(crate) struct SocketPorts {
     local: IpAddr,
     /// The relayed address handed to the client, and the address to bind.
     reserved: Option<(SocketAddr, SocketAddr)>,
-    /// The allocation's socket, once bound.
+    /// The allocation's socket, once bound (the connection task receives on it).
     pub socket: Option<Arc<UdpSocket>>,
+    /// A second handle on the same socket for sending. Sending on a non-blocking UDP
+    /// socket needs no readiness tracking, and tokio reports none for a socket its reactor
+    /// has not polled yet: its `try_send_to` would drop the first datagram after a bind.
+    sender: Option<std::net::UdpSocket>,
 }
 
 impl SocketPorts {
@@ -140,6 +144,7 @@ impl SocketPorts {
             local: local.to_canonical(),
             reserved: None,
             socket: None,
+            sender: None,
         }
     }
 
@@ -162,30 +167,43 @@ impl SocketPorts {
         Ok(SocketAddr::new(self.local, bind.port()))
     }
 
-    /// The socket for relaying to a real peer, bound on first use. `None` when binding
-    /// failed (logged; the datagram is dropped as UDP would).
-    pub fn socket(&mut self) -> Option<&Arc<UdpSocket>> {
-        if self.socket.is_none() {
-            let (relayed, bind) = self.reserved?;
-            match bind_nonblocking(bind) {
-                Ok(s) => {
+    /// Sends `data` to a real peer from the allocation's relayed address, binding its
+    /// socket on first use. Returns false when the datagram was dropped: binding failed
+    /// (logged) or the socket buffer is full (UDP semantics).
+    pub fn send_to(&mut self, data: &[u8], peer: SocketAddr) -> bool {
+        if self.sender.is_none() {
+            let Some((relayed, bind)) = self.reserved else {
+                return false;
+            };
+            match bind_pair(bind) {
+                Ok((recv, send)) => {
                     IoStats::inc(&self.addressing.stats.relay_sockets_opened);
-                    self.socket = Some(Arc::new(s));
+                    self.socket = Some(Arc::new(recv));
+                    self.sender = Some(send);
                 }
                 Err(e) => {
                     tracing::warn!(%relayed, error = %e, "cannot bind the reserved relay port; datagram dropped");
-                    return None;
+                    return false;
                 }
             }
         }
-        self.socket.as_ref()
+        self.sender
+            .as_ref()
+            .is_some_and(|s| s.send_to(data, peer).is_ok())
     }
 }
 
-fn bind_nonblocking(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+fn bind_nonblocking(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let s = std::net::UdpSocket::bind(addr)?;
     s.set_nonblocking(true)?;
-    UdpSocket::from_std(s)
+    Ok(s)
+}
+
+/// Binds `addr`: a tokio handle to receive on and a std handle (same socket) to send on.
+fn bind_pair(addr: SocketAddr) -> std::io::Result<(UdpSocket, std::net::UdpSocket)> {
+    let s = bind_nonblocking(addr)?;
+    let send = s.try_clone()?;
+    Ok((UdpSocket::from_std(s)?, send))
 }
 
 impl RelayPorts for SocketPorts {
@@ -200,7 +218,7 @@ impl RelayPorts for SocketPorts {
             // until the kernel hands out an even one).
             let mut odd = Vec::new();
             for _ in 0..16 {
-                let s = bind_nonblocking(SocketAddr::new(ip, 0))
+                let (s, send) = bind_pair(SocketAddr::new(ip, 0))
                     .map_err(|e| RelayPortError::Exhausted(e.to_string()))?;
                 let bound = s
                     .local_addr()
@@ -212,6 +230,7 @@ impl RelayPorts for SocketPorts {
                 let relayed = self.advertised(bound)?;
                 IoStats::inc(&self.addressing.stats.relay_sockets_opened);
                 self.socket = Some(Arc::new(s));
+                self.sender = Some(send);
                 self.reserved = Some((relayed, bound));
                 return Ok(relayed);
             }
@@ -235,6 +254,7 @@ impl RelayPorts for SocketPorts {
 
     fn close(&mut self, _relayed: SocketAddr) {
         self.socket = None;
+        self.sender = None;
         if let (Some((_, bind)), Some(pool)) = (self.reserved.take(), &self.addressing.pool) {
             pool.release(bind.port());
         }
@@ -291,8 +311,16 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed),
             0
         );
-        let s = p.socket().unwrap();
-        assert_eq!(s.local_addr().unwrap(), r);
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(p.send_to(b"first", peer.local_addr().unwrap()));
+        let mut buf = [0u8; 16];
+        let (n, from) = peer.recv_from(&mut buf).unwrap();
+        assert_eq!(
+            (&buf[..n], from),
+            (&b"first"[..], r),
+            "the first datagram is sent"
+        );
+        assert_eq!(p.socket.as_ref().unwrap().local_addr().unwrap(), r);
         assert_eq!(
             a.stats
                 .relay_sockets_opened

@@ -92,10 +92,8 @@ pub(crate) async fn serve(
                                 to_media.note(m.0.deliver(relayed, peer, data), data.len());
                             }
                             _ => {
-                                if let Some(sock) = ports.socket() {
-                                    // UDP semantics: a full socket buffer drops the datagram.
-                                    let _ = sock.try_send_to(data, peer);
-                                }
+                                // UDP semantics: a full socket buffer drops the datagram.
+                                ports.send_to(data, peer);
                             }
                         },
                         ClientOutput::Close => break 'conn "protocol error",

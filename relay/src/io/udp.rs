@@ -102,7 +102,7 @@ async fn client_task(
                             }
                         }
                         _ => {
-                            if let Some(s) = ports.socket() { let _ = s.try_send_to(data, peer); }
+                            ports.send_to(data, peer);
                         }
                     },
                     ClientOutput::Close => break,
