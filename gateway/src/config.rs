@@ -127,9 +127,13 @@ pub struct Settings {
     #[arg(long, env = "TURN_RELAY_IP", default_value = "0.0.0.0")]
     pub turn_relay_ip: IpAddr,
 
-    /// UDP port range for relay sockets (`49152-65535`); the OS chooses when unset.
-    #[arg(long, env = "TURN_RELAY_PORTS")]
-    pub turn_relay_ports: Option<PortRange>,
+    /// UDP port range of relayed addresses, one port per allocation. Sockets are bound
+    /// only for allocations that talk to a peer other than the gateway's own media. Keep it
+    /// outside WEBRTC_PORT_RANGE and the kernel's ephemeral range
+    /// (net.ipv4.ip_local_port_range, 32768-60999 by default); widen it for more than
+    /// ~4,500 concurrent allocations.
+    #[arg(long, env = "TURN_RELAY_PORTS", default_value = "61000-65535")]
+    pub turn_relay_ports: PortRange,
 
     /// Allocations one credential user may hold at once.
     #[arg(long, env = "TURN_USER_QUOTA", default_value_t = 10)]
@@ -260,6 +264,22 @@ impl Settings {
                 })
             })
             .transpose()
+    }
+
+    /// Checks that TURN_RELAY_PORTS and WEBRTC_PORT_RANGE do not overlap: a relayed
+    /// address on a media port could never be bound.
+    pub fn check_port_ranges(&self) -> Result<(), SettingError> {
+        let (relay, media) = (self.turn_relay_ports, self.webrtc_port_range);
+        if relay.min <= media.last && media.first <= relay.max {
+            return Err(SettingError {
+                setting: "TURN_RELAY_PORTS",
+                reason: format!(
+                    "{relay} overlaps WEBRTC_PORT_RANGE {}-{}",
+                    media.first, media.last
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The peer policy from TURN_ALLOWED_PEERS / TURN_DENIED_PEERS.
@@ -423,6 +443,18 @@ mod tests {
         .unwrap();
         let probes: Vec<_> = c.settings.stun_probes().iter().map(|s| s.url()).collect();
         assert_eq!(probes, vec!["stun:a.example:1", "stun:b.example:2"]);
+    }
+
+    #[test]
+    fn relay_ports_must_not_overlap_media_ports() {
+        let c = parse(&[]).unwrap();
+        assert!(c.settings.check_port_ranges().is_ok());
+        let c = parse(&["--turn-relay-ports", "50040-50100"]).unwrap();
+        let e = c.settings.check_port_ranges().unwrap_err().to_string();
+        assert!(
+            e.contains("TURN_RELAY_PORTS") && e.contains("WEBRTC_PORT_RANGE"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             ring
         }
     };
+    settings.check_port_ranges()?;
     let policy = settings.policy()?;
     let (advertised, origin) = crate::advertise::advertised_ip(&settings).await?;
     // TURN_HOST, else WEBRTC_ADVERTISE_IP as written (a DNS name stays a name), else the
@@ -148,7 +149,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         udp_listen: settings.turn_udp_listen,
         relay_ipv4: Some(settings.turn_relay_ip),
         relay_ipv6: None,
-        relay_ports: settings.turn_relay_ports,
+        relay_ports: Some(settings.turn_relay_ports),
         handshake_timeout: settings.handshake_timeout(),
         max_connections_per_ip: settings.turn_max_connections_per_ip,
         ..Default::default()
