@@ -91,6 +91,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# Namespaces left by an earlier run that was killed (its PID is gone).
+for old in $(ip netns list | grep -Eo '^gw(fw|open)[0-9]+' || true); do
+  kill -0 "${old##*[a-z]}" 2>/dev/null && continue
+  say "removing namespace $old left by a killed run"
+  ip netns del "$old" 2>/dev/null || true
+  rm -rf "/etc/netns/$old"
+done
+
 # --- network: two namespaces, one behind a UDP-dropping firewall -------------------------------
 make_ns() { # ns veth_host veth_ns host_ip ns_ip
   ip netns add "$1"
@@ -132,6 +140,17 @@ table netdev $nft_table {
   }
 }
 EOF
+# A DNS server on each namespace's loopback that knows the test host name.
+for n in "$ns" "$ns2"; do
+  ip netns exec "$n" python3 "$here/fake_dns.py" "$host_name" "$host_ip" 2>>"$work/dns-$n.log" &
+  pids+=("$!")
+done
+for n in "$ns" "$ns2"; do
+  for _ in $(seq 1 50); do
+    ip netns exec "$n" getent ahostsv4 "$host_name" >/dev/null 2>&1 && ip netns exec "$n" ss -lun | grep -q '127.0.0.1:53 ' && break
+    sleep 0.1
+  done
+done
 say "namespaces: $ns ($ns_ip, UDP dropped) and $ns2 ($ns_ip2, open); gateway on $host_ip"
 
 # --- TLS: a test CA, a certificate for gateway.test (and one for another name) ----------------
@@ -255,7 +274,7 @@ run_browser() {
   local json
   json=$(printf '{"name":"%s","hostIp":"%s","hostName":"%s","gatewayLog":"%s","coturnLog":"%s","caFile":"%s","userDataDir":"%s",%s}' \
     "$sname" "$host_ip" "$host_name" "$gw_log" "$cot_log" "$work/ca.pem" "$work/profile-$sname" "$frag")
-  ip netns exec "$netns" env HOME="$HOME" node "$here/scenario.mjs" "$json" >"$work/$sname.out" 2>&1
+  timeout -k 5 120 ip netns exec "$netns" env HOME="$HOME" node "$here/scenario.mjs" "$json" >"$work/$sname.out" 2>&1
 }
 
 # scenario NAME NS JSON: a scenario that must pass
@@ -307,13 +326,13 @@ if want 1 || want 2 || want 3 || want x1 || want 5 || want 6 || want f3; then
     "\"mode\":\"whep\",\"url\":\"https://$host_name/health\",\"expect\":{\"path\":\"relay\"},$nft_frag"
   if want 6; then
     say "scenario 6-aiortc-turn-tcp"
-    if ip netns exec "$ns" "$venv/bin/python" "$here/aiortc_client.py" --name 6-aiortc-turn-tcp \
+    if timeout -k 5 90 ip netns exec "$ns" "$venv/bin/python" "$here/aiortc_client.py" --name 6-aiortc-turn-tcp \
       --api "http://$host_name:9100" --gateway-log "$gw_log" --nft-table "$nft_table" >"$work/6.out" 2>&1; then
       sed 's/^/    /' "$work/6.out" | grep -E 'selected|TIMING|frames' || true
       record "6-aiortc-turn-tcp" 1 "$(grep -Eo 'ice_connected=[^ ]+ first_frame=[^ ]+' "$work/6.out" | tail -1)"
     else
       sed 's/^/    /' "$work/6.out"
-      record "6-aiortc-turn-tcp" 0 "$(grep -E '^RESULT' "$work/6.out" | tail -1)"
+      record "6-aiortc-turn-tcp" 0 "$(grep -E "^RESULT" "$work/6.out" | tail -1 || echo "the aiortc client crashed (output above)")"
     fi
   fi
   want f3 && expect_failure "f3-udp-only-relay-url" "$ns" \
