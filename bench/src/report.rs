@@ -118,6 +118,16 @@ fn sh(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
+/// The first three fields of /proc/loadavg.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Cores, CPU model, kernel, date, versions.
 pub fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -238,9 +248,9 @@ pub fn markdown(
          - *RSS per idle allocation*: VmRSS growth after opening that many TLS allocations (each with a \
          permission, no traffic), divided by the count; measured first, on fresh processes, after a \
          100-allocation warm-up.\n\
-         - *added one-way latency*: with 10 allocations at half of the server's own highest rate, \
-         (round-trip through the relay − round-trip of direct UDP to the same echo peer at the same rate) / 2, \
-         per percentile.\n\n",
+         - *added one-way latency*: while 10 allocations carry half of the server's own highest rate, a \
+         probe allocation and a direct UDP socket each send 1,000 timestamped packets/s to an echo peer of \
+         their own; (probe round trip through the relay − direct UDP round trip) / 2, per percentile.\n\n",
     );
     s.push_str("## Targets\n\n| target | rule | result |\n|---|---|---|\n");
     for t in [Transport::Tcp, Transport::Tls] {
@@ -480,7 +490,8 @@ pub async fn crosscheck(
     }
     s.push_str(
         "\nBoth clients should see no loss at this rate on both servers and round trips of the same order; \
-         uclient's own timing includes its 5 ms pacing granularity.\n",
+         uclient reports round trips in whole milliseconds (a sub-millisecond \
+         round trip reads 0), ours in microseconds.\n",
     );
     s
 }
