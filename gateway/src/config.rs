@@ -220,6 +220,12 @@ pub struct Settings {
     #[arg(long, env = "COTURN_SECRET", hide_env_values = true)]
     pub coturn_secret: Option<String>,
 
+    /// List the embedded relay in the ICE servers handed to browsers. With `false` the
+    /// lists name only ICE_SERVERS / COTURN_* (an external coturn as the only relay); the
+    /// TURN port still serves HTTPS.
+    #[arg(long, env = "TURN_EMBEDDED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub turn_embedded: bool,
+
     /// Most concurrent viewer sessions; further requests get 503.
     #[arg(long, env = "MAX_VIEWERS", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]

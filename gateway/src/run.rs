@@ -97,7 +97,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         policy,
         relay::core::NonceKey::random(),
     );
-    let embedded_uris = settings.turn_uris_for(&host);
+    let embedded_urls = |settings: &Settings| {
+        if settings.turn_embedded {
+            settings.turn_uris_for(&host)
+        } else {
+            Vec::new()
+        }
+    };
+    let embedded_uris = embedded_urls(&settings);
     let plan = crate::signaling::ice_servers::IceServerPlan::new(
         crate::signaling::ice_servers::PlanInput {
             ice_servers: settings
@@ -171,7 +178,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         turn_udp_listen: relay.local_udp(),
         ..settings.clone()
     };
-    signaling.set_relay(relay.revoker(), bound.turn_uris_for(&host));
+    signaling.set_relay(relay.revoker(), embedded_urls(&bound));
 
     let listener = tokio::net::TcpListener::bind(settings.gateway_http_addr)
         .await

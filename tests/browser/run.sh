@@ -341,13 +341,14 @@ if want 1 || want 2 || want 3 || want x1 || want 5 || want 6 || want f3; then
   stop_gateway
 fi
 
-# Gateway B: coturn as the relay (the client keeps only coturn's URL), then coturn with a wrong secret.
+# Gateway B: the embedded relay switched off (TURN_EMBEDDED=false): coturn is the only relay
+# the gateway's own page is given; then coturn with a wrong secret.
 if want 4 || want f1; then
-  start_gateway coturn server COTURN_HOST="$host_name" COTURN_PORT="$coturn_port" COTURN_SECRET="$coturn_secret"
+  start_gateway coturn server TURN_EMBEDDED=false COTURN_HOST="$host_name" COTURN_PORT="$coturn_port" COTURN_SECRET="$coturn_secret"
   if want 4; then
     start_coturn good "$coturn_secret"
     scenario "4-coturn-fallback" "$ns" \
-      "\"mode\":\"external\",\"externalPort\":$coturn_port,\"url\":\"https://$host_name/health\",\"expect\":{\"path\":\"relay\",\"protocol\":\"tcp\",\"urlPort\":$coturn_port},$nft_frag"
+      "\"url\":\"https://$host_name/?relay=1&transport=tcp\",\"coturnExpected\":true,\"expect\":{\"path\":\"relay\",\"protocol\":\"tcp\",\"urlPort\":$coturn_port},$nft_frag"
     stop_coturn
   fi
   if want f1; then

@@ -26,6 +26,7 @@ const {
   screenshot = null, // PNG path (viewer mode)
   pixelCheck = false,
   externalPort = null, // external mode: keep only TURN URLs on this port with transport=tcp
+  coturnExpected = false, // check coturn's log for this session's successful ALLOCATE
   timeoutMs = 25000,
   holdMs = 0, // after frames flow, keep watching this long: frames must keep growing
   gatewayLog = null,
@@ -171,7 +172,7 @@ if (passed && pc) {
     failures.push(`remote candidate is ${remote.type}, expected the gateway's host candidate`);
   if (remote.address !== hostIp || remote.type !== "host")
     failures.push(`remote candidate is ${remote.type} ${remote.address}:${remote.port}, expected the gateway's host candidate on ${hostIp}`);
-  if (mode === "external" && coturnLog) {
+  if ((mode === "external" || coturnExpected) && coturnLog) {
     const ids = sessionIds();
     const lines = fs.readFileSync(coturnLog, "utf8").split("\n").filter((l) => ids.some((id) => l.includes(id)));
     const ok = lines.some((l) => /ALLOCATE processed, success/.test(l));

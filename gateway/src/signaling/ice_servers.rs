@@ -312,11 +312,15 @@ impl IceServerPlan {
         embedded: &Credential,
         now_unix: u64,
     ) -> Result<Vec<IceServer>, MintError> {
-        let mut out = vec![IceServer {
-            urls: embedded_urls.to_vec(),
-            username: Some(embedded.username.clone()),
-            credential: Some(embedded.password.clone()),
-        }];
+        // No embedded URLs (TURN_EMBEDDED=false): the list holds external servers only.
+        let mut out = Vec::new();
+        if !embedded_urls.is_empty() {
+            out.push(IceServer {
+                urls: embedded_urls.to_vec(),
+                username: Some(embedded.username.clone()),
+                credential: Some(embedded.password.clone()),
+            });
+        }
         for e in self.external.iter().chain(&self.stun) {
             let (username, credential) = match &e.auth {
                 ExternalAuth::None => (None, None),
