@@ -83,6 +83,9 @@ async fn turn_credentials(
     }
 }
 
+/// Time a client has to send a complete request head.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves one HTTP/1.1 connection (plain or TLS) with `router`.
 pub fn serve_connection<S>(stream: S, remote: SocketAddr, router: Router)
 where
@@ -90,7 +93,14 @@ where
 {
     tokio::spawn(async move {
         let service = TowerToHyperService::new(router);
-        let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // A client that opens a connection and trickles its request head (slowloris) is
+        // cut off: hyper enforces the header timeout only with a timer.
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        let conn = builder
             .http1_only()
             .serve_connection(TokioIo::new(stream), service)
             .await;
