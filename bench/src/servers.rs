@@ -190,6 +190,9 @@ impl Server {
                     .env("TURN_HOST", conn::SERVER_NAME)
                     .env("TURN_ALLOWED_PEERS", "127.0.0.1")
                     .env("TURN_RELAY_IP", "127.0.0.1")
+                    // As many relay ports as coturn gets (its range is 10000-30000), so
+                    // neither runs out in the idle-memory test.
+                    .env("TURN_RELAY_PORTS", "30001-49999")
                     .env("TURN_USER_QUOTA", "1000000")
                     .env("TURN_TOTAL_QUOTA", "1000000")
                     .env("TURN_MAX_CONNECTIONS_PER_IP", "1000000")
@@ -291,8 +294,8 @@ fn write_coturn_conf(
 ) -> anyhow::Result<()> {
     let mut f = std::fs::File::create(path)?;
     let dir = common.dir.display();
-    // Relay ports: a range of its own (the gateway lets the OS choose in the ephemeral
-    // range), large enough for the 10,000-allocation memory test.
+    // Relay ports: a range of its own (the gateway gets 30001-49999, below the media
+    // ports), large enough for the 10,000-allocation memory test.
     writeln!(
         f,
         "listening-ip=127.0.0.1\n\
