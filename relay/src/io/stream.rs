@@ -38,9 +38,11 @@ pub(crate) async fn serve(
     let mut ports = SocketPorts::new(ctx.addressing.clone(), local.ip());
     let mut route = Route::new(ctx.routes.clone());
     let mut framer = Framer::default();
-    let mut peer_buf = vec![0u8; 65_536];
-    let mut out = Vec::with_capacity(2048);
-    let mut wbuf: Vec<u8> = Vec::with_capacity(WRITE_HIGH_WATER);
+    // Buffers start small or empty and grow with use: an idle allocation (most of them,
+    // and every in-process one) costs no 64 KiB peer buffer.
+    let mut peer_buf: Vec<u8> = Vec::new();
+    let mut out = Vec::with_capacity(256);
+    let mut wbuf: Vec<u8> = Vec::new();
     let mut sock: Option<Arc<UdpSocket>> = None;
     let mut revocations = ctx.revocations.clone();
     let mut shutdown = ctx.shutdown.clone();
@@ -105,6 +107,10 @@ pub(crate) async fn serve(
                 }
                 if !same_socket(&sock, &ports.socket) {
                     sock = ports.socket.clone();
+                    if sock.is_some() && peer_buf.is_empty() {
+                        // Room for any UDP datagram a peer can send.
+                        peer_buf.resize(65_536, 0);
+                    }
                 }
             }
             d = inprocess::recv(&mut route) => {
