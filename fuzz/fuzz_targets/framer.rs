@@ -35,7 +35,7 @@ fn reference(stream: &[u8], limit: usize) -> (Vec<(FrameKind, &[u8])>, End) {
             return (frames, End::Clean);
         }
         let first = rest[0];
-        if first >= 0x50 {
+        if first >= 0x80 {
             return (frames, End::Error(FrameError::InvalidFirstByte(first)));
         }
         if rest.len() < 4 {
@@ -87,7 +87,7 @@ fn check_frame(frame: &Frame<'_>, limit: usize) {
             assert_eq!(bytes.len(), 20 + field);
         }
         Frame::ChannelData(_) => {
-            assert!((0x40..0x50).contains(&bytes[0]));
+            assert!((0x40..0x80).contains(&bytes[0]));
             assert_eq!(bytes.len(), 4 + field);
             assert_eq!(frame.channel_payload().map(<[u8]>::len), Some(field));
             let parsed = turn_types::channel::ChannelData::parse(bytes).expect("valid ChannelData");
