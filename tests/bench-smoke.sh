@@ -9,8 +9,17 @@ command -v turnserver >/dev/null || { echo "bench-smoke: turnserver (Debian's co
 out=$(mktemp --suffix=.md)
 trap 'rm -f "$out"' EXIT
 
-cargo build --release --quiet -p gateway
-cargo run --release --quiet -p gateway-bench -- --quick --out "$out" >/dev/null
+# tests/run hands over the binaries it built (GATEWAY_BIN, GATEWAY_BENCH_BIN); run alone,
+# build them here.
+if [[ -z "${GATEWAY_BIN:-}" ]]; then
+  cargo build --release --quiet -p gateway
+  export GATEWAY_BIN="$PWD/target/release/gateway"
+fi
+if [[ -n "${GATEWAY_BENCH_BIN:-}" && -x "$GATEWAY_BENCH_BIN" ]]; then
+  "$GATEWAY_BENCH_BIN" --quick --out "$out" >/dev/null
+else
+  cargo run --release --quiet -p gateway-bench -- --quick --out "$out" >/dev/null
+fi
 
 fail() { echo "bench-smoke: $*" >&2; cat "$out" >&2; exit 1; }
 
