@@ -102,6 +102,40 @@ impl InProcessRoutes {
     }
 }
 
+/// In-process deliveries of one read, counted locally and added to the shared counters
+/// once per batch rather than once per packet.
+#[derive(Default)]
+pub(crate) struct ToMedia {
+    packets: u64,
+    bytes: u64,
+    dropped: u64,
+}
+
+impl ToMedia {
+    pub(crate) fn note(&mut self, delivered: bool, len: usize) {
+        if delivered {
+            self.packets += 1;
+            self.bytes += len as u64;
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    pub(crate) fn flush(self, stats: &IoStats) {
+        if self.packets > 0 {
+            stats
+                .inprocess_to_media_packets
+                .fetch_add(self.packets, Relaxed);
+            stats
+                .inprocess_to_media_bytes
+                .fetch_add(self.bytes, Relaxed);
+        }
+        if self.dropped > 0 {
+            stats.inprocess_dropped.fetch_add(self.dropped, Relaxed);
+        }
+    }
+}
+
 /// One connection's registration: its relayed address in the routes while allocated, and
 /// the receiving end of its queue. Removed from the routes when dropped.
 pub(crate) struct Route {

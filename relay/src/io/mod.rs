@@ -85,6 +85,21 @@ pub fn now() -> Now {
     }
 }
 
+/// When a client task next wakes: the core's next timer or the idle deadline, whichever
+/// comes first, and at the latest one idle timeout from now.
+pub(crate) fn wake_at(
+    core: Option<std::time::Instant>,
+    idle: Option<std::time::Instant>,
+    idle_timeout: Duration,
+) -> std::time::Instant {
+    match (core, idle) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a
+            .or(b)
+            .unwrap_or_else(|| std::time::Instant::now() + idle_timeout),
+    }
+}
+
 /// State every connection task shares.
 pub(crate) struct Context {
     pub shared: Arc<Shared>,

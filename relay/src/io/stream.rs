@@ -8,10 +8,10 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 
-use super::inprocess::{self, Route};
+use super::inprocess::{self, Route, ToMedia};
 use super::listener::{IoStream, Slot};
 use super::ports::SocketPorts;
-use super::{now, Context, IoStats};
+use super::{now, wake_at, Context};
 use crate::core::{Client, ClientOutput, FiveTuple, PeerOutput, Transport};
 use crate::framer::{Frame, Framer};
 
@@ -50,17 +50,13 @@ pub(crate) async fn serve(
     tracing::debug!(%remote, transport = transport.as_str(), "TURN connection");
 
     let reason = 'conn: loop {
-        let idle_deadline = if client.relayed().is_none() {
-            Some(last_client_activity + ctx.config.idle_timeout)
-        } else {
-            None
-        };
-        let deadline = match (client.poll_timeout(), idle_deadline) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a
-                .or(b)
-                .unwrap_or_else(|| Instant::now() + ctx.config.idle_timeout),
-        };
+        let idle_deadline =
+            (client.relayed().is_none()).then(|| last_client_activity + ctx.config.idle_timeout);
+        let deadline = wake_at(
+            client.poll_timeout(),
+            idle_deadline,
+            ctx.config.idle_timeout,
+        );
         tokio::select! {
             r = s.read(framer.spare()) => {
                 let n = match r {
@@ -72,7 +68,7 @@ pub(crate) async fn serve(
                 last_client_activity = Instant::now();
                 let t = now();
                 let media = ctx.local_media.load();
-                let mut to_media = Batch::default();
+                let mut to_media = ToMedia::default();
                 loop {
                     let frame = match framer.next_frame() {
                         Ok(Some(f)) => f,
@@ -181,41 +177,6 @@ pub(crate) async fn serve(
     client.close(&mut ports);
     let _ = s.shutdown().await;
     tracing::debug!(%remote, reason, "TURN connection closed");
-}
-
-/// In-process deliveries of one read, counted locally and added to the shared counters
-/// once per batch rather than once per packet.
-#[derive(Default)]
-struct Batch {
-    packets: u64,
-    bytes: u64,
-    dropped: u64,
-}
-
-impl Batch {
-    fn note(&mut self, delivered: bool, len: usize) {
-        if delivered {
-            self.packets += 1;
-            self.bytes += len as u64;
-        } else {
-            self.dropped += 1;
-        }
-    }
-
-    fn flush(self, stats: &IoStats) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.packets > 0 {
-            stats
-                .inprocess_to_media_packets
-                .fetch_add(self.packets, Relaxed);
-            stats
-                .inprocess_to_media_bytes
-                .fetch_add(self.bytes, Relaxed);
-        }
-        if self.dropped > 0 {
-            stats.inprocess_dropped.fetch_add(self.dropped, Relaxed);
-        }
-    }
 }
 
 fn same_socket(a: &Option<Arc<UdpSocket>>, b: &Option<Arc<UdpSocket>>) -> bool {

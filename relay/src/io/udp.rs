@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,10 +11,10 @@ use bytes::{Bytes, BytesMut};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::inprocess::{self, Route};
+use super::inprocess::{self, Route, ToMedia};
 use super::ports::SocketPorts;
 use super::stats::IoStats;
-use super::{now, Context};
+use super::{now, wake_at, Context};
 use crate::core::{Client, ClientOutput, FiveTuple, PeerOutput, Transport};
 
 /// Datagrams queued per client before new ones are dropped (UDP semantics).
@@ -78,12 +77,7 @@ async fn client_task(
     let mut last = Instant::now();
     loop {
         let idle = (client.relayed().is_none()).then(|| last + ctx.config.idle_timeout);
-        let deadline = match (client.poll_timeout(), idle) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a
-                .or(b)
-                .unwrap_or_else(|| Instant::now() + ctx.config.idle_timeout),
-        };
+        let deadline = wake_at(client.poll_timeout(), idle, ctx.config.idle_timeout);
         let sock = ports.socket.clone();
         tokio::select! {
             d = rx.recv() => {
@@ -94,12 +88,9 @@ async fn client_task(
                     ClientOutput::Reply => { let _ = socket.try_send_to(&out, tuple.client); }
                     ClientOutput::ToPeer { relayed, peer, data } => match ctx.local_media.load().as_deref() {
                         Some(m) if m.0.is_local(peer) => {
-                            if m.0.deliver(relayed, peer, data) {
-                                ctx.stats.inprocess_to_media_packets.fetch_add(1, Relaxed);
-                                ctx.stats.inprocess_to_media_bytes.fetch_add(data.len() as u64, Relaxed);
-                            } else {
-                                IoStats::inc(&ctx.stats.inprocess_dropped);
-                            }
+                            let mut to_media = ToMedia::default();
+                            to_media.note(m.0.deliver(relayed, peer, data), data.len());
+                            to_media.flush(&ctx.stats);
                         }
                         _ => {
                             ports.send_to(data, peer);
