@@ -21,6 +21,9 @@ use tokio::task::JoinHandle;
 use crate::conn::{self, Conn, Stream, Target, Transport};
 use crate::servers::Server;
 
+mod echo;
+pub use echo::EchoPeers;
+
 /// Payload size of every relayed packet.
 pub const PAYLOAD: usize = 1200;
 /// The channel every bench allocation binds.
@@ -38,9 +41,9 @@ fn now_ns() -> u64 {
 }
 
 /// Raises a socket buffer past `net.core.*mem_max` (we are root; falls back silently).
-fn force_buffers(sock: &UdpSocket, bytes: i32) {
+fn force_buffers(sock: &impl std::os::fd::AsFd, bytes: i32) {
     use std::os::fd::AsRawFd as _;
-    let fd = sock.as_raw_fd();
+    let fd = sock.as_fd().as_raw_fd();
     for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
         // SAFETY: setsockopt on a socket we own with a pointer to a local i32.
         let rc = unsafe {
@@ -56,42 +59,6 @@ fn force_buffers(sock: &UdpSocket, bytes: i32) {
             let s = socket2::SockRef::from(sock);
             let _ = s.set_recv_buffer_size(bytes as usize);
             let _ = s.set_send_buffer_size(bytes as usize);
-        }
-    }
-}
-
-/// UDP peers on 127.0.0.1 that echo every datagram to its sender.
-pub struct EchoPeers {
-    pub addrs: Vec<SocketAddr>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl EchoPeers {
-    pub async fn start(n: usize) -> anyhow::Result<Self> {
-        let mut addrs = Vec::new();
-        let mut tasks = Vec::new();
-        for _ in 0..n {
-            let sock = UdpSocket::bind("127.0.0.1:0").await?;
-            force_buffers(&sock, 8 << 20);
-            addrs.push(sock.local_addr()?);
-            tasks.push(tokio::spawn(async move {
-                let mut buf = vec![0u8; 65_536];
-                loop {
-                    let Ok((n, from)) = sock.recv_from(&mut buf).await else {
-                        continue;
-                    };
-                    let _ = sock.send_to(&buf[..n], from).await;
-                }
-            }));
-        }
-        Ok(Self { addrs, tasks })
-    }
-}
-
-impl Drop for EchoPeers {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
         }
     }
 }
