@@ -31,7 +31,12 @@ for row in "TURN/TCP, 1 alloc: relayed packets" "TURN/TLS, 1 alloc: relayed pack
   grep -Eq "^\| ${row}[^|]* \| [^|]+ \| [^|]+ \| ${num} \| ${num} \| ${num}× \|$" "$out" \
     || fail "row '$row' lacks figures for both servers"
 done
-grep -q 'time to first frame' "$out" || fail "the media row (TODO) is missing"
+# The viewers part is gateway only: a number for the gateway, n/a for coturn.
+for row in "viewers of the 1 Mbit/s test pattern, 1 gateway core, TURN/TLS: most viewers" \
+           "viewers of the 1 Mbit/s test pattern, 1 gateway core, TURN/TLS: time to first frame, 1 viewer"; do
+  grep -Eq "^\| ${row}[^|]* \| [^|]+ \| [^|]+ \| ${num} \| n/a \| n/a \|$" "$out" \
+    || fail "row '$row' lacks the gateway's figure"
+done
 grep -q 'turnutils_uclient | gateway' "$out" || fail "no turnutils_uclient cross-check for the gateway"
 grep -q 'turnutils_uclient | coturn' "$out" || fail "no turnutils_uclient cross-check for coturn"
 echo "bench-smoke: table has figures for gateway and coturn"

@@ -120,6 +120,17 @@ impl Conn {
         })
     }
 
+    /// Wraps a connected stream with a credential handed out by someone else (the
+    /// gateway's signaling API mints one per viewer session).
+    pub fn with_credentials(stream: Box<dyn Stream>, username: String, password: String) -> Self {
+        Self {
+            stream,
+            framer: Framer::new(),
+            session: Session::new(username, password),
+            relayed: None,
+        }
+    }
+
     /// Sends `req` and waits for its answer (ChannelData arriving meanwhile is dropped).
     pub async fn transact(&mut self, req: Request) -> anyhow::Result<Answer> {
         let bytes = self.session.request(req)?;

@@ -17,7 +17,9 @@
 //!    CreatePermission);
 //! 3. resident memory per idle TURN/TLS allocation at 1,000 and 10,000;
 //! 4. added one-way latency at half the highest rate (echo RTT minus direct UDP, halved);
-//! 5. (TODO, media issue) time to first frame for viewers of a 1 Mbit/s stream.
+//! 5. gateway only: viewers of its 1 Mbit/s test pattern that one core (`taskset -c 1`)
+//!    serves through the embedded relay over TURN/TLS with under 1 % RTP loss, and time
+//!    to first frame (str0m clients whose only candidate is relayed; see `viewers.rs`).
 //!
 //! Figures only: nothing here asserts a timing.
 
@@ -26,6 +28,7 @@ mod load;
 mod proto;
 mod report;
 mod servers;
+mod viewers;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -489,6 +492,11 @@ async fn run(mut plan: Plan) -> anyhow::Result<()> {
         }
         drop(servers);
     }
+
+    // 5. Viewers per gateway core (gateway only, once).
+    let outcome = viewers::run(&common, &viewers::Plan::new(plan.quick), start).await;
+    outcome.report(&mut results, &mut notes);
+    log(start, "  viewers done");
 
     let machine = format!(
         "{}- Load average (1, 5, 15 min) at start: {load_before}; at end: {} (other work on the \

@@ -165,7 +165,7 @@ pub struct Server {
 
 pub const REALM: &str = "bench";
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

@@ -1,0 +1,1266 @@
+//! Item 5 of the bench, gateway only (coturn has no media engine): how many viewers of the
+//! built-in 1 Mbit/s H.264 test pattern one gateway core serves through its embedded relay
+//! over TURN/TLS with under 1 % RTP loss, and how long a viewer waits for its first frame.
+//!
+//! Every step starts a fresh gateway on loopback, pinned to CPU 1 (`taskset -c 1`), and N
+//! viewers in this process (unpinned), at most [`Plan::join_concurrency`] joining at a
+//! time. A viewer does what a relay-only browser does (as `tests/tests/relay_only_media.rs`):
+//!
+//! ```text
+//! GET /api/v1/webrtc/config ─▶ sessionId + turns: URL + credential minted for it
+//! TLS to the relay, Allocate (401, signed) ─▶ relayed address, the only local candidate
+//! str0m (full ICE, recvonly H.264) offer ─▶ POST /api/v1/projects/bench/offer ─▶ answer
+//! CreatePermission + ChannelBind per answer candidate (the gateway's media addresses)
+//! str0m datagrams ⇄ ChannelData on the TLS connection, until the step ends
+//! ```
+//!
+//! Time to first frame runs from the viewer's start (before the config request) to its
+//! first complete frame (`Event::MediaData`). Loss is counted from the RTP sequence numbers
+//! of the datagrams the relay delivers (the RTP header is clear text in SRTP), per SSRC, as
+//! gaps against packets received, before str0m's NACK/RTX repair.
+//!
+//! Figures only: nothing here asserts a timing; a step that fails is recorded as such.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use relay::framer::write_channel_data;
+use serde_json::Value;
+use str0m::change::SdpAnswer;
+use str0m::media::{Direction, MediaKind};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::conn::{self, Conn, Stream, Target, Transport};
+use crate::load::percentile;
+use crate::report::{fmt, Better, Results};
+use crate::servers::{self, ChildGuard, Common, Kind};
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// The core the gateway is pinned to.
+const GATEWAY_CPU: &str = "1";
+/// Bound on every HTTP exchange with the signaling API.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest HTTP response read.
+const MAX_RESPONSE: u64 = 1 << 20;
+/// Bound on the gateway's start (until /health answers and the TURN port accepts).
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// A viewer without a first frame this long after its start has failed.
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// A step's joins must be done within `JOIN_BASE + n × JOIN_PER_VIEWER` (see
+/// [`Plan::join_bound`]).
+const JOIN_BASE: Duration = Duration::from_secs(4);
+const JOIN_PER_VIEWER: Duration = Duration::from_millis(20);
+/// First channel number bound (RFC 8656: 0x4000..=0x4FFF).
+const FIRST_CHANNEL: u16 = 0x4000;
+/// At most this many answer candidates get a channel (the gateway sends one or a few).
+const MAX_PEERS: usize = 8;
+/// At most this many SSRCs are tracked per viewer (video and its RTX stream).
+const MAX_SSRCS: usize = 8;
+/// Frame rate of the gateway's test pattern (`testsrc`), when no one-viewer step measured it.
+const NOMINAL_FPS: f64 = 30.0;
+/// A step passes with RTP loss under this fraction...
+const MAX_LOSS: f64 = 0.01;
+/// ...and a mean frame rate per viewer of at least this fraction of the one-viewer rate.
+/// (Not closer to 1: other work on a shared machine costs a few frames in a short window;
+/// a saturated gateway loses far more, as its engine skips frames when it lags.)
+const MIN_FPS_SHARE: f64 = 0.8;
+/// Prefix of every table row of this part.
+const ROW: &str = "viewers of the 1 Mbit/s test pattern, 1 gateway core, TURN/TLS";
+
+/// How this part runs.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    quick: bool,
+    /// Wall time for the whole part, gateway starts included.
+    budget: Duration,
+    /// Receiving time measured per step, after every viewer joined.
+    window: Duration,
+    /// Pause between the last join and the window.
+    settle: Duration,
+    /// Largest viewer count tried.
+    max_viewers: usize,
+    /// Ramp factor between steps while they pass, below `fast_until` viewers...
+    fast_factor: usize,
+    fast_until: usize,
+    /// ...and from there on.
+    factor: usize,
+    /// Bisection steps between the last pass and the first failure.
+    bisect: usize,
+    /// Viewers joining at the same time.
+    join_concurrency: usize,
+}
+
+impl Plan {
+    /// Bound on a step's joins: every viewer must have its first frame by then. (Joins
+    /// slow down sharply as the gateway's core fills; without this bound one step past the
+    /// limit could take the whole time budget.)
+    fn join_bound(&self, n: usize) -> Duration {
+        JOIN_BASE + JOIN_PER_VIEWER * u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    pub fn new(quick: bool) -> Self {
+        if quick {
+            Plan {
+                quick,
+                budget: Duration::from_secs(22),
+                window: Duration::from_millis(1500),
+                settle: Duration::from_millis(300),
+                max_viewers: 256,
+                fast_factor: 4,
+                fast_until: 256,
+                factor: 4,
+                bisect: 0,
+                join_concurrency: 32,
+            }
+        } else {
+            Plan {
+                quick,
+                budget: Duration::from_secs(85),
+                window: Duration::from_secs(2),
+                settle: Duration::from_millis(500),
+                max_viewers: 1024,
+                fast_factor: 4,
+                fast_until: 64,
+                factor: 2,
+                bisect: 3,
+                join_concurrency: 32,
+            }
+        }
+    }
+}
+
+/// A gateway child process for one step, pinned when possible.
+struct Gateway {
+    guard: ChildGuard,
+    http: SocketAddr,
+    turn: SocketAddr,
+    target: Target,
+    log: PathBuf,
+}
+
+impl Gateway {
+    async fn start(common: &Common, pin: bool, serial: usize) -> anyhow::Result<Self> {
+        let turn = SocketAddr::new(LOOPBACK, servers::free_port()?);
+        let http = SocketAddr::new(LOOPBACK, servers::free_port()?);
+        let log = common.dir.join(format!("viewers-{serial}.log"));
+        let logf = std::fs::File::create(&log)?;
+        let mut cmd = if pin {
+            let mut c = Command::new("taskset");
+            c.args(["-c", GATEWAY_CPU]).arg(&common.gateway_bin);
+            c
+        } else {
+            Command::new(&common.gateway_bin)
+        };
+        // Only the settings below (no inherited STUN_SERVER, ICE_SERVERS, ... that could
+        // send traffic off loopback).
+        cmd.env_clear();
+        if let Some(path) = std::env::var_os("PATH") {
+            cmd.env("PATH", path);
+        }
+        cmd.env("TURN_LISTEN", turn.to_string())
+            .env("GATEWAY_HTTP_ADDR", http.to_string())
+            .env("TURN_SECRET", &common.secret)
+            .env("TURN_REALM", servers::REALM)
+            .env("TURN_HOST", conn::SERVER_NAME)
+            .env("TLS_CERT", &common.cert_pem)
+            .env("TLS_KEY", &common.key_pem)
+            .env("MEDIA_SOURCE", "testsrc")
+            .env("WEBRTC_BIND_IP", "127.0.0.1")
+            .env("WEBRTC_ADVERTISE_IP", "127.0.0.1")
+            .env("TURN_RELAY_IP", "127.0.0.1")
+            .env("MAX_VIEWERS", "100000")
+            .env("TURN_USER_QUOTA", "1000000")
+            .env("TURN_TOTAL_QUOTA", "1000000")
+            .env("TURN_MAX_CONNECTIONS_PER_IP", "1000000")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone()?)
+            .stderr(logf);
+        let guard = ChildGuard::spawn(cmd, "gateway (viewers)")?;
+        let target = common.target(turn, turn)?;
+        let mut gw = Self {
+            guard,
+            http,
+            turn,
+            target,
+            log,
+        };
+        gw.wait_ready().await?;
+        Ok(gw)
+    }
+
+    /// Polls (bounded) until `/health` answers 200 and the TURN port accepts.
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(why) = self.guard.exited() {
+                bail!("{why}; log:\n{}", self.log_tail());
+            }
+            let probe = async {
+                let (status, _) = http(self.http, "GET", "/health", None).await?;
+                if status != 200 {
+                    bail!("/health answered {status}");
+                }
+                TcpStream::connect(self.turn).await?;
+                Ok(())
+            };
+            match tokio::time::timeout(Duration::from_secs(2), probe).await {
+                Ok(Ok(())) => return Ok(()),
+                _ if Instant::now() > deadline => bail!(
+                    "the gateway did not answer /health within {READY_TIMEOUT:?}; log:\n{}",
+                    self.log_tail()
+                ),
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        servers::cpu_seconds(self.guard.pid()).unwrap_or(f64::NAN)
+    }
+}
+
+/// One HTTP/1.1 exchange (`Connection: close`), bounded in time and size; returns the
+/// status and the body.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let raw = tokio::time::timeout(HTTP_TIMEOUT, async {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(req.as_bytes()).await?;
+        let mut raw = Vec::new();
+        (&mut s).take(MAX_RESPONSE).read_to_end(&mut raw).await?;
+        std::io::Result::Ok(raw)
+    })
+    .await
+    .map_err(|_| anyhow!("{method} {path}: no response within {HTTP_TIMEOUT:?}"))?
+    .with_context(|| format!("{method} {path}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("{method} {path}: no end of the response head"))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("{method} {path}: bad status line"))?;
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    };
+    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        bail!("{method} {path}: chunked response (not expected from the API)");
+    }
+    let body = match header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        Some(n) => rest.get(..n).unwrap_or(rest),
+        None => rest,
+    };
+    Ok((status, body.to_owned()))
+}
+
+/// The first 200 characters of a body, for error messages.
+fn snippet(s: &str) -> String {
+    s.chars().take(200).collect()
+}
+
+/// Username, credential and port of the first `turns:` entry of a webrtc/config answer.
+fn turns_entry(cfg: &Value) -> anyhow::Result<(String, String, u16)> {
+    let servers = cfg
+        .get("iceServers")
+        .and_then(Value::as_array)
+        .context("no iceServers in webrtc/config")?;
+    for s in servers {
+        let urls: Vec<&str> = match s.get("urls") {
+            Some(Value::String(u)) => vec![u.as_str()],
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        let Some(url) = urls.into_iter().find(|u| u.starts_with("turns:")) else {
+            continue;
+        };
+        // turns:HOST:PORT?transport=tcp
+        let port = url
+            .strip_prefix("turns:")
+            .and_then(|r| r.split('?').next())
+            .and_then(|hp| hp.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(0);
+        let user = s.get("username").and_then(Value::as_str);
+        let cred = s.get("credential").and_then(Value::as_str);
+        let (Some(user), Some(cred)) = (user, cred) else {
+            bail!("the turns: entry has no username/credential");
+        };
+        return Ok((user.to_owned(), cred.to_owned(), port));
+    }
+    bail!("no turns: URL in the ICE servers of webrtc/config")
+}
+
+/// Addresses of the `a=candidate` lines of an SDP.
+fn candidates(sdp: &str) -> Vec<SocketAddr> {
+    sdp.lines()
+        .filter_map(|l| l.trim().strip_prefix("a=candidate:"))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_ascii_whitespace().collect();
+            let ip: IpAddr = f.get(4)?.parse().ok()?;
+            let port: u16 = f.get(5)?.parse().ok()?;
+            Some(SocketAddr::new(ip, port))
+        })
+        .collect()
+}
+
+/// SSRC and sequence number of an RTP packet (RFC 7983 first byte 128..=191, and not RTCP:
+/// RFC 5761 second byte 192..=223).
+fn rtp_header(p: &[u8]) -> Option<(u32, u16)> {
+    let b0 = *p.first()?;
+    let b1 = *p.get(1)?;
+    if !(128..=191).contains(&b0) || (192..=223).contains(&b1) {
+        return None;
+    }
+    let seq = u16::from_be_bytes(p.get(2..4)?.try_into().ok()?);
+    let ssrc = u32::from_be_bytes(p.get(8..12)?.try_into().ok()?);
+    Some((ssrc, seq))
+}
+
+/// Extended sequence numbers of one SSRC: the lowest and highest seen, and the count.
+struct Track {
+    base: i64,
+    max: i64,
+    received: u64,
+}
+
+impl Track {
+    fn new(seq: u16) -> Self {
+        let s = i64::from(seq);
+        Self {
+            base: s,
+            max: s,
+            received: 1,
+        }
+    }
+
+    fn on(&mut self, seq: u16) {
+        // Signed distance from the highest seen, modulo 2^16 (wrap-around, reordering).
+        let delta = i64::from(seq.wrapping_sub(self.max as u16) as i16);
+        let ext = self.max + delta;
+        if ext > self.max {
+            self.max = ext;
+        } else if ext < self.base {
+            self.base = ext;
+        }
+        self.received += 1;
+    }
+
+    fn expected(&self) -> u64 {
+        u64::try_from(self.max - self.base + 1).unwrap_or(0)
+    }
+}
+
+/// What one viewer has seen so far, read by the step (relaxed atomics, monotonic counts).
+#[derive(Default)]
+struct Stats {
+    /// Time to first frame in µs; 0 until then.
+    ttff_us: AtomicU64,
+    frames: AtomicU64,
+    /// RTP packets the sequence numbers say were sent (summed over SSRCs).
+    expected: AtomicU64,
+    /// RTP packets received (duplicates included).
+    received: AtomicU64,
+    /// Bytes of RTP datagrams received (SRTP, as relayed).
+    bytes: AtomicU64,
+    failed: OnceLock<String>,
+}
+
+impl Stats {
+    fn ttff(&self) -> Option<u64> {
+        Some(self.ttff_us.load(Relaxed)).filter(|t| *t > 0)
+    }
+
+    fn snap(&self) -> Snap {
+        Snap {
+            frames: self.frames.load(Relaxed),
+            expected: self.expected.load(Relaxed),
+            received: self.received.load(Relaxed),
+            bytes: self.bytes.load(Relaxed),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Snap {
+    frames: u64,
+    expected: u64,
+    received: u64,
+    bytes: u64,
+}
+
+/// What every viewer of a step shares.
+struct Ctx {
+    http: SocketAddr,
+    turn: SocketAddr,
+    target: Target,
+}
+
+/// A viewer past signaling: its WebRTC state and its allocation with bound channels.
+struct Joined {
+    rtc: Rtc,
+    stream: Box<dyn Stream>,
+    framer: relay::framer::Framer,
+    relayed: SocketAddr,
+    /// (channel, peer) per answer candidate.
+    peers: Vec<(u16, SocketAddr)>,
+}
+
+/// Signaling and TURN: config, Allocate over TLS, offer/answer, permissions and channels.
+async fn join(ctx: &Ctx) -> anyhow::Result<Joined> {
+    let (status, body) = http(ctx.http, "GET", "/api/v1/webrtc/config", None).await?;
+    if status != 200 {
+        bail!("webrtc/config answered {status}: {}", snippet(&body));
+    }
+    let cfg: Value = serde_json::from_str(&body).context("webrtc/config is not JSON")?;
+    let session = cfg
+        .get("sessionId")
+        .and_then(Value::as_str)
+        .context("no sessionId in webrtc/config")?
+        .to_owned();
+    let (user, cred, port) = turns_entry(&cfg)?;
+    // The URL names TURN_HOST (the bench certificate's name); "DNS" says 127.0.0.1.
+    let relay = SocketAddr::new(LOOPBACK, if port == 0 { ctx.turn.port() } else { port });
+    let mut target = ctx.target.clone();
+    target.tls = relay;
+    let stream = conn::connect(&target, Transport::Tls).await?;
+    let mut turn = Conn::with_credentials(stream, user, cred);
+    let relayed = turn.allocate().await?;
+
+    let mut rtc = RtcConfig::new()
+        .set_ice_lite(false)
+        .clear_codecs()
+        .enable_h264(true)
+        .build(Instant::now());
+    let cand = Candidate::relayed(relayed, SocketAddr::new(LOOPBACK, 0), "udp")
+        .map_err(|e| anyhow!("relayed candidate {relayed}: {e}"))?;
+    rtc.add_local_candidate(cand);
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    let (offer, pending) = api.apply().context("str0m made no offer")?;
+    let body = serde_json::json!({
+        "webrtc_id": session,
+        "sdp": offer.to_sdp_string(),
+        "type": "offer",
+    })
+    .to_string();
+    let (status, answer) = http(
+        ctx.http,
+        "POST",
+        "/api/v1/projects/bench/offer",
+        Some(&body),
+    )
+    .await?;
+    if status != 200 {
+        bail!("offer answered {status}: {}", snippet(&answer));
+    }
+    let answer: Value = serde_json::from_str(&answer).context("the answer is not JSON")?;
+    let sdp = answer
+        .get("sdp")
+        .and_then(Value::as_str)
+        .context("no sdp in the answer")?;
+    let remote = candidates(sdp);
+    let parsed = SdpAnswer::from_sdp_string(sdp).map_err(|e| anyhow!("answer SDP: {e}"))?;
+    rtc.sdp_api()
+        .accept_answer(pending, parsed)
+        .map_err(|e| anyhow!("applying the answer: {e}"))?;
+    let mut peers = Vec::new();
+    for (ch, addr) in (FIRST_CHANNEL..).zip(remote.into_iter().take(MAX_PEERS)) {
+        if !addr.ip().is_loopback() {
+            bail!("the answer names {addr}, not a loopback address: not sending there");
+        }
+        turn.create_permission(addr).await?;
+        turn.channel_bind(ch, addr).await?;
+        peers.push((ch, addr));
+    }
+    if peers.is_empty() {
+        bail!("the answer has no candidates");
+    }
+    let Conn { stream, framer, .. } = turn;
+    Ok(Joined {
+        rtc,
+        stream,
+        framer,
+        relayed,
+        peers,
+    })
+}
+
+impl Joined {
+    /// Moves str0m's datagrams through the allocation until `stop`, counting frames and RTP
+    /// sequence numbers into `stats`. The join permit is given back at the first frame.
+    async fn pump(
+        mut self,
+        start: Instant,
+        stats: &Stats,
+        stop: &mut watch::Receiver<bool>,
+        mut permit: Option<OwnedSemaphorePermit>,
+    ) -> anyhow::Result<()> {
+        let first_deadline = start + FIRST_FRAME_TIMEOUT;
+        let mut tracks: HashMap<u32, Track> = HashMap::new();
+        let mut out = Vec::with_capacity(4096);
+        loop {
+            let next = loop {
+                match self.rtc.poll_output().map_err(|e| anyhow!("str0m: {e}"))? {
+                    Output::Timeout(t) => break t,
+                    Output::Transmit(t) => {
+                        // Only the bound peers are ever named by the answer; anything else
+                        // is dropped (it would need a permission).
+                        if let Some((ch, _)) = self.peers.iter().find(|(_, a)| *a == t.destination)
+                        {
+                            write_channel_data(&mut out, *ch, &t.contents, true);
+                        }
+                    }
+                    Output::Event(Event::MediaData(_)) => {
+                        stats.frames.fetch_add(1, Relaxed);
+                        if stats.ttff().is_none() {
+                            let us = start.elapsed().as_micros().clamp(1, u128::from(u64::MAX));
+                            stats.ttff_us.store(us as u64, Relaxed);
+                        }
+                        // The next viewer may start joining.
+                        drop(permit.take());
+                    }
+                    Output::Event(_) => {}
+                }
+            };
+            if !out.is_empty() {
+                let write = async {
+                    self.stream.write_all(&out).await?;
+                    self.stream.flush().await
+                };
+                tokio::time::timeout(conn::TIMEOUT, write)
+                    .await
+                    .map_err(|_| anyhow!("writing to the relay timed out"))?
+                    .context("writing to the relay")?;
+                out.clear();
+            }
+            if *stop.borrow() {
+                return Ok(());
+            }
+            let first_pending = stats.ttff().is_none();
+            if first_pending && Instant::now() >= first_deadline {
+                bail!("no frame within {FIRST_FRAME_TIMEOUT:?} of the viewer's start");
+            }
+            if !self.rtc.is_alive() {
+                bail!("the WebRTC session closed");
+            }
+            let wake = if first_pending {
+                next.min(first_deadline)
+            } else {
+                next
+            };
+            let read = tokio::select! {
+                r = self.stream.read(self.framer.read_buf()) => Some(r),
+                _ = tokio::time::sleep_until(wake.into()) => None,
+                _ = stop.changed() => return Ok(()),
+            };
+            if let Some(r) = read {
+                let n = r.context("reading from the relay")?;
+                if n == 0 {
+                    bail!("the relay closed the connection");
+                }
+                self.framer.commit(n);
+                self.on_frames(&mut tracks, stats)?;
+            }
+            // Timers run even while data keeps arriving.
+            let now = Instant::now();
+            if now >= next {
+                self.rtc
+                    .handle_input(Input::Timeout(now))
+                    .map_err(|e| anyhow!("str0m: {e}"))?;
+            }
+        }
+    }
+
+    /// Feeds every complete ChannelData frame to str0m as a datagram from its channel's peer.
+    fn on_frames(&mut self, tracks: &mut HashMap<u32, Track>, stats: &Stats) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let (mut rtp, mut bytes) = (0u64, 0u64);
+        while let Some(frame) = self
+            .framer
+            .next_frame()
+            .map_err(|e| anyhow!("bad stream from the relay: {e}"))?
+        {
+            let (Some(ch), Some(p)) = (frame.channel(), frame.channel_payload()) else {
+                continue; // STUN (e.g. a Data indication): not used here
+            };
+            let Some(&(_, source)) = self.peers.iter().find(|(c, _)| *c == ch) else {
+                continue;
+            };
+            if let Some((ssrc, seq)) = rtp_header(p) {
+                if let Some(t) = tracks.get_mut(&ssrc) {
+                    t.on(seq);
+                } else if tracks.len() < MAX_SSRCS {
+                    tracks.insert(ssrc, Track::new(seq));
+                }
+                rtp += 1;
+                bytes += p.len() as u64;
+            }
+            let Ok(contents) = p.try_into() else {
+                continue;
+            };
+            let input = Input::Receive(
+                now,
+                Receive {
+                    proto: Protocol::Udp,
+                    source,
+                    destination: self.relayed,
+                    contents,
+                },
+            );
+            if self.rtc.accepts(&input) {
+                self.rtc
+                    .handle_input(input)
+                    .map_err(|e| anyhow!("str0m: {e}"))?;
+            }
+        }
+        if rtp > 0 {
+            let expected = tracks.values().map(Track::expected).sum();
+            let received = tracks.values().map(|t| t.received).sum();
+            stats.expected.store(expected, Relaxed);
+            stats.received.store(received, Relaxed);
+            stats.bytes.fetch_add(bytes, Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// One viewer: waits for a join slot, joins, receives until `stop`.
+async fn viewer(
+    ctx: Arc<Ctx>,
+    stats: Arc<Stats>,
+    gate: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let permit = tokio::select! {
+        p = gate.acquire_owned() => p.ok(),
+        _ = stop.changed() => return,
+    };
+    let start = Instant::now();
+    let result = async {
+        let joined = tokio::time::timeout(FIRST_FRAME_TIMEOUT, join(&ctx))
+            .await
+            .map_err(|_| {
+                anyhow!("signaling and TURN set-up took over {FIRST_FRAME_TIMEOUT:?}")
+            })??;
+        joined.pump(start, &stats, &mut stop, permit).await
+    };
+    if let Err(e) = result.await {
+        let _ = stats.failed.set(format!("{e:#}"));
+    }
+}
+
+/// The outcome of one step.
+#[derive(Debug, Clone, Default)]
+struct StepResult {
+    n: usize,
+    /// Why the step could not run (the gateway did not start, or the part's time bound
+    /// came during the joins): no verdict on the count.
+    error: Option<String>,
+    /// Viewers that got a first frame.
+    joined: usize,
+    /// Viewers that failed (before or after their first frame).
+    failed: usize,
+    first_failure: Option<String>,
+    /// From the first viewer's start until every viewer got its first frame or failed.
+    join_secs: f64,
+    /// Viewers still joining at the step's join bound (the window is then skipped).
+    late: usize,
+    /// Gateway and bench CPU during the joins, as a fraction of one core.
+    join_gateway_cpu: f64,
+    join_bench_cpu: f64,
+    /// Whether the receiving window ran (not after a failed join).
+    measured: bool,
+    ttff_us: Vec<u32>,
+    /// RTP packets expected and lost in the window, all viewers.
+    expected: u64,
+    lost: u64,
+    /// Joined viewers that received no RTP at all in the window.
+    stalled: usize,
+    /// Mean frames/s and Mbit/s (RTP datagrams) per joined viewer in the window.
+    fps: f64,
+    mbps: f64,
+    /// CPU in the window, as a fraction of one core.
+    gateway_cpu: f64,
+    bench_cpu: f64,
+    /// Wall time of the whole step.
+    secs: f64,
+    passed: bool,
+    /// Why it did not pass.
+    verdict: String,
+}
+
+impl StepResult {
+    fn loss(&self) -> f64 {
+        if self.expected == 0 {
+            return f64::NAN;
+        }
+        self.lost as f64 / self.expected as f64
+    }
+
+    fn ttff_ms(&self, p: f64) -> f64 {
+        percentile(&mut self.ttff_us.clone(), p) / 1000.0
+    }
+
+    /// Passes with every viewer joined and receiving, loss under [`MAX_LOSS`] and the frame
+    /// rate at least [`MIN_FPS_SHARE`] of `fps_base`.
+    fn judge(&mut self, fps_base: Option<f64>) {
+        let why = if let Some(e) = &self.error {
+            format!("did not run: {e}")
+        } else if self.late > 0 {
+            format!(
+                "{} of {} viewers had no first frame within the step's join bound ({:.1} s; \
+                 gateway CPU {:.0} % of its core during the joins)",
+                self.late,
+                self.n,
+                self.join_secs,
+                self.join_gateway_cpu * 100.0
+            )
+        } else if self.joined < self.n || self.failed > 0 {
+            format!(
+                "{} of {} viewers got a first frame, {} failed (first: {})",
+                self.joined,
+                self.n,
+                self.failed,
+                self.first_failure.as_deref().unwrap_or("?")
+            )
+        } else if self.stalled > 0 {
+            format!("{} viewers received no RTP in the window", self.stalled)
+        } else if self.expected == 0 {
+            "no RTP counted in the window".to_owned()
+        } else if self.loss() >= MAX_LOSS {
+            format!("RTP loss {:.2} %", self.loss() * 100.0)
+        } else if fps_base.is_some_and(|b| self.fps < MIN_FPS_SHARE * b) {
+            format!(
+                "{:.1} frames/s per viewer, under {:.0} % of the one-viewer {:.1}",
+                self.fps,
+                MIN_FPS_SHARE * 100.0,
+                fps_base.unwrap_or(NOMINAL_FPS)
+            )
+        } else {
+            String::new()
+        };
+        self.passed = why.is_empty();
+        self.verdict = if self.passed { "pass".into() } else { why };
+    }
+
+    fn line(&self) -> String {
+        if let Some(e) = &self.error {
+            return format!("{} viewers: step did not run: {e}", self.n);
+        }
+        let window = if self.measured {
+            format!(
+                "loss {loss} % of {exp} RTP packets; {fps:.1} frames/s and {mbps:.2} Mbit/s per \
+                 viewer; gateway CPU {g:.0} % of its core, bench CPU {b:.0} % of a core",
+                loss = if self.expected == 0 {
+                    "n/a".into()
+                } else {
+                    format!("{:.2}", self.loss() * 100.0)
+                },
+                exp = self.expected,
+                fps = self.fps,
+                mbps = self.mbps,
+                g = self.gateway_cpu * 100.0,
+                b = self.bench_cpu * 100.0,
+            )
+        } else {
+            "no receiving window (the step failed while joining)".into()
+        };
+        format!(
+            "{n} viewers: {j}/{n} joined in {js:.1} s (gateway CPU {jg:.0} %, bench CPU {jb:.0} \
+             % meanwhile); {window}; time to first frame p50 {p50} ms, max {max} ms; step took \
+             {secs:.1} s; {v}",
+            n = self.n,
+            j = self.joined,
+            js = self.join_secs,
+            jg = self.join_gateway_cpu * 100.0,
+            jb = self.join_bench_cpu * 100.0,
+            p50 = fmt(self.ttff_ms(50.0)),
+            max = fmt(self.ttff_ms(100.0)),
+            secs = self.secs,
+            v = self.verdict,
+        )
+    }
+}
+
+/// Runs one step of `n` viewers on a fresh gateway, ending by `deadline` at the latest.
+async fn step(
+    common: &Common,
+    plan: &Plan,
+    pin: bool,
+    n: usize,
+    serial: usize,
+    deadline: Instant,
+) -> StepResult {
+    let t_step = Instant::now();
+    let mut r = StepResult {
+        n,
+        ..StepResult::default()
+    };
+    let gw = match Gateway::start(common, pin, serial).await {
+        Ok(g) => g,
+        Err(e) => {
+            r.error = Some(format!("{e:#}").replace('\n', " / "));
+            r.secs = t_step.elapsed().as_secs_f64();
+            return r;
+        }
+    };
+    let ctx = Arc::new(Ctx {
+        http: gw.http,
+        turn: gw.turn,
+        target: gw.target.clone(),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let gate = Arc::new(Semaphore::new(plan.join_concurrency.max(1)));
+    let stats: Vec<Arc<Stats>> = (0..n).map(|_| Arc::new(Stats::default())).collect();
+    let join_start = Instant::now();
+    let mut tasks: Vec<_> = stats
+        .iter()
+        .map(|s| {
+            tokio::spawn(viewer(
+                ctx.clone(),
+                s.clone(),
+                gate.clone(),
+                stop_rx.clone(),
+            ))
+        })
+        .collect();
+
+    // Every viewer gets its first frame or fails, within the join bound (and leaving time
+    // for the window before the part's deadline).
+    let tail = plan.settle + plan.window + Duration::from_secs(1);
+    let by_bound = join_start + plan.join_bound(n);
+    let by_deadline = deadline.checked_sub(tail).unwrap_or(join_start);
+    let me = std::process::id();
+    let (g_join, b_join) = (
+        gw.cpu_seconds(),
+        servers::cpu_seconds(me).unwrap_or(f64::NAN),
+    );
+    loop {
+        let settled = stats
+            .iter()
+            .filter(|s| s.ttff().is_some() || s.failed.get().is_some())
+            .count();
+        if settled >= n || Instant::now() >= by_bound.min(by_deadline) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    r.join_secs = join_start.elapsed().as_secs_f64();
+    r.join_gateway_cpu = (gw.cpu_seconds() - g_join) / r.join_secs.max(1e-3);
+    r.join_bench_cpu =
+        (servers::cpu_seconds(me).unwrap_or(f64::NAN) - b_join) / r.join_secs.max(1e-3);
+    r.late = stats
+        .iter()
+        .filter(|s| s.ttff().is_none() && s.failed.get().is_none())
+        .count();
+    let failed_early = stats.iter().any(|s| s.failed.get().is_some());
+    if r.late > 0 && by_deadline < by_bound {
+        r.error = Some(format!(
+            "the part's time bound came while {} of {n} viewers were still joining",
+            r.late
+        ));
+    }
+
+    // The window, unless the step has failed already.
+    if r.late == 0 && !failed_early {
+        tokio::time::sleep(plan.settle).await;
+        r.measured = true;
+        let s0: Vec<Snap> = stats.iter().map(|s| s.snap()).collect();
+        let (g0, b0, t0) = (
+            gw.cpu_seconds(),
+            servers::cpu_seconds(me).unwrap_or(f64::NAN),
+            Instant::now(),
+        );
+        tokio::time::sleep(plan.window).await;
+        let s1: Vec<Snap> = stats.iter().map(|s| s.snap()).collect();
+        let secs = t0.elapsed().as_secs_f64().max(1e-3);
+        r.gateway_cpu = (gw.cpu_seconds() - g0) / secs;
+        r.bench_cpu = (servers::cpu_seconds(me).unwrap_or(f64::NAN) - b0) / secs;
+        window_stats(&mut r, &stats, &s0, &s1, secs);
+    }
+
+    // Stop the viewers (bounded), then the gateway.
+    let _ = stop_tx.send(true);
+    let stop_end = Instant::now() + Duration::from_secs(2);
+    for t in &mut tasks {
+        let left = stop_end.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(left, &mut *t).await.is_err() {
+            t.abort();
+        }
+    }
+    drop(gw);
+
+    for st in &stats {
+        if let Some(t) = st.ttff() {
+            r.joined += 1;
+            r.ttff_us.push(u32::try_from(t).unwrap_or(u32::MAX));
+        }
+        if let Some(e) = st.failed.get() {
+            r.failed += 1;
+            r.first_failure.get_or_insert_with(|| e.clone());
+        }
+    }
+    r.secs = t_step.elapsed().as_secs_f64();
+    r
+}
+
+/// Loss, stalls, frame rate and bit rate of the window from `a` to `b`.
+fn window_stats(r: &mut StepResult, stats: &[Arc<Stats>], a: &[Snap], b: &[Snap], secs: f64) {
+    let (mut frames, mut bytes, mut receiving) = (0u64, 0u64, 0usize);
+    for ((st, a), b) in stats.iter().zip(a).zip(b) {
+        if st.ttff().is_none() {
+            continue;
+        }
+        receiving += 1;
+        if b.expected == a.expected {
+            r.stalled += 1;
+        }
+        let exp = b.expected.saturating_sub(a.expected);
+        let rec = b.received.saturating_sub(a.received);
+        r.expected += exp;
+        r.lost += exp.saturating_sub(rec);
+        frames += b.frames.saturating_sub(a.frames);
+        bytes += b.bytes.saturating_sub(a.bytes);
+    }
+    let per = receiving.max(1) as f64 * secs.max(1e-3);
+    r.fps = frames as f64 / per;
+    r.mbps = bytes as f64 * 8.0 / 1e6 / per;
+}
+
+/// Whether `taskset -c 1` works here.
+fn can_pin() -> Result<(), String> {
+    match Command::new("taskset")
+        .args(["-c", GATEWAY_CPU, "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("`taskset -c {GATEWAY_CPU} true` failed ({s})")),
+        Err(e) => Err(format!("taskset not found ({e})")),
+    }
+}
+
+/// Everything this part measured.
+pub struct Outcome {
+    steps: Vec<StepResult>,
+    notes: Vec<String>,
+}
+
+/// Ramps the viewer count (×factor while steps pass), then bisects, within the plan's
+/// time budget; every step on a fresh gateway.
+pub async fn run(common: &Common, plan: &Plan, log_start: Instant) -> Outcome {
+    let begin = Instant::now();
+    let deadline = begin + plan.budget;
+    let mut notes = Vec::new();
+    let pin = match can_pin() {
+        Ok(()) => true,
+        Err(why) => {
+            notes.push(format!(
+                "viewers: the gateway ran UNPINNED ({why}): it shared both cores with the \
+                 load generator, so the figure is not per core"
+            ));
+            false
+        }
+    };
+    let mut steps: Vec<StepResult> = Vec::new();
+    let mut lo: Option<usize> = None;
+    let mut hi: Option<usize> = None;
+    let mut fps_base: Option<f64> = None;
+    let mut stopped: Option<String> = None;
+    let mut next = Some(1usize);
+    for round in 0..(20 + plan.bisect) {
+        let Some(n) = next.take() else { break };
+        // Cost at worst: the last step's part outside the joins plus the join bound.
+        let fixed = steps.last().map_or(Duration::from_secs(3), |l| {
+            Duration::from_secs_f64((l.secs - l.join_secs).max(0.0))
+        });
+        let est = fixed.max(plan.settle + plan.window) + plan.join_bound(n);
+        if Instant::now() + est > deadline {
+            stopped = Some(format!(
+                "the next step ({n} viewers, about {:.0} s) would pass the part's time bound \
+                 ({:.0} s)",
+                est.as_secs_f64(),
+                plan.budget.as_secs_f64()
+            ));
+            break;
+        }
+        let mut r = step(common, plan, pin, n, round, deadline).await;
+        r.judge(if n == 1 { None } else { fps_base });
+        if n == 1 && r.passed {
+            fps_base = Some(r.fps);
+        }
+        crate::log(log_start, format!("  {}", r.line()));
+        let (passed, error) = (r.passed, r.error.clone());
+        steps.push(r);
+        if let Some(e) = error {
+            // No verdict on this count: the ramp ends here.
+            stopped = Some(format!("the step of {n} viewers could not run ({e})"));
+            break;
+        }
+        if passed {
+            lo = Some(lo.map_or(n, |l| l.max(n)));
+        } else {
+            hi = Some(hi.map_or(n, |h| h.min(n)));
+        }
+        next = match (lo, hi) {
+            (_, None) if n < plan.max_viewers => {
+                let f = if n < plan.fast_until {
+                    plan.fast_factor
+                } else {
+                    plan.factor
+                };
+                Some((n * f.max(2)).min(plan.max_viewers))
+            }
+            (Some(l), Some(h)) => {
+                let bisections = steps.len().saturating_sub(ramp_len(&steps));
+                let close = h.saturating_sub(l) <= (l / 8).max(1);
+                (bisections < plan.bisect && !close).then_some((l + h) / 2)
+            }
+            _ => None,
+        };
+    }
+    notes.insert(
+        0,
+        format!(
+            "viewers: {} run: ramp ×{} from 1{} up to {} viewers, then {}; {} \
+             join at a time, all within {:.0} s + {:.0} ms per viewer; {:.1} s window after \
+             {:.1} s; the whole part bounded to {:.0} s",
+            if plan.quick { "quick" } else { "full" },
+            plan.fast_factor,
+            if plan.fast_until < plan.max_viewers {
+                format!(" to {}, then ×{}", plan.fast_until, plan.factor)
+            } else {
+                String::new()
+            },
+            plan.max_viewers,
+            if plan.bisect == 0 {
+                "no bisection".to_owned()
+            } else {
+                format!("up to {} bisections", plan.bisect)
+            },
+            plan.join_concurrency,
+            JOIN_BASE.as_secs_f64(),
+            JOIN_PER_VIEWER.as_secs_f64() * 1000.0,
+            plan.window.as_secs_f64(),
+            plan.settle.as_secs_f64(),
+            plan.budget.as_secs_f64()
+        ),
+    );
+    if let Some(why) = stopped {
+        notes.push(format!(
+            "viewers: the search stopped early: {why}; the figure may be a lower bound"
+        ));
+    }
+    if hi.is_none() && lo == Some(plan.max_viewers) {
+        notes.push(format!(
+            "viewers: every step up to the cap of {} passed; the figure is a lower bound",
+            plan.max_viewers
+        ));
+    }
+    Outcome { steps, notes }
+}
+
+/// Steps of the ramp: up to and including the first failure.
+fn ramp_len(steps: &[StepResult]) -> usize {
+    steps
+        .iter()
+        .position(|s| !s.passed)
+        .map_or(steps.len(), |i| i + 1)
+}
+
+impl Outcome {
+    fn best(&self) -> Option<&StepResult> {
+        self.steps.iter().filter(|s| s.passed).max_by_key(|s| s.n)
+    }
+
+    /// The figures into the table; the ramp and what limited it into the notes.
+    pub fn report(&self, results: &mut Results, notes: &mut Vec<String>) {
+        let best = self.best();
+        let single = self.steps.iter().find(|s| s.n == 1 && s.joined == 1);
+        let mut add = |what: &str, unit: &'static str, better: Better, v: f64| {
+            results.add(&format!("{ROW}: {what}"), unit, better, Kind::Gateway, v);
+        };
+        add(
+            "most viewers with RTP loss < 1 %",
+            "viewers",
+            Better::Higher,
+            best.map_or(f64::NAN, |b| b.n as f64),
+        );
+        add(
+            "gateway CPU at that count",
+            "% of a core",
+            Better::Lower,
+            best.map_or(f64::NAN, |b| b.gateway_cpu * 100.0),
+        );
+        add(
+            "RTP loss at that count",
+            "%",
+            Better::Lower,
+            best.map_or(f64::NAN, |b| b.loss() * 100.0),
+        );
+        add(
+            "RTP received per viewer at that count",
+            "Mbit/s",
+            Better::Higher,
+            best.map_or(f64::NAN, |b| b.mbps),
+        );
+        add(
+            "time to first frame, 1 viewer",
+            "ms",
+            Better::Lower,
+            single.map_or(f64::NAN, |s| s.ttff_ms(50.0)),
+        );
+        add(
+            "time to first frame p50 at that count",
+            "ms",
+            Better::Lower,
+            best.map_or(f64::NAN, |b| b.ttff_ms(50.0)),
+        );
+        // A 99th percentile of fewer than 20 samples would be the maximum by another name.
+        add(
+            "time to first frame p99 at that count",
+            "ms",
+            Better::Lower,
+            best.filter(|b| b.ttff_us.len() >= 20)
+                .map_or(f64::NAN, |b| b.ttff_ms(99.0)),
+        );
+
+        notes.extend(self.notes.iter().cloned());
+        if let Some(b) = best.filter(|b| b.mbps < 0.8) {
+            notes.push(format!(
+                "viewers: the test pattern's encoder targets 1 Mbit/s, but the simple pattern came \
+                 out at {:.2} Mbit/s of RTP per viewer: the viewer count is for streams of that \
+                 rate, not of a full 1 Mbit/s",
+                b.mbps
+            ));
+        }
+        for s in &self.steps {
+            notes.push(format!("viewers step: {}", s.line()));
+        }
+        match best {
+            None => notes.push(
+                "viewers: no step passed, so there is no viewer figure (see the steps above)"
+                    .into(),
+            ),
+            Some(b) if b.ttff_us.len() < 20 => notes.push(format!(
+                "viewers: time to first frame p99 needs at least 20 viewers in the passing step \
+                 (had {})",
+                b.ttff_us.len()
+            )),
+            Some(_) => {}
+        }
+        // What limited the ramp: the first failing step above the best.
+        let best_n = best.map_or(0, |b| b.n);
+        if let Some(f) = self
+            .steps
+            .iter()
+            .filter(|s| !s.passed && s.error.is_none() && s.n > best_n)
+            .min_by_key(|s| s.n)
+        {
+            // CPU in the window, or during the joins when the step failed before it.
+            let (g, b) = if f.measured {
+                (f.gateway_cpu, f.bench_cpu)
+            } else {
+                (f.join_gateway_cpu, f.join_bench_cpu)
+            };
+            let limit = if g >= 0.9 {
+                format!(
+                    "the gateway's core was saturated ({:.0} % of it; the load generator used \
+                     {:.0} % of a core)",
+                    g * 100.0,
+                    b * 100.0
+                )
+            } else if b >= 0.9 {
+                format!(
+                    "the gateway used only {:.0} % of its core while the load generator (this \
+                     process: {} str0m clients doing TLS, DTLS, SRTP and H.264 depacketizing) \
+                     used {:.0} % of a core on a {}-core machine: the load generator, not the \
+                     gateway, is the likely limit, and the figure a lower bound",
+                    g * 100.0,
+                    f.n,
+                    b * 100.0,
+                    std::thread::available_parallelism().map_or(0, |n| n.get())
+                )
+            } else {
+                format!(
+                    "neither the gateway ({:.0} % of its core) nor the load generator ({:.0} % \
+                     of a core) was saturated",
+                    g * 100.0,
+                    b * 100.0
+                )
+            };
+            notes.push(format!(
+                "viewers: the first failing step ({} viewers: {}) — {limit}",
+                f.n, f.verdict
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_tracking_counts_gaps_wraps_and_reordering() {
+        let mut t = Track::new(65_530);
+        for s in [65_531u16, 65_533, 65_535, 0, 1, 65_532] {
+            t.on(s);
+        }
+        // 65530..=1 is 8 packets; 65534 is missing.
+        assert_eq!(t.expected(), 8);
+        assert_eq!(t.received, 7);
+        let mut t = Track::new(100);
+        t.on(98); // late packet from before the first one seen
+        assert_eq!(t.expected(), 3);
+    }
+
+    #[test]
+    fn rtp_header_rejects_rtcp_and_short_input() {
+        let mut p = [0u8; 12];
+        p[0] = 0x80;
+        p[1] = 96;
+        p[2..4].copy_from_slice(&7u16.to_be_bytes());
+        p[8..12].copy_from_slice(&42u32.to_be_bytes());
+        assert_eq!(rtp_header(&p), Some((42, 7)));
+        p[1] = 200; // RTCP SR
+        assert_eq!(rtp_header(&p), None);
+        assert_eq!(rtp_header(&[0x80, 96, 0]), None);
+        assert_eq!(rtp_header(&[]), None);
+        assert_eq!(rtp_header(&[0x16, 0xfe, 0xfd]), None); // DTLS
+    }
+}
