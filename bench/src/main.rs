@@ -24,6 +24,7 @@
 //! Figures only: nothing here asserts a timing.
 
 mod conn;
+mod cpu;
 mod load;
 mod proto;
 mod report;
@@ -197,6 +198,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before any thread starts, so every thread of the bench inherits the placement.
+    let server_core = cpu::server_core();
+    match server_core {
+        Some(core) => match cpu::avoid(core) {
+            Ok(()) => eprintln!("servers run on CPU {core} only, the load generator on the others"),
+            Err(e) => eprintln!("warning: cannot keep the bench off CPU {core}: {e}"),
+        },
+        None => {
+            eprintln!("warning: one core or no taskset: servers and load generator share the CPUs")
+        }
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -207,7 +219,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            r = run(plan) => r,
+            r = run(plan, server_core) => r,
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
             _ = term.recv() => Err(anyhow::anyhow!("terminated")),
         }
@@ -224,7 +236,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(mut plan: Plan) -> anyhow::Result<()> {
+async fn run(mut plan: Plan, server_core: Option<usize>) -> anyhow::Result<()> {
     if Command::new("turnserver").arg("--help").output().is_err() {
         bail!("turnserver not found: install Debian's coturn (apt-get install coturn)");
     }
@@ -252,7 +264,7 @@ async fn run(mut plan: Plan) -> anyhow::Result<()> {
         }
         plan.idle.dedup();
     }
-    let common = Common::new(bin)?;
+    let common = Common::new(bin, server_core)?;
     let peers = EchoPeers::start(4).await?;
     if let Some((kind, transport, n, rate, secs)) = plan.soak {
         let server = Server::start(kind, &common, 0).await?;

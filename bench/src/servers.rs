@@ -109,10 +109,12 @@ pub struct Common {
     pub cert_der: rustls_pki_types::CertificateDer<'static>,
     pub secret: String,
     pub gateway_bin: PathBuf,
+    /// The core both servers are confined to (see [`crate::cpu`]); `None`: unconfined.
+    pub server_core: Option<usize>,
 }
 
 impl Common {
-    pub fn new(gateway_bin: PathBuf) -> anyhow::Result<Self> {
+    pub fn new(gateway_bin: PathBuf, server_core: Option<usize>) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("gateway-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let ck = rcgen::generate_simple_self_signed(vec![conn::SERVER_NAME.to_owned()])?;
@@ -136,6 +138,7 @@ impl Common {
             cert_der: ck.cert.der().clone(),
             secret: format!("bench{secret}"),
             gateway_bin,
+            server_core,
         })
     }
 
@@ -182,7 +185,8 @@ impl Server {
             Kind::Gateway => {
                 let port = free_port()?;
                 let addr = SocketAddr::from(([127, 0, 0, 1], port));
-                let mut cmd = Command::new(&common.gateway_bin);
+                let mut cmd =
+                    crate::cpu::command_on(common.server_core, common.gateway_bin.as_os_str());
                 cmd.env("TURN_LISTEN", addr.to_string())
                     .env("GATEWAY_HTTP_ADDR", "127.0.0.1:0")
                     .env("TURN_SECRET", &common.secret)
@@ -212,7 +216,7 @@ impl Server {
                 let tls = free_port()?;
                 let conf = common.dir.join(format!("turnserver-{serial}.conf"));
                 write_coturn_conf(&conf, common, tcp, tls, serial)?;
-                let mut cmd = Command::new("turnserver");
+                let mut cmd = crate::cpu::command_on(common.server_core, "turnserver".as_ref());
                 cmd.arg("-c")
                     .arg(&conf)
                     .stdin(Stdio::null())
