@@ -51,6 +51,8 @@ pub const DEFAULT_INITIAL_CAPACITY: usize = 4096;
 
 /// Smallest buffer the framer works with (enough for several small messages).
 const MIN_CAPACITY: usize = 64;
+/// Largest buffer [`Framer::grow`] asks for.
+pub const MAX_READ_CAPACITY: usize = 64 * 1024;
 
 /// Bytes needed to know a frame's length (both kinds keep it at offset 2..4).
 const LENGTH_PREFIX_LEN: usize = 4;
@@ -274,6 +276,13 @@ impl Framer {
         self.max_frame_len
     }
 
+    /// Lets the buffer grow to `size` bytes (at most [`MAX_READ_CAPACITY`]) on the next
+    /// [`Framer::read_buf`]. For a stream that fills every read: one read then takes many
+    /// frames at once, while quiet streams keep the small initial buffer.
+    pub fn grow(&mut self, size: usize) {
+        self.initial = self.initial.max(size.min(MAX_READ_CAPACITY));
+    }
+
     /// Current size of the internal buffer in bytes.
     pub fn capacity(&self) -> usize {
         self.buf.capacity()
@@ -457,6 +466,18 @@ fn put_channel_data(out: &mut Vec<u8>, channel: u16, len: u16, data: &[u8], stre
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grow_widens_reads_up_to_the_cap() {
+        let mut f = Framer::new();
+        assert_eq!(f.read_buf().len(), DEFAULT_INITIAL_CAPACITY);
+        f.grow(16 * 1024);
+        assert_eq!(f.read_buf().len(), 16 * 1024);
+        f.grow(usize::MAX);
+        assert_eq!(f.read_buf().len(), MAX_READ_CAPACITY);
+        f.grow(1);
+        assert_eq!(f.read_buf().len(), MAX_READ_CAPACITY, "never shrinks");
+    }
     use stun_types::message::{
         Message, MessageWrite, MessageWriteExt, MessageWriteVec, TransactionId, BINDING,
     };

@@ -193,9 +193,23 @@ impl SocketPorts {
     }
 }
 
+/// Socket buffers asked for on each relay socket (each way). Peers' datagrams queue in the
+/// receive buffer while the allocation's task is busy or not scheduled, and one read from
+/// a busy client yields dozens of datagrams sent back to back, which the kernel holds
+/// against the send buffer until it has passed them on. The defaults (~208 KiB, about 90
+/// full-size datagrams) overflowed at tens of thousands of packets per second: a full
+/// send buffer fails the send (`EAGAIN`), and the datagram is lost without a trace in the
+/// kernel's counters. The kernel caps these at `net.core.rmem_max`/`wmem_max` and charges
+/// only what is queued.
+const RELAY_SOCKET_BUFFER: usize = 1 << 20;
+
 fn bind_nonblocking(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let s = std::net::UdpSocket::bind(addr)?;
     s.set_nonblocking(true)?;
+    // Best effort: smaller buffers still work.
+    let sock = socket2::SockRef::from(&s);
+    let _ = sock.set_recv_buffer_size(RELAY_SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(RELAY_SOCKET_BUFFER);
     Ok(s)
 }
 

@@ -76,7 +76,13 @@ pub(crate) async fn serve(
                 let n = match ev {
                     ClientIo::WriteFailed => break 'conn "write error",
                     ClientIo::Read(Ok(0)) => break 'conn "closed by client",
-                    ClientIo::Read(Ok(n)) => n,
+                    ClientIo::Read(Ok(n)) => {
+                        if n * 2 >= framer.capacity() {
+                            // A busy stream filled most of the buffer: read more per call.
+                            framer.grow(2 * n);
+                        }
+                        n
+                    }
                     ClientIo::Read(Err(_)) => break 'conn "read error",
                 };
                 framer.advance(n);
