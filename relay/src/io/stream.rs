@@ -133,12 +133,14 @@ pub(crate) async fn serve(
             d = inprocess::recv(&mut route), if !outbox.is_full() => {
                 let t = now();
                 let mut next = d;
-                for _ in 0..PEER_BATCH {
+                for taken in 1..=PEER_BATCH {
                     let Some((peer, data)) = next else { break };
                     if client.on_peer(peer, &data, t, &mut out) == PeerOutput::Forward {
                         outbox.push(&out);
                     }
-                    if outbox.is_full() {
+                    // Stop before taking one more, never after: a datagram taken and
+                    // not handled would be lost.
+                    if outbox.is_full() || taken == PEER_BATCH {
                         break;
                     }
                     next = route.rx.as_mut().and_then(|rx| rx.try_recv().ok());
@@ -147,13 +149,13 @@ pub(crate) async fn serve(
             r = recv_peer(&sock, &mut peer_buf), if !outbox.is_full() => {
                 let t = now();
                 let mut next = r;
-                for _ in 0..PEER_BATCH {
+                for taken in 1..=PEER_BATCH {
                     let Ok((n, peer)) = next else { break };
                     let data = peer_buf.get(..n).unwrap_or_default();
                     if client.on_peer(peer, data, t, &mut out) == PeerOutput::Forward {
                         outbox.push(&out);
                     }
-                    if outbox.is_full() {
+                    if outbox.is_full() || taken == PEER_BATCH {
                         break;
                     }
                     next = match &sock {
