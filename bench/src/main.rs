@@ -246,6 +246,14 @@ async fn run(mut plan: Plan, server_core: Option<usize>) -> anyhow::Result<()> {
     let load_before = report::loadavg();
     let biggest = plan.idle.iter().copied().max().unwrap_or(0);
     let mut notes_early = Vec::new();
+    if server_core.is_none() {
+        notes_early.push(
+            "the servers were not confined to a core (one core, or no `taskset`): they shared the \
+             CPUs with the load generator, and their thread counts, not only their efficiency, \
+             decided their share"
+                .to_owned(),
+        );
+    }
     // Per idle allocation a server holds a connection and a relay socket; the bench holds
     // one socket. Without CAP_SYS_RESOURCE the hard limit stays (20,000 here), so the
     // largest count is capped to what fits, and the report says so.

@@ -137,9 +137,12 @@ pub fn machine() -> String {
         .and_then(|l| l.split_once(':'))
         .map(|(_, m)| m.trim().to_owned())
         .unwrap_or_else(|| "unknown".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    // The machine's cores, not this process's share (the bench keeps itself off the
+    // servers' core, and available_parallelism() follows that).
+    let cores = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
     let mem = std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
         .lines()
@@ -207,8 +210,10 @@ pub fn markdown(
          Both servers run as child processes on 127.0.0.1 with the same settings (REST secret, TCP + TLS, \
          no UDP/DTLS, loopback peers allowed, relay address 127.0.0.1, quotas out of the way); every figure \
          is measured for both in the same run, interleaved (the order alternates between repeats), with the \
-         same load generator in the bench process. On a 2-core machine the load generator shares the CPU \
-         with the server under test: absolute figures are low and noisy, the ratio is what counts.\n\n",
+         same load generator in the bench process. The server under test is confined to one core (the \
+         last, with `taskset`) and the load generator to the others, so both servers get the same CPU \
+         budget whatever their thread count; where that was not possible the notes say so. How the \
+         figures were investigated and what changed because of them: [PERFORMANCE.md](PERFORMANCE.md).\n\n",
     );
     s.push_str(machine);
     s.push_str(&format!(
