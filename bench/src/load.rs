@@ -487,3 +487,19 @@ pub async fn settled_rss(server: &Server) -> u64 {
     }
     last
 }
+
+/// Waits (at most 10 s) until `server` is idle: under 5 % of a core over 200 ms. So a
+/// measurement does not pay for the previous one's teardown (closing thousands of
+/// connections after the memory test takes a server a while).
+pub async fn settled_cpu(server: &Server) {
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut last = server.cpu_seconds();
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = server.cpu_seconds();
+        if now - last < 0.01 {
+            return;
+        }
+        last = now;
+    }
+}

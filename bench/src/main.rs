@@ -321,6 +321,7 @@ async fn run(mut plan: Plan, server_core: Option<usize>) -> anyhow::Result<()> {
         // 2. TLS allocation set-up rate.
         for k in order {
             let s = &servers[&k];
+            load::settled_cpu(s).await;
             let held = load::hold(
                 &s.target,
                 Transport::Tls,
@@ -390,6 +391,7 @@ async fn run(mut plan: Plan, server_core: Option<usize>) -> anyhow::Result<()> {
                             continue;
                         }
                     };
+                    load::settled_cpu(s).await;
                     let found = search(&mut mesh, s, hint, &plan).await;
                     drop(mesh);
                     let name = format!("{}, {n} alloc", transport.name());
