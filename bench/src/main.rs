@@ -17,7 +17,7 @@
 //!    CreatePermission);
 //! 3. resident memory per idle TURN/TLS allocation at 1,000 and 10,000;
 //! 4. added one-way latency at half the highest rate (echo RTT minus direct UDP, halved);
-//! 5. gateway only: viewers of its 1 Mbit/s test pattern that one core (`taskset -c 1`)
+//! 5. gateway only: viewers of its 1 Mbit/s test pattern that one core (`taskset -c`, as the servers)
 //!    serves through the embedded relay over TURN/TLS with under 1 % RTP loss, and time
 //!    to first frame (str0m clients whose only candidate is relayed; see `viewers.rs`).
 //!

@@ -254,7 +254,7 @@ pub fn markdown(
          probe allocation and a direct UDP socket each send 1,000 timestamped packets/s to an echo peer of \
          their own; (probe round trip through the relay − direct UDP round trip) / 2, per percentile.\n\
          - *viewers of the 1 Mbit/s test pattern* (gateway only; coturn has no media): a fresh gateway per step, \
-         pinned to one core (`taskset -c 1`), streams its built-in H.264 test pattern to N str0m clients \
+         pinned to one core (`taskset -c`, the core the servers use), streams its built-in H.264 test pattern to N str0m clients \
          in the bench process whose only ICE candidate is a TURN/TLS allocation on the embedded relay \
          (config request, Allocate, offer/answer, ChannelBind, DTLS/SRTP through ChannelData), a few \
          joining at a time. After the joins, a window of a few seconds counts RTP sequence-number gaps \

@@ -2,8 +2,8 @@
 //! built-in 1 Mbit/s H.264 test pattern one gateway core serves through its embedded relay
 //! over TURN/TLS with under 1 % RTP loss, and how long a viewer waits for its first frame.
 //!
-//! Every step starts a fresh gateway on loopback, pinned to CPU 1 (`taskset -c 1`), and N
-//! viewers in this process (unpinned), at most [`Plan::join_concurrency`] joining at a
+//! Every step starts a fresh gateway on loopback, pinned to the servers' core (see
+//! `cpu.rs`), and N viewers in this process (kept off that core), at most [`Plan::join_concurrency`] joining at a
 //! time. A viewer does what a relay-only browser does (as `tests/tests/relay_only_media.rs`):
 //!
 //! ```text
@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -46,8 +46,6 @@ use crate::report::{fmt, Better, Results};
 use crate::servers::{self, ChildGuard, Common, Kind};
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-/// The core the gateway is pinned to.
-const GATEWAY_CPU: &str = "1";
 /// Bound on every HTTP exchange with the signaling API.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest HTTP response read.
@@ -149,18 +147,12 @@ struct Gateway {
 }
 
 impl Gateway {
-    async fn start(common: &Common, pin: bool, serial: usize) -> anyhow::Result<Self> {
+    async fn start(common: &Common, serial: usize) -> anyhow::Result<Self> {
         let turn = SocketAddr::new(LOOPBACK, servers::free_port()?);
         let http = SocketAddr::new(LOOPBACK, servers::free_port()?);
         let log = common.dir.join(format!("viewers-{serial}.log"));
         let logf = std::fs::File::create(&log)?;
-        let mut cmd = if pin {
-            let mut c = Command::new("taskset");
-            c.args(["-c", GATEWAY_CPU]).arg(&common.gateway_bin);
-            c
-        } else {
-            Command::new(&common.gateway_bin)
-        };
+        let mut cmd = crate::cpu::command_on(common.server_core, common.gateway_bin.as_os_str());
         // Only the settings below (no inherited STUN_SERVER, ICE_SERVERS, ... that could
         // send traffic off loopback).
         cmd.env_clear();
@@ -818,7 +810,6 @@ impl StepResult {
 async fn step(
     common: &Common,
     plan: &Plan,
-    pin: bool,
     n: usize,
     serial: usize,
     deadline: Instant,
@@ -828,7 +819,7 @@ async fn step(
         n,
         ..StepResult::default()
     };
-    let gw = match Gateway::start(common, pin, serial).await {
+    let gw = match Gateway::start(common, serial).await {
         Ok(g) => g,
         Err(e) => {
             r.error = Some(format!("{e:#}").replace('\n', " / "));
@@ -959,21 +950,6 @@ fn window_stats(r: &mut StepResult, stats: &[Arc<Stats>], a: &[Snap], b: &[Snap]
     r.mbps = bytes as f64 * 8.0 / 1e6 / per;
 }
 
-/// Whether `taskset -c 1` works here.
-fn can_pin() -> Result<(), String> {
-    match Command::new("taskset")
-        .args(["-c", GATEWAY_CPU, "true"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-    {
-        Ok(s) if s.success() => Ok(()),
-        Ok(s) => Err(format!("`taskset -c {GATEWAY_CPU} true` failed ({s})")),
-        Err(e) => Err(format!("taskset not found ({e})")),
-    }
-}
-
 /// Everything this part measured.
 pub struct Outcome {
     steps: Vec<StepResult>,
@@ -986,16 +962,13 @@ pub async fn run(common: &Common, plan: &Plan, log_start: Instant) -> Outcome {
     let begin = Instant::now();
     let deadline = begin + plan.budget;
     let mut notes = Vec::new();
-    let pin = match can_pin() {
-        Ok(()) => true,
-        Err(why) => {
-            notes.push(format!(
-                "viewers: the gateway ran UNPINNED ({why}): it shared both cores with the \
-                 load generator, so the figure is not per core"
-            ));
-            false
-        }
-    };
+    if common.server_core.is_none() {
+        notes.push(
+            "viewers: the gateway ran UNPINNED (one core, or no taskset): it shared the cores \
+             with the load generator, so the figure is not per core"
+                .to_owned(),
+        );
+    }
     let mut steps: Vec<StepResult> = Vec::new();
     let mut lo: Option<usize> = None;
     let mut hi: Option<usize> = None;
@@ -1018,7 +991,7 @@ pub async fn run(common: &Common, plan: &Plan, log_start: Instant) -> Outcome {
             ));
             break;
         }
-        let mut r = step(common, plan, pin, n, round, deadline).await;
+        let mut r = step(common, plan, n, round, deadline).await;
         r.judge(if n == 1 { None } else { fps_base });
         if n == 1 && r.passed {
             fps_base = Some(r.fps);
