@@ -283,8 +283,9 @@ async fn run(mut plan: Plan, server_core: Option<usize>) -> anyhow::Result<()> {
                 .step(&server, rate, Duration::from_secs(1), false)
                 .await;
             eprintln!(
-                "soak: offered {rate:.0}/s sent {} loss {:.3} % relayed {:.0} pkt/s, {:.2} CPU s/Gbit",
-                st.sent, st.loss() * 100.0, st.relayed_pps(), st.cpu_per_gbit()
+                "soak: offered {rate:.0}/s sent {} loss {:.3} % relayed {:.0} pkt/s, {:.2} CPU s/Gbit (backlog drained in {:.0} ms; {})",
+                st.sent, st.loss() * 100.0, st.relayed_pps(), st.cpu_per_gbit(), st.drain * 1e3,
+                if st.passed() { "passes" } else { "fails" }
             );
         }
         return Ok(());

@@ -241,10 +241,13 @@ pub fn markdown(
         "How to read it:\n\n\
          - *relayed packets / payload*: each client sends 1,200-byte ChannelData on a bound channel to a UDP \
          echo peer; the relay forwards it to the peer and the echo back, so relayed = sent + echoed. The \
-         rate is the highest offered rate (ramp ×2, then bisection, steps as in the plan) at which the \
-         clients could send what was offered and under 0.1 % of the echoes were lost.\n\
-         - *server CPU*: user + system seconds of the server process (/proc/PID/stat) over that step, per \
-         gigabit of relayed payload.\n\
+         step passes when the clients could send what was offered, under 0.1 % of the echoes were lost \
+         and the server kept up: every echo was back within 5 % of the step's length after the senders \
+         stopped (a server that falls behind loses nothing at first, its backlog waits in the clients' \
+         TCP send buffers, so loss alone does not show it). The figure is the highest passing rate (ramp \
+         ×2, then bisection, steps as in the plan), counted over the sending time plus that drain.\n\
+         - *server CPU*: user + system seconds of the server process (/proc/PID/stat) over that step and its \
+         drain, per gigabit of relayed payload.\n\
          - *set-up*: TCP connect, full TLS 1.3 handshake (no resumption), Allocate → 401, signed Allocate, \
          CreatePermission; connections are held until all are done.\n\
          - *RSS per idle allocation*: VmRSS growth after opening that many TLS allocations (each with a \
