@@ -68,6 +68,9 @@ fn force_buffers(sock: &impl std::os::fd::AsFd, bytes: i32) {
 struct Counters {
     step: AtomicU32,
     received: AtomicU64,
+    /// Reader tasks that stopped (end of stream, read or framing error): their
+    /// allocations' echoes are no longer counted, which shows as loss.
+    readers_ended: AtomicU64,
     record: AtomicBool,
     rtts_us: Mutex<Vec<u32>>,
 }
@@ -98,6 +101,12 @@ impl Counters {
         if self.record.load(Ordering::Relaxed) {
             let rtt = now_ns().saturating_sub(ts) / 1000;
             local.1.push(rtt.min(u32::MAX as u64) as u32);
+        }
+    }
+
+    fn reader_ended(&self, why: std::fmt::Arguments<'_>) {
+        if self.readers_ended.fetch_add(1, Ordering::Relaxed) == 0 {
+            eprintln!("bench: a mesh connection stopped: {why}");
         }
     }
 
@@ -301,12 +310,16 @@ async fn read_loop(mut rd: ReadHalf<Box<dyn Stream>>, mut framer: Framer, c: Arc
                 }
                 Ok(Some(Frame::Stun(_))) => {}
                 Ok(None) => break,
-                Err(_) => return,
+                Err(e) => {
+                    c.reader_ended(format_args!("framing error: {e}"));
+                    return;
+                }
             }
         }
         c.flush(&mut local);
         match rd.read(framer.read_buf()).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return c.reader_ended(format_args!("closed by the server")),
+            Err(e) => return c.reader_ended(format_args!("read error: {e}")),
             Ok(n) => framer.commit(n),
         }
     }

@@ -220,6 +220,11 @@ fn io_metric(
             "Packets dropped instead of relayed, by reason.",
             vec![("reason", "in_process_queue_full")],
         ),
+        "peer_send_dropped" => (
+            "turn_dropped_packets_total",
+            "Packets dropped instead of relayed, by reason.",
+            vec![("reason", "peer_send_failed")],
+        ),
         "relay_sockets_opened" => (
             "turn_relay_sockets_opened_total",
             "Relay UDP sockets bound (allocations reaching peers other than the gateway's media).",

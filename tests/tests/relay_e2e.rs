@@ -789,3 +789,62 @@ async fn peer_burst_larger_than_a_batch_is_relayed_whole() {
         assert_eq!(data, i.to_be_bytes(), "datagram {i} of {BURST}");
     }
 }
+
+/// A client's burst of ChannelData, arriving in one read, reaches its peers exactly as
+/// sent: the relay sends runs of equal-size datagrams to one peer in one `sendmsg`
+/// (UDP segmentation offload), and runs end at a peer change, a size change, after a
+/// shorter datagram and at the kernel's limits. Every datagram arrives whole, once, and
+/// in order per peer.
+#[tokio::test]
+async fn client_burst_reaches_each_peer_as_separate_datagrams_in_order() {
+    let relay = TestRelay::start(core_config(), test_io_config(), "127.0.0.1", "s3cret").await;
+    let peer_a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer_b = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let cred = relay.mint("gso");
+    let mut c = relay.connect(Via::Tcp).await;
+    c.allocate(&cred.username, &cred.password).await.unwrap();
+    let (ch_a, ch_b) = (0x4001, 0x4002);
+    c.channel_bind(ch_a, peer_a.local_addr().unwrap())
+        .await
+        .unwrap();
+    c.channel_bind(ch_b, peer_b.local_addr().unwrap())
+        .await
+        .unwrap();
+    // Sizes per peer: long equal runs (past 64 segments and past 64 KiB), a short
+    // datagram inside a run, a longer one right after a run, odd lengths (stream padding).
+    let mut plan: Vec<(u16, usize)> = Vec::new();
+    plan.extend((0..70).map(|_| (ch_a, 1200)));
+    plan.extend([
+        (ch_a, 300),
+        (ch_a, 1200),
+        (ch_b, 1201),
+        (ch_b, 1201),
+        (ch_a, 1200),
+    ]);
+    plan.extend((0..60).map(|_| (ch_b, 1400)));
+    plan.extend([
+        (ch_b, 17),
+        (ch_a, 1000),
+        (ch_a, 1000),
+        (ch_a, 1200),
+        (ch_a, 1),
+    ]);
+    let mut wire = Vec::new();
+    let mut expect: [Vec<Vec<u8>>; 2] = [Vec::new(), Vec::new()];
+    for (i, &(ch, len)) in plan.iter().enumerate() {
+        let data: Vec<u8> = (0..len).map(|k| (i * 7 + k) as u8).collect();
+        relay::framer::write_channel_data(&mut wire, ch, &data, true);
+        expect[usize::from(ch == ch_b)].push(data);
+    }
+    c.send_raw(&wire).await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    for (peer, want) in [(&peer_a, &expect[0]), (&peer_b, &expect[1])] {
+        for (i, d) in want.iter().enumerate() {
+            let (n, _) = tokio::time::timeout(T, peer.recv_from(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("datagram {i} of {} never came", want.len()))
+                .unwrap();
+            assert_eq!(&buf[..n], &d[..], "datagram {i} of {}", want.len());
+        }
+    }
+}

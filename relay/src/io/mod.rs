@@ -7,6 +7,7 @@
 //! HTTPS API on the same port 443. Every connection runs in its own task: a slow TLS
 //! handshake or an idle connection delays nobody else.
 
+mod gso;
 mod inprocess;
 mod listener;
 mod ports;
@@ -168,6 +169,7 @@ impl RelayServer {
             ipv6: config.relay_ipv6,
             pool: config.relay_ports.map(ports::PortPool::new),
             stats: stats.clone(),
+            offload: gso::Offload::new(),
         });
         let routes = Arc::new(InProcessRoutes::new(stats.clone()));
         let ctx = Arc::new(Context {

@@ -9,10 +9,12 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use tokio::net::UdpSocket;
 
+use super::gso;
 use super::stats::IoStats;
 use crate::core::{Family, RelayPortError, RelayPorts};
 
@@ -118,6 +120,8 @@ pub(crate) struct RelayAddressing {
     pub pool: Option<PortPool>,
     /// Counters.
     pub stats: Arc<IoStats>,
+    /// Whether runs of datagrams to one peer leave in one send.
+    pub offload: gso::Offload,
 }
 
 /// The relayed address of one client (a client has at most one allocation) and, once
@@ -135,6 +139,9 @@ pub(crate) struct SocketPorts {
     /// socket needs no readiness tracking, and tokio reports none for a socket its reactor
     /// has not polled yet: its `try_send_to` would drop the first datagram after a bind.
     sender: Option<std::net::UdpSocket>,
+    /// Datagrams queued for one peer by [`SocketPorts::queue_to`], until
+    /// [`SocketPorts::flush`].
+    run: gso::Run,
 }
 
 impl SocketPorts {
@@ -145,6 +152,7 @@ impl SocketPorts {
             reserved: None,
             socket: None,
             sender: None,
+            run: gso::Run::default(),
         }
     }
 
@@ -167,29 +175,69 @@ impl SocketPorts {
         Ok(SocketAddr::new(self.local, bind.port()))
     }
 
-    /// Sends `data` to a real peer from the allocation's relayed address, binding its
-    /// socket on first use. Returns false when the datagram was dropped: binding failed
-    /// (logged) or the socket buffer is full (UDP semantics).
+    /// Sends `data` to a real peer from the allocation's relayed address at once (see
+    /// [`SocketPorts::queue_to`]). Returns false when the datagram was dropped.
     pub fn send_to(&mut self, data: &[u8], peer: SocketAddr) -> bool {
-        if self.sender.is_none() {
-            let Some((relayed, bind)) = self.reserved else {
-                return false;
-            };
-            match bind_pair(bind) {
-                Ok((recv, send)) => {
-                    IoStats::inc(&self.addressing.stats.relay_sockets_opened);
-                    self.socket = Some(Arc::new(recv));
-                    self.sender = Some(send);
-                }
-                Err(e) => {
-                    tracing::warn!(%relayed, error = %e, "cannot bind the reserved relay port; datagram dropped");
-                    return false;
-                }
+        let before = self.addressing.stats.peer_send_dropped.load(Relaxed);
+        self.queue_to(data, peer);
+        self.flush();
+        self.addressing.stats.peer_send_dropped.load(Relaxed) == before
+    }
+
+    /// Queues `data` for a real peer, to leave from the allocation's relayed address with
+    /// the datagrams queued next to it (one send per run to one peer, see [`gso`]), at the
+    /// latest on [`SocketPorts::flush`]. Binds the socket on first use. A datagram that
+    /// cannot go (binding failed, logged; the socket buffer is full: UDP semantics) is
+    /// dropped and counted.
+    pub fn queue_to(&mut self, data: &[u8], peer: SocketAddr) {
+        if self.sender.is_none() && !self.bind() {
+            IoStats::inc(&self.addressing.stats.peer_send_dropped);
+            return;
+        }
+        if let Some(sock) = &self.sender {
+            let dropped = self.run.push(data, peer, sock, &self.addressing.offload);
+            self.count_dropped(dropped);
+        }
+    }
+
+    /// Sends whatever [`SocketPorts::queue_to`] has queued.
+    pub fn flush(&mut self) {
+        if self.run.is_empty() {
+            return;
+        }
+        let dropped = match &self.sender {
+            Some(sock) => self.run.flush(sock, &self.addressing.offload),
+            None => 0,
+        };
+        self.count_dropped(dropped);
+    }
+
+    fn count_dropped(&self, n: usize) {
+        if n > 0 {
+            self.addressing
+                .stats
+                .peer_send_dropped
+                .fetch_add(n as u64, Relaxed);
+        }
+    }
+
+    /// Binds the reserved relay port. False (logged) when it cannot.
+    fn bind(&mut self) -> bool {
+        let Some((relayed, bind)) = self.reserved else {
+            return false;
+        };
+        match bind_pair(bind) {
+            Ok((recv, send)) => {
+                IoStats::inc(&self.addressing.stats.relay_sockets_opened);
+                self.socket = Some(Arc::new(recv));
+                self.sender = Some(send);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(%relayed, error = %e, "cannot bind the reserved relay port; datagram dropped");
+                false
             }
         }
-        self.sender
-            .as_ref()
-            .is_some_and(|s| s.send_to(data, peer).is_ok())
     }
 }
 
@@ -267,6 +315,7 @@ impl RelayPorts for SocketPorts {
     }
 
     fn close(&mut self, _relayed: SocketAddr) {
+        self.flush();
         self.socket = None;
         self.sender = None;
         if let (Some((_, bind)), Some(pool)) = (self.reserved.take(), &self.addressing.pool) {
@@ -277,6 +326,7 @@ impl RelayPorts for SocketPorts {
 
 impl Drop for SocketPorts {
     fn drop(&mut self) {
+        self.flush();
         if let (Some((_, bind)), Some(pool)) = (self.reserved.take(), &self.addressing.pool) {
             pool.release(bind.port());
         }
@@ -293,6 +343,7 @@ mod tests {
             ipv6: None,
             pool: range.map(|r| PortPool::new(r.parse().unwrap())),
             stats: Arc::default(),
+            offload: gso::Offload::new(),
         })
     }
 

@@ -32,6 +32,9 @@ pub struct IoStats {
     pub inprocess_from_media_bytes: AtomicU64,
     /// In-process datagrams dropped (queue full, no such allocation).
     pub inprocess_dropped: AtomicU64,
+    /// Datagrams for peers dropped by a relay socket: its send buffer was full, or it
+    /// could not be bound.
+    pub peer_send_dropped: AtomicU64,
 }
 
 impl IoStats {
@@ -76,6 +79,7 @@ impl IoStats {
                 self.inprocess_from_media_bytes.load(Relaxed),
             ),
             ("inprocess_dropped", self.inprocess_dropped.load(Relaxed)),
+            ("peer_send_dropped", self.peer_send_dropped.load(Relaxed)),
         ]
     }
 }

@@ -111,13 +111,14 @@ pub(crate) async fn serve(
                                 to_media.note(m.0.deliver(relayed, peer, data), data.len());
                             }
                             _ => {
-                                // UDP semantics: a full socket buffer drops the datagram.
-                                ports.send_to(data, peer);
+                                // Queued with its neighbours for the same peer; out below.
+                                ports.queue_to(data, peer);
                             }
                         },
                         ClientOutput::Close => break 'conn "protocol error",
                     }
                 }
+                ports.flush();
                 to_media.flush(&ctx.stats);
                 if media.is_some() {
                     route.sync(client.relayed());
