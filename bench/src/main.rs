@@ -60,6 +60,9 @@ struct Plan {
     /// `--soak SERVER TRANSPORT ALLOCS RATE SECS`: steady load on one server (for a
     /// profiler attached to the printed PID), no report.
     soak: Option<(Kind, Transport, usize, f64, u64)>,
+    /// `--soak-setup SERVER COUNT ROUNDS`: TLS set-up of COUNT allocations, ROUNDS times,
+    /// with the server's and the bench's CPU per round (is the server the limit?).
+    soak_setup: Option<(Kind, usize, u64)>,
 }
 
 impl Plan {
@@ -78,6 +81,7 @@ impl Plan {
             out: root.join("docs/BENCHMARKS.md"),
             gateway_bin: std::env::var_os("GATEWAY_BIN").map(PathBuf::from),
             soak: None,
+            soak_setup: None,
         };
         let mut args = std::env::args().skip(1);
         let mut repeats: Option<usize> = None;
@@ -115,6 +119,15 @@ impl Plan {
                         next()?.parse()?,
                         next()?.parse()?,
                     ));
+                }
+                "--soak-setup" => {
+                    let mut next = || args.next().context("--soak-setup SERVER COUNT ROUNDS");
+                    let kind = match next()?.as_str() {
+                        "gateway" => Kind::Gateway,
+                        "coturn" => Kind::Coturn,
+                        o => bail!("--soak-setup: unknown server {o:?}"),
+                    };
+                    plan.soak_setup = Some((kind, next()?.parse()?, next()?.parse()?));
                 }
                 "-h" | "--help" => {
                     println!(
@@ -286,6 +299,38 @@ async fn run(mut plan: Plan, server_core: Option<usize>) -> anyhow::Result<()> {
                 "soak: offered {rate:.0}/s sent {} loss {:.3} % relayed {:.0} pkt/s, {:.2} CPU s/Gbit (backlog drained in {:.0} ms; {})",
                 st.sent, st.loss() * 100.0, st.relayed_pps(), st.cpu_per_gbit(), st.drain * 1e3,
                 if st.passed() { "passes" } else { "fails" }
+            );
+        }
+        return Ok(());
+    }
+    if let Some((kind, count, rounds)) = plan.soak_setup {
+        let server = Server::start(kind, &common, 0).await?;
+        eprintln!("soak-setup: {} pid {} ready", kind.name(), server.pid());
+        for _ in 0..rounds {
+            load::settled_cpu(&server).await;
+            let (cpu0, own0) = (
+                server.cpu_seconds(),
+                servers::cpu_seconds(std::process::id()),
+            );
+            let held = load::hold(
+                &server.target,
+                Transport::Tls,
+                count,
+                plan.setup_concurrency,
+                peers.addrs[0],
+                "soak",
+            )
+            .await;
+            let cpu = server.cpu_seconds() - cpu0;
+            let own = servers::cpu_seconds(std::process::id()).unwrap_or(0.0) - own0.unwrap_or(0.0);
+            eprintln!(
+                "soak-setup: {} of {count} in {:.2} s: {:.0}/s; server CPU {:.0} %, bench CPU {:.0} %, {} errors",
+                held.conns.len(),
+                held.secs,
+                held.conns.len() as f64 / held.secs,
+                100.0 * cpu / held.secs,
+                100.0 * own / held.secs,
+                held.errors
             );
         }
         return Ok(());

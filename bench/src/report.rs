@@ -249,7 +249,10 @@ pub fn markdown(
          - *server CPU*: user + system seconds of the server process (/proc/PID/stat) over that step and its \
          drain, per gigabit of relayed payload.\n\
          - *set-up*: TCP connect, full TLS 1.3 handshake (no resumption), Allocate → 401, signed Allocate, \
-         CreatePermission; connections are held until all are done.\n\
+         CreatePermission; connections are held until all are done. The bench's TLS client accepts exactly the \
+         bench certificate (compared byte for byte) without checking signatures: a verifying client spends two \
+         ECDSA verifications per handshake, more than the server's one signature, and on one load core it was \
+         the client that limited the rate. The servers' side of the handshake is the same either way.\n\
          - *RSS per idle allocation*: VmRSS growth after opening that many TLS allocations (each with a \
          permission, no traffic), divided by the count; measured first, on fresh processes, after a \
          100-allocation warm-up.\n\
