@@ -133,7 +133,11 @@ impl Plan {
                     println!(
                         "gateway-bench [--quick] [--out FILE] [--repeats N] [--gateway-bin PATH]\n\
                          Benchmarks the gateway's TURN relay against coturn (turnserver) on loopback\n\
-                         and writes the table to docs/BENCHMARKS.md (or FILE)."
+                         and writes the table to docs/BENCHMARKS.md (or FILE).\n\n\
+                         Diagnostics (no report; attach a profiler to the printed PID):\n  \
+                         --soak SERVER tcp|tls ALLOCS RATE SECS   steady relay load, one line per second\n  \
+                         --soak-setup SERVER COUNT ROUNDS         TLS set-up rate with server and bench CPU\n\
+                         SERVER is gateway or coturn."
                     );
                     std::process::exit(0);
                 }
