@@ -371,7 +371,7 @@ async fn run(mut plan: Plan, server_core: Option<usize>) -> anyhow::Result<()> {
         // 2. TLS allocation set-up rate.
         for k in order {
             let s = &servers[&k];
-            load::settled_cpu(s).await;
+            load::settled_cpu_all(&servers.values().collect::<Vec<_>>()).await;
             let held = load::hold(
                 &s.target,
                 Transport::Tls,
@@ -441,7 +441,7 @@ async fn run(mut plan: Plan, server_core: Option<usize>) -> anyhow::Result<()> {
                             continue;
                         }
                     };
-                    load::settled_cpu(s).await;
+                    load::settled_cpu_all(&servers.values().collect::<Vec<_>>()).await;
                     let found = search(&mut mesh, s, hint, &plan).await;
                     drop(mesh);
                     let name = format!("{}, {n} alloc", transport.name());
