@@ -76,11 +76,13 @@ pub struct Run {
 }
 
 impl Run {
-    /// Whether `data` for `peer` can join this run.
+    /// Whether `data` for `peer` can join this run. An empty datagram is a run of its
+    /// own: a segment of no bytes cannot be cut from a buffer.
     fn fits(&self, data: &[u8], peer: SocketAddr) -> bool {
         self.count == 0
             || (self.peer == Some(peer)
                 && !self.closed
+                && !data.is_empty()
                 && data.len() <= self.segment
                 && self.count < MAX_SEGMENTS
                 && self.buf.len() + data.len() <= MAX_RUN_BYTES)
@@ -275,8 +277,11 @@ mod tests {
     fn relays_whole(offload: &Offload) {
         let (tx, rx) = pair();
         let to = rx.local_addr().unwrap();
-        // Equal sizes, a short one that closes a run, a longer one that starts the next.
-        let sent = datagrams(&[1200, 1200, 1200, 700, 1200, 1200, 10, 1300, 1300]);
+        // Equal sizes, a short one that closes a run, a longer one that starts the next,
+        // empty datagrams (each its own run).
+        let sent = datagrams(&[
+            1200, 1200, 1200, 700, 1200, 1200, 10, 1300, 1300, 0, 0, 5, 0,
+        ]);
         let mut run = Run::default();
         let mut dropped = 0;
         for d in &sent {
