@@ -63,6 +63,8 @@ struct Plan {
     /// `--soak-setup SERVER COUNT ROUNDS`: TLS set-up of COUNT allocations, ROUNDS times,
     /// with the server's and the bench's CPU per round (is the server the limit?).
     soak_setup: Option<(Kind, usize, u64)>,
+    /// `--viewers`: only the viewers-per-core part, printed (no report written).
+    viewers_only: bool,
 }
 
 impl Plan {
@@ -82,6 +84,7 @@ impl Plan {
             gateway_bin: std::env::var_os("GATEWAY_BIN").map(PathBuf::from),
             soak: None,
             soak_setup: None,
+            viewers_only: false,
         };
         let mut args = std::env::args().skip(1);
         let mut repeats: Option<usize> = None;
@@ -120,6 +123,7 @@ impl Plan {
                         next()?.parse()?,
                     ));
                 }
+                "--viewers" => plan.viewers_only = true,
                 "--soak-setup" => {
                     let mut next = || args.next().context("--soak-setup SERVER COUNT ROUNDS");
                     let kind = match next()?.as_str() {
@@ -136,7 +140,8 @@ impl Plan {
                          and writes the table to docs/BENCHMARKS.md (or FILE).\n\n\
                          Diagnostics (no report; attach a profiler to the printed PID):\n  \
                          --soak SERVER tcp|tls ALLOCS RATE SECS   steady relay load, one line per second\n  \
-                         --soak-setup SERVER COUNT ROUNDS         TLS set-up rate with server and bench CPU\n\
+                         --soak-setup SERVER COUNT ROUNDS         TLS set-up rate with server and bench CPU\n  \
+                         --viewers                                only the viewers-per-core part\n\
                          SERVER is gateway or coturn."
                     );
                     std::process::exit(0);
@@ -336,6 +341,15 @@ async fn run(mut plan: Plan, server_core: Option<usize>) -> anyhow::Result<()> {
                 100.0 * own / held.secs,
                 held.errors
             );
+        }
+        return Ok(());
+    }
+    if plan.viewers_only {
+        let outcome = viewers::run(&common, &viewers::Plan::new(plan.quick), start).await;
+        let (mut results, mut notes) = (Results::default(), Vec::new());
+        outcome.report(&mut results, &mut notes);
+        for n in notes {
+            eprintln!("viewers: {n}");
         }
         return Ok(());
     }

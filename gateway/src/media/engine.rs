@@ -21,7 +21,7 @@
 //!
 //! The relay side is not implemented here; the hook is all the engine needs.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -265,6 +265,8 @@ impl MediaEngine {
                 sink: None,
             },
             sessions: Vec::new(),
+            routes: HashMap::new(),
+            wake: Instant::now() + IDLE_WAKE,
             frames: source.subscribe(),
             source,
             ended_tx,
@@ -573,6 +575,9 @@ impl Io {
     }
 }
 
+/// How long the engine sleeps when no session wants a timeout.
+const IDLE_WAKE: Duration = Duration::from_secs(3600);
+
 struct Session {
     id: String,
     rtc: Rtc,
@@ -599,6 +604,15 @@ impl Session {
 struct Engine {
     io: Io,
     sessions: Vec<Session>,
+    /// Which session took the last datagram of each (source, destination) pair. A hint:
+    /// it is checked with `Rtc::accepts` before use, so a stale entry (the session ended,
+    /// or moved within `sessions` by a `swap_remove`) costs one failed check and a scan.
+    /// Without it every datagram asked every session, O(viewers) per datagram.
+    routes: HashMap<(SocketAddr, SocketAddr), usize>,
+    /// No session needs a timeout before this. It may be earlier than needed (it only
+    /// moves earlier between [`Engine::timeouts`] passes, which recompute it): waking
+    /// early costs one pass. Recomputing it per event was O(viewers) per datagram.
+    wake: Instant,
     frames: broadcast::Receiver<EncodedFrame>,
     source: VideoSource,
     ended_tx: broadcast::Sender<SessionEnded>,
@@ -614,13 +628,13 @@ impl Engine {
         mut dgram_rx: mpsc::Receiver<Datagram>,
     ) {
         let mut frames_open = true;
+        // One timer, moved only when the wake-up time moves.
+        let timer = tokio::time::sleep_until(self.wake.into());
+        tokio::pin!(timer);
         loop {
-            let wake = self
-                .sessions
-                .iter()
-                .map(|s| s.wake_at(self.connect_timeout))
-                .min()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            if timer.deadline().into_std() != self.wake {
+                timer.as_mut().reset(self.wake.into());
+            }
             tokio::select! {
                 cmd = cmd_rx.recv() => match cmd {
                     Some(c) => self.command(c),
@@ -638,7 +652,7 @@ impl Engine {
                     }
                     Err(broadcast::error::RecvError::Closed) => frames_open = false,
                 },
-                _ = tokio::time::sleep_until(wake.into()) => self.timeouts(Instant::now()),
+                _ = &mut timer => self.timeouts(Instant::now()),
             }
         }
         for s in &mut self.sessions {
@@ -713,9 +727,26 @@ impl Engine {
                 contents,
             },
         );
-        let Some(i) = self.sessions.iter().position(|s| s.rtc.accepts(&input)) else {
-            tracing::trace!(source = %d.source, "datagram for no session");
-            return;
+        let key = (d.source, d.dest);
+        let hinted = self
+            .routes
+            .get(&key)
+            .copied()
+            .filter(|&i| self.sessions.get(i).is_some_and(|s| s.rtc.accepts(&input)));
+        let i = match hinted {
+            Some(i) => i,
+            None => {
+                let Some(i) = self.sessions.iter().position(|s| s.rtc.accepts(&input)) else {
+                    tracing::trace!(source = %d.source, "datagram for no session");
+                    return;
+                };
+                // Bounded: pairs of ended sessions go when the map outgrows the sessions.
+                if self.routes.len() >= 4 * self.sessions.len() + 64 {
+                    self.routes.clear();
+                }
+                self.routes.insert(key, i);
+                i
+            }
         };
         let s = &mut self.sessions[i];
         match guarded(|| s.rtc.handle_input(input)) {
@@ -758,6 +789,8 @@ impl Engine {
     }
 
     fn timeouts(&mut self, now: Instant) {
+        // Recomputed below from every session that remains.
+        self.wake = now + IDLE_WAKE;
         let mut i = 0;
         while i < self.sessions.len() {
             let s = &mut self.sessions[i];
@@ -766,6 +799,7 @@ impl Engine {
                 continue;
             }
             if s.next > now {
+                self.wake = self.wake.min(s.wake_at(self.connect_timeout));
                 i += 1;
                 continue;
             }
@@ -785,7 +819,9 @@ impl Engine {
         let was_connected = self.sessions[i].connected;
         match drive(&mut self.sessions[i], &self.io, &self.source) {
             None => {
-                if !was_connected && self.sessions[i].connected {
+                let s = &self.sessions[i];
+                self.wake = self.wake.min(s.wake_at(self.connect_timeout));
+                if !was_connected && s.connected {
                     self.update_viewers();
                 }
                 true
