@@ -147,6 +147,18 @@ pub struct Settings {
     #[arg(long, env = "TURN_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
     pub turn_max_connections_per_ip: u32,
 
+    /// Concurrent HTTP connections, on GATEWAY_HTTP_ADDR and HTTPS on the TURN port
+    /// together; more are closed at once. Idle keep-alive connections close after 10 s.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 8192,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: u32,
+
+    /// Concurrent HTTP connections from one source IP (viewers behind one corporate NAT
+    /// share an address: keep it well above their number).
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS_PER_IP", default_value_t = 2048,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections_per_ip: u32,
+
     /// Seconds a new connection has to finish its TLS handshake and send its first bytes.
     #[arg(long, env = "TURN_HANDSHAKE_TIMEOUT", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=300))]

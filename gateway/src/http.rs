@@ -86,12 +86,25 @@ async fn turn_credentials(
 /// Time a client has to send a complete request head.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Serves one HTTP/1.1 connection (plain or TLS) with `router`.
-pub fn serve_connection<S>(stream: S, remote: SocketAddr, router: Router)
-where
+/// Serves one HTTP/1.1 connection (plain or TLS) with `router`, if `limits` has room for
+/// it; otherwise closes it at once.
+pub fn serve_connection<S>(
+    stream: S,
+    remote: SocketAddr,
+    router: Router,
+    limits: &Arc<relay::io::ConnectionLimits>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let slot = match limits.acquire(remote.ip()) {
+        Ok(slot) => slot,
+        Err(why) => {
+            tracing::debug!(%remote, %why, "HTTP connection refused (HTTP_MAX_CONNECTIONS*)");
+            return;
+        }
+    };
     tokio::spawn(async move {
+        let _slot = slot;
         let service = TowerToHyperService::new(router);
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         // A client that opens a connection and trickles its request head (slowloris) is
@@ -114,10 +127,12 @@ where
 pub struct HttpHandoff {
     /// Router to serve.
     pub router: Router,
+    /// Shared with the plain HTTP port.
+    pub limits: Arc<relay::io::ConnectionLimits>,
 }
 
 impl relay::io::Handoff for HttpHandoff {
     fn serve(&self, stream: Box<dyn relay::io::IoStream>, remote: SocketAddr, _tls: bool) {
-        serve_connection(stream, remote, self.router.clone());
+        serve_connection(stream, remote, self.router.clone(), &self.limits);
     }
 }

@@ -161,8 +161,21 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         max_connections_per_ip: settings.turn_max_connections_per_ip,
         ..Default::default()
     };
+    let http_limits = relay::io::ConnectionLimits::new(
+        settings.http_max_connections,
+        settings.http_max_connections_per_ip,
+    );
+    {
+        let l = http_limits.clone();
+        app.metrics.set_gauge(
+            "gateway_http_connections",
+            "HTTP connections open (GATEWAY_HTTP_ADDR and HTTPS on the TURN port).",
+            move || u64::from(l.open()),
+        );
+    }
     let handoff: Arc<dyn relay::io::Handoff> = Arc::new(http::HttpHandoff {
         router: router.clone(),
+        limits: http_limits.clone(),
     });
     let relay = relay::io::RelayServer::start(shared, io, Some(tls_config.clone()), Some(handoff))
         .await
@@ -192,7 +205,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let http_accept = tokio::spawn(async move {
         loop {
             match listener.accept().await {
-                Ok((s, remote)) => http::serve_connection(s, remote, router.clone()),
+                Ok((s, remote)) => http::serve_connection(s, remote, router.clone(), &http_limits),
                 Err(e) => {
                     tracing::warn!(error = %e, "HTTP accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -523,3 +523,56 @@ fn doctor_passes_against_coturn_and_names_each_fault() {
     );
     drop(holder);
 }
+
+/// HTTP connections are capped per source address (HTTP_MAX_CONNECTIONS_PER_IP): one more
+/// from a full address is closed at once, other addresses are still served, and a closed
+/// connection frees its place. The clients use different loopback source addresses.
+#[tokio::test]
+async fn http_connections_are_capped_per_address_and_freed_on_close() {
+    let cert = TestCert::new(&[TEST_SERVER_NAME]);
+    let g = Gateway::start(&cert, &[("HTTP_MAX_CONNECTIONS_PER_IP", "3")]).await;
+    let from = |ip: [u8; 4]| async move {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(SocketAddr::from((ip, 0))).unwrap();
+        s.connect(g.http).await.unwrap()
+    };
+    // Three idle connections fill 127.0.0.2's share (they stay up to the 10 s head timeout).
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(from([127, 0, 0, 2]).await);
+    }
+    // A fourth from the same address is closed without an answer.
+    let refused = http_get(
+        from([127, 0, 0, 2]).await,
+        "x",
+        "/health",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        !matches!(refused, Ok((200, _))),
+        "a fourth connection from a full address was served: {refused:?}"
+    );
+    // Another address is served, and the open connections are counted.
+    let m = g.metrics().await;
+    assert!(m["gateway_http_connections"] >= 3.0, "{m:?}");
+    // Closing one of the three frees its place (the server sees the close shortly after).
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match http_get(
+            from([127, 0, 0, 2]).await,
+            "x",
+            "/health",
+            Duration::from_secs(2),
+        )
+        .await
+        {
+            Ok((200, _)) => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "no connection from 127.0.0.2 served after one closed: {other:?}"
+            ),
+        }
+    }
+}

@@ -1,13 +1,13 @@
 //! The accept loop of the shared TCP port and the first-bytes demultiplexer.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+use super::limits::ConnectionSlot;
 use super::{stream, Context, IoStats, Prefixed};
 use crate::core::Transport;
 
@@ -51,62 +51,6 @@ pub fn sniff(first: u8) -> Sniffed {
     }
 }
 
-/// Connection counters: total and per source IP. Touched on accept and close only.
-pub(crate) struct Limits {
-    max_total: u32,
-    max_per_ip: u32,
-    state: Mutex<(u32, HashMap<IpAddr, u32>)>,
-}
-
-/// Releases a connection's slot when dropped.
-pub(crate) struct Slot {
-    ctx: Arc<Context>,
-    ip: IpAddr,
-}
-
-impl Limits {
-    pub fn new(max_total: u32, max_per_ip: u32) -> Self {
-        Self {
-            max_total,
-            max_per_ip,
-            state: Mutex::new((0, HashMap::new())),
-        }
-    }
-
-    fn acquire(&self, ip: IpAddr) -> Result<(), &'static str> {
-        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (total, per_ip) = &mut *guard;
-        if *total >= self.max_total {
-            return Err("too many connections");
-        }
-        let n = per_ip.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
-            return Err("too many connections from this address");
-        }
-        *n += 1;
-        *total += 1;
-        Ok(())
-    }
-
-    fn release(&self, ip: IpAddr) {
-        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (total, per_ip) = &mut *guard;
-        *total = total.saturating_sub(1);
-        if let Some(n) = per_ip.get_mut(&ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                per_ip.remove(&ip);
-            }
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.ctx.limits.release(self.ip);
-    }
-}
-
 pub(crate) async fn accept_loop(listener: TcpListener, ctx: Arc<Context>) {
     loop {
         let (tcp, remote) = match listener.accept().await {
@@ -118,24 +62,21 @@ pub(crate) async fn accept_loop(listener: TcpListener, ctx: Arc<Context>) {
                 continue;
             }
         };
-        let ip = remote.ip().to_canonical();
-        if let Err(why) = ctx.limits.acquire(ip) {
-            IoStats::inc(&ctx.stats.connections_refused);
-            tracing::debug!(%remote, why, "connection refused");
-            continue;
-        }
-        let slot = Slot {
-            ctx: ctx.clone(),
-            ip,
+        let slot = match ctx.limits.acquire(remote.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                IoStats::inc(&ctx.stats.connections_refused);
+                tracing::debug!(%remote, %why, "connection refused");
+                continue;
+            }
         };
         IoStats::inc(&ctx.stats.connections_accepted);
         let _ = tcp.set_nodelay(true);
-        tokio::spawn(handle(tcp, remote, slot));
+        tokio::spawn(handle(tcp, remote, ctx.clone(), slot));
     }
 }
 
-async fn handle(tcp: TcpStream, remote: SocketAddr, slot: Slot) {
-    let ctx = slot.ctx.clone();
+async fn handle(tcp: TcpStream, remote: SocketAddr, ctx: Arc<Context>, slot: ConnectionSlot) {
     let timeout = ctx.config.handshake_timeout;
     let local = match tcp.local_addr() {
         Ok(a) => a,
@@ -153,8 +94,8 @@ async fn handle(tcp: TcpStream, remote: SocketAddr, slot: Slot) {
         Ok(Ok(Classified::Http(s, tls))) => match &ctx.handoff {
             Some(h) => {
                 IoStats::inc(&ctx.stats.http_handoffs);
-                // The HTTP server owns the stream from here; the slot goes with the
-                // handshake phase only (HTTP has its own limits).
+                // The HTTP server owns the stream from here, under its own limits
+                // (the gateway's HTTP_MAX_CONNECTIONS*); this slot covered the handshake.
                 drop(slot);
                 h.serve(s, remote, tls)
             }
@@ -251,19 +192,5 @@ mod tests {
         assert_eq!(sniff(0x80), Sniffed::Unknown);
         assert_eq!(sniff(b'@'), Sniffed::Unknown);
         assert_eq!(sniff(b'a'), Sniffed::Unknown);
-    }
-
-    #[test]
-    fn limits_per_ip_and_total() {
-        let l = Limits::new(3, 2);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        assert!(l.acquire(a).is_ok());
-        assert!(l.acquire(a).is_ok());
-        assert!(l.acquire(a).is_err());
-        assert!(l.acquire(b).is_ok());
-        assert!(l.acquire(b).is_err()); // total reached
-        l.release(a);
-        assert!(l.acquire(b).is_ok());
     }
 }

@@ -9,6 +9,7 @@
 
 mod gso;
 mod inprocess;
+mod limits;
 mod listener;
 mod ports;
 mod prefixed;
@@ -17,6 +18,7 @@ mod stream;
 mod udp;
 
 pub use inprocess::{InProcessRoutes, LocalMedia, MediaDatagram};
+pub use limits::{ConnectionLimits, ConnectionSlot, Refused};
 pub use listener::{Handoff, IoStream};
 pub use ports::PortRange;
 pub use prefixed::Prefixed;
@@ -111,7 +113,7 @@ pub(crate) struct Context {
     /// Becomes `true` when the relay shuts down; every connection task holds a clone and
     /// ends politely when it flips. [`RelayServer::drained`] waits for all clones to drop.
     pub shutdown: watch::Receiver<bool>,
-    pub limits: listener::Limits,
+    pub limits: Arc<ConnectionLimits>,
     pub stats: Arc<IoStats>,
     /// How relayed addresses are reserved and bound.
     pub addressing: Arc<ports::RelayAddressing>,
@@ -174,7 +176,7 @@ impl RelayServer {
         let routes = Arc::new(InProcessRoutes::new(stats.clone()));
         let ctx = Arc::new(Context {
             shared: shared.clone(),
-            limits: listener::Limits::new(config.max_connections, config.max_connections_per_ip),
+            limits: ConnectionLimits::new(config.max_connections, config.max_connections_per_ip),
             config,
             tls,
             handoff,

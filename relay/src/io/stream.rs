@@ -12,7 +12,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::UdpSocket;
 
 use super::inprocess::{self, Route, ToMedia};
-use super::listener::{IoStream, Slot};
+use super::limits::ConnectionSlot;
+use super::listener::IoStream;
 use super::ports::SocketPorts;
 use super::{now, wake_at, Context};
 use crate::core::{Client, ClientOutput, FiveTuple, PeerOutput, Transport};
@@ -32,7 +33,7 @@ pub(crate) async fn serve(
     remote: SocketAddr,
     local: SocketAddr,
     ctx: Arc<Context>,
-    _slot: Slot,
+    _slot: ConnectionSlot,
 ) {
     let tuple = FiveTuple {
         transport,

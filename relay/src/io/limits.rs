@@ -1,0 +1,125 @@
+//! Caps on concurrent connections, in all and per source address, for the TURN port and
+//! (through the gateway) its HTTP servers: a client that opens connections without end
+//! runs into a limit instead of into the process's file descriptors and memory.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+/// Connection counters: total and per source IP. Touched on accept and close only.
+#[derive(Debug)]
+pub struct ConnectionLimits {
+    max_total: u32,
+    max_per_ip: u32,
+    state: Mutex<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: u32,
+    /// Only addresses with open connections: bounded by `max_total`.
+    per_ip: HashMap<IpAddr, u32>,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("too many connections")]
+    Total,
+    #[error("too many connections from this address")]
+    PerIp,
+}
+
+/// One open connection's place; released when dropped.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    limits: Arc<ConnectionLimits>,
+    ip: IpAddr,
+}
+
+impl ConnectionLimits {
+    pub fn new(max_total: u32, max_per_ip: u32) -> Arc<Self> {
+        Arc::new(Self {
+            max_total,
+            max_per_ip,
+            state: Mutex::new(Counts::default()),
+        })
+    }
+
+    /// A slot for a connection from `ip` (IPv4-mapped IPv6 counts as IPv4), or why not.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, Refused> {
+        let ip = ip.to_canonical();
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.total >= self.max_total {
+            return Err(Refused::Total);
+        }
+        let n = st.per_ip.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return Err(Refused::PerIp);
+        }
+        *n += 1;
+        st.total += 1;
+        Ok(ConnectionSlot {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> u32 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).total
+    }
+
+    fn release(&self, ip: IpAddr) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.total = st.total.saturating_sub(1);
+        if let Some(n) = st.per_ip.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.limits.release(self.ip);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_per_ip_and_total() {
+        let l = ConnectionLimits::new(3, 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let a1 = l.acquire(a).unwrap();
+        let _a2 = l.acquire(a).unwrap();
+        assert_eq!(l.acquire(a).unwrap_err(), Refused::PerIp);
+        // The same address written as IPv4-mapped IPv6 is the same client.
+        assert_eq!(
+            l.acquire("::ffff:10.0.0.1".parse().unwrap()).unwrap_err(),
+            Refused::PerIp
+        );
+        let _b1 = l.acquire(b).unwrap();
+        assert_eq!(l.acquire(b).unwrap_err(), Refused::Total);
+        assert_eq!(l.open(), 3);
+        drop(a1);
+        assert_eq!(l.open(), 2);
+        let _b2 = l.acquire(b).unwrap();
+    }
+
+    #[test]
+    fn closed_addresses_are_forgotten() {
+        let l = ConnectionLimits::new(10, 10);
+        for i in 0..100u8 {
+            drop(l.acquire(IpAddr::from([10, 0, 0, i])).unwrap());
+        }
+        let st = l.state.lock().unwrap();
+        assert_eq!((st.total, st.per_ip.len()), (0, 0));
+    }
+}
