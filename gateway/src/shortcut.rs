@@ -36,7 +36,7 @@ impl InProcessSink for RelayAsSink {
         self.0.owns(dest)
     }
 
-    fn deliver(&self, source: SocketAddr, dest: SocketAddr, data: &[u8]) {
+    fn deliver(&self, source: SocketAddr, dest: SocketAddr, data: Vec<u8>) {
         self.0.deliver(source, dest, data);
     }
 }

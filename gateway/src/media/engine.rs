@@ -148,7 +148,8 @@ pub trait InProcessSink: Send + Sync {
     /// Is `dest` an address the sink takes datagrams for (a relayed address of our own relay)?
     fn owns(&self, dest: SocketAddr) -> bool;
     /// Take a datagram the engine sends from `source` (one of its media addresses) to `dest`.
-    fn deliver(&self, source: SocketAddr, dest: SocketAddr, data: &[u8]);
+    /// The datagram is handed over, not copied: one allocation fewer per packet.
+    fn deliver(&self, source: SocketAddr, dest: SocketAddr, data: Vec<u8>);
 }
 
 /// A fixed set of in-process addresses forwarding into a channel; handy for tests and as the
@@ -164,8 +165,8 @@ impl InProcessSink for ChannelSink {
     fn owns(&self, dest: SocketAddr) -> bool {
         self.addrs.contains(&dest)
     }
-    fn deliver(&self, source: SocketAddr, dest: SocketAddr, data: &[u8]) {
-        let _ = self.tx.try_send((source, dest, data.to_vec()));
+    fn deliver(&self, source: SocketAddr, dest: SocketAddr, data: Vec<u8>) {
+        let _ = self.tx.try_send((source, dest, data));
     }
 }
 
@@ -553,10 +554,10 @@ struct Io {
 }
 
 impl Io {
-    fn transmit(&self, t: &Transmit) {
+    fn transmit(&self, t: Transmit) {
         if let Some(sink) = &self.sink {
             if sink.owns(t.destination) {
-                sink.deliver(t.source, t.destination, &t.contents);
+                sink.deliver(t.source, t.destination, t.contents.into());
                 return;
             }
         }
@@ -877,7 +878,7 @@ fn drive(s: &mut Session, io: &Io, source: &VideoSource) -> Option<EndReason> {
                 s.next = t;
                 return None;
             }
-            Output::Transmit(t) => io.transmit(&t),
+            Output::Transmit(t) => io.transmit(t),
             Output::Event(e) => match e {
                 Event::Connected => {
                     tracing::info!(session = %s.id, "media session connected");

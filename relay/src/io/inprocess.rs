@@ -56,20 +56,21 @@ impl InProcessRoutes {
         self.map.contains_key(&relayed)
     }
 
-    /// Hands a datagram from the media address `from` to the allocation `relayed`. Returns
-    /// false when there is no such allocation or its queue is full.
-    pub fn deliver(&self, from: SocketAddr, relayed: SocketAddr, data: &[u8]) -> bool {
+    /// Hands a datagram from the media address `from` to the allocation `relayed` (moved,
+    /// not copied). Returns false when there is no such allocation or its queue is full.
+    pub fn deliver(&self, from: SocketAddr, relayed: SocketAddr, data: Vec<u8>) -> bool {
+        let len = data.len();
         let ok = self
             .map
             .get(&relayed)
-            .is_some_and(|tx| tx.try_send((from, data.to_vec())).is_ok());
+            .is_some_and(|tx| tx.try_send((from, data)).is_ok());
         if ok {
             self.stats
                 .inprocess_from_media_packets
                 .fetch_add(1, Relaxed);
             self.stats
                 .inprocess_from_media_bytes
-                .fetch_add(data.len() as u64, Relaxed);
+                .fetch_add(len as u64, Relaxed);
         } else {
             IoStats::inc(&self.stats.inprocess_dropped);
         }
@@ -191,10 +192,10 @@ mod tests {
         let b: SocketAddr = "192.0.2.1:50002".parse().unwrap();
         let media: SocketAddr = "192.0.2.9:40000".parse().unwrap();
         let mut r = Route::new(routes.clone());
-        assert!(!routes.deliver(media, a, b"x"));
+        assert!(!routes.deliver(media, a, b"x".to_vec()));
         r.sync(Some(a));
         assert!(routes.owns(a));
-        assert!(routes.deliver(media, a, b"hello"));
+        assert!(routes.deliver(media, a, b"hello".to_vec()));
         assert_eq!(recv(&mut r).await, Some((media, b"hello".to_vec())));
         r.sync(Some(b));
         assert!(!routes.owns(a) && routes.owns(b));
