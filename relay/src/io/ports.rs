@@ -178,47 +178,47 @@ impl SocketPorts {
     /// Sends `data` to a real peer from the allocation's relayed address at once (see
     /// [`SocketPorts::queue_to`]). Returns false when the datagram was dropped.
     pub fn send_to(&mut self, data: &[u8], peer: SocketAddr) -> bool {
-        let before = self.addressing.stats.peer_send_dropped.load(Relaxed);
-        self.queue_to(data, peer);
-        self.flush();
-        self.addressing.stats.peer_send_dropped.load(Relaxed) == before
+        self.queue_to(data, peer) + self.flush() == 0
     }
 
     /// Queues `data` for a real peer, to leave from the allocation's relayed address with
     /// the datagrams queued next to it (one send per run to one peer, see [`gso`]), at the
     /// latest on [`SocketPorts::flush`]. Binds the socket on first use. A datagram that
     /// cannot go (binding failed, logged; the socket buffer is full: UDP semantics) is
-    /// dropped and counted.
-    pub fn queue_to(&mut self, data: &[u8], peer: SocketAddr) {
+    /// dropped and counted. Returns how many were dropped now (queuing may send the run
+    /// before it).
+    pub fn queue_to(&mut self, data: &[u8], peer: SocketAddr) -> usize {
         if self.sender.is_none() && !self.bind() {
-            IoStats::inc(&self.addressing.stats.peer_send_dropped);
-            return;
+            return self.count_dropped(1);
         }
-        if let Some(sock) = &self.sender {
-            let dropped = self.run.push(data, peer, sock, &self.addressing.offload);
-            self.count_dropped(dropped);
-        }
+        let dropped = match &self.sender {
+            Some(sock) => self.run.push(data, peer, sock, &self.addressing.offload),
+            None => 0,
+        };
+        self.count_dropped(dropped)
     }
 
-    /// Sends whatever [`SocketPorts::queue_to`] has queued.
-    pub fn flush(&mut self) {
+    /// Sends whatever [`SocketPorts::queue_to`] has queued. Returns how many were dropped.
+    pub fn flush(&mut self) -> usize {
         if self.run.is_empty() {
-            return;
+            return 0;
         }
         let dropped = match &self.sender {
             Some(sock) => self.run.flush(sock, &self.addressing.offload),
             None => 0,
         };
-        self.count_dropped(dropped);
+        self.count_dropped(dropped)
     }
 
-    fn count_dropped(&self, n: usize) {
+    /// Adds `n` to the relay's dropped-datagram counter; returns `n`.
+    fn count_dropped(&self, n: usize) -> usize {
         if n > 0 {
             self.addressing
                 .stats
                 .peer_send_dropped
                 .fetch_add(n as u64, Relaxed);
         }
+        n
     }
 
     /// Binds the reserved relay port. False (logged) when it cannot.
