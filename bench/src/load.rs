@@ -519,19 +519,13 @@ pub async fn settled_rss(server: &Server) -> u64 {
     last
 }
 
-/// Waits (at most 10 s) until `server` is idle: under 5 % of a core over 200 ms. So a
-/// measurement does not pay for the previous one's teardown (closing thousands of
-/// connections after the memory test takes a server a while).
-pub async fn settled_cpu(server: &Server) {
-    settled_cpu_all(&[server]).await
-}
-
-/// Waits (up to 15 s) until none of `servers` has used CPU for 200 ms. Both servers share
+/// Waits (up to 15 s) until `servers` together use under 5 % of a core over 200 ms, so a
+/// measurement does not pay for the previous one's teardown. Both servers share
 /// one core, so a step on one must also wait for the other to finish what the previous
 /// step left it (coturn takes seconds to tear down the memory test's 9,000 allocations,
 /// and a gateway set-up step run meanwhile measured coturn's teardown: 1,467/s against
 /// 4,257/s when run after it).
-pub async fn settled_cpu_all(servers: &[&Server]) {
+pub async fn settled_cpu(servers: &[&Server]) {
     let end = Instant::now() + Duration::from_secs(15);
     let total = || servers.iter().map(|s| s.cpu_seconds()).sum::<f64>();
     let mut last = total();

@@ -105,11 +105,7 @@ impl Plan {
                         args.next()
                             .context("--soak SERVER TRANSPORT ALLOCS RATE SECS")
                     };
-                    let kind = match next()?.as_str() {
-                        "gateway" => Kind::Gateway,
-                        "coturn" => Kind::Coturn,
-                        o => bail!("--soak: unknown server {o:?}"),
-                    };
+                    let kind = Kind::from_arg(&next()?).context("--soak")?;
                     let transport = match next()?.as_str() {
                         "tcp" => Transport::Tcp,
                         "tls" => Transport::Tls,
@@ -126,11 +122,7 @@ impl Plan {
                 "--viewers" => plan.viewers_only = true,
                 "--soak-setup" => {
                     let mut next = || args.next().context("--soak-setup SERVER COUNT ROUNDS");
-                    let kind = match next()?.as_str() {
-                        "gateway" => Kind::Gateway,
-                        "coturn" => Kind::Coturn,
-                        o => bail!("--soak-setup: unknown server {o:?}"),
-                    };
+                    let kind = Kind::from_arg(&next()?).context("--soak-setup")?;
                     plan.soak_setup = Some((kind, next()?.parse()?, next()?.parse()?));
                 }
                 "-h" | "--help" => {
@@ -316,7 +308,7 @@ async fn run(mut plan: Plan, server_core: Option<usize>) -> anyhow::Result<()> {
         let server = Server::start(kind, &common, 0).await?;
         eprintln!("soak-setup: {} pid {} ready", kind.name(), server.pid());
         for _ in 0..rounds {
-            load::settled_cpu(&server).await;
+            load::settled_cpu(&[&server]).await;
             let (cpu0, own0) = (
                 server.cpu_seconds(),
                 servers::cpu_seconds(std::process::id()),
@@ -385,7 +377,7 @@ async fn run(mut plan: Plan, server_core: Option<usize>) -> anyhow::Result<()> {
         // 2. TLS allocation set-up rate.
         for k in order {
             let s = &servers[&k];
-            load::settled_cpu_all(&servers.values().collect::<Vec<_>>()).await;
+            load::settled_cpu(&servers.values().collect::<Vec<_>>()).await;
             let held = load::hold(
                 &s.target,
                 Transport::Tls,
@@ -455,7 +447,7 @@ async fn run(mut plan: Plan, server_core: Option<usize>) -> anyhow::Result<()> {
                             continue;
                         }
                     };
-                    load::settled_cpu_all(&servers.values().collect::<Vec<_>>()).await;
+                    load::settled_cpu(&servers.values().collect::<Vec<_>>()).await;
                     let found = search(&mut mesh, s, hint, &plan).await;
                     drop(mesh);
                     let name = format!("{}, {n} alloc", transport.name());

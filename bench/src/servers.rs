@@ -93,6 +93,15 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// `gateway` or `coturn`, as the command line names them.
+    pub fn from_arg(arg: &str) -> anyhow::Result<Self> {
+        match arg {
+            "gateway" => Ok(Kind::Gateway),
+            "coturn" => Ok(Kind::Coturn),
+            o => bail!("unknown server {o:?} (gateway or coturn)"),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Gateway => "gateway",
@@ -142,6 +151,41 @@ impl Common {
         })
     }
 
+    /// The gateway as a child process listening for TURN on `turn` and HTTP on `http`:
+    /// confined to the server core, with the bench's secret, realm and certificate, quotas
+    /// out of the way, relay address 127.0.0.1, and output to `log`. Its environment is
+    /// only what is set here and by the caller: nothing inherited (`STUN_SERVER`,
+    /// `ICE_SERVERS`, ...) can send traffic off loopback.
+    pub fn gateway_command(
+        &self,
+        turn: SocketAddr,
+        http: &str,
+        log: &Path,
+    ) -> anyhow::Result<Command> {
+        let logf = std::fs::File::create(log)?;
+        let mut cmd = crate::cpu::command_on(self.server_core, self.gateway_bin.as_os_str());
+        cmd.env_clear();
+        if let Some(path) = std::env::var_os("PATH") {
+            cmd.env("PATH", path);
+        }
+        cmd.env("TURN_LISTEN", turn.to_string())
+            .env("GATEWAY_HTTP_ADDR", http)
+            .env("TURN_SECRET", &self.secret)
+            .env("TURN_REALM", REALM)
+            .env("TURN_HOST", conn::SERVER_NAME)
+            .env("TLS_CERT", &self.cert_pem)
+            .env("TLS_KEY", &self.key_pem)
+            .env("TURN_RELAY_IP", "127.0.0.1")
+            .env("TURN_USER_QUOTA", "1000000")
+            .env("TURN_TOTAL_QUOTA", "1000000")
+            .env("TURN_MAX_CONNECTIONS_PER_IP", "1000000")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone()?)
+            .stderr(logf);
+        Ok(cmd)
+    }
+
     pub fn target(&self, tcp: SocketAddr, tls: SocketAddr) -> anyhow::Result<Target> {
         Ok(Target {
             tcp,
@@ -180,32 +224,15 @@ impl Server {
     /// Starts `kind` and waits until it answers an Allocate over TCP and over TLS.
     pub async fn start(kind: Kind, common: &Common, serial: u32) -> anyhow::Result<Self> {
         let log = common.dir.join(format!("{}-{serial}.log", kind.name()));
-        let logf = std::fs::File::create(&log)?;
         let (guard, target) = match kind {
             Kind::Gateway => {
                 let port = free_port()?;
                 let addr = SocketAddr::from(([127, 0, 0, 1], port));
-                let mut cmd =
-                    crate::cpu::command_on(common.server_core, common.gateway_bin.as_os_str());
-                cmd.env("TURN_LISTEN", addr.to_string())
-                    .env("GATEWAY_HTTP_ADDR", "127.0.0.1:0")
-                    .env("TURN_SECRET", &common.secret)
-                    .env("TURN_REALM", REALM)
-                    .env("TURN_HOST", conn::SERVER_NAME)
-                    .env("TURN_ALLOWED_PEERS", "127.0.0.1")
-                    .env("TURN_RELAY_IP", "127.0.0.1")
+                let mut cmd = common.gateway_command(addr, "127.0.0.1:0", &log)?;
+                cmd.env("TURN_ALLOWED_PEERS", "127.0.0.1")
                     // As many relay ports as coturn gets (its range is 10000-30000), so
                     // neither runs out in the idle-memory test.
-                    .env("TURN_RELAY_PORTS", "30001-49999")
-                    .env("TURN_USER_QUOTA", "1000000")
-                    .env("TURN_TOTAL_QUOTA", "1000000")
-                    .env("TURN_MAX_CONNECTIONS_PER_IP", "1000000")
-                    .env("TLS_CERT", &common.cert_pem)
-                    .env("TLS_KEY", &common.key_pem)
-                    .env("RUST_LOG", "warn")
-                    .stdin(Stdio::null())
-                    .stdout(logf.try_clone()?)
-                    .stderr(logf);
+                    .env("TURN_RELAY_PORTS", "30001-49999");
                 (
                     ChildGuard::spawn(cmd, "gateway")?,
                     common.target(addr, addr)?,
@@ -216,6 +243,7 @@ impl Server {
                 let tls = free_port()?;
                 let conf = common.dir.join(format!("turnserver-{serial}.conf"));
                 write_coturn_conf(&conf, common, tcp, tls, serial)?;
+                let logf = std::fs::File::create(&log)?;
                 let mut cmd = crate::cpu::command_on(common.server_core, "turnserver".as_ref());
                 cmd.arg("-c")
                     .arg(&conf)

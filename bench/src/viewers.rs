@@ -24,7 +24,6 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -151,33 +150,11 @@ impl Gateway {
         let turn = SocketAddr::new(LOOPBACK, servers::free_port()?);
         let http = SocketAddr::new(LOOPBACK, servers::free_port()?);
         let log = common.dir.join(format!("viewers-{serial}.log"));
-        let logf = std::fs::File::create(&log)?;
-        let mut cmd = crate::cpu::command_on(common.server_core, common.gateway_bin.as_os_str());
-        // Only the settings below (no inherited STUN_SERVER, ICE_SERVERS, ... that could
-        // send traffic off loopback).
-        cmd.env_clear();
-        if let Some(path) = std::env::var_os("PATH") {
-            cmd.env("PATH", path);
-        }
-        cmd.env("TURN_LISTEN", turn.to_string())
-            .env("GATEWAY_HTTP_ADDR", http.to_string())
-            .env("TURN_SECRET", &common.secret)
-            .env("TURN_REALM", servers::REALM)
-            .env("TURN_HOST", conn::SERVER_NAME)
-            .env("TLS_CERT", &common.cert_pem)
-            .env("TLS_KEY", &common.key_pem)
-            .env("MEDIA_SOURCE", "testsrc")
+        let mut cmd = common.gateway_command(turn, &http.to_string(), &log)?;
+        cmd.env("MEDIA_SOURCE", "testsrc")
             .env("WEBRTC_BIND_IP", "127.0.0.1")
             .env("WEBRTC_ADVERTISE_IP", "127.0.0.1")
-            .env("TURN_RELAY_IP", "127.0.0.1")
-            .env("MAX_VIEWERS", "100000")
-            .env("TURN_USER_QUOTA", "1000000")
-            .env("TURN_TOTAL_QUOTA", "1000000")
-            .env("TURN_MAX_CONNECTIONS_PER_IP", "1000000")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone()?)
-            .stderr(logf);
+            .env("MAX_VIEWERS", "100000");
         let guard = ChildGuard::spawn(cmd, "gateway (viewers)")?;
         let target = common.target(turn, turn)?;
         let mut gw = Self {
