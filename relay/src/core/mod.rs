@@ -8,12 +8,14 @@ mod client;
 mod nonce;
 pub mod policy;
 mod shared;
+mod standing;
 pub mod stats;
 
 pub use client::{Client, ClientOutput, PeerOutput};
 pub use nonce::NonceKey;
 pub use policy::{PeerPolicy, PolicyError, PolicyVerdict};
 pub use shared::{Config, Shared};
+pub use standing::{Standing, UserDirectory, Wake};
 pub use stats::Stats;
 
 use std::net::SocketAddr;

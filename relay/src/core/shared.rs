@@ -1,5 +1,7 @@
 //! State shared by every client of one relay: configuration, the credential ring, the
-//! nonce key, the peer policy, per-user quotas, revocations and counters.
+//! nonce key, the peer policy, per-user quotas, the per-user index of live allocations
+//! (who to wake on a revocation, which user holds a relayed address), revocations, the
+//! owner's [`UserDirectory`] and counters.
 //!
 //! Only the control path (Allocate, Refresh, delete, revoke) touches the locked parts;
 //! relaying a packet never does (the secret ring and the internal peers are behind
@@ -14,7 +16,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use auth::SecretRing;
 
-use super::{NonceKey, Now, PeerPolicy, PolicyVerdict, Stats};
+use super::{NonceKey, Now, PeerPolicy, PolicyVerdict, Standing, Stats, UserDirectory, Wake};
 
 /// Relay settings with safe defaults.
 #[derive(Debug, Clone)]
@@ -41,6 +43,10 @@ pub struct Config {
     pub max_permissions_per_allocation: usize,
     /// Channels one allocation may hold (508 beyond).
     pub max_channels_per_allocation: usize,
+    /// How long an allocation whose user is not a live session of the relay's owner
+    /// ([`Standing::Unknown`]) may live: it refreshes past its credential's expiry until
+    /// `max(expiry, created + this)`, never longer.
+    pub unbound_allocation_lifetime: Duration,
 }
 
 impl Default for Config {
@@ -57,15 +63,29 @@ impl Default for Config {
             max_allocations_total: 20_000,
             max_permissions_per_allocation: 64,
             max_channels_per_allocation: 64,
+            unbound_allocation_lifetime: Duration::from_secs(3600),
         }
     }
 }
 
+/// One user's live allocations: how many, and how to wake the connections holding them.
+#[derive(Default)]
+struct UserAllocs {
+    count: u32,
+    /// `(ticket id, waker)` of each allocation that registered one.
+    wakers: Vec<(u64, Arc<dyn Wake>)>,
+}
+
 /// Per-user bookkeeping (control path only).
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Users {
     /// Live allocations per REST user; entries at zero are removed.
-    allocs: HashMap<String, u32>,
+    allocs: HashMap<String, UserAllocs>,
+    /// The user holding each relayed address (binds a browser's relay candidate to the
+    /// credential that made it).
+    relayed: HashMap<SocketAddr, String>,
+    /// Ticket ids, for removing a ticket's waker.
+    next_ticket: u64,
     /// Revoked users and the unix time until which they stay revoked; expired entries are
     /// pruned on access.
     revoked: HashMap<String, u64>,
@@ -84,18 +104,45 @@ pub(crate) enum QuotaError {
 
 /// One allocation's share of the quotas; released when dropped, so a dropped client can
 /// never leak quota.
-#[derive(Debug)]
 pub(crate) struct QuotaTicket {
     shared: Arc<Shared>,
     user: String,
+    id: u64,
+    relayed: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for QuotaTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuotaTicket")
+            .field("user", &self.user)
+            .field("relayed", &self.relayed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QuotaTicket {
+    /// Records that this allocation holds `relayed` (see [`Shared::user_of_relayed`]).
+    pub(crate) fn set_relayed(&mut self, relayed: SocketAddr) {
+        let mut users = self.shared.users();
+        if let Some(old) = self.relayed.replace(relayed) {
+            users.relayed.remove(&old);
+        }
+        users.relayed.insert(relayed, self.user.clone());
+    }
 }
 
 impl Drop for QuotaTicket {
     fn drop(&mut self) {
         let mut users = self.shared.users();
-        if let Some(n) = users.allocs.get_mut(&self.user) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
+        if let Some(r) = self.relayed {
+            if users.relayed.get(&r) == Some(&self.user) {
+                users.relayed.remove(&r);
+            }
+        }
+        if let Some(e) = users.allocs.get_mut(&self.user) {
+            e.count = e.count.saturating_sub(1);
+            e.wakers.retain(|(id, _)| *id != self.id);
+            if e.count == 0 {
                 users.allocs.remove(&self.user);
             }
         }
@@ -119,6 +166,7 @@ pub struct Shared {
     policy: PeerPolicy,
     nonce_key: NonceKey,
     users: Mutex<Users>,
+    directory: Option<Arc<dyn UserDirectory>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -140,6 +188,18 @@ impl Shared {
         policy: PeerPolicy,
         nonce_key: NonceKey,
     ) -> Arc<Self> {
+        Self::with_directory(config, secrets, policy, nonce_key, None)
+    }
+
+    /// Creates the shared state with the owner's view of users (see [`UserDirectory`]);
+    /// without one, every user is [`Standing::Unknown`].
+    pub fn with_directory(
+        config: Config,
+        secrets: SecretRing,
+        policy: PeerPolicy,
+        nonce_key: NonceKey,
+        directory: Option<Arc<dyn UserDirectory>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             config,
             stats: Stats::default(),
@@ -148,7 +208,16 @@ impl Shared {
             policy,
             nonce_key,
             users: Mutex::new(Users::default()),
+            directory,
         })
+    }
+
+    /// What the owner says about `user`.
+    pub fn standing(&self, user: &str) -> Standing {
+        match &self.directory {
+            Some(d) => d.standing(user),
+            None => Standing::Unknown,
+        }
     }
 
     fn users(&self) -> MutexGuard<'_, Users> {
@@ -203,9 +272,9 @@ impl Shared {
     }
 
     /// Revokes `user` (the part after the colon of a REST username): its credential is
-    /// refused until its expiry passes. Existing allocations are deleted by each
-    /// [`super::Client::check_revoked`] the shell calls after this. Returns whether the
-    /// user held any allocation.
+    /// refused until `until_unix`, and the connections holding its allocations are woken
+    /// to delete them ([`super::Client::check_revoked`]). Returns whether the user held
+    /// any allocation.
     pub fn revoke(&self, user: &str, until_unix: u64, now: Now) -> bool {
         let mut users = self.users();
         users.revoked.retain(|_, until| *until > now.unix);
@@ -213,11 +282,34 @@ impl Shared {
             let e = users.revoked.entry(user.to_owned()).or_insert(until_unix);
             *e = (*e).max(until_unix);
         }
-        users.allocs.get(user).is_some_and(|n| *n > 0)
+        drop(users);
+        self.wake_user(user)
     }
 
-    /// Whether `user` is revoked at `now`.
+    /// Wakes the connections holding `user`'s allocations so they re-check its standing
+    /// (the owner ended its session). Touches only that user's connections. Returns
+    /// whether the user held any allocation.
+    pub fn wake_user(&self, user: &str) -> bool {
+        let wakers: Vec<Arc<dyn Wake>> = match self.users().allocs.get(user) {
+            Some(e) => e.wakers.iter().map(|(_, w)| w.clone()).collect(),
+            None => return false,
+        };
+        for w in &wakers {
+            w.wake();
+        }
+        true
+    }
+
+    /// The user whose allocation holds the relayed address `relayed`, if any.
+    pub fn user_of_relayed(&self, relayed: SocketAddr) -> Option<String> {
+        self.users().relayed.get(&relayed).cloned()
+    }
+
+    /// Whether `user` is revoked at `now`, or its session has ended.
     pub fn is_revoked(&self, user: &str, now: Now) -> bool {
+        if self.standing(user) == Standing::Ended {
+            return true;
+        }
         let mut users = self.users();
         match users.revoked.get(user) {
             Some(until) if *until > now.unix => true,
@@ -236,20 +328,25 @@ impl Shared {
 
     /// Number of live allocations of `user`.
     pub fn allocations_of(&self, user: &str) -> u32 {
-        self.users().allocs.get(user).copied().unwrap_or(0)
+        self.users().allocs.get(user).map_or(0, |e| e.count)
     }
 
     /// Entries held in the per-user tables (allocation counts, revocations): for tests and
     /// for watching that they stay bounded.
     pub fn user_table_len(&self) -> usize {
         let u = self.users();
-        u.allocs.len() + u.revoked.len()
+        u.allocs.len() + u.revoked.len() + u.relayed.len()
     }
 
-    /// Takes one allocation's share of the quotas for `user`.
-    pub(crate) fn acquire(self: &Arc<Self>, user: &str) -> Result<QuotaTicket, QuotaError> {
+    /// Takes one allocation's share of the quotas for `user`; `waker` (if any) is woken
+    /// when the user is revoked or its session ends, until the ticket drops.
+    pub(crate) fn acquire(
+        self: &Arc<Self>,
+        user: &str,
+        waker: Option<Arc<dyn Wake>>,
+    ) -> Result<QuotaTicket, QuotaError> {
         let mut users = self.users();
-        let held = users.allocs.get(user).copied().unwrap_or(0);
+        let held = users.allocs.get(user).map_or(0, |e| e.count);
         if held >= self.config.max_allocations_per_user {
             self.stats.quota_user_rejections.fetch_add(1, Relaxed);
             return Err(QuotaError::User);
@@ -258,7 +355,13 @@ impl Shared {
             self.stats.capacity_rejections.fetch_add(1, Relaxed);
             return Err(QuotaError::Total);
         }
-        *users.allocs.entry(user.to_owned()).or_insert(0) += 1;
+        users.next_ticket = users.next_ticket.wrapping_add(1);
+        let id = users.next_ticket;
+        let e = users.allocs.entry(user.to_owned()).or_default();
+        e.count += 1;
+        if let Some(w) = waker {
+            e.wakers.push((id, w));
+        }
         users.total = users.total.saturating_add(1);
         drop(users);
         self.stats.allocations_created.fetch_add(1, Relaxed);
@@ -266,6 +369,8 @@ impl Shared {
         Ok(QuotaTicket {
             shared: Arc::clone(self),
             user: user.to_owned(),
+            id,
+            relayed: None,
         })
     }
 }

@@ -1147,3 +1147,5 @@ fn client_debug_hides_key() {
     let _ = Software::new("x");
     let _: Option<&dyn MessageWrite<Output = Vec<u8>>> = None;
 }
+
+mod standing;

@@ -109,7 +109,6 @@ pub(crate) struct Context {
     pub config: IoConfig,
     pub tls: Option<TlsConfig>,
     pub handoff: Option<Arc<dyn Handoff>>,
-    pub revocations: watch::Receiver<u64>,
     /// Becomes `true` when the relay shuts down; every connection task holds a clone and
     /// ends politely when it flips. [`RelayServer::drained`] waits for all clones to drop.
     pub shutdown: watch::Receiver<bool>,
@@ -131,7 +130,6 @@ pub struct RelayServer {
     shared: Arc<Shared>,
     local_tcp: SocketAddr,
     local_udp: Option<SocketAddr>,
-    revocations: watch::Sender<u64>,
     shutdown: watch::Sender<bool>,
     stats: Arc<IoStats>,
     tasks: Vec<JoinHandle<()>>,
@@ -163,7 +161,6 @@ impl RelayServer {
             Some(s) => Some(s.local_addr()?),
             None => None,
         };
-        let (revocations, rx) = watch::channel(0u64);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let stats = Arc::new(IoStats::default());
         let addressing = Arc::new(ports::RelayAddressing {
@@ -180,7 +177,6 @@ impl RelayServer {
             config,
             tls,
             handoff,
-            revocations: rx,
             shutdown: shutdown_rx,
             stats: stats.clone(),
             addressing,
@@ -197,7 +193,6 @@ impl RelayServer {
             shared,
             local_tcp,
             local_udp,
-            revocations,
             shutdown,
             stats,
             tasks,
@@ -248,7 +243,6 @@ impl RelayServer {
     pub fn revoker(&self) -> Revoker {
         Revoker {
             shared: self.shared.clone(),
-            revocations: self.revocations.clone(),
         }
     }
 
@@ -264,14 +258,24 @@ impl RelayServer {
 #[derive(Clone)]
 pub struct Revoker {
     shared: Arc<Shared>,
-    revocations: watch::Sender<u64>,
 }
 
 impl Revoker {
-    /// Revokes `user` until `until_unix` and closes the connections holding its allocations.
+    /// Revokes `user` until `until_unix` and closes the connections holding its allocations
+    /// (only those: the per-user index wakes them, no other task).
     pub fn revoke(&self, user: &str, until_unix: u64) {
         self.shared.revoke(user, until_unix, now());
-        self.revocations.send_modify(|g| *g = g.wrapping_add(1));
+    }
+}
+
+/// Wakes one connection task (see [`crate::core::Wake`]): a `Notify` keeps a permit when
+/// the task is busy, so a wake-up between two `select!` turns is not lost.
+#[derive(Default)]
+pub(crate) struct TaskWaker(pub tokio::sync::Notify);
+
+impl crate::core::Wake for TaskWaker {
+    fn wake(&self) {
+        self.0.notify_one();
     }
 }
 

@@ -50,7 +50,8 @@ pub(crate) async fn serve(
     let mut out = Vec::with_capacity(256);
     let mut outbox = Outbox::default();
     let mut sock: Option<Arc<UdpSocket>> = None;
-    let mut revocations = ctx.revocations.clone();
+    let waker = Arc::new(super::TaskWaker::default());
+    client.set_waker(waker.clone());
     let mut shutdown = ctx.shutdown.clone();
     let mut last_client_activity = Instant::now();
     tracing::debug!(%remote, transport = transport.as_str(), "TURN connection");
@@ -177,10 +178,7 @@ pub(crate) async fn serve(
                     sock = ports.socket.clone();
                 }
             }
-            r = revocations.changed(), if client.user().is_some() => {
-                if r.is_err() {
-                    break 'conn "relay stopped";
-                }
+            _ = waker.0.notified() => {
                 if client.check_revoked(now(), &mut ports) {
                     break 'conn "credential revoked";
                 }

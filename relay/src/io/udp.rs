@@ -72,7 +72,8 @@ async fn client_task(
     let mut route = Route::new(ctx.routes.clone());
     let mut out = Vec::with_capacity(2048);
     let mut peer_buf = vec![0u8; 65_536];
-    let mut revocations = ctx.revocations.clone();
+    let waker = Arc::new(super::TaskWaker::default());
+    client.set_waker(waker.clone());
     let mut shutdown = ctx.shutdown.clone();
     let mut last = Instant::now();
     loop {
@@ -125,8 +126,8 @@ async fn client_task(
                 client.handle_timeout(t, &mut ports);
                 route.sync(client.relayed());
             }
-            r = revocations.changed(), if client.user().is_some() => {
-                if r.is_err() || client.check_revoked(now(), &mut ports) { break; }
+            _ = waker.0.notified() => {
+                if client.check_revoked(now(), &mut ports) { break; }
             }
             _ = super::shutting_down(&mut shutdown) => break,
         }

@@ -14,7 +14,7 @@ use turn_types::attribute::{
 use turn_types::AddressFamily;
 
 use super::super::shared::{QuotaError, QuotaTicket};
-use super::super::{Family, Now, RelayPortError, RelayPorts};
+use super::super::{Family, Now, RelayPortError, RelayPorts, Standing};
 use super::permission::{Channel, Permission};
 use super::{after, family_of, Client, ClientOutput, Req};
 
@@ -25,6 +25,10 @@ pub(super) struct Allocation {
     pub(super) expires: Instant,
     pub(super) username: String,
     pub(super) user: String,
+    /// Unix expiry of the credential that made it, and unix time it was made: together
+    /// they bound the life of an allocation whose user is no live session.
+    pub(super) cred_expiry: u64,
+    pub(super) created_unix: u64,
     /// The Allocate transaction that created it, and our answer (for retransmits).
     txn: TransactionId,
     response: Vec<u8>,
@@ -46,6 +50,30 @@ impl Client {
             None => min,
             Some(s) => Duration::from_secs(u64::from(s)).clamp(min, max),
         }
+    }
+
+    /// `lifetime` cut so that an allocation whose user is no live session ends by
+    /// [`Client::unbound_end`]; a live session's allocation keeps the full grant.
+    fn bounded(
+        &self,
+        lifetime: Duration,
+        user: &str,
+        cred_expiry: u64,
+        created_unix: u64,
+        now: Now,
+    ) -> Duration {
+        if self.shared.standing(user) == Standing::Live {
+            return lifetime;
+        }
+        let end = self.unbound_end(cred_expiry, created_unix);
+        lifetime.min(Duration::from_secs(end.saturating_sub(now.unix)))
+    }
+
+    /// Unix time after which an allocation whose user is no live session may not live:
+    /// `max(credential expiry, created + unbound_allocation_lifetime)`.
+    pub(super) fn unbound_end(&self, cred_expiry: u64, created_unix: u64) -> u64 {
+        let grace = self.shared.config().unbound_allocation_lifetime.as_secs();
+        cred_expiry.max(created_unix.saturating_add(grace))
     }
 
     fn lifetime_attr(d: Duration) -> Lifetime {
@@ -159,14 +187,15 @@ impl Client {
             Err(StunParseError::MissingAttribute(_)) => self.grant(None),
             Err(_) => return self.error(out, req, 400, "Bad Request: malformed LIFETIME", key),
         };
-        let Some((username, user)) = self
+        let Some((username, user, cred_expiry)) = self
             .auth
             .as_ref()
-            .map(|a| (a.username.clone(), a.user.clone()))
+            .map(|a| (a.username.clone(), a.user.clone(), a.expiry))
         else {
             return self.error(out, req, 401, "Unauthenticated", None);
         };
-        let ticket = match self.shared.acquire(&user) {
+        let lifetime = self.bounded(lifetime, &user, cred_expiry, now.unix, now);
+        let mut ticket = match self.shared.acquire(&user, self.waker.clone()) {
             Ok(t) => t,
             Err(QuotaError::User) => {
                 return self.error(out, req, 486, "Allocation Quota Reached", key);
@@ -202,6 +231,7 @@ impl Client {
                 key,
             );
         }
+        ticket.set_relayed(relayed);
         let xr = XorRelayedAddress::new(relayed, req.tid);
         let lt = Self::lifetime_attr(lifetime);
         let xm = XorMappedAddress::new(self.tuple.client, req.tid);
@@ -212,6 +242,8 @@ impl Client {
             expires: after(now.mono, lifetime),
             username,
             user,
+            cred_expiry,
+            created_unix: now.unix,
             txn: req.tid,
             response: out.clone(),
             perms: Vec::new(),
@@ -258,7 +290,10 @@ impl Client {
             self.write_response(out, req, None, &[&lt], key);
             return ClientOutput::Reply;
         }
-        let lifetime = self.grant(requested);
+        let mut lifetime = self.grant(requested);
+        if let Some(a) = &self.alloc {
+            lifetime = self.bounded(lifetime, &a.user, a.cred_expiry, a.created_unix, now);
+        }
         if let Some(a) = &mut self.alloc {
             a.expires = after(now.mono, lifetime);
         }

@@ -1,6 +1,11 @@
 //! Long-term credentials (RFC 8489 §9.2.4) with TURN REST usernames: the 401/438
 //! challenge with REALM and NONCE, nonce checks, and the per-client key cache that keeps
 //! repeat requests from the same username to one HMAC.
+//!
+//! A credential's expiry is checked when it asks for an allocation. The requests that
+//! keep an allocation alive (Refresh, CreatePermission, ChannelBind) pass past that expiry
+//! while the user's session is live, and for an unbound user until its bounded end (see
+//! [`super::super::standing`]); a revoked or ended user is refused either way.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -13,7 +18,7 @@ use stun_types::message::{
 
 use super::super::nonce::NonceCheck;
 use super::super::stats::AuthFailure;
-use super::super::Now;
+use super::super::{Now, Standing};
 use super::{Client, ClientOutput, Req};
 
 /// The cached result of a successful long-term authentication.
@@ -23,7 +28,7 @@ pub(super) struct AuthCache {
     /// The REST user.
     pub(super) user: String,
     /// Unix expiry from the username.
-    expiry: u64,
+    pub(super) expiry: u64,
     /// MD5(username:realm:password) of the secret that matched.
     pub(super) key: IntegrityKey,
 }
@@ -74,12 +79,35 @@ impl Client {
 
     // ---------------------------------------------------------------- authentication
 
+    /// Whether a credential expiring at `expiry` may still be used by `user` at `now`:
+    /// always before its expiry; past it only to keep an existing allocation of the same
+    /// user alive (not to make one), while the user's session is live, or, for a user of
+    /// no session, until the allocation's bounded end.
+    fn still_valid(&self, user: &str, expiry: u64, allocating: bool, now: Now) -> bool {
+        if expiry > now.unix {
+            return true;
+        }
+        if allocating {
+            return false;
+        }
+        let Some(a) = self.alloc.as_ref().filter(|a| a.user == user) else {
+            return false;
+        };
+        match self.shared.standing(user) {
+            Standing::Live => true,
+            Standing::Ended => false,
+            Standing::Unknown => self.unbound_end(a.cred_expiry, a.created_unix) > now.unix,
+        }
+    }
+
     /// The long-term credential mechanism (RFC 8489 §9.2.4) with REST credentials. Returns
     /// `None` when authenticated (and `self.auth` holds the key), else the reply written.
+    /// `allocating` is true for Allocate: only then must the credential be unexpired.
     pub(super) fn authenticate(
         &mut self,
         m: &Message<'_>,
         req: Req,
+        allocating: bool,
         now: Now,
         out: &mut Vec<u8>,
     ) -> Option<ClientOutput<'static>> {
@@ -127,7 +155,7 @@ impl Client {
 
         // Fast path: same username as last time, one HMAC with the cached key.
         if let Some(cache) = self.auth.as_ref().filter(|c| c.username == username) {
-            if cache.expiry <= now.unix {
+            if !self.still_valid(&cache.user, cache.expiry, allocating, now) {
                 return Some(self.auth_fail(
                     out,
                     req,
@@ -158,9 +186,8 @@ impl Client {
         }
 
         let ring = self.shared.secrets();
-        let parsed = match ring.check_username(username, now.unix) {
-            Ok(p) => p,
-            Err(auth::VerifyError::Expired(_)) => {
+        let parsed = match auth::RestUsername::parse(username) {
+            Ok(p) if !self.still_valid(&p.user, p.expiry, allocating, now) => {
                 return Some(self.auth_fail(
                     out,
                     req,
@@ -169,6 +196,7 @@ impl Client {
                     now,
                 ));
             }
+            Ok(p) => p,
             Err(_) => {
                 return Some(self.auth_fail(
                     out,

@@ -41,7 +41,7 @@ use self::allocate::Allocation;
 use self::counters::LocalStats;
 use self::credentials::AuthCache;
 use super::stats::DropReason;
-use super::{Family, FiveTuple, Now, RelayPorts, Shared};
+use super::{Family, FiveTuple, Now, RelayPorts, Shared, Wake};
 
 /// What [`Client::on_client`] asks the shell to do.
 #[derive(Debug, PartialEq, Eq)]
@@ -101,6 +101,8 @@ pub struct Client {
     local: LocalStats,
     /// Next allocation / permission / channel timer.
     deadline: Option<Instant>,
+    /// Wakes this client's shell when its user is revoked or its session ends.
+    waker: Option<Arc<dyn Wake>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -142,7 +144,15 @@ impl Client {
             alloc: None,
             local: LocalStats::default(),
             deadline: None,
+            waker: None,
         }
+    }
+
+    /// Registers how to wake this client's shell (a connection task) when the user of its
+    /// allocation is revoked or its session ends; the shell then calls
+    /// [`Client::check_revoked`]. Takes effect for allocations made after the call.
+    pub fn set_waker(&mut self, waker: Arc<dyn Wake>) {
+        self.waker = Some(waker);
     }
 
     fn garbage(&mut self, now: Now) -> ClientOutput<'static> {
@@ -255,7 +265,7 @@ impl Client {
         if !known.contains(&method) {
             return self.error(out, req, 400, "Bad Request: unsupported method", None);
         }
-        if let Some(r) = self.authenticate(m, req, now, out) {
+        if let Some(r) = self.authenticate(m, req, method == ALLOCATE, now, out) {
             return r;
         }
         // Authenticated: `self.auth` is set.
