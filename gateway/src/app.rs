@@ -1,17 +1,17 @@
-//! The running gateway's shared state: settings, the secret ring, the relay.
+//! The running gateway's shared state, for request handlers: settings, the relay, the
+//! signaling state (which owns the session registry) and the metrics registry. Signaling
+//! holds nothing of `App`: dependencies point one way.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
-use auth::{Credential, MintError, SecretRing};
+use auth::{Credential, MintError};
 
 use crate::config::Settings;
 
 /// Everything request handlers need.
 pub struct App {
     settings: Settings,
-    secrets: ArcSwap<SecretRing>,
     relay: Arc<relay::core::Shared>,
     signaling: Option<Arc<crate::signaling::Signaling>>,
     /// Counters and gauges served at `/metrics`.
@@ -20,20 +20,17 @@ pub struct App {
 
 impl App {
     /// Wires the application state.
-    pub fn new(settings: Settings, secrets: SecretRing, relay: Arc<relay::core::Shared>) -> Self {
+    pub fn new(
+        settings: Settings,
+        relay: Arc<relay::core::Shared>,
+        signaling: Option<Arc<crate::signaling::Signaling>>,
+    ) -> Self {
         Self {
             settings,
-            secrets: ArcSwap::from_pointee(secrets),
             relay,
-            signaling: None,
+            signaling,
             metrics: crate::metrics::Registry::default(),
         }
-    }
-
-    /// Attaches the signaling state (media engine, sessions, ICE server plan).
-    pub fn with_signaling(mut self, signaling: Arc<crate::signaling::Signaling>) -> Self {
-        self.signaling = Some(signaling);
-        self
     }
 
     /// The signaling state, when the media engine runs.
@@ -51,10 +48,10 @@ impl App {
         &self.relay
     }
 
-    /// Mints a credential for `user` with the configured TTL.
+    /// Mints a credential for `user` with the configured TTL, with the relay's secrets.
     pub fn mint(&self, user: &str) -> Result<Credential, MintError> {
-        self.secrets
-            .load()
+        self.relay
+            .secrets()
             .mint(user, unix_now(), self.settings.turn_credential_ttl)
     }
 

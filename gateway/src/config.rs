@@ -238,16 +238,48 @@ pub struct Settings {
     #[arg(long, env = "TURN_EMBEDDED", default_value_t = true, action = clap::ArgAction::Set)]
     pub turn_embedded: bool,
 
-    /// Most concurrent viewer sessions; further requests get 503.
+    /// Most concurrent viewers (sessions that sent an offer). Beyond, the Geti offer
+    /// endpoint answers 200 `{"status":"failed","meta":{"error":"concurrency_limit_reached"}}`
+    /// (what Geti's UI retries from) and WHEP answers 503. ICE config requests take no slot.
     #[arg(long, env = "MAX_VIEWERS", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_viewers: u32,
 
-    /// Seconds a session that received ICE servers may wait before sending its offer; after
-    /// that it is ended and its TURN credential revoked.
+    /// Seconds a session that received ICE servers but never offered, and whose TURN
+    /// credential holds no allocation, lives; then it ends and its credential is refused. A
+    /// session whose credential holds an allocation never idles out: it ends with its last
+    /// allocation, or with its media.
     #[arg(long, env = "SESSION_IDLE_TIMEOUT", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub session_idle_timeout: u64,
+
+    /// Sessions waiting for their offer, in total. When full, the oldest one whose
+    /// credential holds no allocation makes room.
+    #[arg(long, env = "SESSION_PENDING_MAX", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub session_pending_max: u32,
+
+    /// Sessions waiting for their offer per source (an IPv4 address or an IPv6 /64). When
+    /// full, that source's oldest one whose credential holds no allocation makes room, so
+    /// one client flooding ICE config requests evicts only its own.
+    #[arg(long, env = "SESSION_PENDING_PER_SOURCE", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub session_pending_per_source: u32,
+
+    /// Seconds an allocation whose credential belongs to no live session of this gateway
+    /// (minted by `gateway credentials`, the REST endpoint or another service) may live
+    /// past its creation: it refreshes past its credential's expiry until
+    /// max(expiry, created + this), never longer. A session's own allocations refresh for as
+    /// long as the session lives.
+    #[arg(long, env = "TURN_UNBOUND_ALLOCATION_LIFETIME", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(0..=604_800))]
+    pub turn_unbound_allocation_lifetime: u64,
+
+    /// Browser origins allowed to call the API from pages served elsewhere (CORS), e.g. a
+    /// UI on another port: comma-separated origins (`https://ui.example.com`) or `*`.
+    /// Unset: no CORS headers at all.
+    #[arg(long, env = "CORS_ORIGINS")]
+    pub cors_origins: Option<String>,
 
     /// Seconds a graceful shutdown (SIGTERM, Ctrl-C) waits for TURN sessions to end
     /// before exiting anyway.

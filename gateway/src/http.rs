@@ -16,16 +16,20 @@ use serde_json::json;
 
 use crate::app::App;
 
-/// Builds the router.
-pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+/// Builds the router; `cors` (from CORS_ORIGINS) wraps it when set.
+pub fn router(app: Arc<App>, cors: Option<tower_http::cors::CorsLayer>) -> Router {
+    let r = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(crate::metrics::handler))
         .route("/api/v1/turn/credentials", get(turn_credentials))
         .merge(crate::web::routes())
         .merge(crate::signaling::routes())
         .fallback(not_found)
-        .with_state(app)
+        .with_state(app);
+    match cors {
+        Some(c) => r.layer(c),
+        None => r,
+    }
 }
 
 /// A JSON error body `{"error": "...", "detail": "..."}` with a status.
@@ -71,6 +75,16 @@ async fn turn_credentials(
         }
     }
     let user = q.username.unwrap_or_else(|| "user".to_owned());
+    if user.starts_with(crate::session::SESSION_PREFIX) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_username",
+            format!(
+                "usernames starting with {:?} are reserved for the gateway's own sessions",
+                crate::session::SESSION_PREFIX
+            ),
+        );
+    }
     match app.mint(&user) {
         Ok(c) => Json(json!({
             "username": c.username,
@@ -105,7 +119,12 @@ pub fn serve_connection<S>(
     };
     tokio::spawn(async move {
         let _slot = slot;
-        let service = TowerToHyperService::new(router);
+        // Handlers learn the client's address (per-source bounds) from this extension.
+        let service = tower::Layer::layer(
+            &axum::Extension(crate::signaling::ClientAddr(remote)),
+            router,
+        );
+        let service = TowerToHyperService::new(service);
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         // A client that opens a connection and trickles its request head (slowloris) is
         // cut off: hyper enforces the header timeout only with a timer.

@@ -11,6 +11,7 @@ pub mod media_source;
 pub mod metrics;
 pub mod reload;
 pub mod run;
+pub mod session;
 pub mod shortcut;
 pub mod shutdown;
 pub mod signaling;

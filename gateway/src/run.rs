@@ -65,7 +65,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             bind_ip: settings.webrtc_bind_ip,
             ports: settings.webrtc_port_range,
             advertise_ip: Some(advertised),
-            max_sessions: settings.max_viewers as usize,
+            // The registry's viewer slots are the bound; the engine's is a backstop with
+            // room for media sessions being replaced (closed while their successor starts).
+            max_sessions: settings.max_viewers as usize + settings.max_viewers as usize / 4 + 8,
             ..Default::default()
         },
         video.clone(),
@@ -89,14 +91,34 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         realm: settings.turn_realm.clone(),
         max_allocations_per_user: settings.turn_user_quota,
         max_allocations_total: settings.turn_total_quota,
+        unbound_allocation_lifetime: std::time::Duration::from_secs(
+            settings.turn_unbound_allocation_lifetime,
+        ),
         ..Default::default()
     };
-    let shared = relay::core::Shared::new(
-        relay_config,
-        secrets.clone(),
-        policy,
-        relay::core::NonceKey::random(),
+    let cors = crate::signaling::cors::layer(settings.cors_origins.as_deref())?;
+    // The registry owns every session; the relay asks it whether a TURN user is a live
+    // session (its allocations then outlive the credential's expiry).
+    let registry = crate::session::Registry::new(
+        crate::session::Limits {
+            max_viewers: settings.max_viewers as usize,
+            max_pending: settings.session_pending_max as usize,
+            max_pending_per_source: settings.session_pending_per_source as usize,
+            idle: std::time::Duration::from_secs(settings.session_idle_timeout),
+        },
+        media.clone(),
+        |directory| {
+            relay::core::Shared::with_directory(
+                relay_config,
+                secrets.clone(),
+                policy,
+                relay::core::NonceKey::random(),
+                Some(directory),
+            )
+        },
     );
+    registry.spawn_tasks();
+    let shared = registry.relay().clone();
     let embedded_urls = |settings: &Settings| {
         if settings.turn_embedded {
             settings.turn_uris_for(&host)
@@ -126,22 +148,34 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         },
     )?;
     let signaling = crate::signaling::Signaling::new(
-        media.clone(),
+        registry.clone(),
         plan,
         embedded_uris,
+        settings.turn_credential_ttl,
+    );
+    let app = Arc::new(App::new(
+        settings.clone(),
         shared.clone(),
-        settings.max_viewers as usize,
-        std::time::Duration::from_secs(settings.session_idle_timeout),
-    );
-    let app = Arc::new(
-        App::new(settings.clone(), secrets, shared.clone()).with_signaling(signaling.clone()),
-    );
+        Some(signaling.clone()),
+    ));
     {
-        let sessions = signaling.clone();
+        let r = registry.clone();
         app.metrics.set_gauge(
             "gateway_sessions_active",
-            "WebRTC sessions alive.",
-            move || sessions.sessions().len() as u64,
+            "WebRTC sessions alive (pending and offered).",
+            move || r.counts().0 as u64,
+        );
+        let r = registry.clone();
+        app.metrics.set_gauge(
+            "gateway_sessions_pending",
+            "Sessions handed ICE servers that have not offered yet (no viewer slot).",
+            move || r.counts().1 as u64,
+        );
+        let r = registry.clone();
+        app.metrics.set_gauge(
+            "gateway_viewer_slots_used",
+            "Viewer slots taken (sessions that offered), at most MAX_VIEWERS.",
+            move || r.counts().2 as u64,
         );
         let video = video.clone();
         app.metrics
@@ -149,7 +183,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 video.viewers() as u64
             });
     }
-    let router = http::router(app.clone());
+    let router = http::router(app.clone(), cors);
 
     let io = relay::io::IoConfig {
         listen: settings.turn_listen,
@@ -191,7 +225,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         turn_udp_listen: relay.local_udp(),
         ..settings.clone()
     };
-    signaling.set_relay(relay.revoker(), embedded_urls(&bound));
+    signaling.set_embedded_uris(embedded_urls(&bound));
 
     let listener = tokio::net::TcpListener::bind(settings.gateway_http_addr)
         .await

@@ -207,7 +207,7 @@ async fn browser_client_receives_and_decodes_h264_over_udp() {
     assert_eq!(decode_any(&frames), Some((320, 240)), "bitstream decodes");
 
     // Ending the session is reported (so TURN credentials can be revoked).
-    let mut ended = handle.subscribe_ended();
+    let mut ended = handle.take_ended().expect("first taker");
     handle.close("viewer-1").await.unwrap();
     let e = tokio::time::timeout(Duration::from_secs(5), ended.recv())
         .await
@@ -321,7 +321,7 @@ async fn offers_are_classified() {
     assert!(err.is_client_error());
 
     // A good offer, then the same id again.
-    let mut ended = handle.subscribe_ended();
+    let mut ended = handle.take_ended().expect("first taker");
     let (_h264, offer, _) = client(local, true);
     let sdp = offer.to_sdp_string();
     handle.accept_offer(&sdp, "d".into()).await.unwrap();

@@ -46,7 +46,6 @@ const RECV_BUF: usize = 2048;
 /// Queue between socket readers / `inject` and the engine task.
 const DATAGRAM_QUEUE: usize = 4096;
 const COMMAND_QUEUE: usize = 256;
-const ENDED_QUEUE: usize = 1024;
 
 /// An inclusive UDP port range, `50000-50050` by default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,7 +242,7 @@ impl MediaEngine {
 
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (dgram_tx, dgram_rx) = mpsc::channel(DATAGRAM_QUEUE);
-        let (ended_tx, _) = broadcast::channel(ENDED_QUEUE);
+        let (ended_tx, ended_rx) = mpsc::unbounded_channel();
 
         let readers = sockets
             .iter()
@@ -254,7 +253,7 @@ impl MediaEngine {
             dgram_tx,
             local_addrs: sockets.iter().map(|s| s.local).collect(),
             candidate_addrs: sockets.iter().map(|s| s.candidate).collect(),
-            ended_tx: ended_tx.clone(),
+            ended_rx: std::sync::Mutex::new(Some(ended_rx)),
             rtc_config,
             codec: source.codec(),
         });
@@ -291,7 +290,9 @@ struct Shared {
     dgram_tx: mpsc::Sender<Datagram>,
     local_addrs: Vec<SocketAddr>,
     candidate_addrs: Vec<SocketAddr>,
-    ended_tx: broadcast::Sender<SessionEnded>,
+    /// Session ends, for the one owner of sessions (taken once, see
+    /// [`MediaHandle::take_ended`]).
+    ended_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<SessionEnded>>>,
     rtc_config: RtcConfig,
     codec: VideoCodec,
 }
@@ -382,8 +383,8 @@ impl MediaHandle {
         rx.await.map_err(|_| MediaError::EngineStopped)?
     }
 
-    /// End a session (WHEP DELETE). It is reported on [`MediaHandle::subscribe_ended`] with
-    /// [`EndReason::Closed`] too, so credential revocation can live in one place.
+    /// End a session (WHEP DELETE). It is reported on [`MediaHandle::take_ended`] with
+    /// [`EndReason::Closed`] too.
     pub async fn close(&self, session_id: &str) -> Result<(), MediaError> {
         let (reply, rx) = oneshot::channel();
         self.command(Command::Close {
@@ -394,9 +395,15 @@ impl MediaHandle {
         rx.await.map_err(|_| MediaError::EngineStopped)?
     }
 
-    /// Sessions that ended, for whatever reason, from now on.
-    pub fn subscribe_ended(&self) -> broadcast::Receiver<SessionEnded> {
-        self.shared.ended_tx.subscribe()
+    /// Sessions that ended, for whatever reason: the receiver, for the one owner of
+    /// sessions (the first caller; later calls get `None`). Unbounded, yet bounded by the
+    /// sessions: each ends once. Unlike a broadcast it cannot lag and lose an end.
+    pub fn take_ended(&self) -> Option<mpsc::UnboundedReceiver<SessionEnded>> {
+        self.shared
+            .ended_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// The bound addresses of the media sockets.
@@ -616,7 +623,7 @@ struct Engine {
     wake: Instant,
     frames: broadcast::Receiver<EncodedFrame>,
     source: VideoSource,
-    ended_tx: broadcast::Sender<SessionEnded>,
+    ended_tx: mpsc::UnboundedSender<SessionEnded>,
     connect_timeout: Duration,
     max_sessions: usize,
     _readers: AbortOnDrop,

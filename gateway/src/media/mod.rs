@@ -17,7 +17,7 @@
 //! The signaling layer talks to the engine through a cloneable [`MediaHandle`]:
 //! [`MediaHandle::accept_offer`] turns a browser offer into an answer,
 //! [`MediaHandle::add_remote_candidate`] trickles, [`MediaHandle::close`] ends a session, and
-//! [`MediaHandle::subscribe_ended`] reports sessions that ended on their own (ICE consent lost,
+//! [`MediaHandle::take_ended`] reports sessions that ended on their own (ICE consent lost,
 //! DTLS failure, peer closed, connect timeout) so TURN credentials can be revoked.
 
 mod engine;

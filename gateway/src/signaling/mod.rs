@@ -1,30 +1,26 @@
-//! The signaling API: ICE server lists, SDP offer/answer (the original JSON API and WHEP),
-//! and the session table that ties a browser's TURN credential to its media session.
+//! The signaling API: ICE server lists, SDP offer/answer (the original JSON API and WHEP).
+//! Session state is not kept here: the [`Registry`] owns it.
 //!
 //! ```text
-//! GET  /api/v1/webrtc/config        ─┐ new session (waits for its offer, idle timeout)
+//! GET  /api/v1/webrtc/config        ─┐ a pending session (no viewer slot)
 //! GET  /api/v1/system/webrtc/config ─┤ + ICE servers minted for it
 //! OPTIONS /whep                     ─┘
-//! POST /api/v1/projects/{p}/offer   ── offer → answer (binds to the session, or a new one)
+//! POST /api/v1/projects/{p}/offer   ── offer → answer (bound by relay candidate, id, or new)
 //! POST /whep                        ── offer → 201 answer + Location + Link ice-servers
 //! PATCH /whep/{id}                  ── trickled candidates
-//! DELETE /whep/{id}                 ── end
+//! DELETE /whep/{id}                 ── end (the id is the secret from Location)
 //! ```
-//!
-//! Ending a session, whatever the cause (WHEP DELETE, the media engine's `SessionEnded`:
-//! peer gone, ICE failure, connect timeout; the idle timeout of a session that never
-//! offered), revokes its TURN user (the session id) on the embedded relay, which closes that
-//! user's allocations, and closes the media session.
 
+pub mod cors;
 pub mod extract;
 pub mod ice_servers;
 mod offer;
-pub mod sessions;
 mod whep;
 
-use std::sync::{Arc, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, patch, post};
@@ -32,199 +28,136 @@ use axum::Router;
 
 use crate::app::{unix_now, App};
 use crate::media::{MediaError, MediaHandle};
+use crate::session::registry::Answered;
+use crate::session::{OfferError, Registry, TableError};
 use extract::ApiError;
 use ice_servers::{IceServer, IceServerPlan};
-use sessions::{SessionError, Sessions};
 
 /// Largest request body accepted by the signaling endpoints.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// Signaling state shared by the handlers.
+/// The address a request came from (set per connection by [`crate::http`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Signaling state shared by the handlers: the session registry and how to mint ICE
+/// servers. Holds nothing of [`App`].
 pub struct Signaling {
-    media: MediaHandle,
-    sessions: Sessions,
+    registry: Arc<Registry>,
     plan: IceServerPlan,
-    embedded_uris: OnceLock<Vec<String>>,
-    embedded_default: Vec<String>,
-    relay: Arc<relay::core::Shared>,
-    revoker: OnceLock<relay::io::Revoker>,
+    /// The embedded relay's URLs; final once the relay has bound its port.
+    embedded_uris: ArcSwap<Vec<String>>,
+    ttl: u64,
 }
 
 impl Signaling {
     /// Wires the state. `embedded_uris` are the embedded relay's URLs as configured (see
-    /// [`Signaling::set_relay`]).
+    /// [`Signaling::set_embedded_uris`]); `ttl` is the lifetime of minted credentials.
     pub fn new(
-        media: MediaHandle,
+        registry: Arc<Registry>,
         plan: IceServerPlan,
         embedded_uris: Vec<String>,
-        relay: Arc<relay::core::Shared>,
-        max_viewers: usize,
-        idle_timeout: Duration,
+        ttl: u64,
     ) -> Arc<Self> {
-        let s = Arc::new(Self {
-            media,
-            sessions: Sessions::new(max_viewers, idle_timeout),
+        Arc::new(Self {
+            registry,
             plan,
-            embedded_uris: OnceLock::new(),
-            embedded_default: embedded_uris,
-            relay,
-            revoker: OnceLock::new(),
-        });
-        s.spawn_tasks();
-        s
+            embedded_uris: ArcSwap::from_pointee(embedded_uris),
+            ttl,
+        })
     }
 
-    /// Connects to the running relay: revocations then close live connections, and the
-    /// embedded URLs become `embedded_uris` (with the ports actually bound).
-    pub fn set_relay(&self, revoker: relay::io::Revoker, embedded_uris: Vec<String>) {
-        let _ = self.revoker.set(revoker);
-        let _ = self.embedded_uris.set(embedded_uris);
+    /// The embedded relay's URLs with the ports it actually bound.
+    pub fn set_embedded_uris(&self, uris: Vec<String>) {
+        self.embedded_uris.store(Arc::new(uris));
+    }
+
+    /// The embedded relay's URLs.
+    pub fn embedded_uris(&self) -> Arc<Vec<String>> {
+        self.embedded_uris.load_full()
+    }
+
+    /// The session registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 
     /// The media engine.
     pub fn media(&self) -> &MediaHandle {
-        &self.media
+        self.registry.media()
     }
 
-    /// The session table.
-    pub fn sessions(&self) -> &Sessions {
-        &self.sessions
-    }
-
-    /// The embedded relay's URLs.
-    pub fn embedded_uris(&self) -> &[String] {
-        self.embedded_uris.get().unwrap_or(&self.embedded_default)
-    }
-
-    /// Ends `id`: removes it, revokes its TURN user, closes its media session. Returns
-    /// whether it existed.
-    pub async fn end(&self, id: &str, why: &str) -> bool {
-        let Some(until) = self.sessions.remove(id) else {
-            return false;
-        };
-        self.revoke(id, until);
-        match self.media.close(id).await {
-            Ok(()) | Err(MediaError::UnknownSession(_)) => {}
-            Err(e) => tracing::debug!(session = %id, error = %e, "closing media session"),
-        }
-        tracing::info!(session = %id, reason = why, "session ended");
-        true
-    }
-
-    fn revoke(&self, user: &str, until: u64) {
-        match self.revoker.get() {
-            Some(r) => r.revoke(user, until),
-            None => {
-                self.relay.revoke(user, until, relay::io::now());
-            }
-        }
-    }
-
-    /// Creates a session that waits for its offer and mints its ICE servers.
-    pub fn hand_out(&self, app: &App) -> Result<(String, Vec<IceServer>), ApiError> {
-        let id = sessions::new_id();
-        let (servers, until) = self.mint(app, &id)?;
-        self.sessions.create(&id, until).map_err(session_error)?;
+    /// A pending session for a config request from `ip`, and its ICE servers.
+    pub fn hand_out(&self, ip: Option<IpAddr>) -> Result<(String, Vec<IceServer>), ApiError> {
+        let id = self.registry.hand_out(ip).map_err(table_error)?;
+        let servers = self.ice_servers(&id)?;
         Ok((id, servers))
     }
 
-    /// The ICE server list for `id` and the expiry of its embedded credential.
-    fn mint(&self, app: &App, id: &str) -> Result<(Vec<IceServer>, u64), ApiError> {
+    /// The ICE server list for session `id`, with credentials minted for it.
+    pub fn ice_servers(&self, id: &str) -> Result<Vec<IceServer>, ApiError> {
         let now = unix_now();
-        let cred = app.mint(id).map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "mint_failed",
-                e.to_string(),
-            )
-        })?;
-        let servers = self
-            .plan
-            .for_session(id, self.embedded_uris(), &cred, now)
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "mint_failed",
-                    e.to_string(),
-                )
-            })?;
-        Ok((servers, now.saturating_add(app.credential_ttl())))
+        let mint_failed =
+            |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "mint_failed", e);
+        let cred = self
+            .registry
+            .relay()
+            .secrets()
+            .mint(id, now, self.ttl)
+            .map_err(|e| mint_failed(e.to_string()))?;
+        self.plan
+            .for_session(id, &self.embedded_uris(), &cred, now)
+            .map_err(|e| mint_failed(e.to_string()))
     }
 
-    /// Accepts an offer for session `id` (binding to a waiting session or creating one);
-    /// returns the answer and the session's ICE servers.
+    /// Answers an offer (see [`Registry::offer`]).
     pub async fn offer(
         &self,
-        app: &App,
-        id: &str,
+        named: Option<&str>,
+        client_ids: bool,
         sdp: &str,
-    ) -> Result<(String, Vec<IceServer>), ApiError> {
-        let (servers, until) = self.mint(app, id)?;
-        let begin = self
-            .sessions
-            .begin_offer(id, until)
-            .map_err(session_error)?;
-        match self.media.accept_offer(sdp, id.to_owned()).await {
-            Ok(answer) => {
-                tracing::info!(session = %id, bound = (begin == sessions::Begin::Bound), "session offered");
-                Ok((answer, servers))
-            }
-            Err(e) => {
-                self.sessions.offer_failed(id, begin);
-                Err(media_error(e))
-            }
-        }
-    }
-
-    fn spawn_tasks(self: &Arc<Self>) {
-        let weak = Arc::downgrade(self);
-        let mut ended = self.media.subscribe_ended();
-        tokio::spawn({
-            let weak = weak.clone();
-            async move {
-                loop {
-                    match ended.recv().await {
-                        Ok(e) => {
-                            let Some(s) = weak.upgrade() else { return };
-                            let why = format!("media: {:?}", e.reason);
-                            s.end(&e.session_id, &why).await;
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                            tracing::warn!(missed = n, "session-ended notifications lagged");
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                    }
-                }
-            }
-        });
-        tokio::spawn(idle_sweeper(weak));
+        ip: Option<IpAddr>,
+    ) -> Result<Answered, OfferError> {
+        self.registry.offer(named, client_ids, sdp, ip).await
     }
 }
 
-async fn idle_sweeper(weak: Weak<Signaling>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(s) = weak.upgrade() else { return };
-        for id in s.sessions.idle(Instant::now()) {
-            s.end(&id, "idle: no offer").await;
-        }
-    }
-}
-
-fn session_error(e: SessionError) -> ApiError {
+/// Maps a table refusal to its HTTP error.
+pub fn table_error(e: TableError) -> ApiError {
     match e {
-        SessionError::Full(n) => ApiError::new(
+        TableError::Full(n) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_viewers",
             format!("the gateway serves at most {n} viewers (MAX_VIEWERS); try again later"),
         ),
-        SessionError::Duplicate => ApiError::new(
-            StatusCode::CONFLICT,
-            "duplicate_session",
-            "this session already has a media connection; use a new session id",
+        TableError::SourceBusy(n) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_pending_sessions",
+            format!(
+                "{n} sessions from your address are waiting for their offer and hold TURN \
+                 allocations (SESSION_PENDING_PER_SOURCE); offer or close one first"
+            ),
         ),
+        TableError::Busy(n) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_pending_sessions",
+            format!(
+                "{n} sessions are waiting for their offer (SESSION_PENDING_MAX); try again later"
+            ),
+        ),
+        TableError::Unknown => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_session",
+            "no live session with that id",
+        ),
+    }
+}
+
+/// Maps an offer refusal to its HTTP error.
+pub fn offer_error(e: OfferError) -> ApiError {
+    match e {
+        OfferError::Table(t) => table_error(t),
+        OfferError::Media(m) => media_error(m),
     }
 }
 

@@ -1,37 +1,51 @@
-//! The original JSON API: `GET …/webrtc/config` and `POST /api/v1/projects/{id}/offer`.
+//! The original JSON API: `GET …/webrtc/config` and `POST /api/v1/projects/{id}/offer`,
+//! shaped as Geti's backend answers it (its UI is the reference client).
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::extract::{ApiError, ApiJson};
-use super::sessions::valid_id;
+use super::ClientAddr;
 use crate::app::App;
+use crate::session::{valid_id, OfferError, TableError};
 
 /// `GET /api/v1/webrtc/config`, `GET /api/v1/system/webrtc/config`:
-/// `{"iceServers": [...], "sessionId": "..."}` for a new session.
-pub(super) async fn webrtc_config(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+/// `{"iceServers": [...], "sessionId": "..."}` for a new pending session. Clients that
+/// ignore `sessionId` (Geti's UI) are bound by the relay candidates their offer carries.
+pub(super) async fn webrtc_config(
+    State(app): State<Arc<App>>,
+    peer: Option<Extension<ClientAddr>>,
+) -> Result<Json<Value>, ApiError> {
     let sig = super::state(&app)?;
-    let (id, servers) = sig.hand_out(&app)?;
+    let (id, servers) = sig.hand_out(peer.map(|p| p.0 .0.ip()))?;
     Ok(Json(json!({ "iceServers": servers, "sessionId": id })))
 }
 
-/// Body of `POST /api/v1/projects/{project_id}/offer`.
+fn default_type() -> String {
+    "offer".to_owned()
+}
+
+/// Body of `POST /api/v1/projects/{project_id}/offer` (Geti's schema: `type` optional,
+/// `"offer"` by default).
 #[derive(Debug, Deserialize)]
 pub(super) struct OfferRequest {
     webrtc_id: String,
     sdp: String,
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default = "default_type")]
     kind: String,
 }
 
-/// `POST /api/v1/projects/{project_id}/offer` → `{"sdp", "type": "answer"}`.
+/// `POST /api/v1/projects/{project_id}/offer` → `{"sdp", "type": "answer"}`. At capacity
+/// it answers 200 `{"status":"failed","meta":{"error":"concurrency_limit_reached","limit":N}}`:
+/// the FastRTC convention Geti's UI parses and can retry from (any non-2xx leaves it stuck).
 pub(super) async fn offer(
     State(app): State<Arc<App>>,
+    peer: Option<Extension<ClientAddr>>,
     ApiJson(req): ApiJson<OfferRequest>,
 ) -> Result<Json<Value>, ApiError> {
     if req.kind != "offer" {
@@ -49,6 +63,13 @@ pub(super) async fn offer(
         ));
     }
     let sig = super::state(&app)?;
-    let (answer, _) = sig.offer(&app, &req.webrtc_id, &req.sdp).await?;
-    Ok(Json(json!({ "sdp": answer, "type": "answer" })))
+    let ip = peer.map(|p| p.0 .0.ip());
+    match sig.offer(Some(&req.webrtc_id), true, &req.sdp, ip).await {
+        Ok(a) => Ok(Json(json!({ "sdp": a.answer, "type": "answer" }))),
+        Err(OfferError::Table(TableError::Full(limit))) => Ok(Json(json!({
+            "status": "failed",
+            "meta": { "error": "concurrency_limit_reached", "limit": limit },
+        }))),
+        Err(e) => Err(super::offer_error(e)),
+    }
 }

@@ -3,19 +3,22 @@
 //! ICE servers travel in `Link` headers, one per URL:
 //! `<turns:host:443?transport=tcp>; rel="ice-server"; username="…"; credential="…";
 //! credential-type="password"`. A client that fetched them with `OPTIONS` (which creates a
-//! session waiting for its offer) can bind its `POST` to that session by sending the
-//! `X-Session-Id` header it got back; otherwise the `POST` makes a new session.
+//! pending session) is bound to that session by the relay candidates of its offer, or by
+//! the `X-Session-Id` header it got back; otherwise the `POST` makes a new session. The
+//! session id in `Location` is the secret that ends it: `DELETE` takes nothing else.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 
 use super::extract::{ApiError, SdpBody, SdpFragBody};
 use super::ice_servers::{link_headers, IceServer};
-use super::sessions::{new_id, valid_id};
+use super::ClientAddr;
 use crate::app::App;
+use crate::session::valid_id;
 
 /// Header carrying the session id of an `OPTIONS` response, and binding a `POST` to it.
 pub const SESSION_HEADER: &str = "x-session-id";
@@ -31,24 +34,43 @@ fn with_links(headers: &mut HeaderMap, servers: &[IceServer]) {
 /// `POST /whep` with an `application/sdp` offer → `201 Created` with the answer.
 pub(super) async fn post(
     State(app): State<Arc<App>>,
+    peer: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     SdpBody(sdp): SdpBody,
 ) -> Result<Response, ApiError> {
     let sig = super::state(&app)?;
-    let id = match headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
-        Some(id) if sig.sessions().contains(id) => id.to_owned(),
-        Some(id) if !valid_id(id) => {
+    let named = match headers.get(SESSION_HEADER).map(|v| v.to_str()) {
+        Some(Ok(id)) if valid_id(id) => Some(id),
+        Some(_) => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_session_id",
                 "X-Session-Id must be 1 to 64 characters of A-Z a-z 0-9 - _ .",
             ))
         }
-        Some(id) => return Err(ApiError::unknown_session(id)),
-        None => new_id(),
+        None => None,
     };
-    let (answer, servers) = sig.offer(&app, &id, &sdp).await?;
-    let mut resp = (StatusCode::CREATED, answer).into_response();
+    let answered = match sig
+        .offer(named, false, &sdp, peer.map(|p| p.0 .0.ip()))
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            let full = matches!(
+                e,
+                crate::session::OfferError::Table(crate::session::TableError::Full(_))
+            );
+            let mut resp = super::offer_error(e).into_response();
+            if full {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            return Ok(resp);
+        }
+    };
+    let id = answered.session;
+    let servers = sig.ice_servers(&id)?;
+    let mut resp = (StatusCode::CREATED, answered.answer).into_response();
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -68,6 +90,7 @@ pub(super) async fn post(
 /// ICE servers of a new session in `Link` headers (and its id in `X-Session-Id`).
 pub(super) async fn options(
     State(app): State<Arc<App>>,
+    peer: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let mut resp = StatusCode::NO_CONTENT.into_response();
@@ -84,7 +107,7 @@ pub(super) async fn options(
         return Ok(resp);
     }
     let sig = super::state(&app)?;
-    let (id, servers) = sig.hand_out(&app)?;
+    let (id, servers) = sig.hand_out(peer.map(|p| p.0 .0.ip()))?;
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&id) {
         h.insert(HeaderName::from_static(SESSION_HEADER), v);
@@ -100,7 +123,7 @@ pub(super) async fn patch(
     SdpFragBody(frag): SdpFragBody,
 ) -> Result<Response, ApiError> {
     let sig = super::state(&app)?;
-    if !sig.sessions().contains(&id) {
+    if !sig.registry().contains(&id) {
         return Err(ApiError::unknown_session(&id));
     }
     for line in frag.lines().map(str::trim) {
@@ -114,13 +137,15 @@ pub(super) async fn patch(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `DELETE /whep/{id}`: ends the session (revokes its TURN credential).
+/// `DELETE /whep/{id}`: ends the session (its credential is refused from then on and its
+/// allocations close). `id` must be the session id from `Location`: a client-chosen
+/// `webrtc_id` names a session, it does not own it.
 pub(super) async fn delete(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let sig = super::state(&app)?;
-    if sig.end(&id, "WHEP DELETE").await {
+    if sig.registry().end(&id, "WHEP DELETE") {
         Ok(StatusCode::OK.into_response())
     } else {
         Err(ApiError::unknown_session(&id))
