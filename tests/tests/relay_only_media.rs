@@ -656,3 +656,186 @@ async fn first_datagram_to_a_real_peer_is_relayed() {
         counters(&gw).sockets
     );
 }
+
+/// [`http_json`] from a chosen loopback source address (per-source bounds).
+async fn http_json_from(src: Ipv4Addr, addr: SocketAddr, method: &str, path: &str) -> u16 {
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let raw = tokio::time::timeout(HTTP_TIMEOUT, async {
+        let sock = tokio::net::TcpSocket::new_v4()?;
+        sock.bind(SocketAddr::new(IpAddr::V4(src), 0))?;
+        let mut s = sock.connect(addr).await?;
+        s.write_all(req.as_bytes()).await?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await?;
+        std::io::Result::Ok(raw)
+    })
+    .await
+    .expect("bounded")
+    .expect("request");
+    let text = String::from_utf8_lossy(&raw);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The Geti UI's client as it ships: it ignores `sessionId` and offers with a `webrtc_id` of
+/// its own. Its offer is bound to its config session by the relay candidate it carries;
+/// that session outlives SESSION_IDLE_TIMEOUT while its allocation lives. Floods of config
+/// requests (from one address and from many), offers abandoned mid-request and DELETEs
+/// that name its webrtc_id leave the viewer, its allocation and the viewer slots alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_its_own_webrtc_id_is_bound_by_its_relay_candidate_and_survives_floods() {
+    let gw = start_gateway(
+        "43000-43999",
+        &["--session-idle-timeout", "2", "--max-viewers", "64"],
+    )
+    .await;
+    let registry = gw
+        .running
+        .app
+        .signaling()
+        .expect("signaling")
+        .registry()
+        .clone();
+    let http = gw.running.http_addr;
+    let cfg = webrtc_config(&gw).await;
+    let mut turn = connect_turns(&gw, &cfg).await;
+    let turn_local = turn.local_addr();
+    let alloc = turn
+        .allocate(&cfg.username, &cfg.credential)
+        .await
+        .expect("Allocate with the minted credential");
+    let (rtc, offer, pending) = relay_only_client(alloc.relayed, turn_local);
+    let webrtc_id = "5b0e7c1e-5f43-4a8e-9d57-6f1f3c2a9e10";
+    let body = serde_json::json!({ "webrtc_id": webrtc_id, "sdp": offer, "type": "offer" });
+    let (status, answer) = http_json(http, "POST", "/api/v1/projects/x/offer", Some(&body)).await;
+    assert_eq!(status, 200, "offer: {answer}");
+    let answer_sdp = answer["sdp"].as_str().expect("answer sdp").to_owned();
+    assert_eq!(
+        registry.counts(),
+        (1, 0, 1),
+        "bound to the config session: one session, none pending, one slot"
+    );
+    let mut peer = RelayedPeer {
+        rtc,
+        turn,
+        relayed: alloc.relayed,
+        channel_of: HashMap::new(),
+        peer_of: HashMap::new(),
+        ice_connected: false,
+        dtls_connected: false,
+        frames: Vec::new(),
+        unbound_sends: 0,
+    };
+    peer.rtc
+        .sdp_api()
+        .accept_answer(
+            pending,
+            SdpAnswer::from_sdp_string(&answer_sdp).expect("answer parses"),
+        )
+        .expect("answer applies");
+    for (addr, _) in candidates(&answer_sdp) {
+        peer.bind(addr).await;
+    }
+    assert!(
+        peer.pump(MEDIA_TIMEOUT, |p| p.frames.len() >= 10).await,
+        "video flows"
+    );
+
+    // A flood of config requests from one address, then from many.
+    for _ in 0..1000 {
+        assert_eq!(
+            http_json_from(Ipv4Addr::LOCALHOST, http, "GET", "/api/v1/webrtc/config").await,
+            200
+        );
+    }
+    let (_, pending_now, _) = registry.counts();
+    assert!(pending_now <= 64, "bounded per source: {pending_now}");
+    for i in 0..1000u32 {
+        let src = Ipv4Addr::new(127, 0, 1, (i % 50 + 2) as u8);
+        assert_eq!(
+            http_json_from(src, http, "GET", "/api/v1/webrtc/config").await,
+            200
+        );
+    }
+    // Offers abandoned mid-request (the client goes away while the engine works): polled
+    // once, then dropped. One the engine answered within that poll is a real session, ended
+    // the way its client would (DELETE with its id); the others give their slot back.
+    let sig = gw.running.app.signaling().expect("signaling").clone();
+    let (mut abandoned, mut answered) = (0, Vec::new());
+    for i in 0..50 {
+        let id = format!("abandoned-{i}");
+        match tokio::time::timeout(
+            Duration::ZERO,
+            sig.offer(Some(&id), true, &offer_for_abandon(), Some(LOOPBACK)),
+        )
+        .await
+        {
+            Err(_) => abandoned += 1,
+            Ok(Ok(a)) => answered.push(a.session),
+            Ok(Err(e)) => panic!("offer refused: {e:?}"),
+        }
+    }
+    assert!(abandoned > 0, "some offers were abandoned mid-request");
+    for id in answered {
+        let path = format!("/whep/{id}");
+        assert_eq!(
+            http_json_from(Ipv4Addr::LOCALHOST, http, "DELETE", &path).await,
+            200
+        );
+    }
+    // DELETEs naming the viewer's webrtc_id, or a made-up session id.
+    for path in [
+        format!("/whep/{webrtc_id}"),
+        "/whep/gws-00000000000000000000000000000000".to_owned(),
+    ] {
+        let (status, _) = http_json(http, "DELETE", &path, None).await;
+        assert_eq!(status, 404, "{path}");
+    }
+    // Slots are back at their baseline (the viewer's one), its allocation is untouched,
+    // and video keeps flowing past twice the idle timeout.
+    assert!(
+        gateway_tests::eventually(Duration::from_secs(5), || registry.counts().2 == 1).await,
+        "slots back to baseline: {:?}",
+        registry.counts()
+    );
+    assert_eq!(
+        gw.running
+            .app
+            .relay_shared()
+            .allocations_of(&cfg.session_id),
+        1
+    );
+    let before = peer.frames.len();
+    let t0 = Instant::now();
+    let grew = peer
+        .pump(Duration::from_secs(8), |p| {
+            t0.elapsed() > Duration::from_secs(5) && p.frames.len() > before + 30
+        })
+        .await;
+    assert!(
+        grew,
+        "frames {before} → {} after the floods",
+        peer.frames.len()
+    );
+    assert!(registry.contains(&cfg.session_id), "the session lives on");
+    // The pending sessions of the flood idle out (they hold no allocation).
+    assert!(
+        gateway_tests::eventually(Duration::from_secs(10), || registry.counts().1 == 0).await,
+        "{:?}",
+        registry.counts()
+    );
+}
+
+/// A plain recvonly H.264 offer with no candidates.
+fn offer_for_abandon() -> String {
+    let mut rtc = RtcConfig::new()
+        .clear_codecs()
+        .enable_h264(true)
+        .build(Instant::now());
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    let (offer, _) = api.apply().expect("an offer");
+    offer.to_sdp_string()
+}

@@ -663,14 +663,24 @@ async fn malformed_inputs_get_json_errors_and_the_gateway_keeps_serving() {
     .expect_error(404, "unknown_session");
     // None of it left a session behind, and a valid offer still works.
     let sig = gw.app.signaling().unwrap();
-    assert_eq!(sig.sessions().len(), 0);
+    assert_eq!(sig.registry().counts().0, 0);
     let r = offer_json(a, "good-1", &video_offer()).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["type"], "answer");
-    // The same session id cannot offer twice.
-    offer_json(a, "good-1", &video_offer())
-        .await
-        .expect_error(409, "duplicate_session");
+    // A re-offer with the same webrtc_id replaces the session (as Geti's backend does):
+    // answered, and still one session.
+    let r = offer_json(a, "good-1", &video_offer()).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["type"], "answer");
+    assert_eq!(sig.registry().counts(), (1, 0, 1));
+    // `type` is optional in Geti's schema (default "offer").
+    let r = post_json(
+        a,
+        "/api/v1/projects/p1/offer",
+        &serde_json::json!({"webrtc_id": "good-2", "sdp": video_offer()}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -689,6 +699,7 @@ async fn max_viewers_and_idle_timeout() {
     ])
     .await;
     let a = gw.http_addr;
+    let sig = gw.app.signaling().unwrap().clone();
     let first = get(a, "/api/v1/webrtc/config").await;
     assert_eq!(first.status, 200);
     let j = first.json();
@@ -697,21 +708,44 @@ async fn max_viewers_and_idle_timeout() {
         .as_str()
         .unwrap()
         .to_owned();
-    get(a, "/api/v1/webrtc/config")
+    // Config requests take no viewer slot.
+    assert_eq!(get(a, "/api/v1/webrtc/config").await.status, 200);
+    let r = offer_json(a, "viewer-1", &video_offer()).await;
+    assert_eq!(r.json()["type"], "answer", "{r:?}");
+    // Full: the Geti endpoint answers what Geti's UI can retry from, WHEP a 503.
+    let r = offer_json(a, "other", &video_offer()).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"status": "failed", "meta": {"error": "concurrency_limit_reached", "limit": 1}})
+    );
+    let w = request(
+        a,
+        "POST",
+        "/whep",
+        &[("Content-Type", "application/sdp")],
+        video_offer().as_bytes(),
+    )
+    .await;
+    w.expect_error(503, "too_many_viewers");
+    assert_eq!(w.header("retry-after"), Some("5"));
+    // Naming a session by its webrtc_id does not end it: DELETE takes only the secret id.
+    request(a, "DELETE", "/whep/viewer-1", &[], b"")
         .await
-        .expect_error(503, "too_many_viewers");
-    offer_json(a, "other", &video_offer())
-        .await
-        .expect_error(503, "too_many_viewers");
-    // The first session never offers: after the idle timeout it ends, its credential is
-    // revoked and its slot is free again.
-    let sig = gw.app.signaling().unwrap().clone();
-    assert!(gateway_tests::eventually(Duration::from_secs(5), || sig.sessions().is_empty()).await);
+        .expect_error(404, "unknown_session");
+    assert_eq!(sig.registry().counts().2, 1);
+    // The sessions that never offered and hold no allocation idle out; the credential of
+    // the first is refused from then on.
+    assert!(
+        gateway_tests::eventually(Duration::from_secs(5), || sig.registry().counts().1 == 0).await
+    );
     let mut c = TurnClient::connect_tcp(gw.relay.local_tcp()).await.unwrap();
     assert_eq!(
         c.allocate(&user, &pass).await.unwrap_err().code(),
         Some(401)
     );
-    let r = offer_json(a, "other", &video_offer()).await;
-    assert_eq!(r.status, 200, "{r:?}");
+    // The viewer's re-offer with its own webrtc_id replaces its session: answered.
+    let r = offer_json(a, "viewer-1", &video_offer()).await;
+    assert_eq!(r.json()["type"], "answer", "{r:?}");
+    assert_eq!(sig.registry().counts(), (1, 0, 1));
 }

@@ -98,6 +98,11 @@ impl Registry {
         self.table().contains(id)
     }
 
+    /// The media session of `id` in the engine, once it offered.
+    pub fn media_of(&self, id: &str) -> Option<String> {
+        self.table().media_of(id)
+    }
+
     /// `(live sessions, pending sessions, viewer slots used)`.
     pub fn counts(&self) -> (usize, usize, usize) {
         let t = self.table();

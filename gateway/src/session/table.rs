@@ -166,6 +166,14 @@ impl SessionTable {
         self.sessions.contains_key(id)
     }
 
+    /// The current media session of `id`, once it offered.
+    pub fn media_of(&self, id: &str) -> Option<String> {
+        match self.sessions.get(id)?.state {
+            State::Offered { media, .. } => Some(media_key(id, media)),
+            State::Pending => None,
+        }
+    }
+
     /// Live sessions.
     pub fn len(&self) -> usize {
         self.sessions.len()

@@ -123,13 +123,13 @@ pub(super) async fn patch(
     SdpFragBody(frag): SdpFragBody,
 ) -> Result<Response, ApiError> {
     let sig = super::state(&app)?;
-    if !sig.registry().contains(&id) {
+    let Some(media) = sig.registry().media_of(&id) else {
         return Err(ApiError::unknown_session(&id));
-    }
+    };
     for line in frag.lines().map(str::trim) {
         if line.starts_with("a=candidate:") || line.starts_with("candidate:") {
             sig.media()
-                .add_remote_candidate(&id, line)
+                .add_remote_candidate(&media, line)
                 .await
                 .map_err(super::media_error)?;
         }
