@@ -154,6 +154,18 @@ async function viewers() {
     return null;
   }
 }
+// The gateway's /metrics lines about refused requests (auth, revocation, expiry), nonzero only.
+async function refusalMetrics(ip) {
+  try {
+    const r = await fetch(`http://${ip}:9100/metrics`, { signal: AbortSignal.timeout(2000) });
+    return (await r.text())
+      .split("\n")
+      .filter((l) => !l.startsWith("#") && /auth|401|unauthori|stale|revok|expir|reject|forbidden|403|437/i.test(l) && !/ 0$/.test(l));
+  } catch (e) {
+    return [`(could not read /metrics: ${e.message})`];
+  }
+}
+
 const ended = (ids) => logLinesFor(ids).filter((l) => /\bended\b/i.test(l)).length;
 
 // The session ids a connection may be known by: the client's webrtc_id and the session its
@@ -250,6 +262,7 @@ if (failures.length) {
       console.log(`    states: ${p.timeline.map(([w, s2, ms]) => `${w}=${s2}@${ms}ms`).join(" ")}; frames ${p.frames}`);
       for (const e of p.errors) console.log(`    candidate error: ${e.errorCode} ${e.errorText} url=${e.url}`);
     }
+    for (const l of await refusalMetrics(hostIp)) console.log(`  metrics: ${l}`);
     const ids = [...new Set(st.gw.pcs.flatMap(idsOf))];
     const lines = logLinesFor(ids).filter((l) => /session|revok|alloc|ended|idle|409|duplicate/i.test(l));
     console.log(`  gateway log (${gatewayLog}), ${lines.length} line(s) for ${ids.join(", ")} (last 30):`);

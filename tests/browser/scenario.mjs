@@ -472,6 +472,18 @@ async function longWatch() {
   if (!(last > (tenBefore ?? last))) failures.push(`no frame decoded in the last 10 s of the ${Math.round(watchMs / 1000)} s watch`);
 }
 
+// The gateway's /metrics lines about refused requests (auth, revocation, expiry), nonzero only.
+async function refusalMetrics(ip) {
+  try {
+    const r = await fetch(`http://${ip}:9100/metrics`, { signal: AbortSignal.timeout(2000) });
+    return (await r.text())
+      .split("\n")
+      .filter((l) => !l.startsWith("#") && /auth|401|unauthori|stale|revok|expir|reject|forbidden|403|437/i.test(l) && !/ 0$/.test(l));
+  } catch (e) {
+    return [`(could not read /metrics: ${e.message})`];
+  }
+}
+
 function sessionIds() {
   const ids = new Set();
   for (const p of (state && state.pcs) || [])
@@ -552,6 +564,7 @@ async function diagnose() {
   if (drops != null) console.log(`  firewall: ${drops} UDP packet(s) dropped so far on the namespace's veth (nft netdev egress)`);
   const tlsRes = await tlsCheck();
   if (tlsRes) console.log(`  ${tlsRes.text}`);
+  for (const l of await refusalMetrics(hostIp)) console.log(`  metrics: ${l}`);
   const ids = sessionIds();
   grepLog(gatewayLog, ids, "gateway log");
   const cotLines = grepLog(coturnLog, ids, "coturn log");
@@ -595,6 +608,13 @@ async function diagnose() {
     );
   if (p && p.dtlsState === "connected" && !(p.frames > 0))
     hints.push("ICE and DTLS are up but no frame was decoded: check MEDIA_SOURCE and the negotiated codec in the gateway log");
+  const died = p && p.timeline.find((e) => e[0] === "connection" && e[1] === "failed" && p.iceConnectedAt != null);
+  if (died && p.selected && p.selected.local && p.selected.local.type === "relay" && died[2] > 30000)
+    hints.push(
+      `the relayed connection ran ${Math.round(died[2] / 1000)} s, then failed while its gateway session was alive: the relay stopped relaying for it ` +
+        `(a refused Refresh / CreatePermission / ChannelBind, e.g. 401 once the REST credential's expiry passed: Chromium refreshes permissions about every 4 min, ` +
+        `or the allocation closed by a revocation of the session's TURN user). A live session's allocation must refresh for as long as the session lives`,
+    );
   if (!hints.length) hints.push("no specific cause recognised; read the states, candidates and log lines above");
   for (const h of new Set(hints)) console.log(`HINT: ${h}`);
 }
