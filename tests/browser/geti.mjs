@@ -191,6 +191,12 @@ if (failures.length === 0) {
     const sel = first.pc.selected.local || {};
     if (sel.type !== "relay") step("1b", false, `selected local candidate is ${sel.type}/${sel.protocol}, expected relay (UDP is dropped here)`);
     else log(`selected pair: relay ${sel.relayProtocol} ${sel.url || ""}`);
+    // The client refuses a second start() while its connection is active (no request, no new pc).
+    const n = await state();
+    await page.evaluate(() => window.getiApp.start());
+    const m = await state();
+    if (m.gw.pcs.length !== n.gw.pcs.length || m.gw.fetches.length !== n.gw.fetches.length)
+      step("1c", false, "start() while connected made a new connection (the client must refuse it)");
 
     // 2. long watch
     const watchStart = Date.now();
@@ -220,7 +226,9 @@ if (failures.length === 0) {
   // 3. Stop -> Start at once (old session still alive on the gateway)
   let s = await state();
   const oldPc = s.gw.pcs[s.gw.pcs.length - 1];
+  const endedMark3 = ended(idsOf(oldPc));
   await page.evaluate(() => window.getiApp.stop());
+  log(`stop() done; the gateway's log ${ended(idsOf(oldPc)) > endedMark3 ? "already shows the session ended" : "shows the session still alive"} at the re-offer`);
   const again = await startAndPlay("stop->start at once", replayMs);
   const sameId = (await page.evaluate(() => window.getiApp.webrtcId)) === webrtcId;
   step(3, again.ok && sameId, again.ok ? `played again ${again.ms} ms after start() with the same webrtc_id` : again.why);

@@ -337,7 +337,7 @@ bg_collect() {
     sname=${bg_names[$i]}
     if wait "${bg_pids[$i]}"; then
       say "scenario $sname (background): passed"
-      sed 's/^/    /' "$work/$sname.out" | grep -E 'STEP|selected pair|watch|watched|TIMING|RESULT' || true
+      sed 's/^/    /' "$work/$sname.out" | grep -E 'STEP|selected pair|watch|watched|stop\(\) done|ended the session|TIMING|RESULT' || true
       record "$sname" 1 "$(grep -E '^RESULT' "$work/$sname.out" | tail -1 | cut -c1-300)"
     else
       say "scenario $sname (background): FAILED"
