@@ -52,7 +52,16 @@
       info.iceState = transport.iceState || null;
       info.dtlsState = transport.dtlsState || null;
       if (transport.dtlsState === "connected" && info.dtlsConnectedAt == null) info.dtlsConnectedAt = now;
-      const pair = transport.selectedCandidatePairId ? report.get(transport.selectedCandidatePairId) : null;
+    } else {
+      // Firefox has no transport stats: take the states from the connection itself.
+      info.iceState = pc.iceConnectionState;
+      info.dtlsState = pc.connectionState === "connected" ? "connected" : pc.connectionState;
+      if (info.dtlsState === "connected" && info.dtlsConnectedAt == null) info.dtlsConnectedAt = now;
+    }
+    {
+      let pair = transport && transport.selectedCandidatePairId ? report.get(transport.selectedCandidatePairId) : null;
+      // Firefox: no transport stats; the selected pair says so itself (non-standard `selected`).
+      if (!pair && !transport) pair = pairs.find((p) => p.selected) || pairs.find((p) => p.nominated && p.state === "succeeded") || null;
       if (pair) {
         info.selected = {
           state: pair.state,
@@ -76,6 +85,8 @@
       info.bytesReceived = inbound.bytesReceived || 0;
       info.width = inbound.frameWidth || null;
       info.height = inbound.frameHeight || null;
+      const codec = inbound.codecId ? report.get(inbound.codecId) : null;
+      info.codec = codec ? codec.mimeType || null : null;
       if (info.frames > 0 && info.firstFrameAt == null) info.firstFrameAt = now;
     }
   }
@@ -94,6 +105,7 @@
       dtlsConnectedAt: null,
       firstFrameAt: null,
       frames: 0,
+      codec: null,
       selected: null,
       pairs: [],
     };

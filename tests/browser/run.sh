@@ -7,7 +7,11 @@
 # diagnosis names it.
 #
 #   tests/browser/run.sh              all scenarios
-#   tests/browser/run.sh 1 3 5        only these scenarios (1..6, f1..f3)
+#   tests/browser/run.sh 1 3 5        only these scenarios (1..6, f1..f3, g1, t1, t2, ff1, ff2)
+#
+# The long watches (g1: 130 s+ with its own gateway on its defaults; t1: 6 min with its own
+# gateway and TURN_CREDENTIAL_TTL=30) run in the background, each in its own firewalled
+# namespace with its own gateway, while the others run one after another; all are waited for.
 #   KEEP=1 tests/browser/run.sh       keep the temp dir (logs) after the run
 #
 # Needs root (network namespaces, nft, port 443), ip, nft, chromium, certutil, openssl, node
@@ -25,11 +29,12 @@ die() { printf '[browser] ERROR: %s\n' "$*" >&2; exit 2; }
 if [[ $(id -u) -ne 0 ]]; then
   die "these tests need root: they create network namespaces, veth pairs and nft rules and bind port 443 (run as root, e.g. in CI or with sudo)"
 fi
-for tool in ip nft chromium certutil openssl node turnserver python3 curl; do
-  command -v "$tool" >/dev/null 2>&1 || die "missing tool: $tool (tests/run installs it: chromium, libnss3-tools, nftables, iproute2, coturn, nodejs, openssl, curl)"
+for tool in ip nft chromium firefox-esr certutil openssl node turnserver python3 curl; do
+  command -v "$tool" >/dev/null 2>&1 || die "missing tool: $tool (tests/run installs it: chromium, firefox-esr, libnss3-tools, nftables, iproute2, coturn, nodejs, openssl, curl)"
 done
 [[ -x /usr/bin/chromium ]] || die "Debian chromium must be at /usr/bin/chromium"
 [[ -d "$here/node_modules/playwright-core" ]] || die "playwright-core is missing: (cd tests/browser && npm install)"
+[[ -d "$here/node_modules/puppeteer-core" ]] || die "puppeteer-core is missing: (cd tests/browser && npm install)"
 ip netns list >/dev/null 2>&1 || die "network namespaces are not available here (ip netns list failed)"
 
 venv="$root/tests/.venv-aiortc"
@@ -52,6 +57,7 @@ want() { # x* scenarios (diagnostic extras) run only when named
   for s in "${selected[@]}"; do [[ "$s" == "$1" ]] && return 0; done
   return 1
 }
+want_any() { local s; for s in "$@"; do want "$s" && return 0; done; return 1; }
 
 # --- names, addresses, temp dir, cleanup -----------------------------------------------------
 id=$$
@@ -64,10 +70,18 @@ host_ip=10.213.$octet.1 # host side of the firewalled pair (the gateway listens 
 ns_ip=10.213.$octet.2
 host_ip2=10.213.$octet.5 # host side of the control pair (no firewall)
 ns_ip2=10.213.$octet.6
+host_ip3=10.213.$octet.9 # g1's own gateway (defaults) and firewalled namespace
+ns_ip3=10.213.$octet.10
+host_ip4=10.213.$octet.13 # t1's own gateway (TURN_CREDENTIAL_TTL=30) and firewalled namespace
+ns_ip4=10.213.$octet.14
 ns=gwfw$id
 ns2=gwopen$id
+ns3=gwlong$id
+ns4=gwttl$id
 veth_h=gwh$id veth_n=gwn$id
 veth_h2=goh$id veth_n2=gon$id
+veth_h3=glh$id veth_n3=gln$id
+veth_h4=gth$id veth_n4=gtn$id
 nft_table=gwfw$id
 host_name=gateway.test
 work=$(mktemp -d /tmp/gateway-browser.XXXXXX)
@@ -80,11 +94,9 @@ cleanup() {
   set +e
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
-  ip netns del "$ns" 2>/dev/null
-  ip netns del "$ns2" 2>/dev/null
-  ip link del "$veth_h" 2>/dev/null
-  ip link del "$veth_h2" 2>/dev/null
-  rm -rf "/etc/netns/$ns" "/etc/netns/$ns2"
+  for n in "$ns" "$ns2" "$ns3" "$ns4"; do ip netns del "$n" 2>/dev/null; done
+  for v in "$veth_h" "$veth_h2" "$veth_h3" "$veth_h4"; do ip link del "$v" 2>/dev/null; done
+  rm -rf "/etc/netns/$ns" "/etc/netns/$ns2" "/etc/netns/$ns3" "/etc/netns/$ns4"
   if [[ -n "${KEEP:-}" ]]; then echo "[browser] kept $work"; else rm -rf "$work"; fi
   exit $rc
 }
@@ -92,7 +104,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Namespaces left by an earlier run that was killed (its PID is gone).
-for old in $(ip netns list | grep -Eo '^gw(fw|open)[0-9]+' || true); do
+for old in $(ip netns list | grep -Eo '^gw(fw|open|long|ttl)[0-9]+' || true); do
   kill -0 "${old##*[a-z]}" 2>/dev/null && continue
   say "removing namespace $old left by a killed run"
   ip netns del "$old" 2>/dev/null || true
@@ -100,7 +112,7 @@ for old in $(ip netns list | grep -Eo '^gw(fw|open)[0-9]+' || true); do
 done
 
 # --- network: two namespaces, one behind a UDP-dropping firewall -------------------------------
-make_ns() { # ns veth_host veth_ns host_ip ns_ip
+make_ns() { # ns veth_host veth_ns host_ip ns_ip gateway_ip
   ip netns add "$1"
   ip link add "$2" type veth peer name "$3"
   ip link set "$3" netns "$1"
@@ -117,7 +129,7 @@ make_ns() { # ns veth_host veth_ns host_ip ns_ip
 table netdev ${nft_table}c {
   chain egress {
     type filter hook egress device "$3" priority -10;
-    ip daddr != $host_ip drop
+    ip daddr != $6 drop
     meta protocol ip6 drop
   }
 }
@@ -126,26 +138,41 @@ EOF
   # resolves from the hosts file, and DNS goes to the namespace's own loopback (nothing
   # listens: queries fail at once instead of leaving the machine or timing out).
   mkdir -p "/etc/netns/$1"
-  printf '127.0.0.1 localhost\n%s %s\n' "$host_ip" "$host_name" >"/etc/netns/$1/hosts"
+  printf '127.0.0.1 localhost\n%s %s\n' "$6" "$host_name" >"/etc/netns/$1/hosts"
   printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' >"/etc/netns/$1/resolv.conf"
 }
-make_ns "$ns" "$veth_h" "$veth_n" "$host_ip" "$ns_ip"
-make_ns "$ns2" "$veth_h2" "$veth_n2" "$host_ip2" "$ns_ip2"
 # The firewall: silently drop every UDP packet leaving the namespace (netdev egress on its veth).
-ip netns exec "$ns" nft -f - <<EOF
+firewall() { # ns veth_ns
+  ip netns exec "$1" nft -f - <<EOF
 table netdev $nft_table {
   chain egress {
-    type filter hook egress device "$veth_n" priority 0;
+    type filter hook egress device "$2" priority 0;
     meta l4proto udp counter drop
   }
 }
 EOF
-# A DNS server on each namespace's loopback that knows the test host name.
-for n in "$ns" "$ns2"; do
-  ip netns exec "$n" python3 "$here/fake_dns.py" "$host_name" "$host_ip" 2>>"$work/dns-$n.log" &
+}
+dns_ns=("$ns" "$ns2")
+dns_ip=("$host_ip" "$host_ip")
+make_ns "$ns" "$veth_h" "$veth_n" "$host_ip" "$ns_ip" "$host_ip"
+make_ns "$ns2" "$veth_h2" "$veth_n2" "$host_ip2" "$ns_ip2" "$host_ip"
+firewall "$ns" "$veth_n"
+if want g1; then
+  make_ns "$ns3" "$veth_h3" "$veth_n3" "$host_ip3" "$ns_ip3" "$host_ip3"
+  firewall "$ns3" "$veth_n3"
+  dns_ns+=("$ns3") dns_ip+=("$host_ip3")
+fi
+if want t1; then
+  make_ns "$ns4" "$veth_h4" "$veth_n4" "$host_ip4" "$ns_ip4" "$host_ip4"
+  firewall "$ns4" "$veth_n4"
+  dns_ns+=("$ns4") dns_ip+=("$host_ip4")
+fi
+# A DNS server on each namespace's loopback that knows the test host name (its gateway).
+for i in "${!dns_ns[@]}"; do
+  ip netns exec "${dns_ns[$i]}" python3 "$here/fake_dns.py" "$host_name" "${dns_ip[$i]}" 2>>"$work/dns-${dns_ns[$i]}.log" &
   pids+=("$!")
 done
-for n in "$ns" "$ns2"; do
+for n in "${dns_ns[@]}"; do
   for _ in $(seq 1 50); do
     ip netns exec "$n" getent ahostsv4 "$host_name" >/dev/null 2>&1 && ip netns exec "$n" ss -lun | grep -q '127.0.0.1:53 ' && break
     sleep 0.1
@@ -179,26 +206,35 @@ coturn_port=3479
 # --- processes ---------------------------------------------------------------------------------
 gw_pid=""
 gw_log=""
-start_gateway() { # label cert-prefix [extra env...]
-  local label=$1 cert=$2
-  shift 2
-  gw_log="$work/gateway-$label.log"
+launched_pid=""
+# launch_gateway IP LABEL CERT-PREFIX [extra env...]: a gateway on IP (TURN on :443, HTTP on
+# :9100), log in $work/gateway-LABEL.log; waits until /health answers. PID in $launched_pid.
+launch_gateway() {
+  local ip=$1 label=$2 cert=$3
+  shift 3
+  local glog="$work/gateway-$label.log"
   env RUST_LOG="${GATEWAY_RUST_LOG:-debug,str0m=info,hyper=info,hyper_util=info,h2=info,rustls=info,tower=info}" \
     TURN_SECRET="$turn_secret" TURN_HOST="$host_name" \
-    TURN_LISTEN="$host_ip:443" GATEWAY_HTTP_ADDR="$host_ip:9100" \
-    WEBRTC_BIND_IP="$host_ip" WEBRTC_ADVERTISE_IP="$host_ip" \
+    TURN_LISTEN="$ip:443" GATEWAY_HTTP_ADDR="$ip:9100" \
+    WEBRTC_BIND_IP="$ip" WEBRTC_ADVERTISE_IP="$ip" \
     TLS_CERT="$work/$cert.pem" TLS_KEY="$work/$cert.key" "$@" \
-    "$gw_bin" >"$gw_log" 2>&1 &
-  gw_pid=$!
-  pids+=("$gw_pid")
+    "$gw_bin" >"$glog" 2>&1 &
+  launched_pid=$!
+  pids+=("$launched_pid")
   for _ in $(seq 1 100); do
-    if curl -fsS --max-time 1 "http://$host_ip:9100/health" >/dev/null 2>&1; then return 0; fi
-    kill -0 "$gw_pid" 2>/dev/null || break
+    if curl -fsS --max-time 1 "http://$ip:9100/health" >/dev/null 2>&1; then return 0; fi
+    kill -0 "$launched_pid" 2>/dev/null || break
     sleep 0.1
   done
-  echo "--- gateway log ($gw_log) ---" >&2
-  tail -40 "$gw_log" >&2
-  die "the gateway ($label) did not become healthy on http://$host_ip:9100/health"
+  echo "--- gateway log ($glog) ---" >&2
+  tail -40 "$glog" >&2
+  die "the gateway ($label) did not become healthy on http://$ip:9100/health"
+}
+start_gateway() { # label cert-prefix [extra env...]: the gateway on $host_ip
+  local label=$1
+  launch_gateway "$host_ip" "$@"
+  gw_pid=$launched_pid
+  gw_log="$work/gateway-$label.log"
 }
 stop_gateway() {
   [[ -n "$gw_pid" ]] || return 0
@@ -269,12 +305,46 @@ record() { # name ok detail
 }
 
 # run_browser NS NAME JSON-FRAGMENT  → output in $work/NAME.out, status in $?
+# ($script, $limit, $gw_ip and $gw_log choose the driver, its time limit and the gateway.)
+script=scenario.mjs
+limit=120
 run_browser() {
   local netns=$1 sname=$2 frag=$3
   local json
   json=$(printf '{"name":"%s","hostIp":"%s","hostName":"%s","gatewayLog":"%s","coturnLog":"%s","caFile":"%s","userDataDir":"%s",%s}' \
-    "$sname" "$host_ip" "$host_name" "$gw_log" "$cot_log" "$work/ca.pem" "$work/profile-$sname" "$frag")
-  timeout -k 5 120 ip netns exec "$netns" env HOME="$HOME" node "$here/scenario.mjs" "$json" >"$work/$sname.out" 2>&1
+    "$sname" "${gw_ip:-$host_ip}" "$host_name" "$gw_log" "$cot_log" "$work/ca.pem" "$work/profile-$sname" "$frag")
+  if [[ -n "${exec_browser:-}" ]]; then # (background: this subshell becomes `timeout`, killable by PID)
+    exec timeout -k 5 "$limit" ip netns exec "$netns" env HOME="$HOME" node "$here/$script" "$json" >"$work/$sname.out" 2>&1
+  fi
+  timeout -k 5 "$limit" ip netns exec "$netns" env HOME="$HOME" node "$here/$script" "$json" >"$work/$sname.out" 2>&1
+}
+
+# Long watches in the background: bg_start NAME NS GATEWAY-IP GATEWAY-LOG SCRIPT LIMIT JSON;
+# bg_collect waits for all of them and records each result.
+bg_names=()
+bg_pids=()
+bg_start() {
+  local sname=$1 netns=$2
+  say "scenario $sname (background)"
+  (gw_ip=$3 gw_log=$4 script=$5 limit=$6 exec_browser=1 run_browser "$netns" "$sname" "$7") &
+  bg_names+=("$sname")
+  bg_pids+=("$!")
+  pids+=("$!")
+}
+bg_collect() {
+  local i sname
+  for i in "${!bg_names[@]}"; do
+    sname=${bg_names[$i]}
+    if wait "${bg_pids[$i]}"; then
+      say "scenario $sname (background): passed"
+      sed 's/^/    /' "$work/$sname.out" | grep -E 'STEP|selected pair|watch|watched|stop\(\) done|ended the session|TIMING|RESULT' || true
+      record "$sname" 1 "$(grep -E '^RESULT' "$work/$sname.out" | tail -1 | cut -c1-300)"
+    else
+      say "scenario $sname (background): FAILED"
+      sed 's/^/    /' "$work/$sname.out"
+      record "$sname" 0 "$(grep -E '^RESULT' "$work/$sname.out" | tail -1 | cut -c1-400 || echo "no result (killed at its time limit?)")"
+    fi
+  done
 }
 
 # scenario NAME NS JSON: a scenario that must pass
@@ -282,7 +352,7 @@ scenario() {
   local sname=$1
   say "scenario $sname"
   if run_browser "$2" "$sname" "$3"; then
-    sed 's/^/    /' "$work/$sname.out" | grep -E 'coturn log:|timeline|after [0-9]+ ms more|selected pair|page #stats|video pixels|screenshot|WHEP|after DELETE|TIMING' || true
+    sed 's/^/    /' "$work/$sname.out" | grep -E 'coturn log:|timeline|after [0-9]+ (ms|s) more|selected pair|page #stats|video pixels|screenshot|WHEP|after DELETE|allocations \(|TIMING' || true
     record "$sname" 1 "$(grep -Eo 'ice_connected=[^ ]+ first_frame=[^ ]+' "$work/$sname.out" | tail -1)"
   else
     sed 's/^/    /' "$work/$sname.out"
@@ -308,8 +378,22 @@ expect_failure() {
 
 nft_frag="\"nftTable\":\"$nft_table\""
 
+# Background: gateways of their own for the long watches (started first, waited for last).
+if want g1; then
+  # Every setting the gateway has a default for stays on its default (SESSION_IDLE_TIMEOUT=60,
+  # TURN_CREDENTIAL_TTL, ICE server list); the Geti client uses the default ICE policy.
+  launch_gateway "$host_ip3" geti server
+  bg_start "g1-geti-ui-client" "$ns3" "$host_ip3" "$work/gateway-geti.log" geti.mjs 330 \
+    "\"watchMs\":130000,\"checkEveryMs\":5000,\"replayMs\":10000,\"endWaitMs\":90000"
+fi
+if want t1; then
+  launch_gateway "$host_ip4" ttl30 server TURN_CREDENTIAL_TTL=30
+  bg_start "t1-ttl-30-six-minutes" "$ns4" "$host_ip4" "$work/gateway-ttl30.log" scenario.mjs 420 \
+    "\"url\":\"https://$host_name/?relay=1&transport=tls\",\"expect\":{\"path\":\"relay\",\"protocol\":\"tls\",\"urlPort\":443},\"watchMs\":360000,\"checkEveryMs\":5000,$nft_frag"
+fi
+
 # Gateway A: embedded relay (TLS+TCP on 443, UDP TURN on 3478 for the UDP-only variant).
-if want 1 || want 2 || want 3 || want x1 || want 5 || want 6 || want f3; then
+if want_any 1 2 3 x1 5 6 f3 t2 ff1 ff2; then
   # A short idle timeout: a relayed viewer must outlive the (bound) session's idle deadline.
   start_gateway main server TURN_UDP_LISTEN="$host_ip:3478" SESSION_IDLE_TIMEOUT=3
   say "gateway up: $(curl -fsS "http://$host_ip:9100/health")"
@@ -338,6 +422,16 @@ if want 1 || want 2 || want 3 || want x1 || want 5 || want 6 || want f3; then
   want f3 && expect_failure "f3-udp-only-relay-url" "$ns" \
     "\"url\":\"https://$host_name/?relay=1&transport=udp\",\"timeoutMs\":15000,$nft_frag" \
     'HINT: only UDP ICE servers were given .* dropped by the firewall'
+  # Ending a session closes its allocations within 1 s (alone on this gateway: /health
+  # allocations counts only its own) and revokes its credential.
+  want t2 && scenario "t2-end-closes-allocations" "$ns" \
+    "\"mode\":\"whep\",\"url\":\"https://$host_name/health\",\"whepTransport\":\"tls\",\"allocCheck\":true,\"expect\":{\"path\":\"relay\",\"protocol\":\"tls\"},$nft_frag"
+  for ff in ff1:tls ff2:tcp; do
+    fname=${ff%%:*} proto=${ff#*:}
+    want "$fname" || continue
+    script=firefox.mjs limit=90 scenario "$fname-firefox-esr-$proto" "$ns" \
+      "\"url\":\"https://$host_name/?relay=1&transport=$proto\",\"protocol\":\"$proto\",\"profileDir\":\"$work/ffprofile-$fname\""
+  done
   stop_gateway
 fi
 
@@ -370,6 +464,8 @@ if want f2; then
     "HINT: TURNS cannot work: .*(does not match|altnames).*subjectAltName contains $host_name"
   stop_gateway
 fi
+
+bg_collect
 
 # --- summary -----------------------------------------------------------------------------------
 drops=$(ip netns exec "$ns" nft list table netdev "$nft_table" | grep -Eo 'packets [0-9]+' | awk '{print $2}')

@@ -29,6 +29,10 @@ const {
   coturnExpected = false, // check coturn's log for this session's successful ALLOCATE
   timeoutMs = 25000,
   holdMs = 0, // after frames flow, keep watching this long: frames must keep growing
+  watchMs = 0, // long watch: frames must grow at every check for this long (and in the last 10 s)
+  checkEveryMs = 5000,
+  whepTransport = null, // whep mode: keep only the ICE server URLs of this transport (tls|tcp)
+  allocCheck = false, // whep mode: after DELETE the gateway's /health allocations drop within 1 s
   gatewayLog = null,
   coturnLog = null,
   caFile = null,
@@ -59,6 +63,9 @@ const context = await chromium.launchPersistentContext(userDataDir, {
     "--disable-component-update",
     "--disable-sync",
     "--autoplay-policy=no-user-gesture-required",
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+    "--disable-backgrounding-occluded-windows",
     `--host-resolver-rules=MAP ${hostName} ${hostIp}`,
   ],
 });
@@ -98,7 +105,7 @@ try {
 
 if (!navError && mode === "whep") {
   try {
-    whepInfo = await page.evaluate(whepClient);
+    whepInfo = await page.evaluate(whepClient, { transport: whepTransport });
   } catch (e) {
     failures.push(`WHEP client: ${e.message}`);
   }
@@ -203,6 +210,7 @@ if (passed && pc) {
         `video stopped within ${holdMs} ms after it started (frames ${before} -> ${now.frames}, ${last ? last[0] + " " + last[1] : ""})`,
       );
   }
+  if (watchMs > 0) await longWatch();
   if (pixelCheck) {
     const px = await page.evaluate(videoPixels);
     log(`video pixels: ${px.width}x${px.height} mean=${px.mean.toFixed(1)} variance=${px.variance.toFixed(1)}`);
@@ -241,7 +249,7 @@ process.exit(failures.length ? 1 : 0);
 
 // WHEP client (runs in the page): OPTIONS /whep for the session's ICE servers (Link headers),
 // POST /whep with the offer bound to that session, Location + Link from the 201.
-async function whepClient() {
+async function whepClient({ transport }) {
   const parseLinks = (h) => {
     const out = [];
     for (const m of (h || "").matchAll(/<([^>]+)>([^<]*)/g)) {
@@ -254,8 +262,11 @@ async function whepClient() {
   };
   const opt = await fetch("/whep", { method: "OPTIONS" });
   const sessionId = opt.headers.get("x-session-id");
-  const optServers = parseLinks(opt.headers.get("link"));
-  if (!optServers.length) throw new Error(`OPTIONS /whep: ${opt.status}, no Link ice-server headers`);
+  const kind = (u) => (/^turns:/i.test(u) ? "tls" : /transport=tcp/i.test(u) ? "tcp" : "udp");
+  const optServers = parseLinks(opt.headers.get("link"))
+    .map((s) => ({ ...s, urls: [].concat(s.urls).filter((u) => !transport || kind(u) === transport) }))
+    .filter((s) => s.urls.length);
+  if (!optServers.length) throw new Error(`OPTIONS /whep: ${opt.status}, no Link ice-server headers${transport ? " of transport " + transport : ""}`);
   const pc = new RTCPeerConnection({ iceServers: optServers, iceTransportPolicy: "relay" });
   pc.addTransceiver("video", { direction: "recvonly" });
   const video = document.createElement("video");
@@ -348,11 +359,33 @@ function videoPixels() {
 // candidate).
 async function whepTeardown() {
   log(`WHEP: ${whepInfo.status} Location ${whepInfo.location}; Link: ${whepInfo.links.join(", ")}`);
+  await readState();
+  // The session's allocations: one per relay candidate its connection gathered.
+  const own = new Set(relayCandidates(state.pcs[0]).map((c) => c.candidate.split(" ").slice(4, 6).join(":"))).size;
+  const allocBefore = allocCheck ? await allocations() : null;
   const del = await page.evaluate(async () => {
     const r = await fetch(window.__whep.location, { method: "DELETE" });
     return r.status;
   });
+  const delAt = Date.now();
   log(`WHEP: DELETE ${whepInfo.location} -> ${del}`);
+  if (allocCheck) {
+    // Polled every 100 ms for 1 s: the count must drop by the session's allocations.
+    let now = allocBefore;
+    const seen = [];
+    while (Date.now() - delAt <= 1000) {
+      now = await allocations();
+      seen.push(now);
+      if (allocBefore != null && now != null && now <= allocBefore - own) break;
+      await sleep(100);
+    }
+    const ms = Date.now() - delAt;
+    log(`allocations (/health): ${allocBefore} before DELETE (${own} of this session) -> ${now} ${ms} ms after (polled: ${seen.join(",")})`);
+    if (allocBefore == null || now == null) failures.push("could not read allocations from the gateway's /health");
+    else if (own < 1) failures.push("the session gathered no relay candidate: nothing to check");
+    else if (!(now <= allocBefore - own))
+      failures.push(`its ${own} allocation(s) were not closed within 1 s of DELETE (/health allocations ${allocBefore} -> ${now})`);
+  }
   if (del < 200 || del >= 300) {
     failures.push(`DELETE ${whepInfo.location} answered ${del}`);
     return;
@@ -392,6 +425,63 @@ async function whepTeardown() {
   else if (!probe.errors.some((e) => e.errorCode === 401 || e.errorCode === 403 || e.errorCode === 437))
     extraDiag.push(`(no 401 reported for the revoked credentials; errors: ${JSON.stringify(probe.errors)})`);
   if (failures.length === 0) pcIndex = 0;
+}
+
+// The gateway's /health `allocations` (read from this namespace, over plain HTTP).
+async function allocations() {
+  try {
+    const r = await fetch(`http://${hostIp}:9100/health`, { signal: AbortSignal.timeout(1000) });
+    const j = await r.json();
+    return typeof j.allocations === "number" ? j.allocations : null;
+  } catch {
+    return null;
+  }
+}
+
+// Watches for watchMs after the video started: frames must grow at every check (every
+// checkEveryMs) and in the last 10 s. Stops at the first stall (the failure says when).
+async function longWatch() {
+  const started = Date.now();
+  await readState();
+  let last = state.pcs[pcIndex].frames;
+  let lastLog = 0;
+  let tenBefore = null; // frames about 10 s before the end
+  while (Date.now() - started < watchMs) {
+    const left = watchMs - (Date.now() - started);
+    await sleep(Math.min(checkEveryMs, Math.max(left, 100)));
+    await readState();
+    const p = state.pcs[pcIndex];
+    const el = Math.round((Date.now() - started) / 1000);
+    if (tenBefore == null && watchMs - (Date.now() - started) <= 10000) tenBefore = p.frames;
+    if (!(p.frames > last)) {
+      const lastConn = [...p.timeline].reverse().find((e) => e[0] === "connection");
+      failures.push(
+        `video stopped ${el} s into the ${Math.round(watchMs / 1000)} s watch (${Math.round((Date.now() - t0) / 1000)} s after the page opened): ` +
+          `frames ${last} -> ${p.frames} in ${checkEveryMs} ms, connection ${lastConn ? lastConn[1] + "@" + lastConn[2] + "ms" : "?"}`,
+      );
+      return;
+    }
+    last = p.frames;
+    if (el - lastLog >= 60) {
+      log(`watch ${el} s: frames ${p.frames}`);
+      lastLog = el;
+    }
+  }
+  await sleep(0);
+  log(`watched ${Math.round(watchMs / 1000)} s: frames ${tenBefore} -> ${last} in the last 10 s`);
+  if (!(last > (tenBefore ?? last))) failures.push(`no frame decoded in the last 10 s of the ${Math.round(watchMs / 1000)} s watch`);
+}
+
+// The gateway's /metrics lines about refused requests (auth, revocation, expiry), nonzero only.
+async function refusalMetrics(ip) {
+  try {
+    const r = await fetch(`http://${ip}:9100/metrics`, { signal: AbortSignal.timeout(2000) });
+    return (await r.text())
+      .split("\n")
+      .filter((l) => !l.startsWith("#") && /auth|401|unauthori|stale|revok|expir|reject|forbidden|403|437/i.test(l) && !/ 0$/.test(l));
+  } catch (e) {
+    return [`(could not read /metrics: ${e.message})`];
+  }
 }
 
 function sessionIds() {
@@ -474,6 +564,7 @@ async function diagnose() {
   if (drops != null) console.log(`  firewall: ${drops} UDP packet(s) dropped so far on the namespace's veth (nft netdev egress)`);
   const tlsRes = await tlsCheck();
   if (tlsRes) console.log(`  ${tlsRes.text}`);
+  for (const l of await refusalMetrics(hostIp)) console.log(`  metrics: ${l}`);
   const ids = sessionIds();
   grepLog(gatewayLog, ids, "gateway log");
   const cotLines = grepLog(coturnLog, ids, "coturn log");
@@ -517,6 +608,13 @@ async function diagnose() {
     );
   if (p && p.dtlsState === "connected" && !(p.frames > 0))
     hints.push("ICE and DTLS are up but no frame was decoded: check MEDIA_SOURCE and the negotiated codec in the gateway log");
+  const died = p && p.timeline.find((e) => e[0] === "connection" && e[1] === "failed" && p.iceConnectedAt != null);
+  if (died && p.selected && p.selected.local && p.selected.local.type === "relay" && died[2] > 30000)
+    hints.push(
+      `the relayed connection ran ${Math.round(died[2] / 1000)} s, then failed while its gateway session was alive: the relay stopped relaying for it ` +
+        `(a refused Refresh / CreatePermission / ChannelBind, e.g. 401 once the REST credential's expiry passed: Chromium refreshes permissions about every 4 min, ` +
+        `or the allocation closed by a revocation of the session's TURN user). A live session's allocation must refresh for as long as the session lives`,
+    );
   if (!hints.length) hints.push("no specific cause recognised; read the states, candidates and log lines above");
   for (const h of new Set(hints)) console.log(`HINT: ${h}`);
 }
