@@ -3,10 +3,10 @@
 //! holds nothing of `App`: dependencies point one way.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use auth::{Credential, MintError};
 
+use crate::clock::unix_now;
 use crate::config::Settings;
 
 /// Everything request handlers need.
@@ -64,10 +64,8 @@ impl App {
     }
 }
 
-/// Seconds since the unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+impl axum::extract::FromRef<Arc<App>> for crate::signaling::SignalingState {
+    fn from_ref(app: &Arc<App>) -> Self {
+        crate::signaling::SignalingState(app.signaling.clone())
+    }
 }

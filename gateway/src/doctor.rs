@@ -443,7 +443,7 @@ fn check_certificate(s: &Settings, r: &mut Report<'_>) {
             ),
         );
     }
-    let now = i64::try_from(crate::app::unix_now()).unwrap_or(i64::MAX);
+    let now = i64::try_from(crate::clock::unix_now()).unwrap_or(i64::MAX);
     let days = (info.not_after - now) / 86_400;
     if info.not_after <= now {
         r.add(
@@ -482,7 +482,7 @@ struct External {
 
 fn mint(secret: &str) -> Option<(String, String)> {
     let ring = auth::SecretRing::parse(secret).ok()?;
-    let c = ring.mint("doctor", crate::app::unix_now(), 600).ok()?;
+    let c = ring.mint("doctor", crate::clock::unix_now(), 600).ok()?;
     Some((c.username, c.password))
 }
 
@@ -730,7 +730,7 @@ async fn check_self_loop(s: &Settings, live: bool, r: &mut Report<'_>) {
             return;
         }
     };
-    let cred = match ring.mint("doctor", crate::app::unix_now(), 300) {
+    let cred = match ring.mint("doctor", crate::clock::unix_now(), 300) {
         Ok(c) => c,
         Err(e) => {
             r.add(Status::Fail, what, e.to_string());

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use gateway::app::unix_now;
+use gateway::clock::unix_now;
 use gateway::config::{Cli, Command, Settings};
 
 fn main() -> ExitCode {

@@ -26,7 +26,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, patch, post};
 use axum::Router;
 
-use crate::app::{unix_now, App};
+use crate::clock::unix_now;
 use crate::media::{MediaError, MediaHandle};
 use crate::session::registry::Answered;
 use crate::session::{OfferError, Registry, TableError};
@@ -41,7 +41,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub struct ClientAddr(pub SocketAddr);
 
 /// Signaling state shared by the handlers: the session registry and how to mint ICE
-/// servers. Holds nothing of [`App`].
+/// servers.
 pub struct Signaling {
     registry: Arc<Registry>,
     plan: IceServerPlan,
@@ -178,8 +178,18 @@ pub fn media_error(e: MediaError) -> ApiError {
     ApiError::new(status, code, e.to_string())
 }
 
+/// What the signaling handlers take from the router's state: the signaling state, when the
+/// media engine runs. `App` provides it through `FromRef`, so this module needs nothing of
+/// `App`.
+#[derive(Clone)]
+pub struct SignalingState(pub Option<Arc<Signaling>>);
+
 /// The signaling routes (merged into [`crate::http::router`]).
-pub fn routes() -> Router<Arc<App>> {
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    SignalingState: axum::extract::FromRef<S>,
+{
     Router::new()
         .route("/api/v1/webrtc/config", get(offer::webrtc_config))
         .route("/api/v1/system/webrtc/config", get(offer::webrtc_config))
@@ -190,8 +200,8 @@ pub fn routes() -> Router<Arc<App>> {
 }
 
 /// The signaling state, or 503 when the gateway runs without one.
-pub(crate) fn state(app: &App) -> Result<&Arc<Signaling>, ApiError> {
-    app.signaling().ok_or_else(|| {
+pub(crate) fn state(s: &SignalingState) -> Result<&Arc<Signaling>, ApiError> {
+    s.0.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "signaling_unavailable",

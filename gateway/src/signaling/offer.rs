@@ -1,8 +1,6 @@
 //! The original JSON API: `GET …/webrtc/config` and `POST /api/v1/projects/{id}/offer`,
 //! shaped as Geti's backend answers it (its UI is the reference client).
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -11,14 +9,13 @@ use serde_json::{json, Value};
 
 use super::extract::{ApiError, ApiJson};
 use super::ClientAddr;
-use crate::app::App;
 use crate::session::{valid_id, OfferError, TableError};
 
 /// `GET /api/v1/webrtc/config`, `GET /api/v1/system/webrtc/config`:
 /// `{"iceServers": [...], "sessionId": "..."}` for a new pending session. Clients that
 /// ignore `sessionId` (Geti's UI) are bound by the relay candidates their offer carries.
 pub(super) async fn webrtc_config(
-    State(app): State<Arc<App>>,
+    State(app): State<super::SignalingState>,
     peer: Option<Extension<ClientAddr>>,
 ) -> Result<Json<Value>, ApiError> {
     let sig = super::state(&app)?;
@@ -44,7 +41,7 @@ pub(super) struct OfferRequest {
 /// it answers 200 `{"status":"failed","meta":{"error":"concurrency_limit_reached","limit":N}}`:
 /// the FastRTC convention Geti's UI parses and can retry from (any non-2xx leaves it stuck).
 pub(super) async fn offer(
-    State(app): State<Arc<App>>,
+    State(app): State<super::SignalingState>,
     peer: Option<Extension<ClientAddr>>,
     ApiJson(req): ApiJson<OfferRequest>,
 ) -> Result<Json<Value>, ApiError> {

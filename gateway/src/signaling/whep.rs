@@ -7,8 +7,6 @@
 //! the `X-Session-Id` header it got back; otherwise the `POST` makes a new session. The
 //! session id in `Location` is the secret that ends it: `DELETE` takes nothing else.
 
-use std::sync::Arc;
-
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +15,6 @@ use axum::Extension;
 use super::extract::{ApiError, SdpBody, SdpFragBody};
 use super::ice_servers::{link_headers, IceServer};
 use super::ClientAddr;
-use crate::app::App;
 use crate::session::valid_id;
 
 /// Header carrying the session id of an `OPTIONS` response, and binding a `POST` to it.
@@ -33,7 +30,7 @@ fn with_links(headers: &mut HeaderMap, servers: &[IceServer]) {
 
 /// `POST /whep` with an `application/sdp` offer → `201 Created` with the answer.
 pub(super) async fn post(
-    State(app): State<Arc<App>>,
+    State(app): State<super::SignalingState>,
     peer: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     SdpBody(sdp): SdpBody,
@@ -89,7 +86,7 @@ pub(super) async fn post(
 /// `OPTIONS /whep`: a CORS preflight gets the allowed methods; any other `OPTIONS` gets the
 /// ICE servers of a new session in `Link` headers (and its id in `X-Session-Id`).
 pub(super) async fn options(
-    State(app): State<Arc<App>>,
+    State(app): State<super::SignalingState>,
     peer: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -118,7 +115,7 @@ pub(super) async fn options(
 
 /// `PATCH /whep/{id}` with `application/trickle-ice-sdpfrag`: adds the trickled candidates.
 pub(super) async fn patch(
-    State(app): State<Arc<App>>,
+    State(app): State<super::SignalingState>,
     Path(id): Path<String>,
     SdpFragBody(frag): SdpFragBody,
 ) -> Result<Response, ApiError> {
@@ -141,7 +138,7 @@ pub(super) async fn patch(
 /// allocations close). `id` must be the session id from `Location`: a client-chosen
 /// `webrtc_id` names a session, it does not own it.
 pub(super) async fn delete(
-    State(app): State<Arc<App>>,
+    State(app): State<super::SignalingState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let sig = super::state(&app)?;
