@@ -355,6 +355,14 @@ impl H264Encoder {
 /// set-up (about a millisecond at 640x480) per keyframe, at most once per
 /// [`MIN_FORCED_KEYFRAME_GAP`] on request and once per keyframe interval otherwise; libvpx's
 /// own automatic keyframes (every 128 frames by default) never come first.
+///
+/// Known cost: `vpx-encode` asks for 8 threads and sets no `cpu-used`, so on a machine with
+/// more than one core libvpx runs a worker thread that syncs with this one by spin-waiting
+/// (with `sched_yield`). On an idle core that is a few ms per 640x480 frame; when the two
+/// threads cannot run at once (one core, CPU pinning, a busy machine) the waiting burns CPU
+/// (measured: about 10 ms/frame on a loaded 2-core machine, ~100 ms/frame pinned to one core).
+/// The fix is a binding with `g_threads`, `VP8E_SET_CPUUSED` and `VPX_EFLAG_FORCE_KF`
+/// (vpx-rs has them but needs libvpx >= 1.13; Debian 12 ships 1.12).
 struct Vp8Encoder {
     config: vpx_encode::Config,
     encoder: vpx_encode::Encoder,
