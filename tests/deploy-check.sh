@@ -367,6 +367,8 @@ else:
         bad.append("runtime stage does not setcap cap_net_bind_service=+ep on the binary")
     if "ca-certificates" not in runs:
         bad.append("runtime stage does not install ca-certificates")
+    if not re.search(r"apt-get install[^;&]*\blibvpx7\b", runs):
+        bad.append("runtime stage does not install libvpx7 (the gateway links libvpx)")
     hc_tool = hc[-1].split("CMD", 1)[-1].split()[0] if hc else ""
     if hc_tool == "curl" and not re.search(r"apt-get install[^;&]*\bcurl\b", runs):
         bad.append("HEALTHCHECK uses curl but the runtime stage does not install it")

@@ -173,7 +173,7 @@ pub struct Settings {
     #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
-    /// What to stream: `testsrc` (built-in H.264 test pattern), `rtp://ADDR:PORT?codec=h264|vp8`
+    /// What to stream: `testsrc` (built-in test pattern, H.264 and VP8), `rtp://ADDR:PORT?codec=h264|vp8`
     /// (RTP ingest) or a file path.
     #[arg(long, env = "MEDIA_SOURCE", default_value = "testsrc")]
     pub media_source: MediaSourceSpec,

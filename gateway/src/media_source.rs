@@ -1,21 +1,22 @@
 //! `MEDIA_SOURCE`: what the gateway streams to its viewers.
 //!
 //! The setting is parsed (and its syntax checked) at start-up into a [`MediaSourceSpec`];
-//! [`start`] turns a spec into a running [`VideoSource`]: the built-in test pattern
-//! ([`crate::media::testsrc`]), RTP ingest ([`crate::media::rtp`]) or a looped file
-//! ([`crate::media::file`]).
+//! [`start`] turns a spec into running [`VideoFeeds`]: the built-in test pattern
+//! ([`crate::media::testsrc`], H.264 and VP8), RTP ingest ([`crate::media::rtp`]) or a looped
+//! file ([`crate::media::file`]), each of the latter in its one codec.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::media::testsrc::{TestSource, TestSourceConfig};
-use crate::media::{VideoCodec, VideoSource};
+use crate::media::{VideoCodec, VideoFeeds, VideoSource};
 
 /// A parsed `MEDIA_SOURCE` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaSourceSpec {
-    /// `testsrc`: the built-in H.264 test pattern.
+    /// `testsrc`: the built-in test pattern, in H.264 and VP8 (each encoded only while
+    /// somebody watches it).
     TestSrc,
     /// `rtp://ADDR:PORT?codec=h264|vp8`: RTP received on a local UDP address.
     Rtp {
@@ -101,25 +102,27 @@ impl SourceGuard {
 }
 
 /// Starts the producer named by `spec`. Errors name `MEDIA_SOURCE`.
-pub fn start(spec: &MediaSourceSpec) -> anyhow::Result<(VideoSource, SourceGuard)> {
+pub fn start(spec: &MediaSourceSpec) -> anyhow::Result<(VideoFeeds, SourceGuard)> {
     match spec {
         MediaSourceSpec::TestSrc => {
-            let source = VideoSource::new(VideoCodec::H264);
-            let test = TestSource::spawn(TestSourceConfig::default(), source.clone())
+            // H.264 first: a viewer whose browser takes both gets H.264 (the cheaper feed),
+            // VP8 serves browsers without H.264 (Firefox without OpenH264).
+            let feeds = VideoFeeds::new(&[VideoCodec::H264, VideoCodec::Vp8]);
+            let test = TestSource::spawn(TestSourceConfig::default(), feeds.clone())
                 .map_err(|e| anyhow::anyhow!("MEDIA_SOURCE=testsrc: {e}"))?;
-            Ok((source, SourceGuard::new(test)))
+            Ok((feeds, SourceGuard::new(test)))
         }
         MediaSourceSpec::Rtp { addr, codec } => {
             let source = VideoSource::new(*codec);
             let rtp = crate::media::rtp::RtpSource::bind(*addr, source.clone())
                 .map_err(|e| anyhow::anyhow!("MEDIA_SOURCE=rtp://{addr}: {e}"))?;
-            Ok((source, SourceGuard::new(rtp)))
+            Ok((source.into(), SourceGuard::new(rtp)))
         }
         MediaSourceSpec::File(path) => {
             let config = crate::media::file::FileSourceConfig::default();
             let (source, file) = crate::media::file::FileSource::spawn(path, &config)
                 .map_err(|e| anyhow::anyhow!("MEDIA_SOURCE={}: {e}", path.display()))?;
-            Ok((source, SourceGuard::new(file)))
+            Ok((source.into(), SourceGuard::new(file)))
         }
     }
 }
@@ -159,8 +162,10 @@ mod tests {
 
     #[tokio::test]
     async fn rtp_and_file_sources_start_or_explain() {
-        let (source, _guard) = start(&"rtp://127.0.0.1:0?codec=vp8".parse().unwrap()).unwrap();
-        assert_eq!(source.codec(), VideoCodec::Vp8);
+        let (feeds, _guard) = start(&"rtp://127.0.0.1:0?codec=vp8".parse().unwrap()).unwrap();
+        assert_eq!(feeds.codecs(), [VideoCodec::Vp8]);
+        let (feeds, _guard) = start(&MediaSourceSpec::TestSrc).unwrap();
+        assert_eq!(feeds.codecs(), [VideoCodec::H264, VideoCodec::Vp8]);
         let e = start(&MediaSourceSpec::File("/nonexistent/x.ivf".into()))
             .err()
             .unwrap()

@@ -1,5 +1,5 @@
 //! Media engine end to end on loopback: a str0m client in the browser role (full ICE, offerer,
-//! H.264 receiver) against the engine (ICE-lite) sending the shared test pattern.
+//! H.264 or VP8 receiver) against the engine (ICE-lite) sending the shared test pattern.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use gateway::media::testsrc::{TestSource, TestSourceConfig};
 use gateway::media::{
     ChannelSink, EndReason, MediaConfig, MediaEngine, MediaError, MediaHandle, PortRange,
-    VideoCodec, VideoSource,
+    VideoCodec, VideoFeeds, VideoSource,
 };
 use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
@@ -34,7 +35,7 @@ fn config(advertise_ip: Option<IpAddr>) -> MediaConfig {
 }
 
 /// Small pattern so the unoptimised (debug) encoder keeps up on a 2-core machine.
-fn small_testsrc(source: &VideoSource) -> TestSource {
+fn small_testsrc(feeds: impl Into<VideoFeeds>) -> TestSource {
     TestSource::spawn(
         TestSourceConfig {
             width: 320,
@@ -42,7 +43,7 @@ fn small_testsrc(source: &VideoSource) -> TestSource {
             fps: 30,
             ..TestSourceConfig::default()
         },
-        source.clone(),
+        feeds,
     )
     .expect("test pattern starts")
 }
@@ -83,14 +84,17 @@ enum Path {
     },
 }
 
-/// Run the client until `frames` H.264 frames arrived or `limit` passed. Returns the frames.
+/// One received frame: keyframe flag, data, codec.
+type Got = (bool, Vec<u8>, Codec);
+
+/// Run the client until `frames` frames arrived or `limit` passed. Returns the frames.
 async fn receive_frames(
     rtc: &mut Rtc,
     path: &mut Path,
     local: SocketAddr,
     frames: usize,
     limit: Duration,
-) -> Vec<(bool, Vec<u8>)> {
+) -> Vec<Got> {
     let deadline = Instant::now() + limit;
     let mut got = Vec::new();
     let mut buf = vec![0u8; 2048];
@@ -106,7 +110,9 @@ async fn receive_frames(
                         handle.inject(t.source, t.destination, &t.contents);
                     }
                 },
-                Output::Event(Event::MediaData(d)) => got.push((d.is_keyframe(), d.data.to_vec())),
+                Output::Event(Event::MediaData(d)) => {
+                    got.push((d.is_keyframe(), d.data.to_vec(), d.params.spec().codec))
+                }
                 Output::Event(_) => {}
             }
         };
@@ -154,10 +160,10 @@ async fn receive_frames(
 }
 
 /// Decode received access units with openh264; returns the size of the first decoded picture.
-fn decode_any(frames: &[(bool, Vec<u8>)]) -> Option<(usize, usize)> {
+fn decode_any(frames: &[Got]) -> Option<(usize, usize)> {
     use openh264::formats::YUVSource;
     let mut decoder = openh264::decoder::Decoder::new().expect("decoder");
-    for (_, au) in frames {
+    for (_, au, _) in frames {
         if let Ok(Some(pic)) = decoder.decode(au) {
             return Some(pic.dimensions());
         }
@@ -168,7 +174,7 @@ fn decode_any(frames: &[(bool, Vec<u8>)]) -> Option<(usize, usize)> {
 #[tokio::test]
 async fn browser_client_receives_and_decodes_h264_over_udp() {
     let source = VideoSource::new(VideoCodec::H264);
-    let _pattern = small_testsrc(&source);
+    let _pattern = small_testsrc(source.clone());
     let handle = MediaEngine::start(config(Some(LOOPBACK)), source).expect("engine starts");
 
     let sock = UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
@@ -224,7 +230,7 @@ async fn browser_client_receives_and_decodes_h264_over_udp() {
 #[tokio::test]
 async fn in_process_path_carries_a_whole_session() {
     let source = VideoSource::new(VideoCodec::H264);
-    let _pattern = small_testsrc(&source);
+    let _pattern = small_testsrc(source.clone());
     let handle = MediaEngine::start(config(None), source).expect("engine starts");
 
     // The client's "address" never exists as a socket: every datagram goes through the hook.
@@ -319,6 +325,11 @@ async fn offers_are_classified() {
         .unwrap_err();
     assert!(matches!(err, MediaError::NoSupportedCodec(_)), "{err:?}");
     assert!(err.is_client_error());
+    let msg = err.to_string();
+    assert!(
+        msg.contains("this stream sends H264") && msg.contains("the offer has VP8"),
+        "the error names both sides: {msg}"
+    );
 
     // A good offer, then the same id again.
     let mut ended = handle.take_ended().expect("first taker");
@@ -384,4 +395,155 @@ fn injected_datagrams_to_unknown_addresses_are_refused() {
         assert!(!handle.inject(peer, other, b"x"));
         assert!(handle.inject(peer, handle.local_addrs()[0], b"garbage is dropped quietly"));
     });
+}
+
+/// VP8: valid frame headers (keyframes `width`×`height`), then a real decode by ffmpeg.
+fn check_vp8_decodes(frames: &[Got], width: u16, height: u16) {
+    let mut ivf = b"DKIF".to_vec();
+    ivf.extend_from_slice(&0u16.to_le_bytes());
+    ivf.extend_from_slice(&32u16.to_le_bytes());
+    ivf.extend_from_slice(b"VP80");
+    ivf.extend_from_slice(&width.to_le_bytes());
+    ivf.extend_from_slice(&height.to_le_bytes());
+    ivf.extend_from_slice(&30u32.to_le_bytes());
+    ivf.extend_from_slice(&1u32.to_le_bytes());
+    ivf.extend_from_slice(&(frames.len() as u32).to_le_bytes());
+    ivf.extend_from_slice(&0u32.to_le_bytes());
+    for (i, (key, data, _)) in frames.iter().enumerate() {
+        assert!(data.len() >= 3, "frame {i} too short");
+        assert_eq!(
+            data[0] & 1 == 0,
+            *key,
+            "frame {i}: keyframe flag and bitstream"
+        );
+        if *key {
+            assert_eq!(data[3..6], [0x9d, 0x01, 0x2a], "frame {i}: VP8 start code");
+            let w = u16::from_le_bytes([data[6], data[7]]) & 0x3fff;
+            let h = u16::from_le_bytes([data[8], data[9]]) & 0x3fff;
+            assert_eq!((w, h), (width, height), "keyframe {i} size");
+        }
+        ivf.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        ivf.extend_from_slice(&(i as u64).to_le_bytes());
+        ivf.extend_from_slice(data);
+    }
+    let path =
+        std::env::temp_dir().join(format!("gateway-loopback-vp8-{}.ivf", std::process::id()));
+    std::fs::write(&path, ivf).unwrap();
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-v", "error", "-xerror", "-i"])
+        .arg(&path)
+        .args(["-f", "framemd5", "-"])
+        .output();
+    let _ = std::fs::remove_file(&path);
+    let out = out.expect("ffmpeg runs (tests/run installs it)");
+    assert!(
+        out.status.success(),
+        "ffmpeg cannot decode the received VP8: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let decoded = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .count();
+    assert_eq!(decoded, frames.len(), "ffmpeg decoded every frame");
+}
+
+/// Connects a client offering only `h264` (true) or only VP8 (false) over UDP.
+async fn connect_client(handle: &MediaHandle, h264: bool, id: &str) -> (Rtc, Path, SocketAddr) {
+    let sock = UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
+    let local = sock.local_addr().unwrap();
+    let (mut rtc, offer, pending) = client(local, h264);
+    let answer = handle
+        .accept_offer(&offer.to_sdp_string(), id.into())
+        .await
+        .expect("offer accepted");
+    let want = if h264 { "H264/90000" } else { "VP8/90000" };
+    assert!(answer.contains(want), "{id}: answer has {want}: {answer}");
+    rtc.sdp_api()
+        .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+        .expect("answer applies");
+    (rtc, Path::Udp(sock), local)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vp8_and_h264_viewers_watch_the_same_testsrc_at_once() {
+    let feeds = VideoFeeds::new(&[VideoCodec::H264, VideoCodec::Vp8]);
+    let _pattern = small_testsrc(feeds.clone());
+    let handle = MediaEngine::start(config(Some(LOOPBACK)), feeds.clone()).expect("engine starts");
+
+    let (mut vp8_rtc, mut vp8_path, vp8_local) = connect_client(&handle, false, "firefox").await;
+    let (mut h264_rtc, mut h264_path, h264_local) = connect_client(&handle, true, "safari").await;
+    let limit = Duration::from_secs(15);
+    let (vp8_frames, h264_frames) = tokio::join!(
+        receive_frames(&mut vp8_rtc, &mut vp8_path, vp8_local, 20, limit),
+        receive_frames(&mut h264_rtc, &mut h264_path, h264_local, 20, limit),
+    );
+    assert!(
+        vp8_frames.len() >= 20,
+        "VP8 viewer got {} frames",
+        vp8_frames.len()
+    );
+    assert!(
+        h264_frames.len() >= 20,
+        "H.264 viewer got {} frames",
+        h264_frames.len()
+    );
+    assert!(
+        vp8_frames.iter().all(|f| f.2 == Codec::Vp8),
+        "the VP8 offer receives VP8 only"
+    );
+    assert!(
+        h264_frames.iter().all(|f| f.2 == Codec::H264),
+        "the H.264 offer receives H.264 only"
+    );
+    assert!(vp8_frames[0].0, "the first VP8 frame is a keyframe");
+    assert!(h264_frames[0].0, "the first H.264 frame is a keyframe");
+    check_vp8_decodes(&vp8_frames, 320, 240);
+    assert_eq!(decode_any(&h264_frames), Some((320, 240)), "H.264 decodes");
+    // One viewer per feed: each codec's producer knows its own audience.
+    assert_eq!(feeds.get(VideoCodec::Vp8).unwrap().viewers(), 1);
+    assert_eq!(feeds.get(VideoCodec::H264).unwrap().viewers(), 1);
+
+    // The H.264 viewer leaves: the VP8 viewer keeps getting frames, the H.264 feed has none.
+    let mut ended = handle.take_ended().expect("first taker");
+    handle.close("safari").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), ended.recv())
+        .await
+        .expect("ended in time")
+        .unwrap();
+    assert_eq!(feeds.get(VideoCodec::H264).unwrap().viewers(), 0);
+    let more = receive_frames(&mut vp8_rtc, &mut vp8_path, vp8_local, 10, limit).await;
+    assert!(
+        more.len() >= 10,
+        "VP8 viewer got {} more frames",
+        more.len()
+    );
+}
+
+#[tokio::test]
+async fn vp8_offer_against_an_h264_rtp_source_is_refused_with_both_codecs_named() {
+    // The real RTP ingest source of `MEDIA_SOURCE=rtp://...?codec=h264`: one H.264 feed.
+    let (feeds, _guard) =
+        gateway::media_source::start(&"rtp://127.0.0.1:0?codec=h264".parse().unwrap()).unwrap();
+    assert_eq!(feeds.codecs(), [VideoCodec::H264]);
+    let handle = MediaEngine::start(config(Some(LOOPBACK)), feeds).expect("engine starts");
+    let (_rtc, offer, _) = client("127.0.0.1:40002".parse().unwrap(), false);
+    let err = handle
+        .accept_offer(&offer.to_sdp_string(), "vp8-only".into())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "unsupported_codec");
+    assert!(err.is_client_error(), "a 4xx");
+    let msg = err.to_string();
+    assert!(msg.contains("H264 packetization-mode=1"), "{msg}");
+    assert!(msg.contains("the offer has VP8"), "{msg}");
+    // A VP8 RTP source takes the same offer.
+    let (feeds, _guard) =
+        gateway::media_source::start(&"rtp://127.0.0.1:0?codec=vp8".parse().unwrap()).unwrap();
+    let handle = MediaEngine::start(config(Some(LOOPBACK)), feeds).expect("engine starts");
+    let (_rtc, offer, _) = client("127.0.0.1:40003".parse().unwrap(), false);
+    handle
+        .accept_offer(&offer.to_sdp_string(), "vp8-ok".into())
+        .await
+        .expect("a VP8 source serves a VP8 offer");
 }

@@ -182,6 +182,20 @@ fn offer(kind: MediaKind, h264: bool) -> String {
     offer.to_sdp_string()
 }
 
+/// A video offer with VP9 only: a codec no source of the gateway sends.
+fn vp9_offer() -> String {
+    let mut rtc = RtcConfig::new()
+        .clear_codecs()
+        .enable_vp9(true)
+        .build(Instant::now());
+    let local: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    let (offer, _pending) = api.apply().expect("an offer");
+    offer.to_sdp_string()
+}
+
 fn video_offer() -> String {
     offer(MediaKind::Video, true)
 }
@@ -631,7 +645,9 @@ async fn malformed_inputs_get_json_errors_and_the_gateway_keeps_serving() {
     offer_json(a, "bad-2", &offer(MediaKind::Audio, true))
         .await
         .expect_error(400, "no_video");
-    offer_json(a, "bad-3", &offer(MediaKind::Video, false))
+    // The test pattern sends H.264 and VP8 (VP8 is tested in gateway/tests/media_loopback.rs);
+    // a VP9-only offer has neither.
+    offer_json(a, "bad-3", &vp9_offer())
         .await
         .expect_error(400, "unsupported_codec");
     // Over-long body.
@@ -681,6 +697,11 @@ async fn malformed_inputs_get_json_errors_and_the_gateway_keeps_serving() {
     )
     .await;
     assert_eq!(r.status, 200, "{r:?}");
+    // A VP8-only browser (Firefox without OpenH264) is answered with VP8 by the test pattern.
+    let r = offer_json(a, "vp8-1", &offer(MediaKind::Video, false)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let answer = r.json()["sdp"].as_str().unwrap_or_default().to_owned();
+    assert!(answer.contains("VP8/90000"), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,14 +38,16 @@ use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::sdp_check::check_offer;
-use super::{EncodedFrame, MediaError, VideoCodec, VideoSource};
+use super::sdp_check::choose_codec;
+use super::{EncodedFrame, MediaError, VideoCodec, VideoFeeds, VideoSource};
 
 /// Largest datagram we read; bigger ones are truncated (WebRTC stays below ~1200 bytes).
 const RECV_BUF: usize = 2048;
 /// Queue between socket readers / `inject` and the engine task.
 const DATAGRAM_QUEUE: usize = 4096;
 const COMMAND_QUEUE: usize = 256;
+/// Frames of every feed, merged for the engine task (a few frame intervals' worth).
+const FRAME_QUEUE: usize = 16;
 
 /// An inclusive UDP port range, `50000-50050` by default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,11 +175,21 @@ impl InProcessSink for ChannelSink {
 pub struct MediaEngine;
 
 impl MediaEngine {
-    /// Bind the media sockets and start the engine, sending the frames of `source`.
+    /// Bind the media sockets and start the engine, sending the frames of `feeds` (a
+    /// [`VideoSource`] converts into a one-codec stream).
+    ///
+    /// Each viewer gets the feed of the first codec in its offer that the stream has.
     ///
     /// Must be called from within a tokio runtime. The engine runs until the last
     /// [`MediaHandle`] is dropped.
-    pub fn start(config: MediaConfig, source: VideoSource) -> Result<MediaHandle, MediaError> {
+    pub fn start(
+        config: MediaConfig,
+        feeds: impl Into<VideoFeeds>,
+    ) -> Result<MediaHandle, MediaError> {
+        let feeds: VideoFeeds = feeds.into();
+        if feeds.is_empty() {
+            return Err(MediaError::Config("the video source has no feed".into()));
+        }
         let public_ip = config.advertise_ip.unwrap_or(config.bind_ip);
         if public_ip.is_unspecified() {
             return Err(MediaError::Config(
@@ -229,25 +241,37 @@ impl MediaEngine {
             .set_crypto_provider(provider)
             .set_dtls_cert(cert)
             .clear_codecs();
-        match source.codec() {
-            VideoCodec::H264 => {
-                let codecs = rtc_config.codec_config();
-                // Constrained baseline first, plain baseline as a fallback match: our stream
-                // satisfies both. Packetization mode 1 only (FU-A / STAP-A).
-                codecs.add_h264(108.into(), Some(109.into()), true, 0x42e01f);
-                codecs.add_h264(127.into(), Some(121.into()), true, 0x42001f);
+        // Every codec the stream has; the codec of each session is picked per offer.
+        for codec in feeds.codecs() {
+            match codec {
+                VideoCodec::H264 => {
+                    let codecs = rtc_config.codec_config();
+                    // Constrained baseline first, plain baseline as a fallback match: our
+                    // stream satisfies both. Packetization mode 1 only (FU-A / STAP-A).
+                    codecs.add_h264(108.into(), Some(109.into()), true, 0x42e01f);
+                    codecs.add_h264(127.into(), Some(121.into()), true, 0x42001f);
+                }
+                VideoCodec::Vp8 => rtc_config = rtc_config.enable_vp8(true),
             }
-            VideoCodec::Vp8 => rtc_config = rtc_config.enable_vp8(true),
         }
 
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (dgram_tx, dgram_rx) = mpsc::channel(DATAGRAM_QUEUE);
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
 
-        let readers = sockets
+        let mut tasks: Vec<JoinHandle<()>> = sockets
             .iter()
             .map(|s| tokio::spawn(read_loop(s.udp.clone(), s.candidate, dgram_tx.clone())))
             .collect();
+        // One forwarder per feed merges the feeds' frames into one queue for the engine task.
+        let (frame_tx, frame_rx) = mpsc::channel(FRAME_QUEUE);
+        for (i, feed) in feeds.iter().enumerate() {
+            tasks.push(tokio::spawn(forward_frames(
+                i,
+                feed.subscribe(),
+                frame_tx.clone(),
+            )));
+        }
         let shared = Arc::new(Shared {
             cmd_tx,
             dgram_tx,
@@ -255,7 +279,7 @@ impl MediaEngine {
             candidate_addrs: sockets.iter().map(|s| s.candidate).collect(),
             ended_rx: std::sync::Mutex::new(Some(ended_rx)),
             rtc_config,
-            codec: source.codec(),
+            codecs: feeds.codecs(),
         });
         tracing::info!(addrs = ?shared.local_addrs, advertised = ?shared.candidate_addrs, "media engine started");
 
@@ -267,12 +291,12 @@ impl MediaEngine {
             sessions: Vec::new(),
             routes: HashMap::new(),
             wake: Instant::now() + IDLE_WAKE,
-            frames: source.subscribe(),
-            source,
+            frames: frame_rx,
+            feeds: feeds.iter().cloned().collect(),
             ended_tx,
             connect_timeout: config.connect_timeout,
             max_sessions: config.max_sessions,
-            _readers: AbortOnDrop(readers),
+            _tasks: AbortOnDrop(tasks),
         };
         tokio::spawn(engine.run(cmd_rx, dgram_rx));
         Ok(MediaHandle { shared })
@@ -294,7 +318,8 @@ struct Shared {
     /// [`MediaHandle::take_ended`]).
     ended_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<SessionEnded>>>,
     rtc_config: RtcConfig,
-    codec: VideoCodec,
+    /// The stream's codecs, in the order of its feeds.
+    codecs: Vec<VideoCodec>,
 }
 
 impl MediaHandle {
@@ -311,7 +336,13 @@ impl MediaHandle {
     ) -> Result<String, MediaError> {
         let offer = SdpOffer::from_sdp_string(offer_sdp)
             .map_err(|e| MediaError::MalformedSdp(e.to_string()))?;
-        check_offer(offer_sdp, self.shared.codec)?;
+        let codec = choose_codec(offer_sdp, &self.shared.codecs)?;
+        let feed = self
+            .shared
+            .codecs
+            .iter()
+            .position(|c| *c == codec)
+            .ok_or(MediaError::EngineStopped)?;
 
         // The offer/answer work happens here, on the caller's task, so the engine loop only
         // receives a ready session.
@@ -326,14 +357,20 @@ impl MediaHandle {
             .map_err(|_| MediaError::MalformedSdp("offer rejected (internal error)".into()))?
             .map_err(|e| MediaError::MalformedSdp(e.to_string()))?
             .to_sdp_string();
-        let (mid, pt) = pick_video(&mut rtc, &answer, self.shared.codec).ok_or(
-            MediaError::NoSupportedCodec(self.shared.codec.requirement()),
-        )?;
+        let (mid, pt) = pick_video(&mut rtc, &answer, codec).ok_or_else(|| {
+            MediaError::NoSupportedCodec(format!(
+                "this stream sends {}; the offer's {} was not accepted for a sending video \
+                 m-line",
+                codec.requirement(),
+                codec.sdp_name()
+            ))
+        })?;
 
         let session = Session {
             id: session_id,
             rtc,
             video: Some((mid, pt)),
+            feed,
             created: Instant::now(),
             connected: false,
             need_keyframe: true,
@@ -544,6 +581,31 @@ async fn read_loop(sock: Arc<UdpSocket>, candidate: SocketAddr, tx: mpsc::Sender
     }
 }
 
+/// What a feed forwarder hands the engine task.
+enum FeedEvent {
+    Frame(EncodedFrame),
+    /// The forwarder fell behind the feed and skipped frames: its viewers need a keyframe.
+    Lagged(u64),
+}
+
+/// Moves feed `index`'s frames into the engine's merged queue until either side is gone.
+async fn forward_frames(
+    index: usize,
+    mut rx: broadcast::Receiver<EncodedFrame>,
+    tx: mpsc::Sender<(usize, FeedEvent)>,
+) {
+    loop {
+        let event = match rx.recv().await {
+            Ok(frame) => FeedEvent::Frame(frame),
+            Err(broadcast::error::RecvError::Lagged(n)) => FeedEvent::Lagged(n),
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if tx.send((index, event)).await.is_err() {
+            return; // engine gone
+        }
+    }
+}
+
 struct AbortOnDrop(Vec<JoinHandle<()>>);
 
 impl Drop for AbortOnDrop {
@@ -591,6 +653,8 @@ struct Session {
     rtc: Rtc,
     /// Mid and payload type to send the video with.
     video: Option<(Mid, Pt)>,
+    /// Index of the feed (codec) this viewer is sent, in [`Engine::feeds`].
+    feed: usize,
     created: Instant,
     connected: bool,
     /// Do not send until a keyframe comes: a decoder cannot start on a P-frame.
@@ -621,12 +685,15 @@ struct Engine {
     /// moves earlier between [`Engine::timeouts`] passes, which recompute it): waking
     /// early costs one pass. Recomputing it per event was O(viewers) per datagram.
     wake: Instant,
-    frames: broadcast::Receiver<EncodedFrame>,
-    source: VideoSource,
+    /// Frames of every feed, tagged with the feed's index.
+    frames: mpsc::Receiver<(usize, FeedEvent)>,
+    /// The stream's feeds, one per codec; sessions refer to them by index.
+    feeds: Vec<VideoSource>,
     ended_tx: mpsc::UnboundedSender<SessionEnded>,
     connect_timeout: Duration,
     max_sessions: usize,
-    _readers: AbortOnDrop,
+    /// Socket readers and feed forwarders.
+    _tasks: AbortOnDrop,
 }
 
 impl Engine {
@@ -650,15 +717,17 @@ impl Engine {
                 },
                 Some(d) = dgram_rx.recv() => self.datagram(d),
                 f = self.frames.recv(), if frames_open => match f {
-                    Ok(frame) => self.frame(&frame),
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::debug!(skipped = n, "media engine lagged behind the source");
-                        for s in &mut self.sessions {
+                    Some((feed, FeedEvent::Frame(frame))) => self.frame(feed, &frame),
+                    Some((feed, FeedEvent::Lagged(n))) => {
+                        tracing::debug!(skipped = n, feed, "media engine lagged behind the source");
+                        for s in self.sessions.iter_mut().filter(|s| s.feed == feed) {
                             s.need_keyframe = true;
                         }
-                        self.source.request_keyframe();
+                        if let Some(f) = self.feeds.get(feed) {
+                            f.request_keyframe();
+                        }
                     }
-                    Err(broadcast::error::RecvError::Closed) => frames_open = false,
+                    None => frames_open = false,
                 },
                 _ = &mut timer => self.timeouts(Instant::now()),
             }
@@ -666,7 +735,9 @@ impl Engine {
         for s in &mut self.sessions {
             let _ = s.rtc.close();
         }
-        self.source.set_viewers(0);
+        for feed in &self.feeds {
+            feed.set_viewers(0);
+        }
         tracing::info!("media engine stopped");
     }
 
@@ -711,7 +782,7 @@ impl Engine {
                         // that produced, then drop the session.
                         let s = &mut self.sessions[i];
                         let _ = guarded(|| s.rtc.close());
-                        let _ = drive(s, &self.io, &self.source);
+                        let _ = drive(s, &self.io, &self.feeds);
                         self.end(i, EndReason::Closed);
                         Ok(())
                     }
@@ -765,10 +836,15 @@ impl Engine {
         }
     }
 
-    fn frame(&mut self, frame: &EncodedFrame) {
+    /// Send a frame of feed `feed` to that feed's viewers.
+    fn frame(&mut self, feed: usize, frame: &EncodedFrame) {
         let mut i = 0;
         while i < self.sessions.len() {
             let s = &mut self.sessions[i];
+            if s.feed != feed {
+                i += 1;
+                continue;
+            }
             let Some((mid, pt)) = s.video else {
                 i += 1;
                 continue;
@@ -825,7 +901,7 @@ impl Engine {
     /// Drive session `i`; if it ended, remove it. Returns true if it is still there.
     fn drive_or_end(&mut self, i: usize) -> bool {
         let was_connected = self.sessions[i].connected;
-        match drive(&mut self.sessions[i], &self.io, &self.source) {
+        match drive(&mut self.sessions[i], &self.io, &self.feeds) {
             None => {
                 let s = &self.sessions[i];
                 self.wake = self.wake.min(s.wake_at(self.connect_timeout));
@@ -853,9 +929,17 @@ impl Engine {
         self.update_viewers();
     }
 
+    /// Tell each feed how many connected viewers it has (its producer idles at zero).
     fn update_viewers(&self) {
-        let n = self.sessions.iter().filter(|s| s.connected).count();
-        self.source.set_viewers(n);
+        let mut counts = vec![0usize; self.feeds.len()];
+        for s in self.sessions.iter().filter(|s| s.connected) {
+            if let Some(c) = counts.get_mut(s.feed) {
+                *c += 1;
+            }
+        }
+        for (feed, n) in self.feeds.iter().zip(counts) {
+            feed.set_viewers(n);
+        }
     }
 }
 
@@ -871,7 +955,9 @@ fn guarded<T, E: std::fmt::Display>(f: impl FnOnce() -> Result<T, E>) -> Result<
 
 /// Poll a session until it waits for a timeout, sending its datagrams and handling its events.
 /// Returns why it ended, if it did.
-fn drive(s: &mut Session, io: &Io, source: &VideoSource) -> Option<EndReason> {
+/// Keyframe requests (new viewer, PLI/FIR) go to the session's own feed only.
+fn drive(s: &mut Session, io: &Io, feeds: &[VideoSource]) -> Option<EndReason> {
+    let source = feeds.get(s.feed);
     loop {
         if !s.rtc.is_alive() {
             return Some(EndReason::PeerClosed);
@@ -891,14 +977,20 @@ fn drive(s: &mut Session, io: &Io, source: &VideoSource) -> Option<EndReason> {
                     tracing::info!(session = %s.id, "media session connected");
                     s.connected = true;
                     s.need_keyframe = true;
-                    source.request_keyframe();
+                    if let Some(f) = source {
+                        f.request_keyframe();
+                    }
                 }
                 Event::IceConnectionStateChange(IceConnectionState::Disconnected)
                     if s.connected =>
                 {
                     return Some(EndReason::IceDisconnected);
                 }
-                Event::KeyframeRequest(_) => source.request_keyframe(),
+                Event::KeyframeRequest(_) => {
+                    if let Some(f) = source {
+                        f.request_keyframe();
+                    }
+                }
                 Event::Closed => return Some(EndReason::PeerClosed),
                 _ => {}
             },

@@ -13,9 +13,10 @@ pub enum MediaError {
     /// The offer has no (enabled) `m=video` section.
     #[error("the offer has no video m-line")]
     NoVideo,
-    /// The offer's video sections carry no codec the engine can send.
-    #[error("no supported video codec in offer (need {0})")]
-    NoSupportedCodec(&'static str),
+    /// The offer's video sections carry no codec the stream can send. The text names the
+    /// stream's codecs and what the offer had.
+    #[error("no supported video codec in offer: {0}")]
+    NoSupportedCodec(String),
     /// `accept_offer` with a session id that is already live.
     #[error("session {0:?} already exists")]
     DuplicateSession(String),

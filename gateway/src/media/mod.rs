@@ -1,4 +1,5 @@
-//! Media engine: WebRTC peers (str0m) that send one shared video stream to many browsers.
+//! Media engine: WebRTC peers (str0m) that send one shared video stream to many browsers,
+//! each in a codec its browser offered (one feed per codec, see [`VideoFeeds`]).
 //!
 //! Data flow:
 //!
@@ -33,4 +34,4 @@ pub use engine::{
     SessionEnded,
 };
 pub use error::MediaError;
-pub use source::{EncodedFrame, VideoCodec, VideoSource};
+pub use source::{EncodedFrame, VideoCodec, VideoFeeds, VideoSource};

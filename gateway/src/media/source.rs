@@ -1,4 +1,9 @@
-//! The shared video feed between a producer (test pattern, later RTP ingest) and the engine.
+//! The shared video feeds between a producer (test pattern, RTP ingest, file) and the engine.
+//!
+//! A [`VideoSource`] is one encoded bitstream of one codec; a [`VideoFeeds`] is everything one
+//! stream can give, one feed per codec. The engine picks a feed per viewer (the first codec
+//! in the browser's offer that the stream has), so browsers without H.264 (Firefox without
+//! the OpenH264 plugin) can watch a source that also encodes VP8.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,6 +32,14 @@ impl VideoCodec {
             VideoCodec::Vp8 => "VP8",
         }
     }
+
+    /// The encoding name as SDP spells it (`a=rtpmap:PT NAME/90000`).
+    pub fn sdp_name(self) -> &'static str {
+        match self {
+            VideoCodec::H264 => "H264",
+            VideoCodec::Vp8 => "VP8",
+        }
+    }
 }
 
 /// One encoded access unit (H.264: Annex-B with start codes, as str0m's packetizer wants it).
@@ -45,7 +58,7 @@ pub struct EncodedFrame {
     pub captured: Instant,
 }
 
-/// A cloneable handle on one video feed: producers publish, the engine subscribes.
+/// A cloneable handle on one video feed (one codec): producers publish, the engine subscribes.
 ///
 /// It also carries the two signals that flow back from viewers to the producer: "a keyframe is
 /// needed" (new viewer, PLI/FIR) and "how many viewers are connected" (so a producer may idle
@@ -102,5 +115,91 @@ impl VideoSource {
 
     pub(crate) fn set_viewers(&self, n: usize) {
         self.viewers.store(n, Ordering::Relaxed);
+    }
+}
+
+/// Every feed of one stream, at most one per codec, in the stream's own order of preference.
+///
+/// Why a set and not one feed: a viewer can only decode what its browser offers (Firefox
+/// without OpenH264 offers VP8/VP9 only, Safari prefers H.264). A source that can encode more
+/// than one codec (the test pattern) publishes one feed per codec; ingest sources (RTP, file)
+/// carry the single codec they receive. Each feed keeps its own viewer count and keyframe
+/// request, so a producer encodes a codec only while somebody watches it, and a PLI from a VP8
+/// viewer never costs an H.264 keyframe.
+#[derive(Clone)]
+pub struct VideoFeeds {
+    feeds: Vec<VideoSource>,
+}
+
+impl VideoFeeds {
+    /// One new, empty feed per codec of `codecs` (duplicates are ignored, order is kept).
+    pub fn new(codecs: &[VideoCodec]) -> Self {
+        let mut feeds: Vec<VideoSource> = Vec::new();
+        for &c in codecs {
+            if feeds.iter().all(|f| f.codec() != c) {
+                feeds.push(VideoSource::new(c));
+            }
+        }
+        VideoFeeds { feeds }
+    }
+
+    /// The feed of `codec`, if the stream has one.
+    pub fn get(&self, codec: VideoCodec) -> Option<&VideoSource> {
+        self.feeds.iter().find(|f| f.codec() == codec)
+    }
+
+    /// The codecs the stream offers, in its order of preference.
+    pub fn codecs(&self) -> Vec<VideoCodec> {
+        self.feeds.iter().map(VideoSource::codec).collect()
+    }
+
+    /// Every feed, in the stream's order of preference.
+    pub fn iter(&self) -> impl Iterator<Item = &VideoSource> {
+        self.feeds.iter()
+    }
+
+    /// Number of feeds.
+    pub fn len(&self) -> usize {
+        self.feeds.len()
+    }
+
+    /// True when the stream has no feed at all (nothing can be watched).
+    pub fn is_empty(&self) -> bool {
+        self.feeds.is_empty()
+    }
+
+    /// Connected viewers over all feeds.
+    pub fn viewers(&self) -> usize {
+        self.feeds.iter().map(VideoSource::viewers).sum()
+    }
+}
+
+impl From<VideoSource> for VideoFeeds {
+    /// A stream of one codec (RTP ingest, a file).
+    fn from(source: VideoSource) -> Self {
+        VideoFeeds {
+            feeds: vec![source],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feeds_are_per_codec_and_ordered() {
+        let feeds = VideoFeeds::new(&[VideoCodec::Vp8, VideoCodec::H264, VideoCodec::Vp8]);
+        assert_eq!(feeds.codecs(), [VideoCodec::Vp8, VideoCodec::H264]);
+        feeds.get(VideoCodec::H264).unwrap().set_viewers(2);
+        feeds.get(VideoCodec::Vp8).unwrap().set_viewers(1);
+        assert_eq!(feeds.viewers(), 3);
+        // Keyframe requests stay with their feed.
+        feeds.get(VideoCodec::Vp8).unwrap().request_keyframe();
+        assert!(!feeds.get(VideoCodec::H264).unwrap().take_keyframe_request());
+        assert!(feeds.get(VideoCodec::Vp8).unwrap().take_keyframe_request());
+        let single = VideoFeeds::from(VideoSource::new(VideoCodec::H264));
+        assert_eq!(single.codecs(), [VideoCodec::H264]);
+        assert!(single.get(VideoCodec::Vp8).is_none());
     }
 }
