@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import vm from "node:vm";
+import { webcrypto } from "node:crypto";
 import { fileURLToPath } from "node:url";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -94,7 +95,7 @@ function loadViewer(routes) {
   const pageClearTimeout = (t) => { timers.delete(t); clearTimeout(t); };
   const stop = () => { stopped = true; for (const t of timers) clearTimeout(t); timers.clear(); };
   const ctx = {
-    window, fetch, location: { search: "" }, URLSearchParams, crypto: globalThis.crypto,
+    window, fetch, location: { search: "" }, URLSearchParams, crypto: webcrypto,
     performance, setTimeout: pageSetTimeout, clearTimeout: pageClearTimeout, setInterval: () => 0,
     Promise, Error, JSON, Math,
     MediaStream: class {}, RTCPeerConnection: FakePc,
