@@ -25,6 +25,34 @@
 //! Input is hostile: a frag is at most [`MAX_SDPFRAG_BYTES`] bytes and
 //! [`MAX_SDPFRAG_CANDIDATES`] candidates, and anything malformed is a
 //! [`MediaError::MalformedSdpFrag`] (a 400) whose text never echoes internal state.
+//!
+//! # Wiring the WHEP handlers (signaling)
+//!
+//! * `POST /whep` (and the JSON offer endpoint, if it wants to): after
+//!   [`MediaHandle::accept_offer`](super::MediaHandle::accept_offer) returns `answer`, send
+//!   `ETag: {ice_etag_of_sdp(&answer)}` with the `201` (and list `ETag` in
+//!   `Access-Control-Expose-Headers` if CORS is served).
+//! * `PATCH /whep/{id}`: the whole handler is one call:
+//!
+//!   ```ignore
+//!   let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok());
+//!   match sig.media().ice_patch(&id, if_match, &frag).await {
+//!       Ok(IcePatchOutcome::Trickled) => StatusCode::NO_CONTENT.into_response(),
+//!       Ok(IcePatchOutcome::Restarted(a)) => (
+//!           StatusCode::OK,
+//!           [(header::CONTENT_TYPE, "application/trickle-ice-sdpfrag"), (header::ETAG, &a.etag)],
+//!           a.sdpfrag,
+//!       ).into_response(),
+//!       Err(e) => media_error(e), // see the status list below
+//!   }
+//!   ```
+//!
+//!   Status codes: [`MediaError::IceSessionMismatch`] → `412 Precondition Failed` (add it to
+//!   `signaling::media_error`: it is a client error and would otherwise map to 400),
+//!   [`MediaError::MalformedSdpFrag`] → 400, [`MediaError::UnknownSession`] → 404,
+//!   [`MediaError::IceRestartFailed`] → 500 (the session lives on, as RFC 9725 asks).
+//!   The viewer page (`web/viewer.js`) PATCHes `/whep/{webrtc_id}` for sessions it made through
+//!   the JSON offer endpoint too, so PATCH should find any live session of the registry by id.
 
 use std::time::{Duration, Instant};
 
