@@ -506,14 +506,55 @@ async fn whep_delete_revokes_the_credential_and_closes_allocations() {
     let id = location.trim_start_matches("/whep/");
     assert!(user.ends_with(&format!(":{id}")));
 
-    // Trickle: a candidate is accepted; the wrong content type is not.
+    let etag = r
+        .header("etag")
+        .expect("ETag names the ICE session")
+        .to_owned();
+    // ICE restart (RFC 9725 §4.3): new credentials → 200, the gateway's new ones, a new ETag.
     let frag = "a=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef012345\r\na=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host\r\na=end-of-candidates\r\n";
     let r = request(
         gw.http_addr,
         "PATCH",
         &location,
-        &[("Content-Type", "application/trickle-ice-sdpfrag")],
+        &[
+            ("Content-Type", "application/trickle-ice-sdpfrag"),
+            ("If-Match", "*"),
+        ],
         frag.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/trickle-ice-sdpfrag")
+    );
+    assert!(r.body.contains("a=ice-ufrag:"), "{r:?}");
+    let new_etag = r.header("etag").expect("new ETag").to_owned();
+    assert_ne!(new_etag, etag);
+    // A PATCH against the old ICE session is refused; garbage is a 400.
+    let r = request(
+        gw.http_addr,
+        "PATCH",
+        &location,
+        &[
+            ("Content-Type", "application/trickle-ice-sdpfrag"),
+            ("If-Match", &etag),
+        ],
+        frag.as_bytes(),
+    )
+    .await;
+    r.expect_error(412, "ice_session_mismatch");
+    // Trickle within the current ICE session: 204.
+    let trickle = "a=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef012345\r\na=candidate:2 1 udp 2130706431 127.0.0.1 5002 typ host\r\n";
+    let r = request(
+        gw.http_addr,
+        "PATCH",
+        &location,
+        &[
+            ("Content-Type", "application/trickle-ice-sdpfrag"),
+            ("If-Match", &new_etag),
+        ],
+        trickle.as_bytes(),
     )
     .await;
     assert_eq!(r.status, 204, "{r:?}");

@@ -38,6 +38,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::ice_restart::{IcePatchOutcome, IceRestartAnswer, IceState, IfMatch, SdpFrag};
 use super::sdp_check::choose_codec;
 use super::{EncodedFrame, MediaError, VideoCodec, VideoFeeds, VideoSource};
 
@@ -371,6 +372,7 @@ impl MediaHandle {
             rtc,
             video: Some((mid, pt)),
             feed,
+            ice: IceState::new(offer_sdp, &answer),
             created: Instant::now(),
             connected: false,
             need_keyframe: true,
@@ -414,6 +416,87 @@ impl MediaHandle {
         self.command(Command::AddCandidate {
             session_id: session_id.to_owned(),
             candidate: cand,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| MediaError::EngineStopped)?
+    }
+
+    /// Apply a WHEP/WHIP `PATCH` (RFC 9725 §4.3): `if_match` is the `If-Match` header (None
+    /// when absent), `sdpfrag` the `application/trickle-ice-sdpfrag` body.
+    ///
+    /// New `a=ice-ufrag`/`a=ice-pwd` restart ICE ([`IcePatchOutcome::Restarted`]: answer
+    /// `200` with its `sdpfrag` body and `ETag`); otherwise the candidates are trickled
+    /// ([`IcePatchOutcome::Trickled`]: `204`). Errors: [`MediaError::MalformedSdpFrag`] (400),
+    /// [`MediaError::IceSessionMismatch`] (412), [`MediaError::UnknownSession`] (404),
+    /// [`MediaError::IceRestartFailed`] (500, the session lives on). See
+    /// [`super::ice_restart`] for the protocol.
+    pub async fn ice_patch(
+        &self,
+        session_id: &str,
+        if_match: Option<&str>,
+        sdpfrag: &str,
+    ) -> Result<IcePatchOutcome, MediaError> {
+        let frag = SdpFrag::parse(sdpfrag)?;
+        self.ice_command(session_id, IfMatch::parse(if_match), frag)
+            .await
+    }
+
+    /// Restart ICE for a session with the client's new credentials and candidates
+    /// (`candidate:…` lines, with or without `a=`; at most
+    /// [`super::ice_restart::MAX_SDPFRAG_CANDIDATES`]). Returns our new credentials, our
+    /// candidates and the new ICE session's entity-tag. DTLS, SRTP and the media carry on;
+    /// the new path takes over once the client's checks with the new credentials arrive.
+    pub async fn restart_ice(
+        &self,
+        session_id: &str,
+        remote_ufrag: &str,
+        remote_pwd: &str,
+        candidates: &[String],
+    ) -> Result<IceRestartAnswer, MediaError> {
+        if candidates.len() > super::ice_restart::MAX_SDPFRAG_CANDIDATES {
+            return Err(MediaError::MalformedSdpFrag(format!(
+                "more than {} candidates",
+                super::ice_restart::MAX_SDPFRAG_CANDIDATES
+            )));
+        }
+        let mut body = format!("a=ice-ufrag:{remote_ufrag}\r\na=ice-pwd:{remote_pwd}\r\n");
+        for c in candidates {
+            let c = c.trim();
+            let c = c.strip_prefix("a=").unwrap_or(c);
+            let c = c.strip_prefix("candidate:").unwrap_or(c);
+            // One line each: a line break inside would smuggle in other attributes.
+            if c.contains(['\r', '\n']) {
+                return Err(MediaError::MalformedSdpFrag("candidate spans lines".into()));
+            }
+            body.push_str(&format!("a=candidate:{c}\r\n"));
+        }
+        let frag = SdpFrag::parse(&body)?;
+        if frag.ice_ufrag.as_deref() != Some(remote_ufrag.trim()) || frag.ice_pwd.is_none() {
+            return Err(MediaError::MalformedSdpFrag(
+                "an ICE restart needs a=ice-ufrag and a=ice-pwd".into(),
+            ));
+        }
+        match self.ice_command(session_id, IfMatch::Any, frag).await? {
+            IcePatchOutcome::Restarted(a) => Ok(a),
+            // The credentials are the current ones: nothing to restart.
+            IcePatchOutcome::Trickled => Err(MediaError::MalformedSdpFrag(
+                "the ICE credentials are the current ones, not new".into(),
+            )),
+        }
+    }
+
+    async fn ice_command(
+        &self,
+        session_id: &str,
+        if_match: IfMatch,
+        frag: SdpFrag,
+    ) -> Result<IcePatchOutcome, MediaError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::IcePatch {
+            session_id: session_id.to_owned(),
+            if_match,
+            frag: Box::new(frag),
             reply,
         })
         .await?;
@@ -543,6 +626,12 @@ enum Command {
         reply: oneshot::Sender<Result<(), MediaError>>,
     },
     SetSink(Option<Arc<dyn InProcessSink>>),
+    IcePatch {
+        session_id: String,
+        if_match: IfMatch,
+        frag: Box<SdpFrag>,
+        reply: oneshot::Sender<Result<IcePatchOutcome, MediaError>>,
+    },
 }
 
 /// A datagram for the engine: from a socket reader or injected.
@@ -655,6 +744,8 @@ struct Session {
     video: Option<(Mid, Pt)>,
     /// Index of the feed (codec) this viewer is sent, in [`Engine::feeds`].
     feed: usize,
+    /// ICE credentials and the offer, for PATCH trickle / ICE restart.
+    ice: IceState,
     created: Instant,
     connected: bool,
     /// Do not send until a keyframe comes: a decoder cannot start on a P-frame.
@@ -665,11 +756,12 @@ struct Session {
 
 impl Session {
     fn wake_at(&self, connect_timeout: Duration) -> Instant {
-        if self.connected {
+        let t = if self.connected {
             self.next
         } else {
             self.next.min(self.created + connect_timeout)
-        }
+        };
+        self.ice.restart_deadline.map_or(t, |d| t.min(d))
     }
 }
 
@@ -790,6 +882,32 @@ impl Engine {
                 let _ = reply.send(res);
             }
             Command::SetSink(sink) => self.io.sink = sink,
+            Command::IcePatch {
+                session_id,
+                if_match,
+                frag,
+                reply,
+            } => {
+                let res = match self.sessions.iter().position(|s| s.id == session_id) {
+                    None => Err(MediaError::UnknownSession(session_id)),
+                    Some(i) => {
+                        let s = &mut self.sessions[i];
+                        let res = s.ice.patch(
+                            &mut s.rtc,
+                            *frag,
+                            &if_match,
+                            Instant::now(),
+                            self.connect_timeout,
+                        );
+                        if let Ok(IcePatchOutcome::Restarted(_)) = &res {
+                            tracing::info!(session = %s.id, "ICE restart");
+                        }
+                        self.drive_or_end(i);
+                        res
+                    }
+                };
+                let _ = reply.send(res);
+            }
         }
     }
 
@@ -880,6 +998,11 @@ impl Engine {
             let s = &mut self.sessions[i];
             if !s.connected && now >= s.created + self.connect_timeout {
                 self.end(i, EndReason::ConnectTimeout);
+                continue;
+            }
+            if s.ice.restart_deadline.is_some_and(|d| now >= d) {
+                // The client restarted ICE and never checked the new credentials.
+                self.end(i, EndReason::IceDisconnected);
                 continue;
             }
             if s.next > now {
@@ -985,6 +1108,13 @@ fn drive(s: &mut Session, io: &Io, feeds: &[VideoSource]) -> Option<EndReason> {
                     if s.connected =>
                 {
                     return Some(EndReason::IceDisconnected);
+                }
+                Event::IceConnectionStateChange(
+                    IceConnectionState::Connected | IceConnectionState::Completed,
+                ) if s.ice.restart_deadline.is_some() => {
+                    // A pair checked with the restarted credentials is nominated.
+                    tracing::info!(session = %s.id, "ICE restart completed");
+                    s.ice.restart_deadline = None;
                 }
                 Event::KeyframeRequest(_) => {
                     if let Some(f) = source {

@@ -26,6 +26,18 @@ pub enum MediaError {
     /// A trickled ICE candidate that does not parse.
     #[error("bad ICE candidate: {0}")]
     BadCandidate(String),
+    /// A PATCH body that is not a well-formed, bounded `application/trickle-ice-sdpfrag`
+    /// (RFC 8840): size, line or candidate limits, bad ICE credentials, unparsable candidate.
+    #[error("malformed sdpfrag: {0}")]
+    MalformedSdpFrag(String),
+    /// A PATCH for an ICE session that is no longer current: its `If-Match` names another
+    /// entity-tag, or its `a=ice-ufrag` is of an older ICE generation (HTTP 412).
+    #[error("the ICE session changed (ICE restart): If-Match or a=ice-ufrag is stale")]
+    IceSessionMismatch,
+    /// The engine could not apply a well-formed ICE restart (server side, HTTP 500; the session
+    /// is not ended by it).
+    #[error("ICE restart failed: {0}")]
+    IceRestartFailed(&'static str),
     /// The configured session limit is reached.
     #[error("too many media sessions (limit {0})")]
     TooManySessions(usize),
@@ -53,6 +65,9 @@ impl MediaError {
             MediaError::DuplicateSession(_) => "duplicate_session",
             MediaError::UnknownSession(_) => "unknown_session",
             MediaError::BadCandidate(_) => "bad_candidate",
+            MediaError::MalformedSdpFrag(_) => "malformed_sdpfrag",
+            MediaError::IceSessionMismatch => "ice_session_mismatch",
+            MediaError::IceRestartFailed(_) => "ice_restart_failed",
             MediaError::TooManySessions(_) => "too_many_sessions",
             MediaError::Config(_) => "config",
             MediaError::Io(_) => "io",
@@ -71,6 +86,8 @@ impl MediaError {
                 | MediaError::DuplicateSession(_)
                 | MediaError::UnknownSession(_)
                 | MediaError::BadCandidate(_)
+                | MediaError::MalformedSdpFrag(_)
+                | MediaError::IceSessionMismatch
         )
     }
 }

@@ -17,13 +17,15 @@
 //!
 //! The signaling layer talks to the engine through a cloneable [`MediaHandle`]:
 //! [`MediaHandle::accept_offer`] turns a browser offer into an answer,
-//! [`MediaHandle::add_remote_candidate`] trickles, [`MediaHandle::close`] ends a session, and
+//! [`MediaHandle::add_remote_candidate`] trickles, [`MediaHandle::ice_patch`] applies a WHEP PATCH
+//! (trickle or ICE restart, see [`ice_restart`]), [`MediaHandle::close`] ends a session, and
 //! [`MediaHandle::take_ended`] reports sessions that ended on their own (ICE consent lost,
 //! DTLS failure, peer closed, connect timeout) so TURN credentials can be revoked.
 
 mod engine;
 mod error;
 pub mod file;
+pub mod ice_restart;
 pub mod rtp;
 mod sdp_check;
 mod source;
@@ -34,4 +36,5 @@ pub use engine::{
     SessionEnded,
 };
 pub use error::MediaError;
+pub use ice_restart::{IcePatchOutcome, IceRestartAnswer, IfMatch, SdpFrag};
 pub use source::{EncodedFrame, VideoCodec, VideoFeeds, VideoSource};

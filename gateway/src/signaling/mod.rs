@@ -168,6 +168,7 @@ pub fn media_error(e: MediaError) -> ApiError {
         MediaError::DuplicateSession(_) => StatusCode::CONFLICT,
         MediaError::TooManySessions(_) => StatusCode::SERVICE_UNAVAILABLE,
         MediaError::EngineStopped => StatusCode::SERVICE_UNAVAILABLE,
+        MediaError::IceSessionMismatch => StatusCode::PRECONDITION_FAILED,
         e if e.is_client_error() => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };

@@ -15,6 +15,8 @@ use axum::Extension;
 use super::extract::{ApiError, SdpBody, SdpFragBody};
 use super::ice_servers::{link_headers, IceServer};
 use super::ClientAddr;
+use crate::media::ice_restart::ice_etag_of_sdp;
+use crate::media::IcePatchOutcome;
 use crate::session::valid_id;
 
 /// Header carrying the session id of an `OPTIONS` response, and binding a `POST` to it.
@@ -67,6 +69,8 @@ pub(super) async fn post(
     };
     let id = answered.session;
     let servers = sig.ice_servers(&id)?;
+    // The entity-tag names the ICE session; an ICE restart (PATCH) makes a new one.
+    let etag = ice_etag_of_sdp(&answered.answer);
     let mut resp = (StatusCode::CREATED, answered.answer).into_response();
     let h = resp.headers_mut();
     h.insert(
@@ -78,6 +82,9 @@ pub(super) async fn post(
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
         h.insert(HeaderName::from_static(SESSION_HEADER), v);
+    }
+    if let Some(v) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
+        h.insert(header::ETAG, v);
     }
     with_links(h, &servers);
     Ok(resp)
@@ -113,25 +120,53 @@ pub(super) async fn options(
     Ok(resp)
 }
 
-/// `PATCH /whep/{id}` with `application/trickle-ice-sdpfrag`: adds the trickled candidates.
+/// `PATCH /whep/{id}` with `application/trickle-ice-sdpfrag` (RFC 9725 §4.3): new
+/// `a=ice-ufrag`/`a=ice-pwd` restart ICE (`200` with the gateway's new credentials and
+/// candidates and a new `ETag`), so a client can move networks or renew its path without a
+/// new session; otherwise the trickled candidates are added (`204`). `If-Match` with a stale
+/// entity-tag gets `412`. `id` is the session id from `Location` (or `sessionId`).
 pub(super) async fn patch(
     State(app): State<super::SignalingState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     SdpFragBody(frag): SdpFragBody,
 ) -> Result<Response, ApiError> {
     let sig = super::state(&app)?;
     let Some(media) = sig.registry().media_of(&id) else {
         return Err(ApiError::unknown_session(&id));
     };
-    for line in frag.lines().map(str::trim) {
-        if line.starts_with("a=candidate:") || line.starts_with("candidate:") {
-            sig.media()
-                .add_remote_candidate(&media, line)
-                .await
-                .map_err(super::media_error)?;
+    let if_match = match headers.get(header::IF_MATCH).map(|v| v.to_str()) {
+        Some(Ok(v)) => Some(v),
+        Some(Err(_)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_if_match",
+                "If-Match must be ASCII",
+            ))
+        }
+        None => None,
+    };
+    match sig
+        .media()
+        .ice_patch(&media, if_match, &frag)
+        .await
+        .map_err(super::media_error)?
+    {
+        IcePatchOutcome::Trickled => Ok(StatusCode::NO_CONTENT.into_response()),
+        IcePatchOutcome::Restarted(r) => {
+            tracing::info!(session = %id, "ICE restarted by WHEP PATCH");
+            let mut resp = (StatusCode::OK, r.sdpfrag).into_response();
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/trickle-ice-sdpfrag"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&r.etag) {
+                h.insert(header::ETAG, v);
+            }
+            Ok(resp)
         }
     }
-    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `DELETE /whep/{id}`: ends the session (its credential is refused from then on and its
