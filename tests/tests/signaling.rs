@@ -811,3 +811,80 @@ async fn max_viewers_and_idle_timeout() {
     assert_eq!(r.json()["type"], "answer", "{r:?}");
     assert_eq!(sig.registry().counts(), (1, 0, 1));
 }
+
+/// CORS_ORIGINS: a preflight from an allowed origin is answered with the CORS headers and a
+/// real request from it gets `Access-Control-Allow-Origin`; another origin gets none; and
+/// without the setting there are no CORS headers at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflight_for_allowed_and_other_origins() {
+    let ui = "http://ui.example:3000";
+    let preflight = |origin: &'static str| {
+        [
+            ("Origin", origin),
+            ("Access-Control-Request-Method", "POST"),
+            ("Access-Control-Request-Headers", "content-type"),
+        ]
+    };
+    let gw = start(&[
+        "--cors-origins",
+        "https://other.example, http://ui.example:3000",
+    ])
+    .await;
+    let a = gw.http_addr;
+    for path in ["/api/v1/projects/p1/offer", "/whep"] {
+        let r = request(a, "OPTIONS", path, &preflight(ui), b"").await;
+        assert!(r.status == 200 || r.status == 204, "{path}: {r:?}");
+        assert_eq!(r.header("access-control-allow-origin"), Some(ui), "{r:?}");
+        let methods = r.header("access-control-allow-methods").unwrap_or_default();
+        assert!(methods.contains("POST"), "{r:?}");
+        let allowed = r.header("access-control-allow-headers").unwrap_or_default();
+        assert!(
+            allowed.to_ascii_lowercase().contains("content-type"),
+            "{r:?}"
+        );
+        let r = request(a, "OPTIONS", path, &preflight("http://evil.example"), b"").await;
+        assert_eq!(r.header("access-control-allow-origin"), None, "{r:?}");
+    }
+    let r = request(
+        a,
+        "GET",
+        "/api/v1/system/webrtc/config",
+        &[("Origin", ui)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), Some(ui));
+    let exposed = r
+        .header("access-control-expose-headers")
+        .unwrap_or_default();
+    assert!(exposed.to_ascii_lowercase().contains("location"), "{r:?}");
+    let r = request(
+        a,
+        "GET",
+        "/api/v1/system/webrtc/config",
+        &[("Origin", "http://evil.example")],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+
+    let plain = start(&[]).await;
+    let r = request(
+        plain.http_addr,
+        "GET",
+        "/api/v1/system/webrtc/config",
+        &[("Origin", ui)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.headers
+            .iter()
+            .all(|(k, _)| !k.starts_with("access-control-")),
+        "no CORS headers without CORS_ORIGINS: {r:?}"
+    );
+    assert_eq!(r.header("vary"), None);
+}
