@@ -272,9 +272,4 @@ pub async fn setup_allocation(
     Ok((conn, t0.elapsed()))
 }
 
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use relay::io::unix_now;

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use auth::{Credential, MintError};
 
-use crate::clock::unix_now;
 use crate::config::Settings;
+use relay::io::unix_now;
 
 /// Everything request handlers need.
 pub struct App {

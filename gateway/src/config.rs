@@ -12,7 +12,6 @@ use clap::{Args, Parser, Subcommand};
 use relay::core::PeerPolicy;
 use relay::io::PortRange;
 
-pub use crate::media::PortRange as MediaPortRange;
 pub use crate::media_source::MediaSourceSpec;
 pub use crate::signaling::ice_servers::{IceServersSetting, StunServerSetting};
 
@@ -184,9 +183,9 @@ pub struct Settings {
     #[arg(long, env = "WEBRTC_ADVERTISE_IP", value_parser = parse_host)]
     pub webrtc_advertise_ip: Option<String>,
 
-    /// UDP ports the media sockets may bind (`FIRST-LAST`).
+    /// UDP ports the media sockets may bind (`FIRST-LAST`, or one port).
     #[arg(long, env = "WEBRTC_PORT_RANGE", default_value = "50000-50050")]
-    pub webrtc_port_range: MediaPortRange,
+    pub webrtc_port_range: PortRange,
 
     /// Local IP the media sockets bind to.
     #[arg(long, env = "WEBRTC_BIND_IP", default_value = "0.0.0.0")]
@@ -320,12 +319,11 @@ impl Settings {
     /// address on a media port could never be bound.
     pub fn check_port_ranges(&self) -> Result<(), SettingError> {
         let (relay, media) = (self.turn_relay_ports, self.webrtc_port_range);
-        if relay.min <= media.last && media.first <= relay.max {
+        if relay.overlaps(&media) {
             return Err(SettingError {
                 setting: "TURN_RELAY_PORTS",
                 reason: format!(
-                    "{relay} overlaps WEBRTC_PORT_RANGE {}-{}",
-                    media.first, media.last
+                    "{relay} overlaps WEBRTC_PORT_RANGE {media}: choose ranges that share no port"
                 ),
             });
         }
@@ -376,7 +374,7 @@ impl Settings {
                     crate::signaling::ice_servers::Urls::Many(v) => v.clone(),
                 };
                 for u in urls {
-                    if u.len() > 5 && u[..5].eq_ignore_ascii_case("stun:") {
+                    if crate::ice_url::strip_scheme(&u, crate::ice_url::Scheme::Stun).is_some() {
                         if let Ok(s) = u.parse() {
                             out.push(s);
                         }
@@ -465,7 +463,7 @@ mod tests {
         let c = parse(&[]).unwrap().settings;
         assert_eq!(c.media_source, MediaSourceSpec::TestSrc);
         assert_eq!(
-            (c.webrtc_port_range.first, c.webrtc_port_range.last),
+            (c.webrtc_port_range.min, c.webrtc_port_range.max),
             (50000, 50050)
         );
         assert!(c.webrtc_bind_ip.is_unspecified());

@@ -13,6 +13,7 @@
 
 mod turn;
 
+use crate::ice_url::{host_port, split_scheme, strip_scheme, Scheme};
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
@@ -289,30 +290,6 @@ async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
     tokio::net::lookup_host((host, port)).await.ok()?.next()
 }
 
-fn strip_scheme<'a>(v: &'a str, scheme: &str) -> &'a str {
-    match v.get(..scheme.len()) {
-        Some(p) if p.eq_ignore_ascii_case(scheme) => v.get(scheme.len()..).unwrap_or_default(),
-        _ => v,
-    }
-}
-
-/// Splits `host:port` (IPv6 in brackets); `default` when there is no port.
-fn host_port(v: &str, default: u16) -> Option<(String, u16)> {
-    let v = v.split('?').next().unwrap_or(v);
-    if let Some(rest) = v.strip_prefix('[') {
-        let (h, after) = rest.split_once(']')?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().ok()?,
-            None => default,
-        };
-        return Some((h.to_owned(), port));
-    }
-    match v.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => Some((h.to_owned(), p.parse().ok()?)),
-        _ => Some((v.to_owned(), default)),
-    }
-}
-
 async fn check_advertised(r: &mut Report<'_>) {
     let advertised = env("WEBRTC_ADVERTISE_IP");
     let Some(stun) = env("STUN_SERVER") else {
@@ -336,7 +313,9 @@ async fn check_advertised(r: &mut Report<'_>) {
         return;
     };
     let what = format!("STUN_SERVER {stun}");
-    let Some((host, port)) = host_port(strip_scheme(stun.trim(), "stun:"), 3478) else {
+    let stun = stun.trim();
+    let rest = strip_scheme(stun, Scheme::Stun).unwrap_or(stun);
+    let Some((host, port)) = host_port(rest, 3478) else {
         r.add(Status::Fail, what, "not HOST:PORT: fix STUN_SERVER");
         return;
     };
@@ -443,7 +422,7 @@ fn check_certificate(s: &Settings, r: &mut Report<'_>) {
             ),
         );
     }
-    let now = i64::try_from(crate::clock::unix_now()).unwrap_or(i64::MAX);
+    let now = i64::try_from(relay::io::unix_now()).unwrap_or(i64::MAX);
     let days = (info.not_after - now) / 86_400;
     if info.not_after <= now {
         r.add(
@@ -482,7 +461,7 @@ struct External {
 
 fn mint(secret: &str) -> Option<(String, String)> {
     let ring = auth::SecretRing::parse(secret).ok()?;
-    let c = ring.mint("doctor", crate::clock::unix_now(), 600).ok()?;
+    let c = ring.mint("doctor", relay::io::unix_now(), 600).ok()?;
     Some((c.username, c.password))
 }
 
@@ -553,10 +532,10 @@ fn externals(r: &mut Report<'_>) -> Vec<External> {
         };
         for url in urls {
             let lower = url.to_ascii_lowercase();
-            let tls = lower.starts_with("turns:");
-            if !tls && !lower.starts_with("turn:") {
+            let Some((scheme, rest)) = split_scheme(&url).filter(|(s, _)| s.is_turn()) else {
                 continue;
-            }
+            };
+            let tls = scheme == Scheme::Turns;
             if lower.contains("transport=udp") {
                 r.add(
                     Status::Warn,
@@ -565,7 +544,6 @@ fn externals(r: &mut Report<'_>) -> Vec<External> {
                 );
                 continue;
             }
-            let rest = strip_scheme(&url, if tls { "turns:" } else { "turn:" });
             let Some((host, port)) = host_port(rest, if tls { 5349 } else { 3478 }) else {
                 r.add(
                     Status::Fail,
@@ -730,7 +708,7 @@ async fn check_self_loop(s: &Settings, live: bool, r: &mut Report<'_>) {
             return;
         }
     };
-    let cred = match ring.mint("doctor", crate::clock::unix_now(), 300) {
+    let cred = match ring.mint("doctor", relay::io::unix_now(), 300) {
         Ok(c) => c,
         Err(e) => {
             r.add(Status::Fail, what, e.to_string());

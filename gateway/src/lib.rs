@@ -3,10 +3,10 @@
 
 pub mod advertise;
 pub mod app;
-pub mod clock;
 pub mod config;
 pub mod doctor;
 pub mod http;
+pub mod ice_url;
 pub mod media;
 pub mod media_source;
 pub mod metrics;

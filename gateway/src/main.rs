@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use gateway::clock::unix_now;
 use gateway::config::{Cli, Command, Settings};
+use relay::io::unix_now;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -217,7 +217,7 @@ fn coturn_client_relays_over_tcp_and_tls_with_rest_credentials() {
     );
 
     // An expired username with a correctly computed password is refused.
-    let now = gateway::clock::unix_now();
+    let now = relay::io::unix_now();
     let username = format!("{}:interop", now - 60);
     let ring = auth::SecretRing::parse(SECRET).expect("ring");
     let password = auth::rest_password(ring.minting(), &username);

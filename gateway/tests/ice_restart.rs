@@ -24,8 +24,8 @@ fn config(connect_timeout: Duration) -> MediaConfig {
     MediaConfig {
         bind_ip: LOOPBACK,
         ports: PortRange {
-            first: 50000,
-            last: 50050,
+            min: 50000,
+            max: 50050,
         },
         advertise_ip: None,
         connect_timeout,

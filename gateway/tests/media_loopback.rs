@@ -21,8 +21,8 @@ use tokio::sync::mpsc;
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const RANGE: PortRange = PortRange {
-    first: 50000,
-    last: 50050,
+    min: 50000,
+    max: 50050,
 };
 
 fn config(advertise_ip: Option<IpAddr>) -> MediaConfig {
@@ -194,7 +194,7 @@ async fn browser_client_receives_and_decodes_h264_over_udp() {
     );
     let (ip, port) = cands[0];
     assert_eq!(ip, LOOPBACK);
-    assert!((RANGE.first..=RANGE.last).contains(&port));
+    assert!((RANGE.min..=RANGE.max).contains(&port));
     assert_eq!(handle.local_addrs(), &[SocketAddr::new(LOOPBACK, port)]);
     assert!(answer.contains("a=ice-lite"), "engine answers as ICE-lite");
 
@@ -275,7 +275,7 @@ async fn answer_advertises_configured_ip() {
     let cands = host_candidates(&answer);
     assert_eq!(cands.len(), 1, "{answer}");
     assert_eq!(cands[0].0, advertised);
-    assert!((RANGE.first..=RANGE.last).contains(&cands[0].1));
+    assert!((RANGE.min..=RANGE.max).contains(&cands[0].1));
     assert_eq!(
         handle.local_addrs()[0].ip(),
         LOOPBACK,

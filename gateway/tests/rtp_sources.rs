@@ -28,8 +28,8 @@ fn engine(source: VideoSource) -> MediaHandle {
         MediaConfig {
             bind_ip: LOOPBACK,
             ports: PortRange {
-                first: 50000,
-                last: 50050,
+                min: 50000,
+                max: 50050,
             },
             advertise_ip: Some(LOOPBACK),
             ..MediaConfig::default()

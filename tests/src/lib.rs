@@ -7,7 +7,7 @@ pub mod turn_client;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -21,13 +21,7 @@ pub use turn_client::{AllocateOk, Attr, Auth, ClientError, Origin, Reply, TurnCl
 /// The name test certificates are issued for.
 pub const TEST_SERVER_NAME: &str = "turn.test";
 
-/// Seconds since the unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use relay::io::unix_now;
 
 /// `base64(HMAC-SHA1(secret, username))`, computed here independently of the `auth` crate.
 pub fn rest_password(secret: &str, username: &str) -> String {

@@ -25,7 +25,6 @@ use std::collections::{HashMap, HashSet};
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,39 +49,14 @@ const COMMAND_QUEUE: usize = 256;
 /// Frames of every feed, merged for the engine task (a few frame intervals' worth).
 const FRAME_QUEUE: usize = 16;
 
-/// An inclusive UDP port range, `50000-50050` by default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortRange {
-    /// First port (inclusive).
-    pub first: u16,
-    /// Last port (inclusive).
-    pub last: u16,
-}
+/// The media sockets' port range (`WEBRTC_PORT_RANGE`): the gateway's one port-range type.
+pub use relay::io::PortRange;
 
-impl Default for PortRange {
-    fn default() -> Self {
-        PortRange {
-            first: 50000,
-            last: 50050,
-        }
-    }
-}
-
-impl FromStr for PortRange {
-    type Err = MediaError;
-
-    /// `"50000-50050"` or a single port `"50000"`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || MediaError::Config(format!("bad port range {s:?}, want FIRST-LAST"));
-        let (a, b) = s.split_once('-').unwrap_or((s, s));
-        let first: u16 = a.trim().parse().map_err(|_| bad())?;
-        let last: u16 = b.trim().parse().map_err(|_| bad())?;
-        if first == 0 || first > last {
-            return Err(bad());
-        }
-        Ok(PortRange { first, last })
-    }
-}
+/// `WEBRTC_PORT_RANGE`'s default, `50000-50050`.
+pub const DEFAULT_MEDIA_PORTS: PortRange = PortRange {
+    min: 50000,
+    max: 50050,
+};
 
 /// Media engine settings.
 #[derive(Debug, Clone)]
@@ -107,7 +81,7 @@ impl Default for MediaConfig {
     fn default() -> Self {
         MediaConfig {
             bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            ports: PortRange::default(),
+            ports: DEFAULT_MEDIA_PORTS,
             sockets: 1,
             advertise_ip: None,
             connect_timeout: Duration::from_secs(30),
@@ -202,7 +176,7 @@ impl MediaEngine {
             return Err(MediaError::Config("sockets must be at least 1".into()));
         }
         let mut sockets = Vec::new();
-        for port in config.ports.first..=config.ports.last {
+        for port in config.ports.min..=config.ports.max {
             if sockets.len() == config.sockets {
                 break;
             }
@@ -224,8 +198,8 @@ impl MediaEngine {
                 "only {} of {} media sockets could be bound in {}-{} on {}",
                 sockets.len(),
                 config.sockets,
-                config.ports.first,
-                config.ports.last,
+                config.ports.min,
+                config.ports.max,
                 config.bind_ip
             )));
         }
@@ -1136,13 +1110,10 @@ mod tests {
     fn port_range_parses() {
         assert_eq!(
             "50000-50050".parse::<PortRange>().unwrap(),
-            PortRange {
-                first: 50000,
-                last: 50050
-            }
+            DEFAULT_MEDIA_PORTS
         );
-        assert_eq!("7000".parse::<PortRange>().unwrap().last, 7000);
-        for bad in ["", "a-b", "10-5", "0-10", "1-70000"] {
+        assert_eq!("7000".parse::<PortRange>().unwrap().max, 7000);
+        for bad in ["", "a-b", "10-5", "0-10", "1-70000", "é"] {
             assert!(bad.parse::<PortRange>().is_err(), "{bad}");
         }
     }

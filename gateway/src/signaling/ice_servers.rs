@@ -9,6 +9,8 @@
 
 use std::str::FromStr;
 
+use crate::ice_url::{host_port, split_scheme, strip_scheme, Scheme};
+
 use auth::{Credential, MintError, SecretRing};
 use serde::{Deserialize, Serialize};
 
@@ -72,14 +74,12 @@ impl FromStr for IceServersSetting {
     }
 }
 
-fn url_scheme(url: &str) -> Option<&'static str> {
-    ["stun:", "stuns:", "turn:", "turns:"]
-        .into_iter()
-        .find(|p| url.len() > p.len() && url[..p.len()].eq_ignore_ascii_case(p))
+fn url_scheme(url: &str) -> Option<Scheme> {
+    split_scheme(url).map(|(s, _)| s)
 }
 
 fn is_turn(url: &str) -> bool {
-    matches!(url_scheme(url), Some("turn:" | "turns:"))
+    url_scheme(url).is_some_and(Scheme::is_turn)
 }
 
 fn validate_entry(e: &ExternalIceServerSpec) -> Result<(), String> {
@@ -129,41 +129,11 @@ impl FromStr for StunServerSetting {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("{s:?}: want stun:HOST:PORT or HOST:PORT");
         let t = s.trim();
-        let t = if t.len() > 5 && t[..5].eq_ignore_ascii_case("stun:") {
-            &t[5..]
-        } else {
-            t
-        };
-        let t = t.split('?').next().unwrap_or_default();
-        let (host, port) = if let Some(rest) = t.strip_prefix('[') {
-            let (h, after) = rest.split_once(']').ok_or_else(bad)?;
-            match after.strip_prefix(':') {
-                Some(p) => (h, p.parse().map_err(|_| bad())?),
-                None if after.is_empty() => (h, 3478),
-                None => return Err(bad()),
-            }
-        } else if t.matches(':').count() > 1 {
-            // A bare IPv6 address.
-            (t, 3478)
-        } else if let Some((h, p)) = t.split_once(':') {
-            (h, p.parse().map_err(|_| bad())?)
-        } else {
-            (t, 3478)
-        };
-        if host.is_empty()
-            || port == 0
-            || host
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || c == '/' || c == '@')
-        {
-            return Err(bad());
-        }
-        Ok(Self {
-            host: host.to_owned(),
-            port,
-        })
+        let t = strip_scheme(t, Scheme::Stun).unwrap_or(t);
+        let (host, port) =
+            host_port(t, 3478).ok_or_else(|| format!("{s:?}: want stun:HOST:PORT or HOST:PORT"))?;
+        Ok(Self { host, port })
     }
 }
 

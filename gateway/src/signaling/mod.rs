@@ -26,12 +26,12 @@ use axum::http::StatusCode;
 use axum::routing::{get, patch, post};
 use axum::Router;
 
-use crate::clock::unix_now;
 use crate::media::{MediaError, MediaHandle};
 use crate::session::registry::Answered;
 use crate::session::{OfferError, Registry, TableError};
 use extract::ApiError;
 use ice_servers::{IceServer, IceServerPlan};
+use relay::io::unix_now;
 
 /// Largest request body accepted by the signaling endpoints.
 pub const MAX_BODY: usize = 64 * 1024;

@@ -81,11 +81,17 @@ pub type TlsConfig = Arc<ArcSwap<rustls::ServerConfig>>;
 pub fn now() -> Now {
     Now {
         mono: std::time::Instant::now(),
-        unix: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        unix: unix_now(),
     }
+}
+
+/// Wall-clock seconds since the unix epoch (0 before it): the project's one reading of the
+/// wall clock (REST usernames carry their expiry in unix seconds).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// When a client task next wakes: the core's next timer or the idle deadline, whichever

@@ -18,7 +18,8 @@ use super::gso;
 use super::stats::IoStats;
 use crate::core::{Family, RelayPortError, RelayPorts};
 
-/// An inclusive UDP port range, e.g. `49152-65535`.
+/// An inclusive UDP port range: the one type and grammar of every port-range setting
+/// (`TURN_RELAY_PORTS`, `WEBRTC_PORT_RANGE`): `FIRST-LAST` or a single port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortRange {
     /// First port.
@@ -27,21 +28,27 @@ pub struct PortRange {
     pub max: u16,
 }
 
+impl PortRange {
+    /// Whether two ranges share a port.
+    pub fn overlaps(&self, other: &PortRange) -> bool {
+        self.min <= other.max && other.min <= self.max
+    }
+}
+
 impl FromStr for PortRange {
     type Err = String;
 
+    /// `"50000-50050"` or a single port `"50000"`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (a, b) = s
-            .split_once('-')
-            .ok_or_else(|| format!("{s:?} is not a port range like 50000-50050"))?;
-        let min: u16 = a
-            .trim()
-            .parse()
-            .map_err(|_| format!("{a:?} is not a port number"))?;
-        let max: u16 = b
-            .trim()
-            .parse()
-            .map_err(|_| format!("{b:?} is not a port number"))?;
+        let (a, b) = s.split_once('-').unwrap_or((s, s));
+        let port = |p: &str| -> Result<u16, String> {
+            p.trim().parse().map_err(|_| {
+                format!(
+                    "{p:?} is not a port number (want FIRST-LAST, e.g. 50000-50050, or one port)"
+                )
+            })
+        };
+        let (min, max) = (port(a)?, port(b)?);
         if min == 0 || min > max {
             return Err(format!(
                 "port range {s:?} must be ascending and start above 0"
@@ -359,7 +366,18 @@ mod tests {
         assert!("5-1".parse::<PortRange>().is_err());
         assert!("0-10".parse::<PortRange>().is_err());
         assert!("70000-70001".parse::<PortRange>().is_err());
-        assert!("50000".parse::<PortRange>().is_err());
+        // One grammar for every range setting: a single port is a range of one.
+        assert_eq!(
+            "50000".parse::<PortRange>(),
+            Ok(PortRange {
+                min: 50000,
+                max: 50000
+            })
+        );
+        assert!("é".parse::<PortRange>().is_err());
+        let a = PortRange { min: 10, max: 20 };
+        assert!(a.overlaps(&PortRange { min: 20, max: 30 }));
+        assert!(!a.overlaps(&PortRange { min: 21, max: 30 }));
     }
 
     #[tokio::test]
