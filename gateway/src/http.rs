@@ -26,9 +26,40 @@ pub fn router(app: Arc<App>, cors: Option<tower_http::cors::CorsLayer>) -> Route
         .merge(crate::signaling::routes())
         .fallback(not_found)
         .with_state(app);
-    match cors {
+    let r = match cors {
         Some(c) => r.layer(c),
         None => r,
+    };
+    // Outermost: the deadline covers every route, CORS preflights included.
+    r.layer(axum::middleware::from_fn(request_deadline))
+}
+
+/// Time a request has, from its complete head to its response head: its body must arrive
+/// and the handler answer within it. (The head itself has [`HEADER_READ_TIMEOUT`].)
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Answers 408 (JSON, `Connection: close`) to a request whose body has not arrived, or that
+/// is not answered, within [`REQUEST_TIMEOUT`]: a client that sends a head with a
+/// `Content-Length` and then stalls holds its connection for at most that long. Dropping
+/// the handler's future drops the half-read body; the connection closes after the 408.
+async fn request_deadline(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            let mut resp = error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request was not complete within {} s",
+                    REQUEST_TIMEOUT.as_secs()
+                ),
+            );
+            resp.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            resp
+        }
     }
 }
 
