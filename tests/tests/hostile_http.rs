@@ -274,3 +274,140 @@ async fn bodies_that_never_arrive_are_timed_out() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Whether `text` holds something that looks like internal state: a Rust Debug of a
+/// parser position or a hexadecimal address.
+fn leaks_internal_state(text: &str) -> bool {
+    text.contains("PointerOffset")
+        || text
+            .match_indices("0x")
+            .any(|(i, _)| text[i + 2..].starts_with(|c: char| c.is_ascii_hexdigit()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdp_errors_never_echo_internal_state() {
+    let gw = start(&["--webrtc-port-range", "51210-51219"]).await;
+    let a = gw.http_addr;
+    let good = video_offer();
+    let without = |prefix: &str| {
+        good.lines()
+            .filter(|l| !l.starts_with(prefix))
+            .map(|l| format!("{l}\r\n"))
+            .collect::<String>()
+    };
+    // (offer, what, must it be refused?): str0m skips some lines it cannot read, so a few
+    // of these may be answered; every one that is refused is checked.
+    let malformed: Vec<(String, &str, bool)> = vec![
+        ("this is not sdp".into(), "no line form", true),
+        ("v=0\r\ngarbage\r\n".into(), "line 2 not x=y", true),
+        (String::new(), "empty", true),
+        (
+            good.replacen("m=video 9", "m=video x", 1),
+            "bad m-line port",
+            false,
+        ),
+        (
+            good.replacen("c=IN IP4", "c=IN IP9", 1),
+            "bad connection line",
+            false,
+        ),
+        (good[..good.len() / 2].to_owned(), "truncated", false),
+        (
+            good.replacen("a=rtpmap:", "a=rtpmap:x", 1),
+            "bad rtpmap",
+            false,
+        ),
+        (good.replacen("v=0", "v=1", 1), "version 1", true),
+        (without("a=fingerprint"), "no fingerprint", true),
+        (without("a=ice-ufrag"), "no ICE ufrag", true),
+        (without("a=mid"), "no mid", false),
+        (
+            format!("{good}a=candidate:1 1 udp x 127.0.0.1 9 typ host\r\n"),
+            "bad candidate",
+            false,
+        ),
+        ("v=0\r\n\u{7f}\u{1}\r\n".into(), "control characters", true),
+        (
+            good.replace("\r\n", "\r\n\u{1}"),
+            "junk before each line",
+            true,
+        ),
+    ];
+    let mut bodies = 0;
+    for (i, (sdp, what, must_fail)) in malformed.iter().enumerate() {
+        let whep = request(
+            a,
+            "POST",
+            "/whep",
+            &[("Content-Type", "application/sdp")],
+            sdp.as_bytes(),
+        )
+        .await;
+        let json = request(
+            a,
+            "POST",
+            "/api/v1/projects/p1/offer",
+            &[("Content-Type", "application/json")],
+            serde_json::json!({"webrtc_id": format!("bad-{i}"), "sdp": sdp, "type": "offer"})
+                .to_string()
+                .as_bytes(),
+        )
+        .await;
+        for r in [&whep, &json] {
+            if !*must_fail && r.status < 300 {
+                continue;
+            }
+            assert!(
+                (400..500).contains(&r.status),
+                "{what}: a malformed offer must be refused with a 4xx: {r:?}"
+            );
+            assert!(!leaks_internal_state(&r.body), "{what}: {:?}", r.body);
+            let detail = r.json()["detail"].as_str().unwrap_or_default().to_owned();
+            assert!(!detail.is_empty(), "{what}: {r:?}");
+            bodies += 1;
+        }
+    }
+    // A parse error says where.
+    let r = request(
+        a,
+        "POST",
+        "/whep",
+        &[("Content-Type", "application/sdp")],
+        b"v=0\r\ngarbage\r\n",
+    )
+    .await;
+    r.expect_error(400, "malformed_sdp");
+    assert!(
+        r.json()["detail"].as_str().unwrap().contains("line 2"),
+        "{r:?}"
+    );
+    // Trickled candidates that do not parse: refused without the parser's text either.
+    let r = request(
+        a,
+        "POST",
+        "/whep",
+        &[("Content-Type", "application/sdp")],
+        good.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let location = r.header("location").expect("Location").to_owned();
+    for frag in [
+        "a=candidate:1 1 udp x 127.0.0.1 9 typ host\r\n",
+        "a=candidate:\u{1}\r\n",
+        "a=candidate:1 1 udp 1 127.0.0.1 notaport typ host\r\n",
+    ] {
+        let r = request(
+            a,
+            "PATCH",
+            &location,
+            &[("Content-Type", "application/trickle-ice-sdpfrag")],
+            frag.as_bytes(),
+        )
+        .await;
+        assert!((400..500).contains(&r.status), "{frag:?}: {r:?}");
+        assert!(!leaks_internal_state(&r.body), "{frag:?}: {:?}", r.body);
+        bodies += 1;
+    }
+    println!("{bodies} error bodies, none with internal state");
+}

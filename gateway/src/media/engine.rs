@@ -336,7 +336,7 @@ impl MediaHandle {
         session_id: String,
     ) -> Result<String, MediaError> {
         let offer = SdpOffer::from_sdp_string(offer_sdp)
-            .map_err(|e| MediaError::MalformedSdp(e.to_string()))?;
+            .map_err(|e| unparsable_offer(offer_sdp, &e.to_string()))?;
         let codec = choose_codec(offer_sdp, &self.shared.codecs)?;
         let feed = self
             .shared
@@ -356,7 +356,7 @@ impl MediaHandle {
         // str0m parses untrusted SDP here; a panic must cost this request, not the process.
         let answer = catch_unwind(AssertUnwindSafe(|| rtc.sdp_api().accept_offer(offer)))
             .map_err(|_| MediaError::MalformedSdp("offer rejected (internal error)".into()))?
-            .map_err(|e| MediaError::MalformedSdp(e.to_string()))?
+            .map_err(refused_offer)?
             .to_sdp_string();
         let (mid, pt) = pick_video(&mut rtc, &answer, codec).ok_or_else(|| {
             MediaError::NoSupportedCodec(format!(
@@ -410,7 +410,12 @@ impl MediaHandle {
         let cand = match Candidate::from_sdp_string(&full) {
             Ok(c) => Some(c),
             Err(_) if full.split_ascii_whitespace().any(|f| f.ends_with(".local")) => None,
-            Err(e) => return Err(MediaError::BadCandidate(e.to_string())),
+            // Not the parser's text: it carries internal state (heap addresses).
+            Err(_) => {
+                return Err(MediaError::BadCandidate(
+                    "the candidate does not parse".into(),
+                ))
+            }
         };
         let (reply, rx) = oneshot::channel();
         self.command(Command::AddCandidate {
@@ -574,6 +579,74 @@ impl MediaHandle {
             .await
             .map_err(|_| MediaError::EngineStopped)
     }
+}
+
+/// A clean refusal of an offer str0m cannot parse: where it failed, never the parser's own
+/// text (combine's errors print positions as heap addresses, `PointerOffset(0x7f…)`).
+fn unparsable_offer(offer: &str, parser_error: &str) -> MediaError {
+    let line = parse_error_offset(offer, parser_error)
+        .map(|at| {
+            1 + offer.as_bytes()[..at]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+        })
+        .or_else(|| first_malformed_line(offer));
+    MediaError::MalformedSdp(match line {
+        Some(n) => format!("not valid SDP near line {n}"),
+        None => "not valid SDP".into(),
+    })
+}
+
+/// The byte offset into `offer` at which the parser stopped: its error names the position
+/// as an address inside `offer` (the parser works on the caller's string in place). `None`
+/// when the text has no such address.
+fn parse_error_offset(offer: &str, parser_error: &str) -> Option<usize> {
+    let start = parser_error.find("0x")? + 2;
+    let hex: String = parser_error[start..]
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .take(16)
+        .collect();
+    let addr = usize::from_str_radix(&hex, 16).ok()?;
+    let at = addr.checked_sub(offer.as_ptr() as usize)?;
+    (at <= offer.len()).then_some(at)
+}
+
+/// The first line that is not `<letter>=<value>` (RFC 8866 §5), 1-based.
+fn first_malformed_line(offer: &str) -> Option<usize> {
+    offer
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .position(|l| {
+            let well_formed = matches!(l.as_bytes(), [k, b'=', ..] if k.is_ascii_lowercase());
+            !l.is_empty() && !well_formed
+        })
+        .map(|i| i + 1)
+}
+
+/// A clean refusal of a parsed offer that str0m would not accept. str0m's remote-SDP
+/// reasons are short fixed or input-derived sentences and are kept; anything else (or any
+/// text that looks like internal state) becomes a generic reason.
+fn refused_offer(e: str0m::RtcError) -> MediaError {
+    let reason = match &e {
+        str0m::RtcError::RemoteSdp(s) => Some(s.as_str()),
+        str0m::RtcError::Sdp(str0m::error::SdpError::Inconsistent(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    let clean = |s: &str| {
+        s.len() <= 200
+            && !s.contains("0x")
+            && !s.contains("PointerOffset")
+            && !s.chars().any(char::is_control)
+    };
+    MediaError::MalformedSdp(match reason {
+        Some(s) if clean(s) => format!("the offer was refused: {s}"),
+        _ => {
+            tracing::debug!(error = %e, "SDP offer refused");
+            "the offer was refused as inconsistent".into()
+        }
+    })
 }
 
 /// Find the video m-line we send on and the payload type to send with.
@@ -1131,6 +1204,28 @@ fn drive(s: &mut Session, io: &Io, feeds: &[VideoSource]) -> Option<EndReason> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parse_errors_name_the_line_not_the_parser_state() {
+        // str0m stops quietly at the first line it cannot read after the session's start,
+        // so a parse error comes from the first lines.
+        let offer = "v=0\r\ngarbage\r\n";
+        let e = SdpOffer::from_sdp_string(offer)
+            .expect_err("bad line")
+            .to_string();
+        assert!(e.contains("0x"), "str0m's text changed: {e}");
+        let refused = unparsable_offer(offer, &e).to_string();
+        assert!(
+            !refused.contains("0x") && !refused.contains("Pointer"),
+            "{refused}"
+        );
+        assert!(refused.contains("near line 2"), "{refused}: {e}");
+        // Without an address in the parser's text: the first line not of the x=y form.
+        let e = unparsable_offer("v=0\r\ns=-\r\n??\r\n", "no position").to_string();
+        assert!(e.contains("near line 3"), "{e}");
+        let e = unparsable_offer("v=0\r\n", "at 0x1").to_string();
+        assert_eq!(e, "malformed SDP offer: not valid SDP");
+    }
 
     #[test]
     fn port_range_parses() {
