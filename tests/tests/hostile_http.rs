@@ -411,3 +411,87 @@ async fn sdp_errors_never_echo_internal_state() {
     }
     println!("{bodies} error bodies, none with internal state");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_credentials_need_the_api_token() {
+    const PATH: &str = "/api/v1/turn/credentials?service=turn&username=alice";
+    const TOKEN: &str = "hostile-http-api-token-0123456789";
+    // Without API_TOKEN the endpoint is off.
+    let gw = start(&["--webrtc-port-range", "51220-51229"]).await;
+    request(gw.http_addr, "GET", PATH, &[], b"")
+        .await
+        .expect_error(404, "not_found");
+    request(
+        gw.http_addr,
+        "GET",
+        PATH,
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+        b"",
+    )
+    .await
+    .expect_error(404, "not_found");
+    drop(gw);
+
+    let gw = start(&["--webrtc-port-range", "51230-51239", "--api-token", TOKEN]).await;
+    let a = gw.http_addr;
+    let wrong_length = format!("Bearer {TOKEN}x");
+    let wrong_byte = format!("Bearer {}X", &TOKEN[..TOKEN.len() - 1]);
+    let basic = format!("Basic {TOKEN}");
+    for (what, headers) in [
+        ("no header", vec![]),
+        ("empty", vec![("Authorization", "")]),
+        ("bearer only", vec![("Authorization", "Bearer")]),
+        (
+            "longer token",
+            vec![("Authorization", wrong_length.as_str())],
+        ),
+        (
+            "last byte differs",
+            vec![("Authorization", wrong_byte.as_str())],
+        ),
+        ("not bearer", vec![("Authorization", basic.as_str())]),
+    ] {
+        let r = request(a, "GET", PATH, &headers, b"").await;
+        r.expect_error(401, "unauthorized");
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Bearer"),
+            "{what}: {r:?}"
+        );
+    }
+    let auth = format!("bearer {TOKEN}");
+    let r = request(a, "GET", PATH, &[("Authorization", &auth)], b"").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let doc = r.json();
+    let username = doc["username"].as_str().expect("username");
+    assert!(username.ends_with(":alice"), "{doc}");
+    assert_eq!(
+        doc["password"].as_str(),
+        Some(gateway_tests::rest_password(SECRET, username).as_str())
+    );
+}
+
+#[test]
+fn short_turn_secrets_and_api_tokens_are_refused_at_start() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    for args in [
+        ["--turn-secret", "short-secret"],
+        ["--turn-secret", "a-long-enough-secret,old"],
+        ["--api-token", "short-token"],
+    ] {
+        let mut all = vec![
+            "gateway",
+            "--turn-listen",
+            "127.0.0.1:0",
+            "--gateway-http-addr",
+            "127.0.0.1:0",
+        ];
+        all.extend_from_slice(&args);
+        let cli = <gateway::config::Cli as clap::Parser>::try_parse_from(all).expect("flags");
+        let e = match rt.block_on(gateway::run::start(cli.settings)) {
+            Ok(_) => panic!("{args:?}: the gateway started"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(e.contains("openssl rand -base64 32"), "{args:?}: {e}");
+    }
+}
