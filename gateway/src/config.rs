@@ -15,6 +15,9 @@ use relay::io::PortRange;
 pub use crate::media_source::MediaSourceSpec;
 pub use crate::signaling::ice_servers::{IceServersSetting, StunServerSetting};
 
+/// Shortest TURN_SECRET (each, when rotating) and API_TOKEN accepted, in bytes.
+pub const MIN_SECRET_BYTES: usize = 16;
+
 /// A host name or IP literal (no port, no scheme).
 fn parse_host(s: &str) -> Result<String, String> {
     let t = s.trim();
@@ -96,6 +99,12 @@ pub struct Settings {
     /// fingerprint, never in clear).
     #[arg(long, env = "TURN_SECRET", hide_env_values = true)]
     pub turn_secret: Option<String>,
+
+    /// Bearer token for `GET /api/v1/turn/credentials` (`Authorization: Bearer <token>`),
+    /// the TURN REST endpoint that mints credentials for any name. Unset: the endpoint is off
+    /// (404). Make one with `openssl rand -base64 32`.
+    #[arg(long, env = "API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
 
     /// TURN realm.
     #[arg(long, env = "TURN_REALM", default_value = "gateway")]
@@ -302,17 +311,47 @@ pub struct SettingError {
 }
 
 impl Settings {
-    /// The secret ring from TURN_SECRET, or `None` when unset.
+    /// The secret ring from TURN_SECRET, or `None` when unset. Every secret must be at least
+    /// [`MIN_SECRET_BYTES`] long: each minted credential is an offline brute-force oracle for
+    /// a weak one.
     pub fn secrets(&self) -> Result<Option<auth::SecretRing>, SettingError> {
-        self.turn_secret
-            .as_deref()
-            .map(|s| {
-                auth::SecretRing::parse(s).map_err(|e| SettingError {
+        let Some(s) = self.turn_secret.as_deref() else {
+            return Ok(None);
+        };
+        let ring = auth::SecretRing::parse(s).map_err(|e| SettingError {
+            setting: "TURN_SECRET",
+            reason: e.to_string(),
+        })?;
+        for (i, secret) in s.split(',').map(str::trim).enumerate() {
+            if secret.len() < MIN_SECRET_BYTES {
+                return Err(SettingError {
                     setting: "TURN_SECRET",
-                    reason: e.to_string(),
-                })
-            })
-            .transpose()
+                    reason: format!(
+                        "secret #{} is {} bytes, at least {MIN_SECRET_BYTES} are needed; make one \
+                         with `openssl rand -base64 32`",
+                        i + 1,
+                        secret.len()
+                    ),
+                });
+            }
+        }
+        Ok(Some(ring))
+    }
+
+    /// The API token (API_TOKEN), or `None` when unset. An empty or short one is refused.
+    pub fn api_token(&self) -> Result<Option<String>, SettingError> {
+        match self.api_token.as_deref().map(str::trim) {
+            None => Ok(None),
+            Some(t) if t.len() < MIN_SECRET_BYTES => Err(SettingError {
+                setting: "API_TOKEN",
+                reason: format!(
+                    "{} bytes, at least {MIN_SECRET_BYTES} are needed; make one with \
+                     `openssl rand -base64 32`",
+                    t.len()
+                ),
+            }),
+            Some(t) => Ok(Some(t.to_owned())),
+        }
     }
 
     /// Checks that TURN_RELAY_PORTS and WEBRTC_PORT_RANGE do not overlap: a relayed
@@ -456,6 +495,21 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("TURN_SECRET"));
+        // Short secrets are refused with how to make a good one; rotation checks each.
+        for short in ["x", "fifteen-bytes!!", "0123456789abcdef,old"] {
+            let c = parse(&["--turn-secret", short]).unwrap();
+            let e = c.settings.secrets().unwrap_err().to_string();
+            assert!(
+                e.contains("TURN_SECRET") && e.contains("openssl rand -base64 32"),
+                "{short}: {e}"
+            );
+        }
+        let c = parse(&["--turn-secret", "0123456789abcdef,fedcba9876543210"]).unwrap();
+        assert!(c.settings.secrets().unwrap().is_some());
+        let c = parse(&["--api-token", "short"]).unwrap();
+        let e = c.settings.api_token().unwrap_err().to_string();
+        assert!(e.contains("API_TOKEN") && e.contains("openssl"), "{e}");
+        assert_eq!(parse(&[]).unwrap().settings.api_token().unwrap(), None);
     }
 
     #[test]

@@ -16,8 +16,25 @@ use serde_json::json;
 
 use crate::app::App;
 
-/// Builds the router; `cors` (from CORS_ORIGINS) wraps it when set.
-pub fn router(app: Arc<App>, cors: Option<tower_http::cors::CorsLayer>) -> Router {
+/// The bearer token `GET /api/v1/turn/credentials` requires (API_TOKEN); `None`: the
+/// endpoint is off.
+#[derive(Clone)]
+struct ApiToken(Option<Arc<str>>);
+
+/// Builds the router; `cors` (from CORS_ORIGINS) wraps it when set. `api_token` (API_TOKEN)
+/// guards the TURN REST endpoint, which is off without one.
+pub fn router(
+    app: Arc<App>,
+    cors: Option<tower_http::cors::CorsLayer>,
+    api_token: Option<String>,
+) -> Router {
+    if api_token.is_none() {
+        tracing::info!(
+            "GET /api/v1/turn/credentials is off (404): set API_TOKEN (e.g. \
+             `openssl rand -base64 32`) and send it as `Authorization: Bearer <token>` to mint \
+             TURN REST credentials over HTTP"
+        );
+    }
     let r = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(crate::metrics::handler))
@@ -25,10 +42,42 @@ pub fn router(app: Arc<App>, cors: Option<tower_http::cors::CorsLayer>) -> Route
         .merge(crate::web::routes())
         .merge(crate::signaling::routes())
         .fallback(not_found)
+        .layer(axum::Extension(ApiToken(api_token.map(Arc::from))))
         .with_state(app);
-    match cors {
+    let r = match cors {
         Some(c) => r.layer(c),
         None => r,
+    };
+    // Outermost: the deadline covers every route, CORS preflights included.
+    r.layer(axum::middleware::from_fn(request_deadline))
+}
+
+/// Time a request has, from its complete head to its response head: its body must arrive
+/// and the handler answer within it. (The head itself has [`HEADER_READ_TIMEOUT`].)
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Answers 408 (JSON, `Connection: close`) to a request whose body has not arrived, or that
+/// is not answered, within [`REQUEST_TIMEOUT`]: a client that sends a head with a
+/// `Content-Length` and then stalls holds its connection for at most that long. Dropping
+/// the handler's future drops the half-read body; the connection closes after the 408.
+async fn request_deadline(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            let mut resp = error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request was not complete within {} s",
+                    REQUEST_TIMEOUT.as_secs()
+                ),
+            );
+            resp.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            resp
+        }
     }
 }
 
@@ -61,10 +110,33 @@ struct CredentialsQuery {
 
 /// TURN REST API (draft-uberti-behave-turn-rest): `GET ?service=turn&username=U` →
 /// `{username, password, ttl, uris}`.
+/// Requires `Authorization: Bearer <API_TOKEN>`: 404 when no token is configured, 401
+/// without the right one (compared in constant time).
 async fn turn_credentials(
     State(app): State<Arc<App>>,
+    axum::Extension(ApiToken(token)): axum::Extension<ApiToken>,
+    headers: axum::http::HeaderMap,
     Query(q): Query<CredentialsQuery>,
 ) -> Response {
+    let Some(token) = token else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the TURN REST credentials endpoint is off: the gateway has no API_TOKEN",
+        );
+    };
+    if !bearer_matches(&headers, &token) {
+        let mut resp = error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send the gateway's API_TOKEN as `Authorization: Bearer <token>`",
+        );
+        resp.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+        return resp;
+    }
     if let Some(s) = q.service.as_deref() {
         if s != "turn" {
             return error(
@@ -95,6 +167,23 @@ async fn turn_credentials(
         .into_response(),
         Err(e) => error(StatusCode::BAD_REQUEST, "bad_username", e.to_string()),
     }
+}
+
+/// Whether the request carries `Authorization: Bearer <token>`, compared in constant time
+/// (a length mismatch tells only the length).
+fn bearer_matches(headers: &axum::http::HeaderMap, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(v) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some((scheme, given)) = v.trim().split_once(' ') else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case("bearer")
+        && bool::from(given.trim().as_bytes().ct_eq(token.as_bytes()))
 }
 
 /// Time a client has to send a complete request head.

@@ -32,6 +32,7 @@ pub struct Running {
 
 /// Validates `settings`, binds every port and starts serving.
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+    let api_token = settings.api_token()?;
     let secrets = match settings.secrets()? {
         Some(ring) => {
             tracing::info!(fingerprints = ?ring.fingerprints(), "TURN secrets loaded (first mints)");
@@ -183,7 +184,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 video.viewers() as u64
             });
     }
-    let router = http::router(app.clone(), cors);
+    let router = http::router(app.clone(), cors, api_token);
 
     let io = relay::io::IoConfig {
         listen: settings.turn_listen,

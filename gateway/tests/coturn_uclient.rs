@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use gateway::config::Cli;
 
-const SECRET: &str = "interop-secret";
+const SECRET: &str = "interop-secret-0123456789";
 
 fn require(tool: &str) {
     let found = Command::new("sh")

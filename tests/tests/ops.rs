@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use gateway_tests::turn_client::connect_tls_stream;
 use gateway_tests::{http_get, unix_now, TestCert, TurnClient, UdpEcho, TEST_SERVER_NAME};
 
-const SECRET: &str = "ops-test-secret";
+const SECRET: &str = "ops-test-secret-0123456789";
 
 fn gateway_bin() -> PathBuf {
     if let Ok(p) = std::env::var("GATEWAY_BIN") {

@@ -516,16 +516,53 @@ async fn start_gateway(secrets: &str, extra: &[&str]) -> (gateway::run::Running,
     (running, cert)
 }
 
+/// The rotation test's secrets (TURN_SECRET=new,old) and API token.
+const NEW: &str = "new-secret-0123456789";
+const OLD: &str = "old-secret-0123456789";
+const API_TOKEN: &str = "relay-e2e-api-token-0123456789";
+
+/// `GET path` with `Authorization: Bearer API_TOKEN`; (status, body).
+async fn authorized_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let run = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+             Authorization: Bearer {API_TOKEN}\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = tokio::time::timeout(T, run)
+        .await
+        .expect("in time")
+        .expect("HTTP");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    (status, body.to_owned())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_secret_rotation_new_mints_both_verify() {
-    let (gw, cert) = start_gateway("new,old", &["--turn-relay-ip", "127.0.0.1"]).await;
+    let (gw, cert) = start_gateway(
+        &format!("{NEW},{OLD}"),
+        &["--turn-relay-ip", "127.0.0.1", "--api-token", API_TOKEN],
+    )
+    .await;
     let addr = gw.relay.local_tcp();
     let now = unix_now();
-    let old_cred = auth::SecretRing::parse("old")
+    let old_cred = auth::SecretRing::parse(OLD)
         .unwrap()
         .mint("old-session", now, 600)
         .unwrap();
-    let new_cred = auth::SecretRing::parse("new")
+    let new_cred = auth::SecretRing::parse(NEW)
         .unwrap()
         .mint("new-session", now, 600)
         .unwrap();
@@ -548,26 +585,22 @@ async fn gateway_secret_rotation_new_mints_both_verify() {
     }
 
     // Minting uses "new" only: the REST endpoint ...
-    let tcp = tokio::net::TcpStream::connect(gw.http_addr).await.unwrap();
-    let (status, body) = http_get(
-        tcp,
-        "localhost",
+    let (status, body) = authorized_get(
+        gw.http_addr,
         "/api/v1/turn/credentials?service=turn&username=rest-user",
-        T,
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(status, 200, "{body}");
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
     let username = doc["username"].as_str().unwrap();
     let password = doc["password"].as_str().unwrap();
     assert!(username.ends_with(":rest-user"), "{username}");
-    assert_eq!(password, rest_password("new", username));
-    assert_ne!(password, rest_password("old", username));
+    assert_eq!(password, rest_password(NEW, username));
+    assert_ne!(password, rest_password(OLD, username));
     assert!(doc["ttl"].as_u64().unwrap() > 0);
     // ... and the application's own minting.
     let minted = gw.app.mint("app-user").unwrap();
-    assert_eq!(minted.password, rest_password("new", &minted.username));
+    assert_eq!(minted.password, rest_password(NEW, &minted.username));
     // Both allocate.
     let mut c = connect(addr, Via::Tls, &cert.cert_der).await.unwrap();
     c.allocate(username, password).await.unwrap();
@@ -579,7 +612,7 @@ async fn gateway_secret_rotation_new_mints_both_verify() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_on_the_turn_port_is_handed_off() {
-    let (gw, cert) = start_gateway("s3cret", &[]).await;
+    let (gw, cert) = start_gateway("s3cret-0123456789abcdef", &[]).await;
     let addr = gw.relay.local_tcp();
 
     // Plain HTTP.
@@ -599,7 +632,8 @@ async fn http_on_the_turn_port_is_handed_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_with_alpn_on_the_turn_port_is_handed_off() {
-    let (gw, cert) = start_gateway("s3cret", &["--turn-relay-ip", "127.0.0.1"]).await;
+    let (gw, cert) =
+        start_gateway("s3cret-0123456789abcdef", &["--turn-relay-ip", "127.0.0.1"]).await;
     let addr = gw.relay.local_tcp();
     let tls = connect_tls_stream(addr, TEST_SERVER_NAME, &cert.cert_der, &[b"http/1.1"], T)
         .await
@@ -622,7 +656,7 @@ async fn https_with_alpn_on_the_turn_port_is_handed_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_default_relayed_address_is_concrete() {
-    let (gw, cert) = start_gateway("s3cret", &[]).await;
+    let (gw, cert) = start_gateway("s3cret-0123456789abcdef", &[]).await;
     let cred = gw.app.mint("relay-ip").unwrap();
     for via in [Via::Tcp, Via::Tls] {
         let mut c = connect(gw.relay.local_tcp(), via, &cert.cert_der)

@@ -255,6 +255,7 @@ impl MediaEngine {
             ended_rx: std::sync::Mutex::new(Some(ended_rx)),
             rtc_config,
             codecs: feeds.codecs(),
+            sdp_permits: Arc::new(tokio::sync::Semaphore::new(sdp_workers())),
         });
         tracing::info!(addrs = ?shared.local_addrs, advertised = ?shared.candidate_addrs, "media engine started");
 
@@ -295,6 +296,8 @@ struct Shared {
     rtc_config: RtcConfig,
     /// The stream's codecs, in the order of its feeds.
     codecs: Vec<VideoCodec>,
+    /// Offers being parsed and answered at once ([`sdp_workers`]).
+    sdp_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl MediaHandle {
@@ -309,44 +312,42 @@ impl MediaHandle {
         offer_sdp: &str,
         session_id: String,
     ) -> Result<String, MediaError> {
-        let offer = SdpOffer::from_sdp_string(offer_sdp)
-            .map_err(|e| MediaError::MalformedSdp(e.to_string()))?;
-        let codec = choose_codec(offer_sdp, &self.shared.codecs)?;
-        let feed = self
+        check_offer_bounds(offer_sdp)?;
+        // Parsing and answering cost CPU in proportion to the offer (a 60 KB offer took
+        // ~230 ms): it runs on the blocking pool, at most SDP_WORKERS at once, so parallel
+        // hostile offers queue here instead of stalling the async workers. The permit goes
+        // with the work: a caller that gives up does not free a slot still computing.
+        let permit = self
             .shared
-            .codecs
-            .iter()
-            .position(|c| *c == codec)
-            .ok_or(MediaError::EngineStopped)?;
+            .sdp_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| MediaError::EngineStopped)?;
+        let shared = self.shared.clone();
+        let offer_sdp = offer_sdp.to_owned();
+        let work = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            answer_offer(&shared, &offer_sdp)
+        });
+        let (answered, answer) = work
+            .await
+            .map_err(|_| MediaError::MalformedSdp("offer rejected (internal error)".into()))??;
 
-        // The offer/answer work happens here, on the caller's task, so the engine loop only
-        // receives a ready session.
-        let mut rtc = self.shared.rtc_config.clone().build(Instant::now());
-        for addr in &self.shared.candidate_addrs {
-            let c = Candidate::host(*addr, "udp")
-                .map_err(|e| MediaError::Config(format!("host candidate {addr}: {e}")))?;
-            rtc.add_local_candidate(c);
-        }
-        // str0m parses untrusted SDP here; a panic must cost this request, not the process.
-        let answer = catch_unwind(AssertUnwindSafe(|| rtc.sdp_api().accept_offer(offer)))
-            .map_err(|_| MediaError::MalformedSdp("offer rejected (internal error)".into()))?
-            .map_err(|e| MediaError::MalformedSdp(e.to_string()))?
-            .to_sdp_string();
-        let (mid, pt) = pick_video(&mut rtc, &answer, codec).ok_or_else(|| {
-            MediaError::NoSupportedCodec(format!(
-                "this stream sends {}; the offer's {} was not accepted for a sending video \
-                 m-line",
-                codec.requirement(),
-                codec.sdp_name()
-            ))
-        })?;
-
+        let Answered {
+            rtc,
+            mid,
+            pt,
+            feed,
+            ice,
+        } = answered;
         let session = Session {
             id: session_id,
             rtc,
             video: Some((mid, pt)),
             feed,
-            ice: IceState::new(offer_sdp, &answer),
+            ice,
+            trickled: 0,
             created: Instant::now(),
             connected: false,
             need_keyframe: true,
@@ -384,7 +385,12 @@ impl MediaHandle {
         let cand = match Candidate::from_sdp_string(&full) {
             Ok(c) => Some(c),
             Err(_) if full.split_ascii_whitespace().any(|f| f.ends_with(".local")) => None,
-            Err(e) => return Err(MediaError::BadCandidate(e.to_string())),
+            // Not the parser's text: it carries internal state (heap addresses).
+            Err(_) => {
+                return Err(MediaError::BadCandidate(
+                    "the candidate does not parse".into(),
+                ))
+            }
         };
         let (reply, rx) = oneshot::channel();
         self.command(Command::AddCandidate {
@@ -548,6 +554,170 @@ impl MediaHandle {
             .await
             .map_err(|_| MediaError::EngineStopped)
     }
+}
+
+/// Largest SDP offer taken, in bytes (browser offers are 3-10 KB).
+pub const MAX_OFFER_BYTES: usize = 32 * 1024;
+/// Most lines in an SDP offer.
+pub const MAX_OFFER_LINES: usize = 1024;
+/// Most media sections (`m=` lines) in an SDP offer (a viewer needs one or two).
+pub const MAX_OFFER_MEDIA: usize = 16;
+/// Most remote candidates trickled to one session per ICE generation (`add_remote_candidate`
+/// and PATCH trickles; an ICE restart starts a new count). Each one costs the engine task
+/// work in proportion to those already there.
+pub const MAX_TRICKLED_CANDIDATES: usize = 64;
+
+/// Offers parsed and answered at once (on the blocking pool): twice the cores.
+fn sdp_workers() -> usize {
+    2 * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Refuses an offer over [`MAX_OFFER_BYTES`], [`MAX_OFFER_LINES`] or [`MAX_OFFER_MEDIA`]
+/// before any parsing: counting is linear and cheap.
+fn check_offer_bounds(offer: &str) -> Result<(), MediaError> {
+    if offer.len() > MAX_OFFER_BYTES {
+        return Err(MediaError::OfferTooLarge(format!(
+            "{} bytes, at most {MAX_OFFER_BYTES}",
+            offer.len()
+        )));
+    }
+    let (mut lines, mut media) = (0usize, 0usize);
+    for line in offer.split('\n') {
+        lines += 1;
+        if line.starts_with("m=") {
+            media += 1;
+        }
+    }
+    if lines > MAX_OFFER_LINES {
+        return Err(MediaError::OfferTooLarge(format!(
+            "more than {MAX_OFFER_LINES} lines"
+        )));
+    }
+    if media > MAX_OFFER_MEDIA {
+        return Err(MediaError::OfferTooLarge(format!(
+            "{media} media sections (m= lines), at most {MAX_OFFER_MEDIA}"
+        )));
+    }
+    Ok(())
+}
+
+/// What [`answer_offer`] hands back: a session's `Rtc` with the offer applied.
+struct Answered {
+    rtc: Rtc,
+    mid: Mid,
+    pt: Pt,
+    feed: usize,
+    ice: IceState,
+}
+
+/// The CPU-bound part of [`MediaHandle::accept_offer`] (runs on the blocking pool): parse
+/// the offer, pick the codec, build the session's `Rtc` and answer.
+fn answer_offer(shared: &Shared, offer_sdp: &str) -> Result<(Answered, String), MediaError> {
+    let offer = SdpOffer::from_sdp_string(offer_sdp)
+        .map_err(|e| unparsable_offer(offer_sdp, &e.to_string()))?;
+    let codec = choose_codec(offer_sdp, &shared.codecs)?;
+    let feed = shared
+        .codecs
+        .iter()
+        .position(|c| *c == codec)
+        .ok_or(MediaError::EngineStopped)?;
+    let mut rtc = shared.rtc_config.clone().build(Instant::now());
+    for addr in &shared.candidate_addrs {
+        let c = Candidate::host(*addr, "udp")
+            .map_err(|e| MediaError::Config(format!("host candidate {addr}: {e}")))?;
+        rtc.add_local_candidate(c);
+    }
+    // str0m parses untrusted SDP here; a panic must cost this request, not the process.
+    let answer = catch_unwind(AssertUnwindSafe(|| rtc.sdp_api().accept_offer(offer)))
+        .map_err(|_| MediaError::MalformedSdp("offer rejected (internal error)".into()))?
+        .map_err(refused_offer)?
+        .to_sdp_string();
+    let (mid, pt) = pick_video(&mut rtc, &answer, codec).ok_or_else(|| {
+        MediaError::NoSupportedCodec(format!(
+            "this stream sends {}; the offer's {} was not accepted for a sending video m-line",
+            codec.requirement(),
+            codec.sdp_name()
+        ))
+    })?;
+    let ice = IceState::new(offer_sdp, &answer);
+    Ok((
+        Answered {
+            rtc,
+            mid,
+            pt,
+            feed,
+            ice,
+        },
+        answer,
+    ))
+}
+
+/// A clean refusal of an offer str0m cannot parse: where it failed, never the parser's own
+/// text (combine's errors print positions as heap addresses, `PointerOffset(0x7f…)`).
+fn unparsable_offer(offer: &str, parser_error: &str) -> MediaError {
+    let line = parse_error_offset(offer, parser_error)
+        .map(|at| {
+            1 + offer.as_bytes()[..at]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+        })
+        .or_else(|| first_malformed_line(offer));
+    MediaError::MalformedSdp(match line {
+        Some(n) => format!("not valid SDP near line {n}"),
+        None => "not valid SDP".into(),
+    })
+}
+
+/// The byte offset into `offer` at which the parser stopped: its error names the position
+/// as an address inside `offer` (the parser works on the caller's string in place). `None`
+/// when the text has no such address.
+fn parse_error_offset(offer: &str, parser_error: &str) -> Option<usize> {
+    let start = parser_error.find("0x")? + 2;
+    let hex: String = parser_error[start..]
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .take(16)
+        .collect();
+    let addr = usize::from_str_radix(&hex, 16).ok()?;
+    let at = addr.checked_sub(offer.as_ptr() as usize)?;
+    (at <= offer.len()).then_some(at)
+}
+
+/// The first line that is not `<letter>=<value>` (RFC 8866 §5), 1-based.
+fn first_malformed_line(offer: &str) -> Option<usize> {
+    offer
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .position(|l| {
+            let well_formed = matches!(l.as_bytes(), [k, b'=', ..] if k.is_ascii_lowercase());
+            !l.is_empty() && !well_formed
+        })
+        .map(|i| i + 1)
+}
+
+/// A clean refusal of a parsed offer that str0m would not accept. str0m's remote-SDP
+/// reasons are short fixed or input-derived sentences and are kept; anything else (or any
+/// text that looks like internal state) becomes a generic reason.
+fn refused_offer(e: str0m::RtcError) -> MediaError {
+    let reason = match &e {
+        str0m::RtcError::RemoteSdp(s) => Some(s.as_str()),
+        str0m::RtcError::Sdp(str0m::error::SdpError::Inconsistent(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    let clean = |s: &str| {
+        s.len() <= 200
+            && !s.contains("0x")
+            && !s.contains("PointerOffset")
+            && !s.chars().any(char::is_control)
+    };
+    MediaError::MalformedSdp(match reason {
+        Some(s) if clean(s) => format!("the offer was refused: {s}"),
+        _ => {
+            tracing::debug!(error = %e, "SDP offer refused");
+            "the offer was refused as inconsistent".into()
+        }
+    })
 }
 
 /// Find the video m-line we send on and the payload type to send with.
@@ -724,6 +894,9 @@ struct Session {
     connected: bool,
     /// Do not send until a keyframe comes: a decoder cannot start on a P-frame.
     need_keyframe: bool,
+    /// Remote candidates trickled in the current ICE generation
+    /// ([`MAX_TRICKLED_CANDIDATES`]).
+    trickled: usize,
     /// When str0m wants its next timeout.
     next: Instant,
 }
@@ -830,13 +1003,18 @@ impl Engine {
             } => {
                 let res = match self.sessions.iter().position(|s| s.id == session_id) {
                     None => Err(MediaError::UnknownSession(session_id)),
-                    Some(i) => {
-                        if let Some(c) = candidate {
+                    Some(i) => match candidate {
+                        Some(_) if self.sessions[i].trickled >= MAX_TRICKLED_CANDIDATES => {
+                            Err(MediaError::TooManyCandidates(MAX_TRICKLED_CANDIDATES))
+                        }
+                        Some(c) => {
+                            self.sessions[i].trickled += 1;
                             self.sessions[i].rtc.add_remote_candidate(c);
                             self.drive_or_end(i);
+                            Ok(())
                         }
-                        Ok(())
-                    }
+                        None => Ok(()),
+                    },
                 };
                 let _ = reply.send(res);
             }
@@ -866,18 +1044,33 @@ impl Engine {
                     None => Err(MediaError::UnknownSession(session_id)),
                     Some(i) => {
                         let s = &mut self.sessions[i];
-                        let res = s.ice.patch(
-                            &mut s.rtc,
-                            *frag,
-                            &if_match,
-                            Instant::now(),
-                            self.connect_timeout,
-                        );
-                        if let Ok(IcePatchOutcome::Restarted(_)) = &res {
-                            tracing::info!(session = %s.id, "ICE restart");
+                        let n = frag.candidates.len();
+                        // A trickle (same or no ufrag) adds to this generation's count.
+                        let trickle = frag
+                            .ice_ufrag
+                            .as_deref()
+                            .is_none_or(|u| u == s.ice.remote_ufrag());
+                        if trickle && s.trickled + n > MAX_TRICKLED_CANDIDATES {
+                            Err(MediaError::TooManyCandidates(MAX_TRICKLED_CANDIDATES))
+                        } else {
+                            let res = s.ice.patch(
+                                &mut s.rtc,
+                                *frag,
+                                &if_match,
+                                Instant::now(),
+                                self.connect_timeout,
+                            );
+                            match &res {
+                                Ok(IcePatchOutcome::Restarted(_)) => {
+                                    tracing::info!(session = %s.id, "ICE restart");
+                                    s.trickled = n;
+                                }
+                                Ok(IcePatchOutcome::Trickled) => s.trickled += n,
+                                Err(_) => {}
+                            }
+                            self.drive_or_end(i);
+                            res
                         }
-                        self.drive_or_end(i);
-                        res
                     }
                 };
                 let _ = reply.send(res);
@@ -1105,6 +1298,28 @@ fn drive(s: &mut Session, io: &Io, feeds: &[VideoSource]) -> Option<EndReason> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parse_errors_name_the_line_not_the_parser_state() {
+        // str0m stops quietly at the first line it cannot read after the session's start,
+        // so a parse error comes from the first lines.
+        let offer = "v=0\r\ngarbage\r\n";
+        let e = SdpOffer::from_sdp_string(offer)
+            .expect_err("bad line")
+            .to_string();
+        assert!(e.contains("0x"), "str0m's text changed: {e}");
+        let refused = unparsable_offer(offer, &e).to_string();
+        assert!(
+            !refused.contains("0x") && !refused.contains("Pointer"),
+            "{refused}"
+        );
+        assert!(refused.contains("near line 2"), "{refused}: {e}");
+        // Without an address in the parser's text: the first line not of the x=y form.
+        let e = unparsable_offer("v=0\r\ns=-\r\n??\r\n", "no position").to_string();
+        assert!(e.contains("near line 3"), "{e}");
+        let e = unparsable_offer("v=0\r\n", "at 0x1").to_string();
+        assert_eq!(e, "malformed SDP offer: not valid SDP");
+    }
 
     #[test]
     fn port_range_parses() {

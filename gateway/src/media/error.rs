@@ -10,6 +10,12 @@ pub enum MediaError {
     /// (missing ICE credentials, fingerprint, mid, ...).
     #[error("malformed SDP offer: {0}")]
     MalformedSdp(String),
+    /// The offer is over a bound checked before it is parsed (bytes, lines, m-lines).
+    #[error("SDP offer too large: {0}")]
+    OfferTooLarge(String),
+    /// A session was trickled more remote candidates than it may hold (per ICE generation).
+    #[error("too many candidates: a session takes at most {0} trickled candidates")]
+    TooManyCandidates(usize),
     /// The offer has no (enabled) `m=video` section.
     #[error("the offer has no video m-line")]
     NoVideo,
@@ -60,6 +66,8 @@ impl MediaError {
     pub fn code(&self) -> &'static str {
         match self {
             MediaError::MalformedSdp(_) => "malformed_sdp",
+            MediaError::OfferTooLarge(_) => "offer_too_large",
+            MediaError::TooManyCandidates(_) => "too_many_candidates",
             MediaError::NoVideo => "no_video",
             MediaError::NoSupportedCodec(_) => "unsupported_codec",
             MediaError::DuplicateSession(_) => "duplicate_session",
@@ -81,6 +89,8 @@ impl MediaError {
         matches!(
             self,
             MediaError::MalformedSdp(_)
+                | MediaError::OfferTooLarge(_)
+                | MediaError::TooManyCandidates(_)
                 | MediaError::NoVideo
                 | MediaError::NoSupportedCodec(_)
                 | MediaError::DuplicateSession(_)

@@ -302,6 +302,11 @@ impl IceState {
         }
     }
 
+    /// The client's current ufrag (a PATCH with another one restarts ICE or is stale).
+    pub(super) fn remote_ufrag(&self) -> &str {
+        &self.remote_ufrag
+    }
+
     /// The entity-tag of the current ICE session.
     pub(super) fn etag(&self) -> String {
         ice_etag(&self.local_ufrag)

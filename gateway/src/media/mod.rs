@@ -33,7 +33,7 @@ pub mod testsrc;
 
 pub use engine::{
     ChannelSink, EndReason, InProcessSink, MediaConfig, MediaEngine, MediaHandle, PortRange,
-    SessionEnded,
+    SessionEnded, MAX_OFFER_BYTES, MAX_OFFER_LINES, MAX_OFFER_MEDIA, MAX_TRICKLED_CANDIDATES,
 };
 pub use error::MediaError;
 pub use ice_restart::{IcePatchOutcome, IceRestartAnswer, IfMatch, SdpFrag};
