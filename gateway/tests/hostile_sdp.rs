@@ -17,8 +17,8 @@ fn engine(first_port: u16) -> MediaHandle {
     let config = MediaConfig {
         bind_ip: LOOPBACK,
         ports: PortRange {
-            first: first_port,
-            last: first_port + 9,
+            min: first_port,
+            max: first_port + 9,
         },
         ..MediaConfig::default()
     };
