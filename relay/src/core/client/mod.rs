@@ -92,6 +92,9 @@ const SUPPORTED: &[AttributeType] = &[
     ReservationToken::TYPE,
 ];
 
+/// Most attribute types listed in a 420's UNKNOWN-ATTRIBUTES (and collected per request).
+pub(crate) const MAX_UNKNOWN_LISTED: usize = 16;
+
 /// The sans-I/O state of one client.
 pub struct Client {
     shared: Arc<Shared>,
@@ -313,11 +316,17 @@ impl Client {
         out: &mut Vec<u8>,
         key: Option<&IntegrityKey>,
     ) -> Option<ClientOutput<'static>> {
+        // Linear in the message and bounded: the de-duplication scans at most
+        // MAX_UNKNOWN_LISTED entries, and the scan stops once that many are found (RFC 8489
+        // §14.9 lets the 420 list a subset). A 64 KB request holds ~16K attributes.
         let mut unknown: Vec<AttributeType> = Vec::new();
         for (_, a) in m.iter_attributes() {
             let t = a.get_type();
             if t.comprehension_required() && !SUPPORTED.contains(&t) && !unknown.contains(&t) {
                 unknown.push(t);
+                if unknown.len() >= MAX_UNKNOWN_LISTED {
+                    break;
+                }
             }
         }
         if unknown.is_empty() {
