@@ -16,7 +16,7 @@ use super::limits::ConnectionSlot;
 use super::listener::IoStream;
 use super::ports::SocketPorts;
 use super::{now, wake_at, Context};
-use crate::core::{Client, ClientOutput, FiveTuple, PeerOutput, Transport};
+use crate::core::{BadInput, Client, ClientOutput, FiveTuple, PeerOutput, Transport};
 use crate::framer::{Frame, Framer};
 
 /// Most peer datagrams handled per wake-up before writing to the client, so one busy
@@ -98,6 +98,7 @@ pub(crate) async fn serve(
                         Ok(None) => break,
                         Err(e) => {
                             tracing::debug!(%remote, error = %e, "framing error");
+                            ctx.shared.bad_input(remote.ip(), BadInput::Framing, t.mono);
                             break 'conn "framing error";
                         }
                     };

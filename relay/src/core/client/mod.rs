@@ -40,6 +40,7 @@ use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH, SE
 use self::allocate::Allocation;
 use self::counters::LocalStats;
 use self::credentials::AuthCache;
+use super::badinput::BadInput;
 use super::stats::DropReason;
 use super::{Family, FiveTuple, Now, RelayPorts, Shared, Wake};
 
@@ -159,12 +160,19 @@ impl Client {
     }
 
     fn garbage(&mut self, now: Now) -> ClientOutput<'static> {
-        self.count_drop(DropReason::Malformed, now.mono);
+        self.malformed(now);
         if self.tuple.transport.is_stream() {
             ClientOutput::Close
         } else {
             ClientOutput::None
         }
+    }
+
+    /// Counts (and rate-limited, logs) one unparseable message.
+    fn malformed(&mut self, now: Now) {
+        self.count_drop(DropReason::Malformed, now.mono);
+        self.shared
+            .bad_input(self.tuple.client.ip(), BadInput::Malformed, now.mono);
     }
 
     // ---------------------------------------------------------------- input
@@ -209,6 +217,8 @@ impl Client {
         };
         if len % 4 != 0 {
             if class == MessageClass::Request {
+                self.shared
+                    .bad_input(self.tuple.client.ip(), BadInput::Malformed, now.mono);
                 return self.error(
                     out,
                     req,
@@ -223,10 +233,12 @@ impl Client {
             Ok(m) => m,
             // Not STUN after all (RFC 8489 §7.3): drop silently.
             Err(StunParseError::FingerprintMismatch) => {
-                self.count_drop(DropReason::Malformed, now.mono);
+                self.malformed(now);
                 return ClientOutput::None;
             }
             Err(e) => {
+                self.shared
+                    .bad_input(self.tuple.client.ip(), BadInput::Malformed, now.mono);
                 if class == MessageClass::Request {
                     let reason = format!("Bad Request: malformed message: {e}");
                     return self.error(out, req, 400, &reason, None);
