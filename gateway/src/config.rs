@@ -164,6 +164,14 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(1..=300))]
     pub turn_handshake_timeout: u64,
 
+    /// Seconds a TURN connection (TCP, TLS or UDP client) has, from when it opens, to send
+    /// a request that authenticates; it is closed then, however many Binding requests or
+    /// unauthenticated requests it sends. Real clients authenticate in their second round
+    /// trip.
+    #[arg(long, env = "TURN_UNAUTHENTICATED_TIMEOUT", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub turn_unauthenticated_timeout: u64,
+
     /// PEM certificate chain for TLS on TURN_LISTEN. A self-signed certificate for
     /// TURN_HOST is made when unset (with a warning).
     #[arg(long, env = "TLS_CERT", requires = "tls_key")]

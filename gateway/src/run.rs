@@ -192,6 +192,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         relay_ipv6: None,
         relay_ports: Some(settings.turn_relay_ports),
         handshake_timeout: settings.handshake_timeout(),
+        unauthenticated_timeout: std::time::Duration::from_secs(
+            settings.turn_unauthenticated_timeout,
+        ),
         max_connections_per_ip: settings.turn_max_connections_per_ip,
         ..Default::default()
     };

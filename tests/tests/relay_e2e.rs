@@ -848,3 +848,57 @@ async fn client_burst_reaches_each_peer_as_separate_datagrams_in_order() {
         }
     }
 }
+
+/// A TCP connection that never authenticates is closed after the unauthenticated timeout
+/// even though it keeps busy (a Binding request and an unsigned Allocate every 100 ms, each
+/// answered); an authenticated connection opened at the same time stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_are_closed_even_when_busy() {
+    let io = relay::io::IoConfig {
+        unauthenticated_timeout: Duration::from_secs(1),
+        ..test_io_config()
+    };
+    let relay = TestRelay::start(core_config(), io, "", "s3cret").await;
+    let stats = relay.server.io_stats().clone();
+    let cred = relay.mint("patient");
+    let mut good = relay.connect(Via::Tcp).await;
+    good.allocate(&cred.username, &cred.password).await.unwrap();
+    let mut busy = relay.connect(Via::Tcp).await;
+    let opened = Instant::now();
+    let mut answered = 0u32;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let closed_after = loop {
+        tick.tick().await;
+        assert!(
+            opened.elapsed() < Duration::from_secs(5),
+            "an unauthenticated connection still open after 5 s ({answered} answers)"
+        );
+        let r = if answered % 2 == 0 {
+            busy.transact(stun_types::message::BINDING, &[], Auth::None)
+                .await
+        } else {
+            busy.allocate_unauthenticated(AddressFamily::IPV4).await
+        };
+        match r {
+            Ok(_) => answered += 1,
+            Err(e) if e.is_disconnect() => break opened.elapsed(),
+            Err(e) => panic!("unexpected error: {e:?}"),
+        }
+    };
+    assert!(
+        answered >= 5,
+        "only {answered} requests answered before the close"
+    );
+    assert!(
+        closed_after >= Duration::from_millis(900),
+        "closed after {closed_after:?}, before the 1 s timeout"
+    );
+    assert!(
+        eventually(T, || stats.unauthenticated_timeouts.load(Relaxed) == 1).await,
+        "unauthenticated timeouts counted: {}",
+        stats.unauthenticated_timeouts.load(Relaxed)
+    );
+    // The authenticated connection, older than the timeout, still works.
+    assert!(opened.elapsed() > Duration::from_secs(1));
+    good.refresh(600).await.unwrap();
+}

@@ -15,6 +15,8 @@ pub struct IoStats {
     pub tls_failures: AtomicU64,
     /// Connections closed because they sent nothing usable before the handshake timeout.
     pub handshake_timeouts: AtomicU64,
+    /// Connections (and UDP clients) closed for not authenticating in time.
+    pub unauthenticated_timeouts: AtomicU64,
     /// Streams handed to the HTTP server.
     pub http_handoffs: AtomicU64,
     /// Datagrams dropped by the UDP listener (client queue full, too many clients).
@@ -57,6 +59,10 @@ impl IoStats {
             ("tls_failures", self.tls_failures.load(Relaxed)),
             ("handshake_timeouts", self.handshake_timeouts.load(Relaxed)),
             ("http_handoffs", self.http_handoffs.load(Relaxed)),
+            (
+                "unauthenticated_timeouts",
+                self.unauthenticated_timeouts.load(Relaxed),
+            ),
             ("udp_dropped", self.udp_dropped.load(Relaxed)),
             (
                 "relay_sockets_opened",

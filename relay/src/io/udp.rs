@@ -76,15 +76,25 @@ async fn client_task(
     client.set_waker(waker.clone());
     let mut shutdown = ctx.shutdown.clone();
     let mut last = Instant::now();
+    let opened = last;
+    let mut authenticated = false;
     loop {
+        let unauth = super::unauthenticated_deadline(
+            authenticated,
+            opened,
+            ctx.config.unauthenticated_timeout,
+        );
         let idle = (client.relayed().is_none()).then(|| last + ctx.config.idle_timeout);
+        let idle = super::earliest(idle, unauth);
         let deadline = wake_at(client.poll_timeout(), idle, ctx.config.idle_timeout);
         let sock = ports.socket.clone();
         tokio::select! {
             d = rx.recv() => {
                 let Some(d) = d else { break };
                 last = Instant::now();
-                match client.on_client(&d, now(), &mut ports, &mut out) {
+                let output = client.on_client(&d, now(), &mut ports, &mut out);
+                authenticated |= client.authenticated();
+                match output {
                     ClientOutput::None => {}
                     ClientOutput::Reply => { let _ = socket.try_send_to(&out, tuple.client); }
                     ClientOutput::ToPeer { relayed, peer, data } => match ctx.local_media.load().as_deref() {
@@ -122,6 +132,10 @@ async fn client_task(
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
                 let t = now();
+                if unauth.is_some_and(|d| d <= t.mono) {
+                    IoStats::inc(&ctx.stats.unauthenticated_timeouts);
+                    break;
+                }
                 if idle.is_some_and(|d| d <= t.mono) { break; }
                 client.handle_timeout(t, &mut ports);
                 route.sync(client.relayed());

@@ -349,6 +349,11 @@ impl Client {
         Some(ClientOutput::Reply)
     }
 
+    /// Whether a request of this client has been authenticated (and not since revoked).
+    pub fn authenticated(&self) -> bool {
+        self.auth.is_some()
+    }
+
     /// The relayed address, when allocated.
     pub fn relayed(&self) -> Option<SocketAddr> {
         self.alloc.as_ref().map(|a| a.relayed)
