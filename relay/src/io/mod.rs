@@ -56,7 +56,7 @@ pub struct IoConfig {
     /// this long after it opened is closed, however busy it is (Binding requests and 401
     /// challenges do not keep it alive).
     pub unauthenticated_timeout: Duration,
-    /// Most concurrent connections from one source IP.
+    /// Most concurrent connections from one source IP (IPv6: one /64).
     pub max_connections_per_ip: u32,
     /// Most concurrent connections in all.
     pub max_connections: u32,
