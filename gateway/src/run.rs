@@ -222,6 +222,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         .await
         .context("connecting the TURN relay to the media engine")?;
     app.metrics.set_io_stats(relay.io_stats().clone());
+    {
+        let io = relay.io_stats().clone();
+        app.metrics.set_gauge(
+            "turn_udp_clients",
+            "UDP client states (source addresses the TURN UDP listener keeps a task for).",
+            move || io.udp_clients.load(std::sync::atomic::Ordering::Relaxed),
+        );
+    }
     let reloader = crate::reload::start(&settings, &tls_config, &app);
     let bound = Settings {
         turn_listen: relay.local_tcp(),

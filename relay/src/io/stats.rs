@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub struct IoStats {
     /// TCP connections accepted on the TURN port.
     pub connections_accepted: AtomicU64,
-    /// Connections refused by the per-IP or total limit.
+    /// Connections (and new UDP clients) refused by the per-source or total limit.
     pub connections_refused: AtomicU64,
     /// TLS handshakes completed.
     pub tls_handshakes: AtomicU64,
@@ -19,8 +19,11 @@ pub struct IoStats {
     pub unauthenticated_timeouts: AtomicU64,
     /// Streams handed to the HTTP server.
     pub http_handoffs: AtomicU64,
-    /// Datagrams dropped by the UDP listener (client queue full, too many clients).
+    /// Datagrams dropped by the UDP listener because their client's queue was full.
     pub udp_dropped: AtomicU64,
+    /// UDP clients (source addresses with client state and a task) now: a gauge, not in
+    /// [`IoStats::snapshot`] (which holds counters only).
+    pub udp_clients: AtomicU64,
     /// Relay UDP sockets bound (allocations that talked to a peer other than the gateway's
     /// own media).
     pub relay_sockets_opened: AtomicU64,
