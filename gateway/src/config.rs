@@ -151,7 +151,7 @@ pub struct Settings {
     #[arg(long, env = "TURN_TOTAL_QUOTA", default_value_t = 20_000)]
     pub turn_total_quota: u32,
 
-    /// Concurrent connections allowed from one source IP on the TURN port.
+    /// Concurrent connections allowed from one source IP (IPv6: one /64) on the TURN port.
     #[arg(long, env = "TURN_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
     pub turn_max_connections_per_ip: u32,
 
@@ -161,8 +161,8 @@ pub struct Settings {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub http_max_connections: u32,
 
-    /// Concurrent HTTP connections from one source IP (viewers behind one corporate NAT
-    /// share an address: keep it well above their number).
+    /// Concurrent HTTP connections from one source IP, IPv6 counted per /64 (viewers behind
+    /// one corporate NAT share an address: keep it well above their number).
     #[arg(long, env = "HTTP_MAX_CONNECTIONS_PER_IP", default_value_t = 2048,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub http_max_connections_per_ip: u32,
@@ -171,6 +171,14 @@ pub struct Settings {
     #[arg(long, env = "TURN_HANDSHAKE_TIMEOUT", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=300))]
     pub turn_handshake_timeout: u64,
+
+    /// Seconds a TURN connection (TCP, TLS or UDP client) has, from when it opens, to send
+    /// a request that authenticates; it is closed then, however many Binding requests or
+    /// unauthenticated requests it sends. Real clients authenticate in their second round
+    /// trip.
+    #[arg(long, env = "TURN_UNAUTHENTICATED_TIMEOUT", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub turn_unauthenticated_timeout: u64,
 
     /// PEM certificate chain for TLS on TURN_LISTEN. A self-signed certificate for
     /// TURN_HOST is made when unset (with a warning).

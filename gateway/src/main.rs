@@ -26,8 +26,20 @@ fn main() -> ExitCode {
 }
 
 fn init_logs(settings: &Settings) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    // The STUN/TURN parsing crates log a WARN for every malformed message they are given;
+    // on a port facing the internet that is a log line per attacker packet. The relay
+    // counts bad input itself (`turn_bad_input_total`) and logs it rate-limited, so their
+    // lines are kept to errors unless RUST_LOG names them.
+    let env = std::env::var("RUST_LOG").unwrap_or_default();
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for noisy in ["stun_types", "turn_types", "stun_proto"] {
+        if !env.contains(noisy) {
+            if let Ok(d) = format!("{noisy}=error").parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -205,6 +205,11 @@ fn io_metric(
             "Connections closed for sending nothing usable before the handshake timeout.",
             vec![],
         ),
+        "unauthenticated_timeouts" => (
+            "turn_unauthenticated_timeouts_total",
+            "TURN connections and UDP clients closed for not authenticating in time.",
+            vec![],
+        ),
         "http_handoffs" => (
             "turn_http_handoffs_total",
             "Streams on the TURN port handed to the HTTP server.",

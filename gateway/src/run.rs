@@ -193,6 +193,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         relay_ipv6: None,
         relay_ports: Some(settings.turn_relay_ports),
         handshake_timeout: settings.handshake_timeout(),
+        unauthenticated_timeout: std::time::Duration::from_secs(
+            settings.turn_unauthenticated_timeout,
+        ),
         max_connections_per_ip: settings.turn_max_connections_per_ip,
         ..Default::default()
     };
@@ -220,6 +223,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         .await
         .context("connecting the TURN relay to the media engine")?;
     app.metrics.set_io_stats(relay.io_stats().clone());
+    {
+        let io = relay.io_stats().clone();
+        app.metrics.set_gauge(
+            "turn_udp_clients",
+            "UDP client states (source addresses the TURN UDP listener keeps a task for).",
+            move || io.udp_clients.load(std::sync::atomic::Ordering::Relaxed),
+        );
+    }
     let reloader = crate::reload::start(&settings, &tls_config, &app);
     let bound = Settings {
         turn_listen: relay.local_tcp(),

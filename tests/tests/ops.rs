@@ -63,6 +63,10 @@ struct Gateway {
 
 impl Gateway {
     async fn start(cert: &TestCert, extra: &[(&str, &str)]) -> Self {
+        Self::start_with_stderr(cert, extra, Stdio::inherit()).await
+    }
+
+    async fn start_with_stderr(cert: &TestCert, extra: &[(&str, &str)], stderr: Stdio) -> Self {
         let (cert_path, key_path) = cert.write_pem_files();
         let turn: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -80,7 +84,7 @@ impl Gateway {
             .env("TLS_KEY", &key_path)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         for (k, v) in extra {
             cmd.env(k, v);
         }
@@ -575,4 +579,84 @@ async fn http_connections_are_capped_per_address_and_freed_on_close() {
             ),
         }
     }
+}
+
+/// A flood of malformed STUN (4,000 messages whose attribute runs past the end, half of
+/// them requests) on one TURN/TCP connection, with the default log level: each one is
+/// counted in `turn_bad_input_total`, and the log gets a bounded number of lines (it was
+/// one WARN per message, from the STUN parser).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_malformed_stun_is_counted_and_barely_logged() {
+    use std::io::BufRead as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let cert = TestCert::new(&[TEST_SERVER_NAME]);
+    let mut g = Gateway::start_with_stderr(&cert, &[("RUST_LOG", "info")], Stdio::piped()).await;
+    let stderr = g.child.stderr.take().expect("piped stderr");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(stderr).lines() {
+                let Ok(l) = l else { break };
+                lines.lock().unwrap().push(l);
+            }
+        })
+    };
+    let series = "turn_bad_input_total{reason=\"malformed\"}";
+    let before = get(&g.metrics().await, series);
+    let logged_before = lines.lock().unwrap().len();
+    let mut flood = Vec::new();
+    for i in 0..4_000u32 {
+        let class: u16 = if i % 2 == 0 { 0x0001 } else { 0x0011 };
+        flood.extend_from_slice(&class.to_be_bytes());
+        flood.extend_from_slice(&8u16.to_be_bytes());
+        flood.extend_from_slice(&0x2112_A442u32.to_be_bytes());
+        flood.extend_from_slice(&i.to_be_bytes());
+        flood.extend_from_slice(&[7; 8]);
+        flood.extend_from_slice(&[0x80, 0x22, 0x00, 0xC8, 1, 2, 3, 4]);
+    }
+    let mut s = tokio::net::TcpStream::connect(g.turn).await.unwrap();
+    let (mut rd, mut wr) = s.split();
+    // Read the 400s while writing, so neither side's buffers fill.
+    let drain = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut total = 0usize;
+        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), rd.read(&mut buf)).await
+        {
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        total
+    };
+    let write = async {
+        wr.write_all(&flood).await.unwrap();
+    };
+    let (answered, ()) = tokio::join!(drain, write);
+    assert!(answered > 0, "no 400 answers");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = get(&g.metrics().await, series) - before;
+        if n >= 4_000.0 {
+            assert_eq!(n, 4_000.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "bad input counted {n} of 4000");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(s);
+    g.signal("TERM");
+    let _ = g.child.wait();
+    reader.join().unwrap();
+    let lines = lines.lock().unwrap();
+    let flood_lines: Vec<&String> = lines[logged_before..]
+        .iter()
+        .filter(|l| l.contains("WARN") || l.contains("bad input") || l.contains("stun"))
+        .collect();
+    assert!(
+        !flood_lines.is_empty() && flood_lines.len() <= 5,
+        "{} log lines for 4,000 bad messages: {flood_lines:#?}",
+        flood_lines.len()
+    );
 }

@@ -882,3 +882,217 @@ async fn client_burst_reaches_each_peer_as_separate_datagrams_in_order() {
         }
     }
 }
+
+/// A TCP connection that never authenticates is closed after the unauthenticated timeout
+/// even though it keeps busy (a Binding request and an unsigned Allocate every 100 ms, each
+/// answered); an authenticated connection opened at the same time stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_are_closed_even_when_busy() {
+    let io = relay::io::IoConfig {
+        unauthenticated_timeout: Duration::from_secs(1),
+        ..test_io_config()
+    };
+    let relay = TestRelay::start(core_config(), io, "", "s3cret").await;
+    let stats = relay.server.io_stats().clone();
+    let cred = relay.mint("patient");
+    let mut good = relay.connect(Via::Tcp).await;
+    good.allocate(&cred.username, &cred.password).await.unwrap();
+    let mut busy = relay.connect(Via::Tcp).await;
+    let opened = Instant::now();
+    let mut answered = 0u32;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let closed_after = loop {
+        tick.tick().await;
+        assert!(
+            opened.elapsed() < Duration::from_secs(5),
+            "an unauthenticated connection still open after 5 s ({answered} answers)"
+        );
+        let r = if answered % 2 == 0 {
+            busy.transact(stun_types::message::BINDING, &[], Auth::None)
+                .await
+        } else {
+            busy.allocate_unauthenticated(AddressFamily::IPV4).await
+        };
+        match r {
+            Ok(_) => answered += 1,
+            Err(e) if e.is_disconnect() => break opened.elapsed(),
+            Err(e) => panic!("unexpected error: {e:?}"),
+        }
+    };
+    assert!(
+        answered >= 5,
+        "only {answered} requests answered before the close"
+    );
+    assert!(
+        closed_after >= Duration::from_millis(900),
+        "closed after {closed_after:?}, before the 1 s timeout"
+    );
+    assert!(
+        eventually(T, || stats.unauthenticated_timeouts.load(Relaxed) == 1).await,
+        "unauthenticated timeouts counted: {}",
+        stats.unauthenticated_timeouts.load(Relaxed)
+    );
+    // The authenticated connection, older than the timeout, still works.
+    assert!(opened.elapsed() > Duration::from_secs(1));
+    good.refresh(600).await.unwrap();
+}
+
+/// Sends `req` from `sock` to `to` and returns the answer with the same transaction id
+/// (three tries of 2 s: UDP).
+async fn udp_transact(sock: &tokio::net::UdpSocket, to: SocketAddr, req: &[u8]) -> Vec<u8> {
+    let tid = stun_types::message::Message::from_bytes(req)
+        .unwrap()
+        .transaction_id();
+    let mut buf = vec![0u8; 2048];
+    for _ in 0..3 {
+        sock.send_to(req, to).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await
+        {
+            let got = buf[..n].to_vec();
+            if stun_types::message::Message::from_bytes(&got)
+                .is_ok_and(|m| m.transaction_id() == tid)
+            {
+                return got;
+            }
+        }
+    }
+    panic!("no answer over UDP from {to}")
+}
+
+/// The UDP listener parses before it allocates: datagrams from new sources that are not
+/// STUN requests (junk, indications, responses, ChannelData, truncated requests) create no
+/// client and are counted as bad input; STUN requests from one address make clients only
+/// up to the per-source cap, the rest are refused; and a real client from another address
+/// still gets its Binding answered and allocates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_garbage_creates_no_clients_and_sources_are_capped() {
+    use relay::core::BadInput;
+    use stun_types::attribute::{Nonce, Realm, Username, XorMappedAddress};
+    use stun_types::message::{
+        IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageWriteVec, BINDING,
+    };
+    use stun_types::prelude::*;
+    use turn_types::attribute::{RequestedTransport, XorRelayedAddress};
+
+    const CAP: u32 = 20;
+    let io = relay::io::IoConfig {
+        udp_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        max_connections_per_ip: CAP,
+        ..test_io_config()
+    };
+    let relay = TestRelay::start(core_config(), io, "127.0.0.1", "s3cret").await;
+    let udp = relay.server.local_udp().unwrap();
+    let stats = relay.server.io_stats().clone();
+    let shared = relay.server.shared().clone();
+    let not_stun = || shared.stats().bad_input(BadInput::UdpNotStun);
+
+    let header = |mtype: u16, len: u16, body: usize| {
+        let mut d = Vec::new();
+        d.extend_from_slice(&mtype.to_be_bytes());
+        d.extend_from_slice(&len.to_be_bytes());
+        d.extend_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+        d.extend_from_slice(&[5; 12]);
+        d.resize(20 + body, 0);
+        d
+    };
+    let garbage: Vec<Vec<u8>> = vec![
+        vec![0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4],
+        header(0x0011, 0, 0),                     // Binding indication
+        header(0x0101, 0, 0),                     // Binding success response
+        header(0x0001, 8, 0),                     // a request shorter than its length
+        vec![0x40, 0x00, 0x00, 0x04, 1, 2, 3, 4], // ChannelData
+    ];
+    // 200 source ports, 10 datagrams each, in batches the listener is let to catch up with
+    // (so the kernel's receive buffer does not drop any).
+    let mut sent = 0u64;
+    for _ in 0..20 {
+        let mut batch = Vec::new();
+        for _ in 0..10 {
+            batch.push(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        }
+        for (i, s) in batch.iter().enumerate() {
+            for k in 0..10 {
+                s.send_to(&garbage[(i + k) % garbage.len()], udp)
+                    .await
+                    .unwrap();
+                sent += 1;
+            }
+        }
+        assert!(
+            eventually(T, || not_stun() >= sent).await,
+            "bad input counted {} of {sent}",
+            not_stun()
+        );
+    }
+    assert_eq!(not_stun(), 2_000);
+    assert_eq!(stats.udp_clients.load(Relaxed), 0, "garbage made clients");
+
+    // Binding requests from 2 x CAP source ports of one address: CAP clients, CAP refused.
+    let refused_before = stats.connections_refused.load(Relaxed);
+    let mut probes = Vec::new();
+    for _ in 0..2 * CAP {
+        let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let req = Message::builder_request(BINDING, MessageWriteVec::new()).finish();
+        s.send_to(&req, udp).await.unwrap();
+        probes.push(s);
+        assert!(
+            eventually(T, || stats.udp_clients.load(Relaxed)
+                + stats.connections_refused.load(Relaxed)
+                - refused_before
+                == probes.len() as u64)
+            .await,
+            "request {} neither made a client nor was refused",
+            probes.len()
+        );
+    }
+    assert_eq!(stats.udp_clients.load(Relaxed), u64::from(CAP));
+    assert_eq!(
+        stats.connections_refused.load(Relaxed) - refused_before,
+        u64::from(CAP)
+    );
+
+    // A real client from another address: Binding, then 401 and a signed Allocate.
+    let c = tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let me = c.local_addr().unwrap();
+    let req = Message::builder_request(BINDING, MessageWriteVec::new());
+    let tid = req.transaction_id();
+    let r = udp_transact(&c, udp, &req.finish()).await;
+    let m = Message::from_bytes(&r).unwrap();
+    assert_eq!(m.attribute::<XorMappedAddress>().unwrap().addr(tid), me);
+    let cred = relay.mint("udp-user");
+    let allocate = |creds: Option<(&str, &str)>| {
+        let mut w = Message::builder_request(turn_types::message::ALLOCATE, MessageWriteVec::new());
+        w.add_attribute(&RequestedTransport::new(RequestedTransport::UDP))
+            .unwrap();
+        if let Some((realm, nonce)) = creds {
+            w.add_attribute(&Username::new(&cred.username).unwrap())
+                .unwrap();
+            w.add_attribute(&Realm::new(realm).unwrap()).unwrap();
+            w.add_attribute(&Nonce::new(nonce).unwrap()).unwrap();
+            let key = LongTermKeyCredentials::new(
+                cred.username.clone(),
+                cred.password.clone(),
+                realm.to_owned(),
+            );
+            w.add_message_integrity(&key.into(), IntegrityAlgorithm::Sha1)
+                .unwrap();
+        }
+        w.add_fingerprint().unwrap();
+        w.finish()
+    };
+    let r = udp_transact(&c, udp, &allocate(None)).await;
+    let m = Message::from_bytes(&r).unwrap();
+    let realm = m.attribute::<Realm>().unwrap().realm().to_owned();
+    let nonce = m.attribute::<Nonce>().unwrap().nonce().to_owned();
+    let req = allocate(Some((&realm, &nonce)));
+    let tid = Message::from_bytes(&req).unwrap().transaction_id();
+    let r = udp_transact(&c, udp, &req).await;
+    let m = Message::from_bytes(&r).unwrap();
+    let relayed = m
+        .attribute::<XorRelayedAddress>()
+        .unwrap_or_else(|e| panic!("Allocate over UDP failed ({e}): {m}"))
+        .addr(tid);
+    assert_eq!(relayed.ip(), localhost());
+    assert_eq!(stats.udp_clients.load(Relaxed), u64::from(CAP) + 1);
+}

@@ -4,6 +4,7 @@
 //! as slices, and everything to send goes out through the [`Client`] API's return values and
 //! the caller's buffers, so the whole protocol is tested with a fake clock.
 
+pub mod badinput;
 mod client;
 mod nonce;
 pub mod policy;
@@ -11,6 +12,7 @@ mod shared;
 mod standing;
 pub mod stats;
 
+pub use badinput::{source_prefix, BadInput};
 pub use client::{Client, ClientOutput, PeerOutput};
 pub use nonce::NonceKey;
 pub use policy::{PeerPolicy, PolicyError, PolicyVerdict};

@@ -8,14 +8,15 @@
 //! `ArcSwap`, read lock-free).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use auth::SecretRing;
 
+use super::badinput::{BadInput, BadInputLog};
 use super::{NonceKey, Now, PeerPolicy, PolicyVerdict, Standing, Stats, UserDirectory, Wake};
 
 /// Relay settings with safe defaults.
@@ -167,6 +168,7 @@ pub struct Shared {
     nonce_key: NonceKey,
     users: Mutex<Users>,
     directory: Option<Arc<dyn UserDirectory>>,
+    bad_input_log: BadInputLog,
 }
 
 impl std::fmt::Debug for Shared {
@@ -209,6 +211,7 @@ impl Shared {
             nonce_key,
             users: Mutex::new(Users::default()),
             directory,
+            bad_input_log: BadInputLog::default(),
         })
     }
 
@@ -229,6 +232,13 @@ impl Shared {
     /// The settings.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Counts one bad input from `ip` and logs it, at most once per source and reason per
+    /// [`super::badinput::LOG_INTERVAL`] (see [`BadInputLog`]).
+    pub fn bad_input(&self, ip: IpAddr, why: BadInput, now: Instant) {
+        self.stats.count_bad_input(why);
+        self.bad_input_log.note(ip, why, now, |line| line.log());
     }
 
     /// Counters for metrics.

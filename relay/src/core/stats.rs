@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use super::badinput::BadInput;
 use super::policy::DENY_REASONS;
 use super::Transport;
 
@@ -168,6 +169,7 @@ pub struct Stats {
     packets: [[AtomicU64; 3]; 2],
     bytes: [[AtomicU64; 3]; 2],
     dropped: [AtomicU64; 6],
+    bad_input: [AtomicU64; 4],
 }
 
 impl Stats {
@@ -196,6 +198,20 @@ impl Stats {
             .iter()
             .position(|r| *r == reason)
             .unwrap_or(DENY_REASONS.len())
+    }
+
+    /// Counts one bad input (see [`super::Shared::bad_input`]).
+    pub fn count_bad_input(&self, why: BadInput) {
+        if let Some(c) = self.bad_input.get(why.index()) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Bad inputs so far for `why`.
+    pub fn bad_input(&self, why: BadInput) -> u64 {
+        self.bad_input
+            .get(why.index())
+            .map_or(0, |c| c.load(Relaxed))
     }
 
     /// Counts one 403 (or dropped Send) for a policy deny reason.
@@ -352,6 +368,15 @@ impl Stats {
                 self.dropped(d),
             );
         }
+        for b in BadInput::ALL {
+            push(
+                "turn_bad_input_total",
+                "Bad input from clients dropped (unparseable STUN, framing errors, non-TURN streams, non-STUN UDP), by reason.",
+                Counter,
+                vec![("reason", b.as_str())],
+                self.bad_input(b),
+            );
+        }
         v
     }
 }
@@ -368,6 +393,7 @@ mod tests {
         s.forbid("something else");
         s.add_traffic(Direction::PeerToClient, Transport::Tls, 2, 100);
         s.add_dropped(DropReason::NoChannel, 3);
+        s.count_bad_input(BadInput::Framing);
         assert_eq!(s.auth_failures(AuthFailure::Revoked), 1);
         assert_eq!(s.forbidden("loopback"), 1);
         assert_eq!(s.forbidden("other"), 1);
@@ -380,5 +406,8 @@ mod tests {
         assert!(snap
             .iter()
             .any(|x| x.name == "turn_dropped_packets_total" && x.value == 3));
+        assert!(snap.iter().any(|x| x.name == "turn_bad_input_total"
+            && x.labels == [("reason", "framing")]
+            && x.value == 1));
     }
 }

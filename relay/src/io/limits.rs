@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-/// Connection counters: total and per source IP. Touched on accept and close only.
+use crate::core::source_prefix;
+
+/// Connection counters: total and per source (an IPv4 address, or the /64 of an IPv6
+/// address: one host usually holds a whole /64). Touched on accept and close only.
 #[derive(Debug)]
 pub struct ConnectionLimits {
     max_total: u32,
@@ -17,7 +20,7 @@ pub struct ConnectionLimits {
 #[derive(Debug, Default)]
 struct Counts {
     total: u32,
-    /// Only addresses with open connections: bounded by `max_total`.
+    /// Only sources with open connections: bounded by `max_total`.
     per_ip: HashMap<IpAddr, u32>,
 }
 
@@ -46,9 +49,10 @@ impl ConnectionLimits {
         })
     }
 
-    /// A slot for a connection from `ip` (IPv4-mapped IPv6 counts as IPv4), or why not.
+    /// A slot for a connection from `ip`, or why not. IPv4-mapped IPv6 counts as IPv4,
+    /// and IPv6 addresses count per /64 ([`source_prefix`]).
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, Refused> {
-        let ip = ip.to_canonical();
+        let ip = source_prefix(ip);
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.total >= self.max_total {
             return Err(Refused::Total);
@@ -111,6 +115,27 @@ mod tests {
         drop(a1);
         assert_eq!(l.open(), 2);
         let _b2 = l.acquire(b).unwrap();
+    }
+
+    #[test]
+    fn ipv6_counts_per_64() {
+        let l = ConnectionLimits::new(100, 2);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let a = l.acquire(ip("2001:db8:1:2::1")).unwrap();
+        let _b = l.acquire(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")).unwrap();
+        // A third host of the same /64 is the same source.
+        assert_eq!(
+            l.acquire(ip("2001:db8:1:2:1234::9")).unwrap_err(),
+            Refused::PerIp
+        );
+        // The neighbouring /64 is another one.
+        let _c = l.acquire(ip("2001:db8:1:3::1")).unwrap();
+        // A closed connection frees its /64's place.
+        drop(a);
+        let _d = l.acquire(ip("2001:db8:1:2::77")).unwrap();
+        assert_eq!(l.open(), 3);
+        let st = l.state.lock().unwrap();
+        assert_eq!(st.per_ip.len(), 2);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::limits::ConnectionSlot;
 use super::{stream, Context, IoStats, Prefixed};
-use crate::core::Transport;
+use crate::core::{BadInput, Transport};
 
 /// A byte stream the shell hands off: plain TCP or decrypted TLS.
 pub trait IoStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -129,10 +129,17 @@ async fn classify(
     match sniff(first[0]) {
         Sniffed::Turn => Ok(Classified::Turn(Box::new(tcp), Transport::Tcp)),
         Sniffed::Http => Ok(Classified::Http(Box::new(tcp), false)),
-        Sniffed::Unknown => Err(invalid(format!(
-            "first byte 0x{:02x} is neither TLS, STUN nor HTTP",
-            first[0]
-        ))),
+        Sniffed::Unknown => {
+            ctx.shared.bad_input(
+                remote.ip(),
+                BadInput::UnknownProtocol,
+                std::time::Instant::now(),
+            );
+            Err(invalid(format!(
+                "first byte 0x{:02x} is neither TLS, STUN nor HTTP",
+                first[0]
+            )))
+        }
         Sniffed::Tls => {
             let Some(tls) = &ctx.tls else {
                 return Err(invalid("TLS ClientHello but TLS is not configured".into()));
@@ -162,10 +169,17 @@ async fn classify(
             match sniff(b[0]) {
                 Sniffed::Turn => Ok(Classified::Turn(Box::new(s), Transport::Tls)),
                 Sniffed::Http => Ok(Classified::Http(Box::new(s), true)),
-                _ => Err(invalid(format!(
-                    "first byte 0x{:02x} inside TLS is neither STUN nor HTTP",
-                    b[0]
-                ))),
+                _ => {
+                    ctx.shared.bad_input(
+                        remote.ip(),
+                        BadInput::UnknownProtocol,
+                        std::time::Instant::now(),
+                    );
+                    Err(invalid(format!(
+                        "first byte 0x{:02x} inside TLS is neither STUN nor HTTP",
+                        b[0]
+                    )))
+                }
             }
         }
     }

@@ -52,7 +52,11 @@ pub struct IoConfig {
     pub handshake_timeout: Duration,
     /// A connection with no allocation and no traffic for this long is closed.
     pub idle_timeout: Duration,
-    /// Most concurrent connections from one source IP.
+    /// A connection (or UDP client) that has not sent a successfully authenticated request
+    /// this long after it opened is closed, however busy it is (Binding requests and 401
+    /// challenges do not keep it alive).
+    pub unauthenticated_timeout: Duration,
+    /// Most concurrent connections from one source IP (IPv6: one /64).
     pub max_connections_per_ip: u32,
     /// Most concurrent connections in all.
     pub max_connections: u32,
@@ -68,6 +72,7 @@ impl Default for IoConfig {
             relay_ports: None,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            unauthenticated_timeout: Duration::from_secs(15),
             max_connections_per_ip: 256,
             max_connections: 50_000,
         }
@@ -106,6 +111,26 @@ pub(crate) fn wake_at(
         (a, b) => a
             .or(b)
             .unwrap_or_else(|| std::time::Instant::now() + idle_timeout),
+    }
+}
+
+/// When a client that is not (yet) authenticated must go: `opened` plus the timeout.
+pub(crate) fn unauthenticated_deadline(
+    authenticated: bool,
+    opened: std::time::Instant,
+    timeout: Duration,
+) -> Option<std::time::Instant> {
+    (!authenticated).then(|| opened.checked_add(timeout).unwrap_or(opened))
+}
+
+/// The earlier of two optional deadlines.
+pub(crate) fn earliest(
+    a: Option<std::time::Instant>,
+    b: Option<std::time::Instant>,
+) -> Option<std::time::Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

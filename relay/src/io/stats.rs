@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub struct IoStats {
     /// TCP connections accepted on the TURN port.
     pub connections_accepted: AtomicU64,
-    /// Connections refused by the per-IP or total limit.
+    /// Connections (and new UDP clients) refused by the per-source or total limit.
     pub connections_refused: AtomicU64,
     /// TLS handshakes completed.
     pub tls_handshakes: AtomicU64,
@@ -15,10 +15,15 @@ pub struct IoStats {
     pub tls_failures: AtomicU64,
     /// Connections closed because they sent nothing usable before the handshake timeout.
     pub handshake_timeouts: AtomicU64,
+    /// Connections (and UDP clients) closed for not authenticating in time.
+    pub unauthenticated_timeouts: AtomicU64,
     /// Streams handed to the HTTP server.
     pub http_handoffs: AtomicU64,
-    /// Datagrams dropped by the UDP listener (client queue full, too many clients).
+    /// Datagrams dropped by the UDP listener because their client's queue was full.
     pub udp_dropped: AtomicU64,
+    /// UDP clients (source addresses with client state and a task) now: a gauge, not in
+    /// [`IoStats::snapshot`] (which holds counters only).
+    pub udp_clients: AtomicU64,
     /// Relay UDP sockets bound (allocations that talked to a peer other than the gateway's
     /// own media).
     pub relay_sockets_opened: AtomicU64,
@@ -57,6 +62,10 @@ impl IoStats {
             ("tls_failures", self.tls_failures.load(Relaxed)),
             ("handshake_timeouts", self.handshake_timeouts.load(Relaxed)),
             ("http_handoffs", self.http_handoffs.load(Relaxed)),
+            (
+                "unauthenticated_timeouts",
+                self.unauthenticated_timeouts.load(Relaxed),
+            ),
             ("udp_dropped", self.udp_dropped.load(Relaxed)),
             (
                 "relay_sockets_opened",

@@ -15,8 +15,8 @@ use super::inprocess::{self, Route, ToMedia};
 use super::limits::ConnectionSlot;
 use super::listener::IoStream;
 use super::ports::SocketPorts;
-use super::{now, wake_at, Context};
-use crate::core::{Client, ClientOutput, FiveTuple, PeerOutput, Transport};
+use super::{now, wake_at, Context, IoStats};
+use crate::core::{BadInput, Client, ClientOutput, FiveTuple, PeerOutput, Transport};
 use crate::framer::{Frame, Framer};
 
 /// Most peer datagrams handled per wake-up before writing to the client, so one busy
@@ -54,6 +54,8 @@ pub(crate) async fn serve(
     client.set_waker(waker.clone());
     let mut shutdown = ctx.shutdown.clone();
     let mut last_client_activity = Instant::now();
+    let opened = last_client_activity;
+    let mut authenticated = false;
     tracing::debug!(%remote, transport = transport.as_str(), "TURN connection");
 
     // One timer for the connection's life, moved only when the deadline moves: a new
@@ -65,6 +67,12 @@ pub(crate) async fn serve(
     let reason = 'conn: loop {
         let idle_deadline =
             (client.relayed().is_none()).then(|| last_client_activity + ctx.config.idle_timeout);
+        let unauth_deadline = super::unauthenticated_deadline(
+            authenticated,
+            opened,
+            ctx.config.unauthenticated_timeout,
+        );
+        let idle_deadline = super::earliest(idle_deadline, unauth_deadline);
         let deadline = wake_at(
             client.poll_timeout(),
             idle_deadline,
@@ -98,6 +106,7 @@ pub(crate) async fn serve(
                         Ok(None) => break,
                         Err(e) => {
                             tracing::debug!(%remote, error = %e, "framing error");
+                            ctx.shared.bad_input(remote.ip(), BadInput::Framing, t.mono);
                             break 'conn "framing error";
                         }
                     };
@@ -120,6 +129,7 @@ pub(crate) async fn serve(
                         ClientOutput::Close => break 'conn "protocol error",
                     }
                 }
+                authenticated |= client.authenticated();
                 ports.flush();
                 to_media.flush(&ctx.stats);
                 if media.is_some() {
@@ -169,6 +179,10 @@ pub(crate) async fn serve(
             }
             _ = &mut timer => {
                 let t = now();
+                if unauth_deadline.is_some_and(|d| d <= t.mono) {
+                    IoStats::inc(&ctx.stats.unauthenticated_timeouts);
+                    break 'conn "not authenticated in time";
+                }
                 if idle_deadline.is_some_and(|d| d <= t.mono) {
                     break 'conn "idle";
                 }

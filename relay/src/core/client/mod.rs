@@ -40,6 +40,7 @@ use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH, SE
 use self::allocate::Allocation;
 use self::counters::LocalStats;
 use self::credentials::AuthCache;
+use super::badinput::BadInput;
 use super::stats::DropReason;
 use super::{Family, FiveTuple, Now, RelayPorts, Shared, Wake};
 
@@ -91,6 +92,9 @@ const SUPPORTED: &[AttributeType] = &[
     RequestedTransport::TYPE,
     ReservationToken::TYPE,
 ];
+
+/// Most attribute types listed in a 420's UNKNOWN-ATTRIBUTES (and collected per request).
+pub(crate) const MAX_UNKNOWN_LISTED: usize = 16;
 
 /// The sans-I/O state of one client.
 pub struct Client {
@@ -156,12 +160,19 @@ impl Client {
     }
 
     fn garbage(&mut self, now: Now) -> ClientOutput<'static> {
-        self.count_drop(DropReason::Malformed, now.mono);
+        self.malformed(now);
         if self.tuple.transport.is_stream() {
             ClientOutput::Close
         } else {
             ClientOutput::None
         }
+    }
+
+    /// Counts (and rate-limited, logs) one unparseable message.
+    fn malformed(&mut self, now: Now) {
+        self.count_drop(DropReason::Malformed, now.mono);
+        self.shared
+            .bad_input(self.tuple.client.ip(), BadInput::Malformed, now.mono);
     }
 
     // ---------------------------------------------------------------- input
@@ -206,6 +217,8 @@ impl Client {
         };
         if len % 4 != 0 {
             if class == MessageClass::Request {
+                self.shared
+                    .bad_input(self.tuple.client.ip(), BadInput::Malformed, now.mono);
                 return self.error(
                     out,
                     req,
@@ -220,10 +233,12 @@ impl Client {
             Ok(m) => m,
             // Not STUN after all (RFC 8489 §7.3): drop silently.
             Err(StunParseError::FingerprintMismatch) => {
-                self.count_drop(DropReason::Malformed, now.mono);
+                self.malformed(now);
                 return ClientOutput::None;
             }
             Err(e) => {
+                self.shared
+                    .bad_input(self.tuple.client.ip(), BadInput::Malformed, now.mono);
                 if class == MessageClass::Request {
                     let reason = format!("Bad Request: malformed message: {e}");
                     return self.error(out, req, 400, &reason, None);
@@ -313,11 +328,17 @@ impl Client {
         out: &mut Vec<u8>,
         key: Option<&IntegrityKey>,
     ) -> Option<ClientOutput<'static>> {
+        // Linear in the message and bounded: the de-duplication scans at most
+        // MAX_UNKNOWN_LISTED entries, and the scan stops once that many are found (RFC 8489
+        // §14.9 lets the 420 list a subset). A 64 KB request holds ~16K attributes.
         let mut unknown: Vec<AttributeType> = Vec::new();
         for (_, a) in m.iter_attributes() {
             let t = a.get_type();
             if t.comprehension_required() && !SUPPORTED.contains(&t) && !unknown.contains(&t) {
                 unknown.push(t);
+                if unknown.len() >= MAX_UNKNOWN_LISTED {
+                    break;
+                }
             }
         }
         if unknown.is_empty() {
@@ -326,6 +347,11 @@ impl Client {
         let ua = UnknownAttributes::new(&unknown);
         self.write_response(out, req, Some((420, "Unknown Attribute")), &[&ua], key);
         Some(ClientOutput::Reply)
+    }
+
+    /// Whether a request of this client has been authenticated (and not since revoked).
+    pub fn authenticated(&self) -> bool {
+        self.auth.is_some()
     }
 
     /// The relayed address, when allocated.
