@@ -310,7 +310,10 @@ impl Settings {
             .map(|s| {
                 auth::SecretRing::parse(s).map_err(|e| SettingError {
                     setting: "TURN_SECRET",
-                    reason: e.to_string(),
+                    reason: format!(
+                        "{e}: set TURN_SECRET to one secret (e.g. `openssl rand -hex 32`) or \
+                         a comma-separated list, newest first, without empty entries"
+                    ),
                 })
             })
             .transpose()
@@ -324,7 +327,10 @@ impl Settings {
             return Err(SettingError {
                 setting: "TURN_RELAY_PORTS",
                 reason: format!(
-                    "{relay} overlaps WEBRTC_PORT_RANGE {}-{}",
+                    "{relay} overlaps WEBRTC_PORT_RANGE {}-{}: a relayed address on a media \
+                     port could never be bound; set TURN_RELAY_PORTS or WEBRTC_PORT_RANGE so \
+                     that the two ranges do not overlap (e.g. the defaults, TURN_RELAY_PORTS=61000-65535 \
+                     and WEBRTC_PORT_RANGE=50000-50050)",
                     media.first, media.last
                 ),
             });
@@ -334,20 +340,17 @@ impl Settings {
 
     /// The peer policy from TURN_ALLOWED_PEERS / TURN_DENIED_PEERS.
     pub fn policy(&self) -> Result<PeerPolicy, SettingError> {
-        PeerPolicy::parse(&self.turn_allowed_peers, "").map_err(|e| SettingError {
-            setting: "TURN_ALLOWED_PEERS",
-            reason: e.to_string(),
-        })?;
-        PeerPolicy::parse("", &self.turn_denied_peers).map_err(|e| SettingError {
-            setting: "TURN_DENIED_PEERS",
-            reason: e.to_string(),
-        })?;
-        PeerPolicy::parse(&self.turn_allowed_peers, &self.turn_denied_peers).map_err(|e| {
-            SettingError {
-                setting: "TURN_ALLOWED_PEERS",
-                reason: e.to_string(),
-            }
-        })
+        const FIX: &str = "write comma-separated CIDRs with an optional port or port range, \
+                           e.g. 203.0.113.0/24:5000-6000,[2001:db8::/32]:3478";
+        let bad = |setting, e: &dyn std::fmt::Display| SettingError {
+            setting,
+            reason: format!("{e}: {FIX}"),
+        };
+        PeerPolicy::parse(&self.turn_allowed_peers, "")
+            .map_err(|e| bad("TURN_ALLOWED_PEERS", &e))?;
+        PeerPolicy::parse("", &self.turn_denied_peers).map_err(|e| bad("TURN_DENIED_PEERS", &e))?;
+        PeerPolicy::parse(&self.turn_allowed_peers, &self.turn_denied_peers)
+            .map_err(|e| bad("TURN_ALLOWED_PEERS", &e))
     }
 
     /// The host written into TURN URLs: TURN_HOST, else WEBRTC_ADVERTISE_IP, else
@@ -452,12 +455,23 @@ mod tests {
             .to_string();
         assert!(e.contains("--turn-credential-ttl"), "{e}");
         let c = parse(&["--turn-secret", "a,,b"]).unwrap();
-        assert!(c
-            .settings
-            .secrets()
-            .unwrap_err()
-            .to_string()
-            .contains("TURN_SECRET"));
+        let e = c.settings.secrets().unwrap_err().to_string();
+        assert!(
+            e.contains("TURN_SECRET") && e.contains("set TURN_SECRET to one secret"),
+            "{e}"
+        );
+        for (flag, setting) in [
+            ("--turn-allowed-peers", "TURN_ALLOWED_PEERS"),
+            ("--turn-denied-peers", "TURN_DENIED_PEERS"),
+        ] {
+            let c = parse(&[flag, "300.1.2.3/8"]).unwrap();
+            let e = c.settings.policy().unwrap_err().to_string();
+            assert!(
+                e.contains(setting) && e.contains("write comma-separated CIDRs"),
+                "{e}"
+            );
+            assert!(!e.contains('\n'), "{e}");
+        }
     }
 
     #[test]
@@ -505,6 +519,7 @@ mod tests {
             e.contains("TURN_RELAY_PORTS") && e.contains("WEBRTC_PORT_RANGE"),
             "{e}"
         );
+        assert!(e.contains("do not overlap (e.g. the defaults"), "{e}");
     }
 
     #[test]
