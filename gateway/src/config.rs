@@ -328,7 +328,10 @@ impl Settings {
         };
         let ring = auth::SecretRing::parse(s).map_err(|e| SettingError {
             setting: "TURN_SECRET",
-            reason: e.to_string(),
+            reason: format!(
+                "{e}: set TURN_SECRET to one secret (e.g. `openssl rand -base64 32`) or a \
+                 comma-separated list, newest first, without empty entries"
+            ),
         })?;
         for (i, secret) in s.split(',').map(str::trim).enumerate() {
             if secret.len() < MIN_SECRET_BYTES {
@@ -370,7 +373,10 @@ impl Settings {
             return Err(SettingError {
                 setting: "TURN_RELAY_PORTS",
                 reason: format!(
-                    "{relay} overlaps WEBRTC_PORT_RANGE {media}: choose ranges that share no port"
+                    "{relay} overlaps WEBRTC_PORT_RANGE {media}: a relayed address on a media \
+                     port could never be bound; set TURN_RELAY_PORTS or WEBRTC_PORT_RANGE so \
+                     that the two ranges do not overlap (e.g. the defaults, TURN_RELAY_PORTS=61000-65535 \
+                     and WEBRTC_PORT_RANGE=50000-50050)"
                 ),
             });
         }
@@ -379,20 +385,17 @@ impl Settings {
 
     /// The peer policy from TURN_ALLOWED_PEERS / TURN_DENIED_PEERS.
     pub fn policy(&self) -> Result<PeerPolicy, SettingError> {
-        PeerPolicy::parse(&self.turn_allowed_peers, "").map_err(|e| SettingError {
-            setting: "TURN_ALLOWED_PEERS",
-            reason: e.to_string(),
-        })?;
-        PeerPolicy::parse("", &self.turn_denied_peers).map_err(|e| SettingError {
-            setting: "TURN_DENIED_PEERS",
-            reason: e.to_string(),
-        })?;
-        PeerPolicy::parse(&self.turn_allowed_peers, &self.turn_denied_peers).map_err(|e| {
-            SettingError {
-                setting: "TURN_ALLOWED_PEERS",
-                reason: e.to_string(),
-            }
-        })
+        const FIX: &str = "write comma-separated CIDRs with an optional port or port range, \
+                           e.g. 203.0.113.0/24:5000-6000,[2001:db8::/32]:3478";
+        let bad = |setting, e: &dyn std::fmt::Display| SettingError {
+            setting,
+            reason: format!("{e}: {FIX}"),
+        };
+        PeerPolicy::parse(&self.turn_allowed_peers, "")
+            .map_err(|e| bad("TURN_ALLOWED_PEERS", &e))?;
+        PeerPolicy::parse("", &self.turn_denied_peers).map_err(|e| bad("TURN_DENIED_PEERS", &e))?;
+        PeerPolicy::parse(&self.turn_allowed_peers, &self.turn_denied_peers)
+            .map_err(|e| bad("TURN_ALLOWED_PEERS", &e))
     }
 
     /// The host written into TURN URLs: TURN_HOST, else WEBRTC_ADVERTISE_IP, else
@@ -518,6 +521,18 @@ mod tests {
         let e = c.settings.api_token().unwrap_err().to_string();
         assert!(e.contains("API_TOKEN") && e.contains("openssl"), "{e}");
         assert_eq!(parse(&[]).unwrap().settings.api_token().unwrap(), None);
+        for (flag, setting) in [
+            ("--turn-allowed-peers", "TURN_ALLOWED_PEERS"),
+            ("--turn-denied-peers", "TURN_DENIED_PEERS"),
+        ] {
+            let c = parse(&[flag, "300.1.2.3/8"]).unwrap();
+            let e = c.settings.policy().unwrap_err().to_string();
+            assert!(
+                e.contains(setting) && e.contains("write comma-separated CIDRs"),
+                "{e}"
+            );
+            assert!(!e.contains('\n'), "{e}");
+        }
     }
 
     #[test]
@@ -565,6 +580,7 @@ mod tests {
             e.contains("TURN_RELAY_PORTS") && e.contains("WEBRTC_PORT_RANGE"),
             "{e}"
         );
+        assert!(e.contains("do not overlap (e.g. the defaults"), "{e}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod advertise;
 pub mod app;
+pub mod bind_hint;
 pub mod config;
 pub mod doctor;
 pub mod http;

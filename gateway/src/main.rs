@@ -10,6 +10,7 @@ use relay::io::unix_now;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(&cli.settings);
+    let json_logs = cli.settings.log_format == "json";
     let result = match cli.command {
         Some(Command::Credentials { user, ttl }) => credentials(&cli.settings, &user, ttl),
         Some(Command::Doctor) => return doctor(cli.settings),
@@ -18,8 +19,14 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("gateway: {e:#}");
+            // One line a person can act on (the messages name the setting and the fix);
+            // with JSON logs, one JSON record instead so log pipelines keep it.
+            let line = format!("{e:#}").replace(['\n', '\r'], " ");
+            if json_logs {
+                tracing::error!(error = %line, "gateway stopped");
+            } else {
+                eprintln!("gateway: {line}");
+            }
             ExitCode::FAILURE
         }
     }

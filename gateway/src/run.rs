@@ -7,6 +7,7 @@ use arc_swap::ArcSwap;
 use auth::SecretRing;
 
 use crate::app::App;
+use crate::bind_hint::Proto;
 use crate::config::Settings;
 use crate::{http, tls};
 
@@ -52,7 +53,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     };
     settings.check_port_ranges()?;
     let policy = settings.policy()?;
-    let (advertised, origin) = crate::advertise::advertised_ip(&settings).await?;
+    let (advertised, origin) = crate::advertise::advertised_ip(&settings)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e:#}: set WEBRTC_ADVERTISE_IP to this machine's public IP address or to a \
+                 DNS name that resolves here, or unset it to advertise the local address"
+            )
+        })?;
     // TURN_HOST, else WEBRTC_ADVERTISE_IP as written (a DNS name stays a name), else the
     // address the media engine advertises.
     let host = settings
@@ -73,8 +81,19 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         },
         video.clone(),
     )
-    .map_err(|e| anyhow::anyhow!("WEBRTC_BIND_IP/WEBRTC_PORT_RANGE: {e}"))?;
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "WEBRTC_BIND_IP/WEBRTC_PORT_RANGE: {e}: the media engine needs free UDP ports in \
+             WEBRTC_PORT_RANGE ({}-{}) on WEBRTC_BIND_IP ({}): stop what holds them (another \
+             gateway?), or set WEBRTC_PORT_RANGE to a free range and WEBRTC_BIND_IP to an \
+             address of this machine",
+            settings.webrtc_port_range.min,
+            settings.webrtc_port_range.max,
+            settings.webrtc_bind_ip
+        )
+    })?;
     tracing::info!(%advertised, ?origin, media = ?media.candidate_addrs(), "media engine ready");
+    let self_signed = settings.tls_cert.is_none() || settings.tls_key.is_none();
     let (certs, key) = match (&settings.tls_cert, &settings.tls_key) {
         (Some(c), Some(k)) => tls::load_pem(c, k)?,
         _ => {
@@ -217,7 +236,16 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     });
     let relay = relay::io::RelayServer::start(shared, io, Some(tls_config.clone()), Some(handoff))
         .await
-        .context("TURN_LISTEN")?;
+        .map_err(|e| {
+            // The relay says which socket failed ("cannot listen on UDP ..." for TURN_UDP_LISTEN).
+            let (setting, proto, addr) = match settings.turn_udp_listen {
+                Some(udp) if e.to_string().starts_with("cannot listen on UDP") => {
+                    ("TURN_UDP_LISTEN", Proto::Udp, udp)
+                }
+                _ => ("TURN_LISTEN", Proto::Tcp, settings.turn_listen),
+            };
+            anyhow::anyhow!(crate::bind_hint::explain(setting, proto, addr, &e))
+        })?;
     // Allocations whose peer is our own media go to the engine in-process (no relay socket).
     crate::shortcut::connect(&relay, &media)
         .await
@@ -241,11 +269,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
 
     let listener = tokio::net::TcpListener::bind(settings.gateway_http_addr)
         .await
-        .with_context(|| {
-            format!(
-                "GATEWAY_HTTP_ADDR: cannot listen on {}",
-                settings.gateway_http_addr
-            )
+        .map_err(|e| {
+            anyhow::anyhow!(crate::bind_hint::explain(
+                "GATEWAY_HTTP_ADDR",
+                Proto::Tcp,
+                settings.gateway_http_addr,
+                &e
+            ))
         })?;
     let http_addr = listener.local_addr()?;
     let http_accept = tokio::spawn(async move {
@@ -260,6 +290,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         }
     });
     tracing::info!(%http_addr, uris = ?app.turn_uris(), "gateway ready");
+    let ways = WaysIn::new(http_addr, advertised, &host, relay.local_tcp().port());
+    tracing::info!(url = %ways.viewer, "viewer page: open it in a browser (it shows the path, protocol, bitrate, frame rate and loss)");
+    if self_signed {
+        tracing::warn!(url = %ways.https, "HTTPS on TURN_LISTEN: the certificate is self-signed, browsers warn (set TLS_CERT/TLS_KEY to a real one)");
+    } else {
+        tracing::info!(url = %ways.https, "HTTPS on TURN_LISTEN: the same page and API over TLS");
+    }
+    tracing::info!(url = %ways.whep, "WHEP endpoint: POST an SDP offer (application/sdp) here");
     Ok(Running {
         relay,
         http_addr,
@@ -270,4 +308,87 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         reloader,
         http_accept,
     })
+}
+
+/// The URLs a person uses to reach a started gateway, logged once at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaysIn {
+    /// The viewer page on GATEWAY_HTTP_ADDR.
+    pub viewer: String,
+    /// The same page over HTTPS on TURN_LISTEN.
+    pub https: String,
+    /// The WHEP endpoint on GATEWAY_HTTP_ADDR.
+    pub whep: String,
+}
+
+impl WaysIn {
+    /// `http_addr` is the bound HTTP address; when it is a wildcard (0.0.0.0, ::) the
+    /// advertised address stands in for it, since a wildcard is not something to browse to.
+    /// `host` is the name in the certificate and TURN URLs; `tls_port` the bound TURN_LISTEN port.
+    pub fn new(
+        http_addr: std::net::SocketAddr,
+        advertised: std::net::IpAddr,
+        host: &str,
+        tls_port: u16,
+    ) -> Self {
+        let ip = if http_addr.ip().is_unspecified() {
+            advertised
+        } else {
+            http_addr.ip()
+        };
+        let http_base = format!("http://{}", std::net::SocketAddr::new(ip, http_addr.port()));
+        let host = if host.parse::<std::net::Ipv6Addr>().is_ok() {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        };
+        let https = if tls_port == 443 {
+            format!("https://{host}/")
+        } else {
+            format!("https://{host}:{tls_port}/")
+        };
+        WaysIn {
+            viewer: format!("{http_base}/"),
+            https,
+            whep: format!("{http_base}/whep"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WaysIn;
+
+    #[test]
+    fn ways_in_use_the_advertised_address_for_a_wildcard_bind() {
+        let w = WaysIn::new(
+            "0.0.0.0:9100".parse().unwrap(),
+            "192.0.2.7".parse().unwrap(),
+            "turn.example.com",
+            443,
+        );
+        assert_eq!(w.viewer, "http://192.0.2.7:9100/");
+        assert_eq!(w.https, "https://turn.example.com/");
+        assert_eq!(w.whep, "http://192.0.2.7:9100/whep");
+    }
+
+    #[test]
+    fn ways_in_keep_a_specific_bind_and_bracket_ipv6() {
+        let w = WaysIn::new(
+            "[::1]:8080".parse().unwrap(),
+            "192.0.2.7".parse().unwrap(),
+            "2001:db8::1",
+            8443,
+        );
+        assert_eq!(w.viewer, "http://[::1]:8080/");
+        assert_eq!(w.https, "https://[2001:db8::1]:8443/");
+        assert_eq!(w.whep, "http://[::1]:8080/whep");
+        let w = WaysIn::new(
+            "[::]:9100".parse().unwrap(),
+            "2001:db8::2".parse().unwrap(),
+            "media.example.org",
+            443,
+        );
+        assert_eq!(w.viewer, "http://[2001:db8::2]:9100/");
+    }
 }

@@ -13,26 +13,52 @@ use rustls::ServerConfig;
 /// on TURNS) are classified by their first bytes.
 pub const ALPN: &[&[u8]] = &[b"stun.turn", b"http/1.1"];
 
-/// Loads a certificate chain and key from PEM files.
+/// Loads a certificate chain and key from PEM files. Errors are one line naming the
+/// setting, the file and the fix.
 pub fn load_pem(
     cert: &Path,
     key: &Path,
 ) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    const CERT_FIX: &str = "set TLS_CERT to the PEM certificate chain (e.g. fullchain.pem), or \
+                            unset TLS_CERT and TLS_KEY to serve a self-signed certificate";
+    const KEY_FIX: &str = "set TLS_KEY to the PEM private key of TLS_CERT (e.g. privkey.pem)";
     let certs: Vec<_> = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("TLS_CERT: cannot read {}", cert.display()))?
+        .map_err(|e| pem_error("TLS_CERT", cert, "certificate", &e, CERT_FIX))?
         .collect::<Result<_, _>>()
-        .with_context(|| {
-            format!(
-                "TLS_CERT: {} is not a PEM certificate chain",
-                cert.display()
-            )
-        })?;
+        .map_err(|e| pem_error("TLS_CERT", cert, "certificate", &e, CERT_FIX))?;
     if certs.is_empty() {
-        return Err(anyhow!("TLS_CERT: {} holds no certificate", cert.display()));
+        return Err(anyhow!(
+            "TLS_CERT: {} holds no PEM certificate (no BEGIN CERTIFICATE section): {CERT_FIX}",
+            cert.display()
+        ));
     }
     let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("TLS_KEY: {} holds no PEM private key", key.display()))?;
+        .map_err(|e| pem_error("TLS_KEY", key, "private key", &e, KEY_FIX))?;
     Ok((certs, key))
+}
+
+/// One line for a PEM file that could not be used.
+fn pem_error(
+    setting: &str,
+    path: &Path,
+    what: &str,
+    e: &rustls::pki_types::pem::Error,
+    fix: &str,
+) -> anyhow::Error {
+    use rustls::pki_types::pem::Error as Pem;
+    let path = path.display();
+    match e {
+        Pem::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
+            anyhow!("{setting}: {path} does not exist: {fix}")
+        }
+        Pem::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => anyhow!(
+            "{setting}: {path} is not readable by the user the gateway runs as: make it \
+             readable (chown/chmod, or systemd LoadCredential=), or {fix}"
+        ),
+        Pem::Io(io) => anyhow!("{setting}: cannot read {path}: {io}: {fix}"),
+        Pem::NoItemsFound => anyhow!("{setting}: {path} holds no PEM {what}: {fix}"),
+        other => anyhow!("{setting}: {path} is not a valid PEM {what} ({other}): {fix}"),
+    }
 }
 
 /// Makes a self-signed certificate for `host` (and `localhost`).
@@ -60,7 +86,10 @@ pub fn server_config(
         .context("TLS protocol versions")?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .context("TLS_CERT/TLS_KEY: the key does not match the certificate or is unsupported")?;
+        .context(
+            "TLS_CERT/TLS_KEY: the key does not match the certificate or is unsupported: set \
+             TLS_KEY to the private key issued with TLS_CERT (RSA, ECDSA P-256/P-384 or Ed25519)",
+        )?;
     cfg.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
 }
@@ -171,6 +200,83 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{e:#}").contains("TLS_CERT"), "{e:#}");
+    }
+
+    #[test]
+    fn certificate_and_key_errors_name_the_setting_and_the_fix() {
+        let dir = std::env::temp_dir().join(format!("gateway-tls-errors-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (c1, _) = self_signed("a.example.test").unwrap();
+        let pem = |der: &[u8], label: &str| {
+            let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der);
+            format!("-----BEGIN {label}-----\n{b64}\n-----END {label}-----\n")
+        };
+        let cert = dir.join("cert.pem");
+        std::fs::write(&cert, pem(c1[0].as_ref(), "CERTIFICATE")).unwrap();
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, "not a pem file\n").unwrap();
+        let other_key = dir.join("other-key.pem");
+        let ck = rcgen::generate_simple_self_signed(vec!["b.example.test".to_owned()]).unwrap();
+        std::fs::write(&other_key, ck.signing_key.serialize_pem()).unwrap();
+        let missing = dir.join("missing.pem");
+
+        let cases: Vec<(anyhow::Error, &[&str])> = vec![
+            (
+                load_pem(&missing, &other_key).unwrap_err(),
+                &[
+                    "TLS_CERT:",
+                    "does not exist",
+                    "set TLS_CERT to",
+                    "unset TLS_CERT and TLS_KEY",
+                ],
+            ),
+            (
+                load_pem(&garbage, &other_key).unwrap_err(),
+                &["TLS_CERT:", "holds no PEM certificate", "set TLS_CERT to"],
+            ),
+            (
+                load_pem(&cert, &missing).unwrap_err(),
+                &["TLS_KEY:", "does not exist", "set TLS_KEY to"],
+            ),
+            (
+                // A certificate where the key should be: the key file is unusable.
+                load_pem(&cert, &cert).unwrap_err(),
+                &["TLS_KEY:", "holds no PEM private key", "set TLS_KEY to"],
+            ),
+            (
+                load_pem(&cert, &dir).unwrap_err(),
+                &["TLS_KEY:", "cannot read", "set TLS_KEY to"],
+            ),
+            (
+                pem_error(
+                    "TLS_KEY",
+                    &other_key,
+                    "private key",
+                    &rustls::pki_types::pem::Error::Io(std::io::ErrorKind::PermissionDenied.into()),
+                    "set TLS_KEY",
+                ),
+                &["TLS_KEY:", "not readable by the user", "chown/chmod"],
+            ),
+            (
+                {
+                    let (c, k) = load_pem(&cert, &other_key).unwrap();
+                    server_config(c, k).unwrap_err()
+                },
+                &[
+                    "TLS_CERT/TLS_KEY",
+                    "does not match",
+                    "set TLS_KEY to the private key",
+                ],
+            ),
+        ];
+        std::fs::remove_dir_all(&dir).unwrap();
+        for (e, want) in cases {
+            let m = format!("{e:#}");
+            assert!(!m.contains('\n'), "{m}");
+            for w in want {
+                assert!(m.contains(w), "{w:?} missing in {m}");
+            }
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 # diagnosis names it.
 #
 #   tests/browser/run.sh              all scenarios
-#   tests/browser/run.sh 1 3 5        only these scenarios (1..6, f1..f3, g1, t1, t2, ff1, ff2)
+#   tests/browser/run.sh 1 3 5        only these scenarios (1..6, f1..f3, g1, t1, t2, ff1, ff2, d1)
 #
 # The long watches (g1: 130 s+ with its own gateway on its defaults; t1: 6 min with its own
 # gateway and TURN_CREDENTIAL_TTL=30) run in the background, each in its own firewalled
@@ -462,6 +462,35 @@ if want f2; then
   expect_failure "f2-turns-cert-wrong-name" "$ns" \
     "\"url\":\"http://$host_name:9100/?relay=1&transport=tls\",\"timeoutMs\":15000,$nft_frag" \
     "HINT: TURNS cannot work: .*(does not match|altnames).*subjectAltName contains $host_name"
+  stop_gateway
+fi
+
+# Gateway D: the first five minutes. The gateway on its defaults (no secret, no certificate,
+# default logging) with only the addresses this machine's namespaces need (its listeners and
+# media sockets on $host_ip instead of 0.0.0.0, where the background gateways hold 443 and the
+# media ports); the viewer URL is read from its start-up log and opened as a new user would.
+if want d1; then
+  dlog="$work/gateway-defaults.log"
+  env -u RUST_LOG TURN_LISTEN="$host_ip:443" GATEWAY_HTTP_ADDR="$host_ip:9100" WEBRTC_BIND_IP="$host_ip" \
+    "$gw_bin" >"$dlog" 2>&1 &
+  gw_pid=$!
+  pids+=("$gw_pid")
+  gw_log=$dlog
+  viewer_url=""
+  for _ in $(seq 1 150); do # up to 15 s for the start-up log to name the viewer page
+    viewer_url=$(sed 's/\x1b\[[0-9;]*m//g' "$dlog" | grep -F 'viewer page' | grep -Eo 'url=http://[^ ]+' | head -1 | cut -d= -f2- || true)
+    [[ -n "$viewer_url" ]] && break
+    kill -0 "$gw_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [[ "$viewer_url" != "http://$host_ip:9100/" ]]; then
+    sed 's/^/    /' "$dlog"
+    record "d1-defaults-viewer-url" 0 "the start-up log names viewer URL '${viewer_url}', expected http://$host_ip:9100/"
+  else
+    say "the start-up log names the viewer page: $viewer_url"
+    scenario "d1-defaults-viewer-url" "$ns2" \
+      "\"url\":\"$viewer_url\",\"expect\":{\"path\":\"host\",\"protocol\":\"udp\"},\"pixelCheck\":true"
+  fi
   stop_gateway
 fi
 
