@@ -18,12 +18,15 @@ pub enum MediaSourceSpec {
     /// `testsrc`: the built-in test pattern, in H.264 and VP8 (each encoded only while
     /// somebody watches it).
     TestSrc,
-    /// `rtp://ADDR:PORT?codec=h264|vp8`: RTP received on a local UDP address.
+    /// `rtp://ADDR:PORT?codec=h264|vp8[&source=IP:PORT]`: RTP received on a local UDP
+    /// address, from the configured sender or else the first that sends.
     Rtp {
         /// Local address to receive RTP on.
         addr: SocketAddr,
         /// Codec of the incoming stream.
         codec: VideoCodec,
+        /// The only sender taken (`source=`), if configured.
+        sender: Option<SocketAddr>,
     },
     /// A file path (played in a loop).
     File(PathBuf),
@@ -55,8 +58,17 @@ impl FromStr for MediaSourceSpec {
                 ))
             })?;
             let mut codec = VideoCodec::H264;
+            let mut sender = None;
             for pair in query.split('&').filter(|p| !p.is_empty()) {
                 match pair.split_once('=') {
+                    Some(("source", v)) => {
+                        sender = Some(v.parse::<SocketAddr>().map_err(|_| {
+                            SourceSpecError(format!(
+                                "{s:?}: source={v:?} must be the sender's IP:PORT \
+                                 (e.g. source=127.0.0.1:6000)"
+                            ))
+                        })?);
+                    }
                     Some(("codec", v)) => {
                         codec = match v.to_ascii_lowercase().as_str() {
                             "h264" => VideoCodec::H264,
@@ -70,12 +82,16 @@ impl FromStr for MediaSourceSpec {
                     }
                     _ => {
                         return Err(SourceSpecError(format!(
-                            "{s:?}: unknown parameter {pair:?} (only codec=h264|vp8)"
+                            "{s:?}: unknown parameter {pair:?} (codec=h264|vp8, source=IP:PORT)"
                         )))
                     }
                 }
             }
-            return Ok(MediaSourceSpec::Rtp { addr, codec });
+            return Ok(MediaSourceSpec::Rtp {
+                addr,
+                codec,
+                sender,
+            });
         }
         if s.contains("://") {
             return Err(SourceSpecError(format!(
@@ -112,9 +128,13 @@ pub fn start(spec: &MediaSourceSpec) -> anyhow::Result<(VideoFeeds, SourceGuard)
                 .map_err(|e| anyhow::anyhow!("MEDIA_SOURCE=testsrc: {e}"))?;
             Ok((feeds, SourceGuard::new(test)))
         }
-        MediaSourceSpec::Rtp { addr, codec } => {
+        MediaSourceSpec::Rtp {
+            addr,
+            codec,
+            sender,
+        } => {
             let source = VideoSource::new(*codec);
-            let rtp = crate::media::rtp::RtpSource::bind(*addr, source.clone())
+            let rtp = crate::media::rtp::RtpSource::bind_from(*addr, *sender, source.clone())
                 .map_err(|e| anyhow::anyhow!("MEDIA_SOURCE=rtp://{addr}: {e}"))?;
             Ok((source.into(), SourceGuard::new(rtp)))
         }
@@ -138,14 +158,16 @@ mod tests {
             "rtp://0.0.0.0:5004?codec=vp8".parse(),
             Ok(MediaSourceSpec::Rtp {
                 addr: "0.0.0.0:5004".parse().unwrap(),
-                codec: VideoCodec::Vp8
+                codec: VideoCodec::Vp8,
+                sender: None
             })
         );
         assert_eq!(
             "rtp://127.0.0.1:5004".parse(),
             Ok(MediaSourceSpec::Rtp {
                 addr: "127.0.0.1:5004".parse().unwrap(),
-                codec: VideoCodec::H264
+                codec: VideoCodec::H264,
+                sender: None
             })
         );
         assert_eq!(

@@ -376,6 +376,25 @@ async fn rtp_to_two_viewers(codec: VideoCodec) {
         stats.ignored.load(std::sync::atomic::Ordering::Relaxed) >= 4,
         "garbage was counted as ignored: {counters}"
     );
+    // A forger sending while ffmpeg streams is not taken: the first sender keeps the source.
+    let forger = std::net::UdpSocket::bind((LOOPBACK, 0)).unwrap();
+    for _ in 0..10 {
+        forger.send_to(&[0x80; 200], rtp.local_addr()).unwrap();
+    }
+    let other = || {
+        stats
+            .other_senders
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while other() < 10 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        other() >= 10,
+        "the forger's datagrams were dropped: {}",
+        other()
+    );
     let dir = TempDir::new("rtp");
     for (name, frames) in [("viewer-a", &a), ("viewer-b", &b)] {
         check_stream(name, frames, want);

@@ -66,6 +66,9 @@ pub struct RtpStats {
     pub keyframes: AtomicU64,
     /// Frames dropped: incomplete, malformed, too large, or waiting for a keyframe.
     pub dropped_frames: AtomicU64,
+    /// Datagrams dropped because they came from another address than the sender the source
+    /// takes (the configured one, or the first one while it keeps sending).
+    pub other_senders: AtomicU64,
 }
 
 impl RtpStats {
@@ -598,6 +601,53 @@ impl RtpDepacketizer {
     }
 }
 
+/// A sender silent this long gives the source up to the next one (first-sender mode).
+pub const SENDER_SILENCE: Duration = Duration::from_secs(2);
+
+/// Which sender an RTP source takes datagrams from: the configured address, or else the
+/// first that sends, for as long as it keeps sending. Without it, anyone who can reach the
+/// port could inject a stream or interleave packets into the viewers' video.
+#[derive(Debug, Clone)]
+pub struct SenderLock {
+    fixed: Option<SocketAddr>,
+    current: Option<(SocketAddr, Instant)>,
+}
+
+impl SenderLock {
+    /// Takes only `fixed` when set, else the first sender (see [`SENDER_SILENCE`]).
+    pub fn new(fixed: Option<SocketAddr>) -> Self {
+        Self {
+            fixed,
+            current: None,
+        }
+    }
+
+    /// Whether a datagram from `from` at `now` is taken.
+    pub fn admit(&mut self, from: SocketAddr, now: Instant) -> bool {
+        if let Some(f) = self.fixed {
+            return f == from;
+        }
+        match self.current {
+            Some((who, last))
+                if who != from && now.saturating_duration_since(last) < SENDER_SILENCE =>
+            {
+                false
+            }
+            Some((who, _)) if who == from => {
+                self.current = Some((from, now));
+                true
+            }
+            _ => {
+                if let Some((old, _)) = self.current {
+                    tracing::info!(%old, new = %from, "RTP source: sender changed after silence");
+                }
+                self.current = Some((from, now));
+                true
+            }
+        }
+    }
+}
+
 /// A running RTP receiver publishing into a [`VideoSource`]. Dropping it closes the socket.
 pub struct RtpSource {
     local: SocketAddr,
@@ -612,6 +662,16 @@ impl RtpSource {
     ///
     /// Must be called within a tokio runtime.
     pub fn bind(addr: SocketAddr, source: VideoSource) -> Result<RtpSource, MediaError> {
+        Self::bind_from(addr, None, source)
+    }
+
+    /// Like [`RtpSource::bind`], taking datagrams only from `sender` when it is set (else
+    /// from the first sender; see [`SenderLock`]).
+    pub fn bind_from(
+        addr: SocketAddr,
+        sender: Option<SocketAddr>,
+        source: VideoSource,
+    ) -> Result<RtpSource, MediaError> {
         let bind_addr = if addr.ip().is_multicast() {
             let any = match addr.ip() {
                 IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -637,8 +697,14 @@ impl RtpSource {
         let sock = UdpSocket::from_std(sock)?;
         let stats = Arc::new(RtpStats::default());
         let depack = RtpDepacketizer::with_stats(source.codec(), stats.clone());
-        tracing::info!(%local, codec = ?source.codec(), "RTP source listening");
-        let task = tokio::spawn(receive(sock, depack, source));
+        tracing::info!(%local, codec = ?source.codec(), sender = ?sender, "RTP source listening");
+        let task = tokio::spawn(receive(
+            sock,
+            depack,
+            source,
+            SenderLock::new(sender),
+            stats.clone(),
+        ));
         Ok(RtpSource { local, stats, task })
     }
 
@@ -659,12 +725,24 @@ impl Drop for RtpSource {
     }
 }
 
-async fn receive(sock: UdpSocket, mut depack: RtpDepacketizer, source: VideoSource) {
+async fn receive(
+    sock: UdpSocket,
+    mut depack: RtpDepacketizer,
+    source: VideoSource,
+    mut lock: SenderLock,
+    stats: Arc<RtpStats>,
+) {
     let mut buf = vec![0u8; 65_536];
     let mut warned = false;
     loop {
         let n = match sock.recv_from(&mut buf).await {
-            Ok((n, _)) => n,
+            Ok((n, from)) => {
+                if !lock.admit(from, Instant::now()) {
+                    RtpStats::add(&stats.other_senders, 1);
+                    continue;
+                }
+                n
+            }
             Err(e) => {
                 // ICMP-induced errors and the like: keep listening.
                 tracing::debug!(error = %e, "RTP source: recv error");
@@ -717,6 +795,29 @@ mod tests {
             p.extend_from_slice(n);
         }
         p
+    }
+
+    #[test]
+    fn the_first_sender_keeps_the_source_until_it_falls_silent() {
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:6000".parse().unwrap(),
+            "127.0.0.1:6001".parse().unwrap(),
+        );
+        let t0 = Instant::now();
+        let mut lock = SenderLock::new(None);
+        assert!(lock.admit(a, t0));
+        assert!(!lock.admit(b, t0 + Duration::from_millis(10)));
+        assert!(lock.admit(a, t0 + Duration::from_secs(1)));
+        assert!(!lock.admit(b, t0 + Duration::from_millis(2900)));
+        assert!(
+            lock.admit(b, t0 + Duration::from_secs(3)),
+            "a silent for 2 s"
+        );
+        assert!(!lock.admit(a, t0 + Duration::from_millis(3100)));
+        let mut fixed = SenderLock::new(Some(b));
+        assert!(!fixed.admit(a, t0));
+        assert!(fixed.admit(b, t0));
+        assert!(!fixed.admit(a, t0 + Duration::from_secs(60)));
     }
 
     #[test]
