@@ -26,6 +26,7 @@
 mod conn;
 mod cpu;
 mod load;
+mod plots;
 mod proto;
 mod report;
 mod servers;
@@ -582,18 +583,29 @@ async fn run(mut plan: Plan, server_core: Option<usize>) -> anyhow::Result<()> {
         report::machine(),
         report::loadavg()
     );
+    if let Some(dir) = plan.out.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    // The charts beside the report, before it, so that it names only those written.
+    let (charts, chart_notes) =
+        plots::write_all(&plots::charts(&results, &plan.allocs, &outcome), &plan.out);
+    for n in &chart_notes {
+        eprintln!("warning: {n}");
+    }
+    notes.extend(chart_notes);
+    for c in &charts {
+        log(start, format!("chart written: {}", c.file));
+    }
     let md = report::markdown(
         &results,
         &plan_summary(&plan),
         &machine,
         &notes,
         crosscheck.as_deref(),
+        &charts,
         start.elapsed(),
     );
     println!("{md}");
-    if let Some(dir) = plan.out.parent() {
-        std::fs::create_dir_all(dir).ok();
-    }
     std::fs::write(&plan.out, &md).with_context(|| format!("writing {}", plan.out.display()))?;
     log(start, format!("written to {}", plan.out.display()));
     Ok(())
