@@ -1,6 +1,7 @@
 //! `gateway-bench`: the embedded TURN relay against coturn on the same machine, in the
 //! same run, interleaved. Prints one table (each figure for both servers and the ratio
-//! gateway / coturn, median of the repeats) and writes it to `docs/BENCHMARKS.md`.
+//! gateway / coturn, median of the repeats) and writes it to `docs/BENCHMARKS.md`, with SVG
+//! charts of the measured points beside it (`plots.rs`).
 //!
 //! ```text
 //! cargo run --release -p gateway-bench -- [--quick] [--out FILE] [--repeats N]
@@ -130,7 +131,8 @@ impl Plan {
                     println!(
                         "gateway-bench [--quick] [--out FILE] [--repeats N] [--gateway-bin PATH]\n\
                          Benchmarks the gateway's TURN relay against coturn (turnserver) on loopback\n\
-                         and writes the table to docs/BENCHMARKS.md (or FILE).\n\n\
+                         and writes the table to docs/BENCHMARKS.md (or FILE), with SVG charts\n\
+                         beside it (<stem>-throughput.svg, -cpu.svg, -viewers-cpu.svg, -ttff.svg).\n\n\
                          Diagnostics (no report; attach a profiler to the printed PID):\n  \
                          --soak SERVER tcp|tls ALLOCS RATE SECS   steady relay load, one line per second\n  \
                          --soak-setup SERVER COUNT ROUNDS         TLS set-up rate with server and bench CPU\n  \
