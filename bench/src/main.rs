@@ -1,6 +1,7 @@
 //! `gateway-bench`: the embedded TURN relay against coturn on the same machine, in the
 //! same run, interleaved. Prints one table (each figure for both servers and the ratio
-//! gateway / coturn, median of the repeats) and writes it to `docs/BENCHMARKS.md`.
+//! gateway / coturn, median of the repeats) and writes it to `docs/BENCHMARKS.md`, with SVG
+//! charts of the measured points beside it (`plots.rs`).
 //!
 //! ```text
 //! cargo run --release -p gateway-bench -- [--quick] [--out FILE] [--repeats N]
@@ -26,6 +27,7 @@
 mod conn;
 mod cpu;
 mod load;
+mod plots;
 mod proto;
 mod report;
 mod servers;
@@ -129,7 +131,8 @@ impl Plan {
                     println!(
                         "gateway-bench [--quick] [--out FILE] [--repeats N] [--gateway-bin PATH]\n\
                          Benchmarks the gateway's TURN relay against coturn (turnserver) on loopback\n\
-                         and writes the table to docs/BENCHMARKS.md (or FILE).\n\n\
+                         and writes the table to docs/BENCHMARKS.md (or FILE), with SVG charts\n\
+                         beside it (<stem>-throughput.svg, -cpu.svg, -viewers-cpu.svg, -ttff.svg).\n\n\
                          Diagnostics (no report; attach a profiler to the printed PID):\n  \
                          --soak SERVER tcp|tls ALLOCS RATE SECS   steady relay load, one line per second\n  \
                          --soak-setup SERVER COUNT ROUNDS         TLS set-up rate with server and bench CPU\n  \
@@ -582,18 +585,29 @@ async fn run(mut plan: Plan, server_core: Option<usize>) -> anyhow::Result<()> {
         report::machine(),
         report::loadavg()
     );
+    if let Some(dir) = plan.out.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    // The charts beside the report, before it, so that it names only those written.
+    let (charts, chart_notes) =
+        plots::write_all(&plots::charts(&results, &plan.allocs, &outcome), &plan.out);
+    for n in &chart_notes {
+        eprintln!("warning: {n}");
+    }
+    notes.extend(chart_notes);
+    for c in &charts {
+        log(start, format!("chart written: {}", c.file));
+    }
     let md = report::markdown(
         &results,
         &plan_summary(&plan),
         &machine,
         &notes,
         crosscheck.as_deref(),
+        &charts,
         start.elapsed(),
     );
     println!("{md}");
-    if let Some(dir) = plan.out.parent() {
-        std::fs::create_dir_all(dir).ok();
-    }
     std::fs::write(&plan.out, &md).with_context(|| format!("writing {}", plan.out.display()))?;
     log(start, format!("written to {}", plan.out.display()));
     Ok(())

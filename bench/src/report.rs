@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::conn::Transport;
 use crate::load::{EchoPeers, Mesh};
+use crate::plots::Written;
 use crate::servers::{Common, Kind, Server};
 
 /// Which way a figure improves.
@@ -65,6 +66,17 @@ impl Results {
             Kind::Gateway => row.gateway.push(value),
             Kind::Coturn => row.coturn.push(value),
         }
+    }
+
+    /// The median of one server's repeats of a figure (NaN when it has none).
+    pub fn median_of(&self, name: &str, kind: Kind) -> f64 {
+        self.rows
+            .iter()
+            .find(|r| r.name == name)
+            .map_or(f64::NAN, |r| match kind {
+                Kind::Gateway => median(&r.gateway),
+                Kind::Coturn => median(&r.coturn),
+            })
     }
 
     fn medians(&self, name: &str) -> Option<(f64, f64)> {
@@ -201,6 +213,7 @@ pub fn markdown(
     machine: &str,
     notes: &[String],
     crosscheck: Option<&str>,
+    charts: &[Written],
     took: Duration,
 ) -> String {
     let mut s = String::new();
@@ -273,6 +286,16 @@ pub fn markdown(
          its /proc/PID/stat time over the window, per cent of its one core (the bench's own CPU is in the \
          notes).\n\n",
     );
+    if !charts.is_empty() {
+        s.push_str("## Charts\n\nDrawn by the same run from the figures above (SVG files beside this one):\n\n");
+        for c in charts {
+            s.push_str(&format!("- [{}]({}): {}\n", c.file, c.file, c.caption));
+        }
+        s.push('\n');
+        if let Some(c) = charts.first() {
+            s.push_str(&format!("![{}]({})\n\n", c.caption, c.file));
+        }
+    }
     s.push_str("## Targets\n\n| target | rule | result |\n|---|---|---|\n");
     for t in [Transport::Tcp, Transport::Tls] {
         let row = format!("{}, 100 alloc: relayed packets", t.name());

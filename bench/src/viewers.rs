@@ -927,6 +927,15 @@ fn window_stats(r: &mut StepResult, stats: &[Arc<Stats>], a: &[Snap], b: &[Snap]
     r.mbps = bytes as f64 * 8.0 / 1e6 / per;
 }
 
+/// One viewer step as a chart sees it.
+pub struct ViewerPoint {
+    pub n: usize,
+    pub passed: bool,
+    pub gateway_cpu_pct: Option<f64>,
+    pub ttff_p50_ms: Option<f64>,
+    pub ttff_p99_ms: Option<f64>,
+}
+
 /// Everything this part measured.
 pub struct Outcome {
     steps: Vec<StepResult>,
@@ -1053,6 +1062,25 @@ fn ramp_len(steps: &[StepResult]) -> usize {
 }
 
 impl Outcome {
+    /// Each step that ran, by viewer count, for the charts: gateway CPU in its window
+    /// (when the window ran) and time to first frame of the viewers that joined.
+    pub fn points(&self) -> Vec<ViewerPoint> {
+        let mut v: Vec<ViewerPoint> = self
+            .steps
+            .iter()
+            .filter(|s| s.error.is_none())
+            .map(|s| ViewerPoint {
+                n: s.n,
+                passed: s.passed,
+                gateway_cpu_pct: s.measured.then_some(s.gateway_cpu * 100.0),
+                ttff_p50_ms: (!s.ttff_us.is_empty()).then(|| s.ttff_ms(50.0)),
+                ttff_p99_ms: (s.ttff_us.len() >= 20).then(|| s.ttff_ms(99.0)),
+            })
+            .collect();
+        v.sort_by_key(|p| p.n);
+        v
+    }
+
     fn best(&self) -> Option<&StepResult> {
         self.steps.iter().filter(|s| s.passed).max_by_key(|s| s.n)
     }
