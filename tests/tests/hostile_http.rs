@@ -5,11 +5,11 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use gateway_tests::http::{request, Resp};
 use str0m::media::{Direction, MediaKind};
 use str0m::{Candidate, RtcConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 
 const SECRET: &str = "hostile-http-test-secret";
 const T: Duration = Duration::from_secs(20);
@@ -36,87 +36,6 @@ async fn start(extra: &[&str]) -> gateway::run::Running {
     gateway::run::start(cli.settings)
         .await
         .expect("gateway starts")
-}
-
-/// A response: status, headers (lower-case names), body.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Resp {
-    fn parse(raw: &[u8]) -> Option<Resp> {
-        let text = String::from_utf8_lossy(raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        let mut lines = head.lines();
-        let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-        let headers = lines
-            .filter_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                Some((k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            })
-            .collect();
-        Some(Resp {
-            status,
-            headers,
-            body: body.to_owned(),
-        })
-    }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {:?}", self.status, self.body))
-    }
-    /// Asserts a JSON error with `status` and `code`.
-    fn expect_error(&self, status: u16, code: &str) {
-        assert_eq!(self.status, status, "{self:?}");
-        let j = self.json();
-        assert_eq!(j["error"], code, "{self:?}");
-        assert!(
-            j["detail"].as_str().is_some_and(|d| !d.is_empty()),
-            "{self:?}"
-        );
-    }
-}
-
-/// One HTTP/1.1 request with `Connection: close` and a Content-Length body; reads the
-/// response to EOF. Bounded by [`T`].
-async fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Resp {
-    let run = async {
-        let mut s = TcpStream::connect(addr).await?;
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (k, v) in headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        s.write_all(head.as_bytes()).await?;
-        // A server may answer (413) before reading the whole body: a failed write is fine.
-        let _ = s.write_all(body).await;
-        let mut raw = Vec::new();
-        let _ = s.read_to_end(&mut raw).await;
-        Ok::<_, std::io::Error>(raw)
-    };
-    let raw = tokio::time::timeout(T, run)
-        .await
-        .expect("HTTP request timed out")
-        .expect("HTTP request");
-    Resp::parse(&raw).unwrap_or_else(|| panic!("no HTTP response: {raw:?}"))
 }
 
 /// A browser-like offer: one recvonly H.264 video m-line.

@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use gateway_tests::http::{request, Resp};
 use gateway_tests::{unix_now, TurnClient};
 use serde_json::Value;
 use str0m::media::{Direction, MediaKind};
@@ -12,11 +13,9 @@ use str0m::{Candidate, RtcConfig};
 use stun_types::attribute::XorMappedAddress;
 use stun_types::message::{Message, MessageWriteVec, BINDING};
 use stun_types::prelude::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
 
 const SECRET: &str = "signaling-test-secret";
-const T: Duration = Duration::from_secs(20);
 
 /// Starts the gateway on loopback with `extra` flags.
 async fn start(extra: &[&str]) -> gateway::run::Running {
@@ -36,119 +35,6 @@ async fn start(extra: &[&str]) -> gateway::run::Running {
     gateway::run::start(cli.settings)
         .await
         .expect("gateway starts")
-}
-
-/// A response: status, headers (lower-case names), body.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-    fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {:?}", self.status, self.body))
-    }
-    /// Asserts a JSON error with `status` and `code`.
-    fn expect_error(&self, status: u16, code: &str) {
-        assert_eq!(self.status, status, "{self:?}");
-        let j = self.json();
-        assert_eq!(j["error"], code, "{self:?}");
-        assert!(
-            j["detail"].as_str().is_some_and(|d| !d.is_empty()),
-            "{self:?}"
-        );
-    }
-}
-
-/// One HTTP/1.1 request with `Connection: close`; reads the response to EOF.
-async fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Resp {
-    let run = async {
-        let mut s = TcpStream::connect(addr).await?;
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (k, v) in headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        s.write_all(head.as_bytes()).await?;
-        // A server may answer (413) before reading the whole body: a failed write is fine.
-        let _ = s.write_all(body).await;
-        let mut raw = Vec::new();
-        let _ = s.read_to_end(&mut raw).await;
-        Ok::<_, std::io::Error>(raw)
-    };
-    let raw = tokio::time::timeout(T, run)
-        .await
-        .expect("HTTP request timed out")
-        .expect("HTTP request");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP response: {text:?}"));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            Some((k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        })
-        .collect();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Resp {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 async fn get(addr: SocketAddr, path: &str) -> Resp {
