@@ -123,7 +123,15 @@ pub fn start(spec: &MediaSourceSpec) -> anyhow::Result<(VideoFeeds, SourceGuard)
         MediaSourceSpec::TestSrc => {
             // H.264 first: a viewer whose browser takes both gets H.264 (the cheaper feed),
             // VP8 serves browsers without H.264 (Firefox without OpenH264).
-            let feeds = VideoFeeds::new(&[VideoCodec::H264, VideoCodec::Vp8]);
+            let codecs = crate::media::testsrc::available_codecs();
+            if !codecs.contains(&VideoCodec::Vp8) {
+                tracing::info!(
+                    "test pattern in H.264 only: this build has no VP8 encoder, so browsers \
+                     without H.264 (Firefox without OpenH264) get no video; build with \
+                     `--features vp8` (needs `apt-get install libvpx-dev`)"
+                );
+            }
+            let feeds = VideoFeeds::new(codecs);
             let test = TestSource::spawn(TestSourceConfig::default(), feeds.clone())
                 .map_err(|e| anyhow::anyhow!("MEDIA_SOURCE=testsrc: {e}"))?;
             Ok((feeds, SourceGuard::new(test)))

@@ -398,6 +398,7 @@ fn injected_datagrams_to_unknown_addresses_are_refused() {
 }
 
 /// VP8: valid frame headers (keyframes `width`×`height`), then a real decode by ffmpeg.
+#[cfg(feature = "vp8")]
 fn check_vp8_decodes(frames: &[Got], width: u16, height: u16) {
     let mut ivf = b"DKIF".to_vec();
     ivf.extend_from_slice(&0u16.to_le_bytes());
@@ -449,6 +450,7 @@ fn check_vp8_decodes(frames: &[Got], width: u16, height: u16) {
 }
 
 /// Connects a client offering only `h264` (true) or only VP8 (false) over UDP.
+#[cfg(feature = "vp8")]
 async fn connect_client(handle: &MediaHandle, h264: bool, id: &str) -> (Rtc, Path, SocketAddr) {
     let sock = UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
     let local = sock.local_addr().unwrap();
@@ -465,6 +467,7 @@ async fn connect_client(handle: &MediaHandle, h264: bool, id: &str) -> (Rtc, Pat
     (rtc, Path::Udp(sock), local)
 }
 
+#[cfg(feature = "vp8")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vp8_and_h264_viewers_watch_the_same_testsrc_at_once() {
     let feeds = VideoFeeds::new(&[VideoCodec::H264, VideoCodec::Vp8]);

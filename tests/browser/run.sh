@@ -46,8 +46,8 @@ fi
 
 gw_bin=${GATEWAY_BIN:-$root/target/release/gateway}
 if [[ ! -x "$gw_bin" ]]; then
-  say "building the gateway (cargo build --release -p gateway)"
-  cargo build --release -p gateway --quiet
+  say "building the gateway (cargo build --release -p gateway --features vp8)"
+  cargo build --release -p gateway --features vp8 --quiet
 fi
 
 selected=("$@")

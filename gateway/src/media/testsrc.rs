@@ -269,6 +269,21 @@ fn duration_to_90khz(d: Duration) -> u64 {
     (d.as_micros() * 9 / 100).try_into().unwrap_or(u64::MAX)
 }
 
+/// Why VP8 cannot be encoded in a build without the `vp8` feature.
+#[cfg(not(feature = "vp8"))]
+const VP8_NOT_BUILT: &str = "this build has no VP8 encoder: build with `--features vp8` \
+    (needs `apt-get install libvpx-dev`)";
+
+/// The codecs the test pattern can be encoded in, in the stream's order of preference:
+/// H.264, and VP8 when built with the `vp8` feature (libvpx).
+pub fn available_codecs() -> &'static [VideoCodec] {
+    if cfg!(feature = "vp8") {
+        &[VideoCodec::H264, VideoCodec::Vp8]
+    } else {
+        &[VideoCodec::H264]
+    }
+}
+
 /// One encoded access unit (H.264) or frame (VP8) and whether it is a keyframe.
 type EncodedAu = (Arc<[u8]>, bool);
 
@@ -276,6 +291,7 @@ type EncodedAu = (Arc<[u8]>, bool);
 enum CodecEncoder {
     /// Boxed: openh264's encoder state is a few KiB, libvpx's lives on the C heap.
     H264(Box<H264Encoder>),
+    #[cfg(feature = "vp8")]
     Vp8(Vp8Encoder),
 }
 
@@ -283,7 +299,10 @@ impl CodecEncoder {
     fn new(codec: VideoCodec, config: &TestSourceConfig) -> Result<Self, MediaError> {
         Ok(match codec {
             VideoCodec::H264 => CodecEncoder::H264(Box::new(H264Encoder::new(config)?)),
+            #[cfg(feature = "vp8")]
             VideoCodec::Vp8 => CodecEncoder::Vp8(Vp8Encoder::new(config)?),
+            #[cfg(not(feature = "vp8"))]
+            VideoCodec::Vp8 => return Err(MediaError::Config(VP8_NOT_BUILT.into())),
         })
     }
 
@@ -296,6 +315,7 @@ impl CodecEncoder {
     ) -> Result<Option<EncodedAu>, MediaError> {
         match self {
             CodecEncoder::H264(e) => e.encode(pattern, keyframe),
+            #[cfg(feature = "vp8")]
             CodecEncoder::Vp8(e) => e.encode(pattern, keyframe),
         }
     }
@@ -363,6 +383,7 @@ impl H264Encoder {
 /// (measured: about 10 ms/frame on a loaded 2-core machine, ~100 ms/frame pinned to one core).
 /// The fix is a binding with `g_threads`, `VP8E_SET_CPUUSED` and `VPX_EFLAG_FORCE_KF`
 /// (vpx-rs has them but needs libvpx >= 1.13; Debian 12 ships 1.12).
+#[cfg(feature = "vp8")]
 struct Vp8Encoder {
     config: vpx_encode::Config,
     encoder: vpx_encode::Encoder,
@@ -374,6 +395,7 @@ struct Vp8Encoder {
     pts: i64,
 }
 
+#[cfg(feature = "vp8")]
 impl Vp8Encoder {
     fn new(config: &TestSourceConfig) -> Result<Self, MediaError> {
         let vpx_config = vpx_encode::Config {
@@ -669,6 +691,7 @@ fn glyph(c: char) -> [u8; 5] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(feature = "vp8")]
     use tokio::sync::broadcast;
 
     #[test]
@@ -730,7 +753,7 @@ mod tests {
         // out near the 1 Mbit/s target: not at a fraction of it (a clean synthetic picture
         // did, ~0.24 Mbit/s), and not far above it. Both codecs.
         let config = TestSourceConfig::default();
-        for codec in [VideoCodec::H264, VideoCodec::Vp8] {
+        for &codec in available_codecs() {
             let bytes: usize = encode_frames(codec, &config, 2 * u64::from(config.fps), |f| f == 0)
                 .iter()
                 .map(|(au, _)| au.len())
@@ -763,6 +786,7 @@ mod tests {
         assert_eq!(au[sps + 5] & 0x40, 0x40, "constraint_set1_flag");
     }
 
+    #[cfg(feature = "vp8")]
     /// Keyframe flag and, for keyframes, the picture size from a VP8 frame header
     /// (RFC 6386, 9.1: 3-byte frame tag, then start code 9d 01 2a and 14-bit sizes).
     fn vp8_header(frame: &[u8]) -> (bool, Option<(u16, u16)>) {
@@ -777,6 +801,7 @@ mod tests {
         (true, Some((w, h)))
     }
 
+    #[cfg(feature = "vp8")]
     /// Decodes `frames` with ffmpeg (from an IVF file) and returns how many pictures came out.
     fn ffmpeg_decoded_vp8(frames: &[EncodedAu], width: u16, height: u16) -> usize {
         let mut ivf = b"DKIF".to_vec();
@@ -817,6 +842,7 @@ mod tests {
             .count()
     }
 
+    #[cfg(feature = "vp8")]
     #[test]
     fn vp8_frames_decode_at_the_configured_size() {
         for (width, height) in [(160u16, 120u16), (640, 480)] {
@@ -851,6 +877,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "vp8")]
     #[test]
     fn vp8_periodic_keyframes() {
         let config = TestSourceConfig {
@@ -864,6 +891,7 @@ mod tests {
         assert_eq!(keys, [0, 30, 60, 90]);
     }
 
+    #[cfg(feature = "vp8")]
     /// Per-frame VP8 encode cost at 640x480 (real-time deadline), printed for whoever runs
     /// it with `--nocapture` (p25 is the encoder; the median also measures the neighbours on
     /// a shared machine).
@@ -905,6 +933,7 @@ mod tests {
         assert_eq!(times.len(), 89);
     }
 
+    #[cfg(feature = "vp8")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_codec_is_encoded_only_while_watched() {
         let feeds = VideoFeeds::new(&[VideoCodec::H264, VideoCodec::Vp8]);
