@@ -109,11 +109,6 @@ impl Registry {
         (t.len(), t.pending(), t.slots_used())
     }
 
-    /// The table's bounds.
-    pub fn limits(&self) -> Limits {
-        self.table().limits()
-    }
-
     /// A new pending session for a config request from `ip`.
     pub fn hand_out(&self, ip: Option<IpAddr>) -> Result<String, TableError> {
         let relay = &self.relay;

@@ -88,8 +88,7 @@ pub struct OfferPlan {
     pub media: String,
     /// How the session was found.
     pub binding: Binding,
-    /// Sessions this offer ended (replaced), and an old media session of the same session
-    /// to close (in `Ended` form, with the session's own id), for the shell.
+    /// Other sessions this offer ended (replaced), for the shell to finish.
     pub ended: Vec<Ended>,
     /// The old media session of a renewed session, to close.
     pub replaced_media: Option<String>,
@@ -192,11 +191,6 @@ impl SessionTable {
     /// Sessions waiting for their offer.
     pub fn pending(&self) -> usize {
         self.pending
-    }
-
-    /// The bounds.
-    pub fn limits(&self) -> Limits {
-        self.limits
     }
 
     /// A new pending session for a config request from `source`. To stay within the

@@ -264,17 +264,10 @@ impl RelayServer {
         self.context.routes.clone()
     }
 
-    /// Revokes `user` until `until_unix` and deletes its allocations.
+    /// Revokes `user` until `until_unix` and closes the connections holding its allocations
+    /// (only those: the per-user index wakes them, no other task).
     pub fn revoke(&self, user: &str, until_unix: u64) {
-        self.revoker().revoke(user, until_unix);
-    }
-
-    /// A cloneable handle that revokes users of this relay (for the signaling layer, which
-    /// is built before the relay starts and outlives no one).
-    pub fn revoker(&self) -> Revoker {
-        Revoker {
-            shared: self.shared.clone(),
-        }
+        self.shared.revoke(user, until_unix, now());
     }
 
     /// Stops accepting. Live connections end when their tasks notice (not awaited).
@@ -282,20 +275,6 @@ impl RelayServer {
         for t in self.tasks.drain(..) {
             t.abort();
         }
-    }
-}
-
-/// Revokes credentials of a running relay; see [`RelayServer::revoker`].
-#[derive(Clone)]
-pub struct Revoker {
-    shared: Arc<Shared>,
-}
-
-impl Revoker {
-    /// Revokes `user` until `until_unix` and closes the connections holding its allocations
-    /// (only those: the per-user index wakes them, no other task).
-    pub fn revoke(&self, user: &str, until_unix: u64) {
-        self.shared.revoke(user, until_unix, now());
     }
 }
 
