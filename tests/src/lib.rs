@@ -24,6 +24,27 @@ pub const TEST_SERVER_NAME: &str = "turn.test";
 
 pub use relay::io::unix_now;
 
+/// Starts the whole gateway in-process: TURN and HTTP on OS-chosen loopback ports, relay
+/// sockets on 127.0.0.1, `secret` as TURN_SECRET, then `extra` flags.
+pub async fn start_gateway(secret: &str, extra: &[&str]) -> gateway::run::Running {
+    let mut args = vec![
+        "gateway",
+        "--turn-listen",
+        "127.0.0.1:0",
+        "--gateway-http-addr",
+        "127.0.0.1:0",
+        "--turn-secret",
+        secret,
+        "--turn-relay-ip",
+        "127.0.0.1",
+    ];
+    args.extend_from_slice(extra);
+    let cli = <gateway::config::Cli as clap::Parser>::try_parse_from(args).expect("flags");
+    gateway::run::start(cli.settings)
+        .await
+        .expect("gateway starts")
+}
+
 /// `base64(HMAC-SHA1(secret, username))`, computed here independently of the `auth` crate.
 pub fn rest_password(secret: &str, username: &str) -> String {
     let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("any key length");

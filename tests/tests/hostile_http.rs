@@ -17,25 +17,13 @@ const T: Duration = Duration::from_secs(20);
 /// Starts the gateway on loopback with `extra` flags (media on loopback too).
 async fn start(extra: &[&str]) -> gateway::run::Running {
     let mut args = vec![
-        "gateway",
-        "--turn-listen",
-        "127.0.0.1:0",
-        "--gateway-http-addr",
-        "127.0.0.1:0",
-        "--turn-secret",
-        SECRET,
-        "--turn-relay-ip",
-        "127.0.0.1",
         "--webrtc-bind-ip",
         "127.0.0.1",
         "--webrtc-advertise-ip",
         "127.0.0.1",
     ];
     args.extend_from_slice(extra);
-    let cli = <gateway::config::Cli as clap::Parser>::try_parse_from(args).expect("flags");
-    gateway::run::start(cli.settings)
-        .await
-        .expect("gateway starts")
+    gateway_tests::start_gateway(SECRET, &args).await
 }
 
 /// A browser-like offer: one recvonly H.264 video m-line.

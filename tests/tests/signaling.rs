@@ -19,22 +19,7 @@ const SECRET: &str = "signaling-test-secret";
 
 /// Starts the gateway on loopback with `extra` flags.
 async fn start(extra: &[&str]) -> gateway::run::Running {
-    let mut args = vec![
-        "gateway",
-        "--turn-listen",
-        "127.0.0.1:0",
-        "--gateway-http-addr",
-        "127.0.0.1:0",
-        "--turn-secret",
-        SECRET,
-        "--turn-relay-ip",
-        "127.0.0.1",
-    ];
-    args.extend_from_slice(extra);
-    let cli = <gateway::config::Cli as clap::Parser>::try_parse_from(args).expect("flags");
-    gateway::run::start(cli.settings)
-        .await
-        .expect("gateway starts")
+    gateway_tests::start_gateway(SECRET, extra).await
 }
 
 async fn get(addr: SocketAddr, path: &str) -> Resp {
