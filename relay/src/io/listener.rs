@@ -8,6 +8,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use super::limits::ConnectionSlot;
+use super::outbox::ClientStream;
 use super::{stream, Context, IoStats, Prefixed};
 use crate::core::{BadInput, Transport};
 
@@ -111,7 +112,7 @@ async fn handle(tcp: TcpStream, remote: SocketAddr, ctx: Arc<Context>, slot: Con
 }
 
 enum Classified {
-    Turn(Box<dyn IoStream>, Transport),
+    Turn(ClientStream, Transport),
     Http(Box<dyn IoStream>, bool),
     Closed,
 }
@@ -127,7 +128,10 @@ async fn classify(
         return Ok(Classified::Closed);
     }
     match sniff(first[0]) {
-        Sniffed::Turn => Ok(Classified::Turn(Box::new(tcp), Transport::Tcp)),
+        Sniffed::Turn => Ok(Classified::Turn(
+            ClientStream::Plain(Box::new(tcp)),
+            Transport::Tcp,
+        )),
         Sniffed::Http => Ok(Classified::Http(Box::new(tcp), false)),
         Sniffed::Unknown => {
             ctx.shared.bad_input(
@@ -153,7 +157,10 @@ async fn classify(
             IoStats::inc(&ctx.stats.tls_handshakes);
             let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
             match alpn.as_deref() {
-                Some(ALPN_TURN) => return Ok(Classified::Turn(Box::new(stream), Transport::Tls)),
+                Some(ALPN_TURN) => {
+                    let s = Box::new(Prefixed::new(Vec::new(), stream));
+                    return Ok(Classified::Turn(ClientStream::Tls(s), Transport::Tls));
+                }
                 Some(b"http/1.1") | Some(b"h2") => {
                     return Ok(Classified::Http(Box::new(stream), true))
                 }
@@ -167,7 +174,10 @@ async fn classify(
             }
             let s = Prefixed::new(b[0..n].to_vec(), stream);
             match sniff(b[0]) {
-                Sniffed::Turn => Ok(Classified::Turn(Box::new(s), Transport::Tls)),
+                Sniffed::Turn => Ok(Classified::Turn(
+                    ClientStream::Tls(Box::new(s)),
+                    Transport::Tls,
+                )),
                 Sniffed::Http => Ok(Classified::Http(Box::new(s), true)),
                 _ => {
                     ctx.shared.bad_input(

@@ -11,6 +11,7 @@ mod gso;
 mod inprocess;
 mod limits;
 mod listener;
+mod outbox;
 mod ports;
 mod prefixed;
 mod stats;

@@ -23,6 +23,11 @@ impl<S> Prefixed<S> {
             inner,
         }
     }
+
+    /// The wrapped stream (its prefix aside).
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use std::pin::Pin;
-use std::task::{Context as TaskContext, Poll};
+use std::task::Poll;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::UdpSocket;
 
 use super::inprocess::{self, Route, ToMedia};
 use super::limits::ConnectionSlot;
-use super::listener::IoStream;
+use super::outbox::{ClientStream, Outbox};
 use super::ports::SocketPorts;
 use super::{now, wake_at, Context, IoStats};
 use crate::core::{BadInput, Client, ClientOutput, FiveTuple, PeerOutput, Transport};
@@ -22,13 +22,9 @@ use crate::framer::{Frame, Framer};
 /// Most peer datagrams handled per wake-up before writing to the client, so one busy
 /// allocation cannot starve its own control messages.
 const PEER_BATCH: usize = 64;
-/// Most bytes queued for the client. While the client does not take them (its TCP window
-/// is closed), its own reads pause and the relay socket is not read (the kernel drops what
-/// peers send meanwhile: UDP semantics); below it the connection keeps relaying both ways.
-const OUTBOX_LIMIT: usize = 256 * 1024;
 
 pub(crate) async fn serve(
-    mut s: Box<dyn IoStream>,
+    mut s: ClientStream,
     transport: Transport,
     remote: SocketAddr,
     local: SocketAddr,
@@ -48,7 +44,7 @@ pub(crate) async fn serve(
     // and every in-process one) costs no 64 KiB peer buffer.
     let mut peer_buf: Vec<u8> = Vec::new();
     let mut out = Vec::with_capacity(256);
-    let mut outbox = Outbox::default();
+    let mut outbox = Outbox::for_stream(&s);
     let mut sock: Option<Arc<UdpSocket>> = None;
     let waker = Arc::new(super::TaskWaker::default());
     client.set_waker(waker.clone());
@@ -206,7 +202,7 @@ pub(crate) async fn serve(
         }
     };
     client.close(&mut ports);
-    let _ = s.shutdown().await;
+    s.shutdown().await;
     tracing::debug!(%remote, reason, "TURN connection closed");
 }
 
@@ -222,11 +218,7 @@ enum ClientIo {
 /// the stream takes it, and reads into the framer, in one future on the one stream. Returns
 /// when a read completes or a write fails; writing alone never wakes the connection loop.
 /// Reading pauses while the outbox is full.
-async fn client_io(
-    s: &mut Box<dyn IoStream>,
-    outbox: &mut Outbox,
-    framer: &mut Framer,
-) -> ClientIo {
+async fn client_io(s: &mut ClientStream, outbox: &mut Outbox, framer: &mut Framer) -> ClientIo {
     std::future::poll_fn(|cx| {
         if outbox.drive(s, cx).is_err() {
             return Poll::Ready(ClientIo::WriteFailed);
@@ -241,83 +233,6 @@ async fn client_io(
         }
     })
     .await
-}
-
-/// Bytes for the client, written as the stream takes them. Writing is one branch of the
-/// connection's `select!` rather than a wait after each event, so a client that reads
-/// slowly does not stop the allocation from draining its relay socket: datagrams queue
-/// here (up to [`OUTBOX_LIMIT`]) instead of overflowing the socket's receive buffer.
-#[derive(Default)]
-struct Outbox {
-    buf: Vec<u8>,
-    /// Bytes of `buf` already written.
-    pos: usize,
-    /// Written since the last flush (TLS may hold a partial record until flushed).
-    unflushed: bool,
-}
-
-impl Outbox {
-    fn push(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
-    }
-
-    fn unsent(&self) -> &[u8] {
-        self.buf.get(self.pos..).unwrap_or_default()
-    }
-
-    fn has_unsent(&self) -> bool {
-        self.pos < self.buf.len()
-    }
-
-    fn is_full(&self) -> bool {
-        self.buf.len() - self.pos >= OUTBOX_LIMIT
-    }
-
-    fn sent(&mut self, n: usize) {
-        self.pos = (self.pos + n).min(self.buf.len());
-        self.unflushed = true;
-        if self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        } else if self.pos >= OUTBOX_LIMIT {
-            // Keep the buffer from creeping: move the unsent tail to the front.
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-    }
-
-    /// Writes and flushes as far as the stream takes it now, without waiting (the stream
-    /// wakes the task when it can take more). `Err`: the stream failed.
-    fn drive(&mut self, s: &mut Box<dyn IoStream>, cx: &mut TaskContext<'_>) -> Result<(), ()> {
-        while self.has_unsent() {
-            match Pin::new(&mut *s).poll_write(cx, self.unsent()) {
-                Poll::Ready(Ok(n)) if n > 0 => self.sent(n),
-                Poll::Ready(_) => return Err(()),
-                Poll::Pending => return Ok(()),
-            }
-        }
-        if self.needs_flush() {
-            match Pin::new(&mut *s).poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.flushed(),
-                Poll::Ready(Err(_)) => return Err(()),
-                Poll::Pending => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// [`Outbox::drive`] once, from async code.
-    async fn write_now(&mut self, s: &mut Box<dyn IoStream>) -> Result<(), ()> {
-        std::future::poll_fn(|cx| Poll::Ready(self.drive(s, cx))).await
-    }
-
-    fn needs_flush(&self) -> bool {
-        self.unflushed && !self.has_unsent()
-    }
-
-    fn flushed(&mut self) {
-        self.unflushed = false;
-    }
 }
 
 fn same_socket(a: &Option<Arc<UdpSocket>>, b: &Option<Arc<UdpSocket>>) -> bool {
@@ -336,52 +251,5 @@ async fn recv_peer(
     match sock {
         Some(s) => s.recv_from(buf).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn outbox_tracks_partial_writes_and_flushes() {
-        let mut o = Outbox::default();
-        assert!(!o.has_unsent() && !o.needs_flush() && !o.is_full());
-        o.push(b"hello ");
-        o.push(b"world");
-        assert_eq!(o.unsent(), b"hello world");
-        o.sent(6);
-        assert_eq!(o.unsent(), b"world");
-        assert!(!o.needs_flush(), "no flush while bytes are unsent");
-        o.sent(5);
-        assert!(!o.has_unsent() && o.needs_flush());
-        assert!(o.buf.is_empty(), "a drained outbox starts over");
-        o.flushed();
-        assert!(!o.needs_flush());
-        // A write longer than what is left cannot push the position past the end.
-        o.push(b"x");
-        o.sent(10);
-        assert!(!o.has_unsent());
-    }
-
-    #[test]
-    fn outbox_is_full_at_the_limit_and_compacts() {
-        let mut o = Outbox::default();
-        let chunk = vec![7u8; 1024];
-        while !o.is_full() {
-            o.push(&chunk);
-        }
-        assert_eq!(o.unsent().len(), OUTBOX_LIMIT);
-        // Half written: room again, and the written half is kept until the limit.
-        o.sent(OUTBOX_LIMIT / 2);
-        assert!(!o.is_full());
-        assert_eq!(o.unsent().len(), OUTBOX_LIMIT / 2);
-        o.push(&chunk);
-        o.sent(OUTBOX_LIMIT / 2);
-        assert_eq!(
-            o.pos, 0,
-            "written bytes past the limit are dropped from the front"
-        );
-        assert_eq!(o.unsent(), &chunk[..]);
     }
 }
