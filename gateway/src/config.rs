@@ -194,6 +194,23 @@ pub struct Settings {
     #[arg(long, env = "MEDIA_SOURCE", default_value = "testsrc")]
     pub media_source: MediaSourceSpec,
 
+    /// Named streams besides `default` (which MEDIA_SOURCE feeds): NAME=SOURCE, SOURCE as in
+    /// MEDIA_SOURCE. Repeat the flag; in the environment, separate entries with spaces.
+    /// `POST /api/v1/projects/NAME/offer`, `POST /whep/NAME` and the viewer page's
+    /// `?stream=NAME` play them.
+    #[arg(
+        long = "stream",
+        env = "STREAMS",
+        value_name = "NAME=SOURCE",
+        value_delimiter = ' '
+    )]
+    pub streams: Vec<crate::streams::NamedStream>,
+
+    /// What a request for an unknown stream plays once named streams exist: `none` (404
+    /// `unknown_stream`) or `default`. While `default` is the only stream, every name plays it.
+    #[arg(long, env = "STREAM_FALLBACK", value_enum, default_value = "none")]
+    pub stream_fallback: crate::streams::StreamFallback,
+
     /// IP or DNS name (resolved at start) written into host candidates instead of the bound
     /// address (1:1 NAT, containers). Default: the address STUN_SERVER reports, else
     /// WEBRTC_BIND_IP when it is concrete, else the machine's first non-loopback IPv4.

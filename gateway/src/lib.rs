@@ -17,5 +17,6 @@ pub mod session;
 pub mod shortcut;
 pub mod shutdown;
 pub mod signaling;
+pub mod streams;
 pub mod tls;
 pub mod web;

@@ -21,8 +21,8 @@ pub struct Running {
     pub app: Arc<App>,
     /// The media engine.
     pub media: crate::media::MediaHandle,
-    /// Keeps the video producer (MEDIA_SOURCE) running.
-    _source: crate::media_source::SourceGuard,
+    /// Keeps the video producers (MEDIA_SOURCE, STREAMS) running.
+    _sources: Vec<crate::media_source::SourceGuard>,
     /// The TLS configuration served on TURN_LISTEN (swapped by certificate reloads).
     pub tls: relay::io::TlsConfig,
     /// Reloads TLS_CERT/TLS_KEY (SIGHUP, file changes); `None` with a self-signed certificate.
@@ -69,6 +69,31 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         .or_else(|| settings.webrtc_advertise_ip.clone())
         .unwrap_or_else(|| advertised.to_string());
     let (video, source_guard) = crate::media_source::start(&settings.media_source)?;
+    // Every stream: `default` from MEDIA_SOURCE, then the named ones.
+    let mut stream_set = crate::media::StreamSet::from(video.clone());
+    let mut liveness = vec![(
+        crate::media::DEFAULT_STREAM.to_owned(),
+        crate::streams::Liveness::of(&settings.media_source, &video),
+    )];
+    let mut source_guards = vec![source_guard];
+    for named in &settings.streams {
+        if stream_set.get(&named.name).is_some() {
+            anyhow::bail!("STREAMS: the stream {:?} is named twice", named.name);
+        }
+        let (feeds, guard) = crate::media_source::start(&named.source)
+            .map_err(|e| anyhow::anyhow!("STREAMS: stream {:?}: {e:#}", named.name))?;
+        liveness.push((
+            named.name.clone(),
+            crate::streams::Liveness::of(&named.source, &feeds),
+        ));
+        stream_set.insert(named.name.clone(), feeds);
+        source_guards.push(guard);
+        tracing::info!(stream = %named.name, source = ?named.source, "stream configured");
+    }
+    let streams = Arc::new(crate::streams::StreamDirectory::new(
+        liveness,
+        settings.stream_fallback,
+    ));
     let media = crate::media::MediaEngine::start(
         crate::media::MediaConfig {
             bind_ip: settings.webrtc_bind_ip,
@@ -79,7 +104,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             max_sessions: settings.max_viewers as usize + settings.max_viewers as usize / 4 + 8,
             ..Default::default()
         },
-        video.clone(),
+        stream_set.clone(),
     )
     .map_err(|e| {
         anyhow::anyhow!(
@@ -172,6 +197,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         plan,
         embedded_uris,
         settings.turn_credential_ttl,
+        streams,
     );
     let app = Arc::new(App::new(
         settings.clone(),
@@ -197,10 +223,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             "Viewer slots taken (sessions that offered), at most MAX_VIEWERS.",
             move || r.counts().2 as u64,
         );
-        let video = video.clone();
+        let all = stream_set.clone();
         app.metrics
             .set_gauge("gateway_viewers", "Viewers receiving video.", move || {
-                video.viewers() as u64
+                all.iter().map(|(_, f)| f.viewers() as u64).sum()
             });
     }
     let router = http::router(app.clone(), cors, api_token);
@@ -303,7 +329,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         http_addr,
         app,
         media,
-        _source: source_guard,
+        _sources: source_guards,
         tls: tls_config,
         reloader,
         http_accept,

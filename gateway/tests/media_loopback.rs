@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use gateway::media::testsrc::{TestSource, TestSourceConfig};
 use gateway::media::{
     ChannelSink, EndReason, MediaConfig, MediaEngine, MediaError, MediaHandle, PortRange,
-    VideoCodec, VideoFeeds, VideoSource,
+    StreamSet, VideoCodec, VideoFeeds, VideoSource,
 };
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
@@ -549,4 +549,81 @@ async fn vp8_offer_against_an_h264_rtp_source_is_refused_with_both_codecs_named(
         .accept_offer(&offer.to_sdp_string(), "vp8-ok".into())
         .await
         .expect("a VP8 source serves a VP8 offer");
+}
+
+/// Connects an H.264 client over UDP to `stream`.
+async fn connect_to_stream(
+    handle: &MediaHandle,
+    stream: &str,
+    id: &str,
+) -> (Rtc, Path, SocketAddr) {
+    let sock = UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
+    let local = sock.local_addr().unwrap();
+    let (mut rtc, offer, pending) = client(local, true);
+    let answer = handle
+        .accept_offer_for(stream, &offer.to_sdp_string(), id.into())
+        .await
+        .expect("offer accepted");
+    rtc.sdp_api()
+        .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+        .expect("answer applies");
+    (rtc, Path::Udp(sock), local)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_named_stream_reaches_its_own_viewers_only() {
+    // Two streams told apart by picture size: `default` 320x240, `cam1` 160x96.
+    let default = VideoFeeds::new(&[VideoCodec::H264]);
+    let cam1 = VideoFeeds::new(&[VideoCodec::H264]);
+    let _big = small_testsrc(default.clone());
+    let _small = TestSource::spawn(
+        TestSourceConfig {
+            width: 160,
+            height: 96,
+            fps: 30,
+            ..TestSourceConfig::default()
+        },
+        cam1.clone(),
+    )
+    .expect("second pattern starts");
+    let mut streams = StreamSet::from(default.clone());
+    streams.insert("cam1", cam1.clone());
+    let handle = MediaEngine::start(config(Some(LOOPBACK)), streams).expect("engine starts");
+
+    let sock = UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
+    let (_rtc, offer, _pending) = client(sock.local_addr().unwrap(), true);
+    let err = handle
+        .accept_offer_for("cam2", &offer.to_sdp_string(), "lost".into())
+        .await
+        .expect_err("no such stream");
+    assert!(
+        matches!(err, MediaError::UnknownStream(ref s) if s == "cam2"),
+        "{err}"
+    );
+
+    let (mut a_rtc, mut a_path, a_local) = connect_to_stream(&handle, "default", "a").await;
+    let (mut b_rtc, mut b_path, b_local) = connect_to_stream(&handle, "cam1", "b").await;
+    let limit = Duration::from_secs(15);
+    let (a_frames, b_frames) = tokio::join!(
+        receive_frames(&mut a_rtc, &mut a_path, a_local, 15, limit),
+        receive_frames(&mut b_rtc, &mut b_path, b_local, 15, limit),
+    );
+    assert!(
+        a_frames.len() >= 15,
+        "default viewer got {}",
+        a_frames.len()
+    );
+    assert!(b_frames.len() >= 15, "cam1 viewer got {}", b_frames.len());
+    assert_eq!(
+        decode_any(&a_frames),
+        Some((320, 240)),
+        "default decodes as itself"
+    );
+    assert_eq!(
+        decode_any(&b_frames),
+        Some((160, 96)),
+        "cam1 decodes as itself"
+    );
+    assert_eq!(default.viewers(), 1);
+    assert_eq!(cam1.viewers(), 1);
 }

@@ -24,7 +24,8 @@
   const params = new URLSearchParams(location.search);
   const forceRelay = params.get("relay") === "1";
   const transport = (params.get("transport") || "").toLowerCase();
-  const project = params.get("project") || "default";
+  // The stream to play: `?stream=` (or Geti's word for it, `?project=`).
+  const project = params.get("stream") || params.get("project") || "default";
 
   const video = document.getElementById("video");
   const statusEl = document.getElementById("status");

@@ -768,7 +768,13 @@ async fn a_client_with_its_own_webrtc_id_is_bound_by_its_relay_candidate_and_sur
         let id = format!("abandoned-{i}");
         match tokio::time::timeout(
             Duration::ZERO,
-            sig.offer(Some(&id), true, &offer_for_abandon(), Some(LOOPBACK)),
+            sig.offer(
+                "default",
+                Some(&id),
+                true,
+                &offer_for_abandon(),
+                Some(LOOPBACK),
+            ),
         )
         .await
         {

@@ -39,7 +39,7 @@ use tokio::task::JoinHandle;
 
 use super::ice_restart::{IcePatchOutcome, IceRestartAnswer, IceState, IfMatch, SdpFrag};
 use super::sdp_check::choose_codec;
-use super::{EncodedFrame, MediaError, VideoCodec, VideoFeeds, VideoSource};
+use super::{EncodedFrame, MediaError, StreamSet, VideoCodec, VideoSource, DEFAULT_STREAM};
 
 /// Largest datagram we read; bigger ones are truncated (WebRTC stays below ~1200 bytes).
 const RECV_BUF: usize = 2048;
@@ -150,20 +150,41 @@ impl InProcessSink for ChannelSink {
 pub struct MediaEngine;
 
 impl MediaEngine {
-    /// Bind the media sockets and start the engine, sending the frames of `feeds` (a
-    /// [`VideoSource`] converts into a one-codec stream).
+    /// Bind the media sockets and start the engine, sending the frames of `streams` (a
+    /// [`VideoFeeds`](super::VideoFeeds) or a [`VideoSource`] converts into the one stream
+    /// [`DEFAULT_STREAM`]).
     ///
-    /// Each viewer gets the feed of the first codec in its offer that the stream has.
+    /// Each viewer gets the feed of the first codec in its offer that its stream has.
     ///
     /// Must be called from within a tokio runtime. The engine runs until the last
     /// [`MediaHandle`] is dropped.
     pub fn start(
         config: MediaConfig,
-        feeds: impl Into<VideoFeeds>,
+        streams: impl Into<StreamSet>,
     ) -> Result<MediaHandle, MediaError> {
-        let feeds: VideoFeeds = feeds.into();
+        let streams: StreamSet = streams.into();
+        // Every feed of every stream, in one list the sessions index into; each stream
+        // names its feeds (codec, index) in its own order of preference.
+        let mut feeds: Vec<VideoSource> = Vec::new();
+        let mut stream_feeds: HashMap<String, Vec<(VideoCodec, usize)>> = HashMap::new();
+        for (name, set) in streams.iter() {
+            if set.is_empty() {
+                return Err(MediaError::Config(format!("stream {name:?} has no feed")));
+            }
+            let mine = stream_feeds.entry(name.to_owned()).or_default();
+            for feed in set.iter() {
+                mine.push((feed.codec(), feeds.len()));
+                feeds.push(feed.clone());
+            }
+        }
         if feeds.is_empty() {
             return Err(MediaError::Config("the video source has no feed".into()));
+        }
+        let mut all_codecs: Vec<VideoCodec> = Vec::new();
+        for f in &feeds {
+            if !all_codecs.contains(&f.codec()) {
+                all_codecs.push(f.codec());
+            }
         }
         let public_ip = config.advertise_ip.unwrap_or(config.bind_ip);
         if public_ip.is_unspecified() {
@@ -216,8 +237,9 @@ impl MediaEngine {
             .set_crypto_provider(provider)
             .set_dtls_cert(cert)
             .clear_codecs();
-        // Every codec the stream has; the codec of each session is picked per offer.
-        for codec in feeds.codecs() {
+        // Every codec any stream has; the codec of each session is picked per offer among
+        // its stream's.
+        for codec in all_codecs.iter().copied() {
             match codec {
                 VideoCodec::H264 => {
                     let codecs = rtc_config.codec_config();
@@ -254,7 +276,7 @@ impl MediaEngine {
             candidate_addrs: sockets.iter().map(|s| s.candidate).collect(),
             ended_rx: std::sync::Mutex::new(Some(ended_rx)),
             rtc_config,
-            codecs: feeds.codecs(),
+            streams: stream_feeds,
             sdp_permits: Arc::new(tokio::sync::Semaphore::new(sdp_workers())),
         });
         tracing::info!(addrs = ?shared.local_addrs, advertised = ?shared.candidate_addrs, "media engine started");
@@ -268,7 +290,7 @@ impl MediaEngine {
             routes: HashMap::new(),
             wake: Instant::now() + IDLE_WAKE,
             frames: frame_rx,
-            feeds: feeds.iter().cloned().collect(),
+            feeds,
             ended_tx,
             connect_timeout: config.connect_timeout,
             max_sessions: config.max_sessions,
@@ -294,8 +316,9 @@ struct Shared {
     /// [`MediaHandle::take_ended`]).
     ended_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<SessionEnded>>>,
     rtc_config: RtcConfig,
-    /// The stream's codecs, in the order of its feeds.
-    codecs: Vec<VideoCodec>,
+    /// Each stream's feeds (codec, index into the engine's feeds), in its order of
+    /// preference.
+    streams: HashMap<String, Vec<(VideoCodec, usize)>>,
     /// Offers being parsed and answered at once ([`sdp_workers`]).
     sdp_permits: Arc<tokio::sync::Semaphore>,
 }
@@ -312,7 +335,25 @@ impl MediaHandle {
         offer_sdp: &str,
         session_id: String,
     ) -> Result<String, MediaError> {
+        self.accept_offer_for(DEFAULT_STREAM, offer_sdp, session_id)
+            .await
+    }
+
+    /// [`MediaHandle::accept_offer`] for a viewer of `stream`
+    /// ([`MediaError::UnknownStream`] when the engine has no such stream).
+    pub async fn accept_offer_for(
+        &self,
+        stream: &str,
+        offer_sdp: &str,
+        session_id: String,
+    ) -> Result<String, MediaError> {
         check_offer_bounds(offer_sdp)?;
+        let stream_feeds = self
+            .shared
+            .streams
+            .get(stream)
+            .cloned()
+            .ok_or_else(|| MediaError::UnknownStream(stream.to_owned()))?;
         // Parsing and answering cost CPU in proportion to the offer (a 60 KB offer took
         // ~230 ms): it runs on the blocking pool, at most SDP_WORKERS at once, so parallel
         // hostile offers queue here instead of stalling the async workers. The permit goes
@@ -328,7 +369,7 @@ impl MediaHandle {
         let offer_sdp = offer_sdp.to_owned();
         let work = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            answer_offer(&shared, &offer_sdp)
+            answer_offer(&shared, &stream_feeds, &offer_sdp)
         });
         let (answered, answer) = work
             .await
@@ -612,14 +653,19 @@ struct Answered {
 
 /// The CPU-bound part of [`MediaHandle::accept_offer`] (runs on the blocking pool): parse
 /// the offer, pick the codec, build the session's `Rtc` and answer.
-fn answer_offer(shared: &Shared, offer_sdp: &str) -> Result<(Answered, String), MediaError> {
+fn answer_offer(
+    shared: &Shared,
+    stream: &[(VideoCodec, usize)],
+    offer_sdp: &str,
+) -> Result<(Answered, String), MediaError> {
     let offer = SdpOffer::from_sdp_string(offer_sdp)
         .map_err(|e| unparsable_offer(offer_sdp, &e.to_string()))?;
-    let codec = choose_codec(offer_sdp, &shared.codecs)?;
-    let feed = shared
-        .codecs
+    let codecs: Vec<VideoCodec> = stream.iter().map(|(c, _)| *c).collect();
+    let codec = choose_codec(offer_sdp, &codecs)?;
+    let feed = stream
         .iter()
-        .position(|c| *c == codec)
+        .find(|(c, _)| *c == codec)
+        .map(|(_, i)| *i)
         .ok_or(MediaError::EngineStopped)?;
     let mut rtc = shared.rtc_config.clone().build(Instant::now());
     for addr in &shared.candidate_addrs {

@@ -29,6 +29,9 @@ pub enum MediaError {
     /// A session id the engine does not know (never existed, or already ended).
     #[error("unknown session {0:?}")]
     UnknownSession(String),
+    /// An offer for a stream the engine does not serve (HTTP 404).
+    #[error("unknown stream {0:?}")]
+    UnknownStream(String),
     /// A trickled ICE candidate that does not parse.
     #[error("bad ICE candidate: {0}")]
     BadCandidate(String),
@@ -72,6 +75,7 @@ impl MediaError {
             MediaError::NoSupportedCodec(_) => "unsupported_codec",
             MediaError::DuplicateSession(_) => "duplicate_session",
             MediaError::UnknownSession(_) => "unknown_session",
+            MediaError::UnknownStream(_) => "unknown_stream",
             MediaError::BadCandidate(_) => "bad_candidate",
             MediaError::MalformedSdpFrag(_) => "malformed_sdpfrag",
             MediaError::IceSessionMismatch => "ice_session_mismatch",
@@ -95,6 +99,7 @@ impl MediaError {
                 | MediaError::NoSupportedCodec(_)
                 | MediaError::DuplicateSession(_)
                 | MediaError::UnknownSession(_)
+                | MediaError::UnknownStream(_)
                 | MediaError::BadCandidate(_)
                 | MediaError::MalformedSdpFrag(_)
                 | MediaError::IceSessionMismatch

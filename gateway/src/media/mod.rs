@@ -37,4 +37,4 @@ pub use engine::{
 };
 pub use error::MediaError;
 pub use ice_restart::{IcePatchOutcome, IceRestartAnswer, IfMatch, SdpFrag};
-pub use source::{EncodedFrame, VideoCodec, VideoFeeds, VideoSource};
+pub use source::{EncodedFrame, StreamSet, VideoCodec, VideoFeeds, VideoSource, DEFAULT_STREAM};

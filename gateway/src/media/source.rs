@@ -5,9 +5,9 @@
 //! in the browser's offer that the stream has), so browsers without H.264 (Firefox without
 //! the OpenH264 plugin) can watch a source that also encodes VP8.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
@@ -69,6 +69,14 @@ pub struct VideoSource {
     frames: broadcast::Sender<EncodedFrame>,
     keyframe_wanted: Arc<AtomicBool>,
     viewers: Arc<AtomicUsize>,
+    /// When the last frame was published: milliseconds after [`epoch`] plus one (0: never).
+    last_frame: Arc<AtomicU64>,
+}
+
+/// The instant [`VideoSource`]'s frame times count from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 impl VideoSource {
@@ -80,6 +88,7 @@ impl VideoSource {
             frames,
             keyframe_wanted: Arc::new(AtomicBool::new(false)),
             viewers: Arc::new(AtomicUsize::new(0)),
+            last_frame: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -90,7 +99,22 @@ impl VideoSource {
 
     /// Publish a frame to every subscriber. Returns the number of subscribers reached.
     pub fn publish(&self, frame: EncodedFrame) -> usize {
+        let ms = Instant::now()
+            .saturating_duration_since(epoch())
+            .as_millis();
+        self.last_frame.store(
+            u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1,
+            Ordering::Relaxed,
+        );
         self.frames.send(frame).unwrap_or(0)
+    }
+
+    /// When the last frame was published, if ever.
+    pub fn last_frame(&self) -> Option<Instant> {
+        match self.last_frame.load(Ordering::Relaxed) {
+            0 => None,
+            ms => epoch().checked_add(Duration::from_millis(ms - 1)),
+        }
     }
 
     /// Receive the frames published from now on.
@@ -172,6 +196,20 @@ impl VideoFeeds {
     pub fn viewers(&self) -> usize {
         self.feeds.iter().map(VideoSource::viewers).sum()
     }
+
+    /// When any feed last published a frame, if ever.
+    pub fn last_frame(&self) -> Option<Instant> {
+        self.feeds.iter().filter_map(VideoSource::last_frame).max()
+    }
+}
+
+impl std::fmt::Debug for VideoFeeds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VideoFeeds")
+            .field("codecs", &self.codecs())
+            .field("viewers", &self.viewers())
+            .finish()
+    }
 }
 
 impl From<VideoSource> for VideoFeeds {
@@ -180,6 +218,70 @@ impl From<VideoSource> for VideoFeeds {
         VideoFeeds {
             feeds: vec![source],
         }
+    }
+}
+
+/// The name of the stream [`MediaSourceSpec`](crate::media_source::MediaSourceSpec) feeds
+/// when no other is named (`MEDIA_SOURCE`, `/whep`, every project id while it is alone).
+pub const DEFAULT_STREAM: &str = "default";
+
+/// Every stream the engine serves, by name, each with its feeds.
+///
+/// Why the engine knows streams and not only feeds: a viewer's codec is picked among the
+/// feeds of the stream it asked for, and the frames of one stream must never reach a viewer
+/// of another.
+#[derive(Clone, Default)]
+pub struct StreamSet {
+    streams: Vec<(String, VideoFeeds)>,
+}
+
+impl StreamSet {
+    /// No stream yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) the stream `name`.
+    pub fn insert(&mut self, name: impl Into<String>, feeds: VideoFeeds) {
+        let name = name.into();
+        self.streams.retain(|(n, _)| *n != name);
+        self.streams.push((name, feeds));
+    }
+
+    /// The feeds of `name`.
+    pub fn get(&self, name: &str) -> Option<&VideoFeeds> {
+        self.streams.iter().find(|(n, _)| n == name).map(|(_, f)| f)
+    }
+
+    /// Every stream, in the order added.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &VideoFeeds)> {
+        self.streams.iter().map(|(n, f)| (n.as_str(), f))
+    }
+
+    /// Number of streams.
+    pub fn len(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// True when there is no stream.
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+}
+
+impl From<VideoFeeds> for StreamSet {
+    /// One stream, [`DEFAULT_STREAM`].
+    fn from(feeds: VideoFeeds) -> Self {
+        let mut set = StreamSet::new();
+        set.insert(DEFAULT_STREAM, feeds);
+        set
+    }
+}
+
+impl From<VideoSource> for StreamSet {
+    /// One stream of one codec, [`DEFAULT_STREAM`].
+    fn from(source: VideoSource) -> Self {
+        VideoFeeds::from(source).into()
     }
 }
 

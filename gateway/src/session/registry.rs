@@ -128,6 +128,7 @@ impl Registry {
     /// request dropped half-way (client gone) gives its slot back all the same.
     pub async fn offer(
         self: &Arc<Self>,
+        stream: &str,
         named: Option<&str>,
         client_ids: bool,
         sdp: &str,
@@ -157,12 +158,15 @@ impl Registry {
             media: plan.media.clone(),
             done: false,
         };
-        let answer = self.media.accept_offer(sdp, plan.media.clone()).await;
+        let answer = self
+            .media
+            .accept_offer_for(stream, sdp, plan.media.clone())
+            .await;
         ticket.done = true;
         match answer {
             Ok(answer) => {
                 self.table().finish_offer(&plan.media, true, Instant::now());
-                tracing::info!(session = %plan.session, binding = ?plan.binding, "session offered");
+                tracing::info!(session = %plan.session, stream, binding = ?plan.binding, "session offered");
                 Ok(Answered {
                     session: plan.session,
                     answer,

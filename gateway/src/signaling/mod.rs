@@ -23,12 +23,13 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{get, patch, post};
+use axum::routing::{get, post};
 use axum::Router;
 
 use crate::media::{MediaError, MediaHandle};
 use crate::session::registry::Answered;
 use crate::session::{OfferError, Registry, TableError};
+use crate::streams::{StreamDirectory, StreamRefusal};
 use extract::ApiError;
 use ice_servers::{IceServer, IceServerPlan};
 use relay::io::unix_now;
@@ -48,6 +49,8 @@ pub struct Signaling {
     /// The embedded relay's URLs; final once the relay has bound its port.
     embedded_uris: ArcSwap<Vec<String>>,
     ttl: u64,
+    /// Which stream a request plays.
+    streams: Arc<StreamDirectory>,
 }
 
 impl Signaling {
@@ -58,12 +61,14 @@ impl Signaling {
         plan: IceServerPlan,
         embedded_uris: Vec<String>,
         ttl: u64,
+        streams: Arc<StreamDirectory>,
     ) -> Arc<Self> {
         Arc::new(Self {
             registry,
             plan,
             embedded_uris: ArcSwap::from_pointee(embedded_uris),
             ttl,
+            streams,
         })
     }
 
@@ -110,15 +115,24 @@ impl Signaling {
             .map_err(|e| mint_failed(e.to_string()))
     }
 
-    /// Answers an offer (see [`Registry::offer`]).
+    /// The stream directory.
+    pub fn streams(&self) -> &StreamDirectory {
+        &self.streams
+    }
+
+    /// Answers an offer for `stream`, already resolved by [`StreamDirectory::resolve`] (see
+    /// [`Registry::offer`]).
     pub async fn offer(
         &self,
+        stream: &str,
         named: Option<&str>,
         client_ids: bool,
         sdp: &str,
         ip: Option<IpAddr>,
     ) -> Result<Answered, OfferError> {
-        self.registry.offer(named, client_ids, sdp, ip).await
+        self.registry
+            .offer(stream, named, client_ids, sdp, ip)
+            .await
     }
 }
 
@@ -153,6 +167,19 @@ pub fn table_error(e: TableError) -> ApiError {
     }
 }
 
+/// Maps a stream refusal to its HTTP error: 404 for an unknown stream, 409 for one with no
+/// live source (Geti's endpoint answers the latter its own way, see [`offer`]).
+pub fn stream_error(e: StreamRefusal) -> ApiError {
+    match &e {
+        StreamRefusal::Unknown(_) => {
+            ApiError::new(StatusCode::NOT_FOUND, "unknown_stream", e.to_string())
+        }
+        StreamRefusal::NotLive(_) => {
+            ApiError::new(StatusCode::CONFLICT, "no_active_source", e.to_string())
+        }
+    }
+}
+
 /// Maps an offer refusal to its HTTP error.
 pub fn offer_error(e: OfferError) -> ApiError {
     match e {
@@ -164,7 +191,7 @@ pub fn offer_error(e: OfferError) -> ApiError {
 /// Maps a media engine error to its HTTP error.
 pub fn media_error(e: MediaError) -> ApiError {
     let status = match &e {
-        MediaError::UnknownSession(_) => StatusCode::NOT_FOUND,
+        MediaError::UnknownSession(_) | MediaError::UnknownStream(_) => StatusCode::NOT_FOUND,
         MediaError::DuplicateSession(_) => StatusCode::CONFLICT,
         MediaError::TooManySessions(_) => StatusCode::SERVICE_UNAVAILABLE,
         MediaError::EngineStopped => StatusCode::SERVICE_UNAVAILABLE,
@@ -196,7 +223,14 @@ where
         .route("/api/v1/system/webrtc/config", get(offer::webrtc_config))
         .route("/api/v1/projects/{project_id}/offer", post(offer::offer))
         .route("/whep", post(whep::post).options(whep::options))
-        .route("/whep/{id}", patch(whep::patch).delete(whep::delete))
+        // POST names a stream; PATCH and DELETE name a session (the `Location` of a POST).
+        .route(
+            "/whep/{id}",
+            post(whep::post_stream)
+                .options(whep::options)
+                .patch(whep::patch)
+                .delete(whep::delete),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY))
 }
 

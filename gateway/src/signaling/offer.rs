@@ -1,8 +1,9 @@
 //! The original JSON API: `GET …/webrtc/config` and `POST /api/v1/projects/{id}/offer`,
 //! shaped as Geti's backend answers it (its UI is the reference client).
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -10,6 +11,7 @@ use serde_json::{json, Value};
 use super::extract::{ApiError, ApiJson};
 use super::ClientAddr;
 use crate::session::{valid_id, OfferError, TableError};
+use crate::streams::StreamRefusal;
 
 /// `GET /api/v1/webrtc/config`, `GET /api/v1/system/webrtc/config`:
 /// `{"iceServers": [...], "sessionId": "..."}` for a new pending session. Clients that
@@ -37,14 +39,18 @@ pub(super) struct OfferRequest {
     kind: String,
 }
 
-/// `POST /api/v1/projects/{project_id}/offer` → `{"sdp", "type": "answer"}`. At capacity
-/// it answers 200 `{"status":"failed","meta":{"error":"concurrency_limit_reached","limit":N}}`:
-/// the FastRTC convention Geti's UI parses and can retry from (any non-2xx leaves it stuck).
+/// `POST /api/v1/projects/{project_id}/offer` → `{"sdp", "type": "answer"}` for the stream
+/// named `project_id` (see [`crate::streams`]). At capacity it answers 200
+/// `{"status":"failed","meta":{"error":"concurrency_limit_reached","limit":N}}`: the FastRTC
+/// convention Geti's UI parses and can retry from (any non-2xx leaves it stuck). A stream
+/// with no live source answers as Geti's backend does with no active pipeline:
+/// 400 `{"detail": "No active pipeline."}`; an unknown stream 404 `unknown_stream`.
 pub(super) async fn offer(
     State(app): State<super::SignalingState>,
+    Path(project_id): Path<String>,
     peer: Option<Extension<ClientAddr>>,
     ApiJson(req): ApiJson<OfferRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     if req.kind != "offer" {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -60,13 +66,28 @@ pub(super) async fn offer(
         ));
     }
     let sig = super::state(&app)?;
+    let stream = match sig
+        .streams()
+        .resolve(Some(&project_id), std::time::Instant::now())
+    {
+        Ok(s) => s.to_owned(),
+        Err(StreamRefusal::NotLive(_)) => {
+            let body = Json(json!({ "detail": "No active pipeline." }));
+            return Ok((StatusCode::BAD_REQUEST, body).into_response());
+        }
+        Err(e) => return Err(super::stream_error(e)),
+    };
     let ip = peer.map(|p| p.0 .0.ip());
-    match sig.offer(Some(&req.webrtc_id), true, &req.sdp, ip).await {
-        Ok(a) => Ok(Json(json!({ "sdp": a.answer, "type": "answer" }))),
+    match sig
+        .offer(&stream, Some(&req.webrtc_id), true, &req.sdp, ip)
+        .await
+    {
+        Ok(a) => Ok(Json(json!({ "sdp": a.answer, "type": "answer" })).into_response()),
         Err(OfferError::Table(TableError::Full(limit))) => Ok(Json(json!({
             "status": "failed",
             "meta": { "error": "concurrency_limit_reached", "limit": limit },
-        }))),
+        }))
+        .into_response()),
         Err(e) => Err(super::offer_error(e)),
     }
 }

@@ -30,14 +30,42 @@ fn with_links(headers: &mut HeaderMap, servers: &[IceServer]) {
     }
 }
 
-/// `POST /whep` with an `application/sdp` offer → `201 Created` with the answer.
+/// `POST /whep` with an `application/sdp` offer → `201 Created` with the answer, for the
+/// stream `default`.
 pub(super) async fn post(
     State(app): State<super::SignalingState>,
     peer: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     SdpBody(sdp): SdpBody,
 ) -> Result<Response, ApiError> {
+    post_to(app, None, peer, headers, sdp).await
+}
+
+/// `POST /whep/{stream}`: as `POST /whep`, for the stream named in the path (404
+/// `unknown_stream`, 409 `no_active_source`).
+pub(super) async fn post_stream(
+    State(app): State<super::SignalingState>,
+    Path(stream): Path<String>,
+    peer: Option<Extension<ClientAddr>>,
+    headers: HeaderMap,
+    SdpBody(sdp): SdpBody,
+) -> Result<Response, ApiError> {
+    post_to(app, Some(stream), peer, headers, sdp).await
+}
+
+async fn post_to(
+    app: super::SignalingState,
+    stream: Option<String>,
+    peer: Option<Extension<ClientAddr>>,
+    headers: HeaderMap,
+    sdp: String,
+) -> Result<Response, ApiError> {
     let sig = super::state(&app)?;
+    let stream = sig
+        .streams()
+        .resolve(stream.as_deref(), std::time::Instant::now())
+        .map_err(super::stream_error)?
+        .to_owned();
     let named = match headers.get(SESSION_HEADER).map(|v| v.to_str()) {
         Some(Ok(id)) if valid_id(id) => Some(id),
         Some(_) => {
@@ -50,7 +78,7 @@ pub(super) async fn post(
         None => None,
     };
     let answered = match sig
-        .offer(named, false, &sdp, peer.map(|p| p.0 .0.ip()))
+        .offer(&stream, named, false, &sdp, peer.map(|p| p.0 .0.ip()))
         .await
     {
         Ok(a) => a,

@@ -1,0 +1,268 @@
+//! Named streams: which stream a viewer's request plays, and whether it can play now.
+//!
+//! `MEDIA_SOURCE` feeds the stream `default`; `--stream NAME=SOURCE` (`STREAMS`) adds named
+//! ones. A request names a stream by the project id of Geti's offer endpoint, the path of
+//! `/whep/{stream}`, or the viewer page's `?stream=`. While `default` is the only stream,
+//! every name plays it (what a single-stream deployment has always done, so Geti's UI with
+//! its project UUIDs keeps working); once named streams exist, an unknown name is refused
+//! unless `STREAM_FALLBACK=default` says to play `default` instead.
+//!
+//! The directory is sans-I/O: [`StreamDirectory::resolve`] is a pure function of the
+//! configured names, the fallback rule and each stream's [`Liveness`] at `now`.
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use crate::media::{VideoFeeds, DEFAULT_STREAM};
+use crate::media_source::MediaSourceSpec;
+
+/// How long after its last frame an ingest stream (RTP) still counts as live: a few
+/// keyframe intervals of a slow encoder, far below a human's "is it on?".
+pub const LIVE_GRACE: Duration = Duration::from_secs(5);
+
+/// One `--stream NAME=SOURCE` setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedStream {
+    /// The stream's name (1 to 64 of `A-Z a-z 0-9 - _ .`, not `default`).
+    pub name: String,
+    /// Its source, in `MEDIA_SOURCE`'s syntax.
+    pub source: MediaSourceSpec,
+}
+
+/// Whether `name` can name a stream: 1 to 64 characters of `A-Z a-z 0-9 - _ .` (a Geti
+/// project UUID is one).
+pub fn valid_stream_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl FromStr for NamedStream {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let Some((name, source)) = s.split_once('=') else {
+            return Err(format!(
+                "{s:?}: a stream is NAME=SOURCE (e.g. cam1=rtp://127.0.0.1:5004?codec=h264)"
+            ));
+        };
+        let name = name.trim();
+        if !valid_stream_name(name) {
+            return Err(format!(
+                "{name:?}: a stream name is 1 to 64 characters of A-Z a-z 0-9 - _ ."
+            ));
+        }
+        if name == DEFAULT_STREAM {
+            return Err(format!(
+                "{DEFAULT_STREAM:?} is the stream of MEDIA_SOURCE: set MEDIA_SOURCE instead"
+            ));
+        }
+        let source = source
+            .parse::<MediaSourceSpec>()
+            .map_err(|e| format!("stream {name:?}: {e}"))?;
+        Ok(NamedStream {
+            name: name.to_owned(),
+            source,
+        })
+    }
+}
+
+/// `STREAM_FALLBACK`: what an unknown stream name plays once named streams exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum StreamFallback {
+    /// Refuse it (404 `unknown_stream`).
+    #[default]
+    None,
+    /// Play the stream `default`.
+    Default,
+}
+
+/// When a stream can be played.
+#[derive(Debug, Clone)]
+pub enum Liveness {
+    /// Always: the producer runs in the gateway (test pattern, looped file).
+    Always,
+    /// While frames arrive (RTP ingest): not before the sender's first frame, nor
+    /// [`LIVE_GRACE`] after its last.
+    WhileFramesArrive(VideoFeeds),
+}
+
+impl Liveness {
+    /// The liveness of a stream of `spec` whose frames arrive on `feeds`.
+    pub fn of(spec: &MediaSourceSpec, feeds: &VideoFeeds) -> Self {
+        match spec {
+            MediaSourceSpec::Rtp { .. } => Liveness::WhileFramesArrive(feeds.clone()),
+            MediaSourceSpec::TestSrc | MediaSourceSpec::File(_) => Liveness::Always,
+        }
+    }
+
+    fn is_live(&self, now: Instant) -> bool {
+        match self {
+            Liveness::Always => true,
+            Liveness::WhileFramesArrive(feeds) => feeds
+                .last_frame()
+                .is_some_and(|t| now.saturating_duration_since(t) <= LIVE_GRACE),
+        }
+    }
+}
+
+/// Why a request cannot play a stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamRefusal {
+    /// No stream has that name (and no fallback applies).
+    #[error("no stream is named {0:?}")]
+    Unknown(String),
+    /// The stream exists but its source sends nothing now.
+    #[error("stream {0:?} has no active source")]
+    NotLive(String),
+}
+
+/// Every stream the gateway serves and how names resolve to them.
+#[derive(Debug, Clone)]
+pub struct StreamDirectory {
+    streams: Vec<(String, Liveness)>,
+    fallback: StreamFallback,
+}
+
+impl StreamDirectory {
+    /// A directory of `streams` (`default` among them), resolving unknown names by
+    /// `fallback` once named streams exist.
+    pub fn new(streams: Vec<(String, Liveness)>, fallback: StreamFallback) -> Self {
+        Self { streams, fallback }
+    }
+
+    /// The stream `requested` plays (`None`: the caller named none, e.g. `POST /whep`).
+    pub fn resolve(&self, requested: Option<&str>, now: Instant) -> Result<&str, StreamRefusal> {
+        let requested = requested.unwrap_or(DEFAULT_STREAM);
+        let found = self.find(requested).or_else(|| {
+            let alone = self.streams.iter().all(|(n, _)| n == DEFAULT_STREAM);
+            (alone || self.fallback == StreamFallback::Default)
+                .then(|| self.find(DEFAULT_STREAM))
+                .flatten()
+        });
+        let Some((name, liveness)) = found else {
+            return Err(StreamRefusal::Unknown(requested.to_owned()));
+        };
+        if !liveness.is_live(now) {
+            return Err(StreamRefusal::NotLive(name.clone()));
+        }
+        Ok(name)
+    }
+
+    fn find(&self, name: &str) -> Option<&(String, Liveness)> {
+        self.streams.iter().find(|(n, _)| n == name)
+    }
+
+    /// Every stream name, in configuration order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.streams.iter().map(|(n, _)| n.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::{EncodedFrame, VideoCodec, VideoSource};
+
+    fn rtp_feeds() -> VideoFeeds {
+        VideoSource::new(VideoCodec::H264).into()
+    }
+
+    fn frame() -> EncodedFrame {
+        EncodedFrame {
+            data: vec![0u8, 0, 0, 1, 0x65].into(),
+            keyframe: true,
+            rtp_time: 0,
+            captured: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn parses_named_streams() {
+        let s: NamedStream = "cam-1=rtp://127.0.0.1:5004?codec=vp8".parse().unwrap();
+        assert_eq!(s.name, "cam-1");
+        assert!(matches!(s.source, MediaSourceSpec::Rtp { .. }));
+        let s: NamedStream = "loop=testsrc".parse().unwrap();
+        assert_eq!(s.source, MediaSourceSpec::TestSrc);
+        for bad in [
+            "",
+            "cam",
+            "=testsrc",
+            "a b=testsrc",
+            "default=testsrc",
+            "x=rtp://nope",
+        ] {
+            let e = bad.parse::<NamedStream>().unwrap_err();
+            assert!(!e.is_empty(), "{bad:?}");
+        }
+        let long = format!("{}=testsrc", "a".repeat(65));
+        assert!(long.parse::<NamedStream>().is_err());
+        // Non-ASCII input is refused, never sliced.
+        assert!("câm=testsrc".parse::<NamedStream>().is_err());
+    }
+
+    #[test]
+    fn a_lone_default_stream_plays_for_every_name() {
+        let d = StreamDirectory::new(
+            vec![(DEFAULT_STREAM.into(), Liveness::Always)],
+            StreamFallback::None,
+        );
+        let now = Instant::now();
+        assert_eq!(d.resolve(None, now), Ok(DEFAULT_STREAM));
+        assert_eq!(
+            d.resolve(Some("6f1c0e1a-2b7d-4c1e-9a43-1f0a6b2c3d4e"), now),
+            Ok(DEFAULT_STREAM)
+        );
+    }
+
+    #[test]
+    fn named_streams_refuse_unknown_names_unless_falling_back() {
+        let streams = vec![
+            (DEFAULT_STREAM.to_owned(), Liveness::Always),
+            ("cam1".to_owned(), Liveness::Always),
+        ];
+        let now = Instant::now();
+        let strict = StreamDirectory::new(streams.clone(), StreamFallback::None);
+        assert_eq!(strict.resolve(Some("cam1"), now), Ok("cam1"));
+        assert_eq!(
+            strict.resolve(Some("cam2"), now),
+            Err(StreamRefusal::Unknown("cam2".into()))
+        );
+        assert_eq!(strict.resolve(None, now), Ok(DEFAULT_STREAM));
+        let lenient = StreamDirectory::new(streams, StreamFallback::Default);
+        assert_eq!(lenient.resolve(Some("cam2"), now), Ok(DEFAULT_STREAM));
+        assert_eq!(lenient.names().collect::<Vec<_>>(), ["default", "cam1"]);
+    }
+
+    #[test]
+    fn an_ingest_stream_is_live_only_while_frames_arrive() {
+        let feeds = rtp_feeds();
+        let d = StreamDirectory::new(
+            vec![
+                (DEFAULT_STREAM.to_owned(), Liveness::Always),
+                (
+                    "cam1".to_owned(),
+                    Liveness::WhileFramesArrive(feeds.clone()),
+                ),
+            ],
+            StreamFallback::None,
+        );
+        let now = Instant::now();
+        assert_eq!(
+            d.resolve(Some("cam1"), now),
+            Err(StreamRefusal::NotLive("cam1".into())),
+            "no frame yet"
+        );
+        if let Some(f) = feeds.iter().next() {
+            f.publish(frame());
+        }
+        assert_eq!(d.resolve(Some("cam1"), Instant::now()), Ok("cam1"));
+        let later = Instant::now() + LIVE_GRACE + Duration::from_secs(1);
+        assert_eq!(
+            d.resolve(Some("cam1"), later),
+            Err(StreamRefusal::NotLive("cam1".into())),
+            "the sender stopped"
+        );
+    }
+}

@@ -1,0 +1,158 @@
+//! Named streams over the HTTP API: which stream a project id or a WHEP path plays, the
+//! 404 for an unknown one, and the answers for a stream whose source sends nothing yet
+//! (Geti's `400 {"detail": "No active pipeline."}` on its endpoint, 409 on WHEP), until its
+//! RTP sender starts.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use gateway_tests::http::{request, Resp};
+use serde_json::{json, Value};
+use str0m::media::{Direction, MediaKind};
+use str0m::{Candidate, RtcConfig};
+
+const SECRET: &str = "streams-test-secret-0123";
+
+/// A browser-like H.264 recvonly offer.
+fn video_offer() -> String {
+    let mut rtc = RtcConfig::new()
+        .clear_codecs()
+        .enable_h264(true)
+        .build(Instant::now());
+    let local: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    let (offer, _pending) = api.apply().expect("an offer");
+    offer.to_sdp_string()
+}
+
+async fn geti_offer(addr: SocketAddr, project: &str, id: &str) -> Resp {
+    let body: Value = json!({ "webrtc_id": id, "sdp": video_offer(), "type": "offer" });
+    request(
+        addr,
+        "POST",
+        &format!("/api/v1/projects/{project}/offer"),
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
+async fn whep(addr: SocketAddr, path: &str) -> Resp {
+    request(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/sdp")],
+        video_offer().as_bytes(),
+    )
+    .await
+}
+
+/// A loopback UDP port free now (the gateway binds it next).
+fn free_udp_port() -> u16 {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.local_addr().expect("addr").port()
+}
+
+/// One H.264 access unit as RTP: SPS+PPS in a STAP-A, then an IDR slice with the marker.
+fn rtp_keyframe(seq: u16, ts: u32) -> [Vec<u8>; 2] {
+    let header = |seq: u16, marker: bool| {
+        let mut p = vec![0x80, 96 | if marker { 0x80 } else { 0 }];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&ts.to_be_bytes());
+        p.extend_from_slice(&0x5eed_cafe_u32.to_be_bytes());
+        p
+    };
+    let sps: &[u8] = &[0x67, 0x42, 0xc0, 0x1e, 0xab];
+    let pps: &[u8] = &[0x68, 0xce, 0x3c, 0x80];
+    let mut stap = header(seq, false);
+    stap.push(0x18);
+    for nal in [sps, pps] {
+        stap.extend_from_slice(&(nal.len() as u16).to_be_bytes());
+        stap.extend_from_slice(nal);
+    }
+    let mut idr = header(seq.wrapping_add(1), true);
+    idr.extend_from_slice(&[0x65, 0x88, 0x84, 0x00, 0x33]);
+    [stap, idr]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn project_ids_and_whep_paths_name_streams() {
+    let rtp_port = free_udp_port();
+    let cam1 = format!("cam1=rtp://127.0.0.1:{rtp_port}?codec=h264");
+    let gw = gateway_tests::start_gateway(SECRET, &["--stream", &cam1, "--stream", "loop=testsrc"])
+        .await;
+    let addr = gw.http_addr;
+
+    // Unknown names are refused once named streams exist.
+    geti_offer(addr, "nope", "v1")
+        .await
+        .expect_error(404, "unknown_stream");
+    whep(addr, "/whep/nope")
+        .await
+        .expect_error(404, "unknown_stream");
+
+    // A known stream whose sender has not started answers as Geti's backend does.
+    let r = geti_offer(addr, "cam1", "v2").await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(r.json(), json!({ "detail": "No active pipeline." }));
+    whep(addr, "/whep/cam1")
+        .await
+        .expect_error(409, "no_active_source");
+
+    // Streams with a producer in the gateway play at once, by either API.
+    let r = geti_offer(addr, "loop", "v3").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["type"], "answer");
+    let r = whep(addr, "/whep/loop").await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = whep(addr, "/whep").await;
+    assert_eq!(r.status, 201, "/whep plays default: {r:?}");
+
+    // The RTP sender starts: cam1 is live.
+    let sender = UdpSocket::bind("127.0.0.1:0").expect("sender");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 0u16;
+    let played = loop {
+        for p in rtp_keyframe(n.wrapping_mul(2), u32::from(n) * 3000) {
+            sender.send_to(&p, ("127.0.0.1", rtp_port)).expect("send");
+        }
+        n = n.wrapping_add(1);
+        let r = geti_offer(addr, "cam1", &format!("v4-{n}")).await;
+        if r.status == 200 {
+            break r;
+        }
+        assert_eq!(r.status, 400, "{r:?}");
+        assert!(Instant::now() < deadline, "cam1 never became live: {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(played.json()["type"], "answer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_names_play_default_when_configured_or_when_it_is_alone() {
+    let gw = gateway_tests::start_gateway(
+        SECRET,
+        &["--stream", "loop=testsrc", "--stream-fallback", "default"],
+    )
+    .await;
+    let r = geti_offer(gw.http_addr, "6f1c0e1a-2b7d-4c1e-9a43-1f0a6b2c3d4e", "a").await;
+    assert_eq!(r.status, 200, "falls back to default: {r:?}");
+
+    let alone = gateway_tests::start_gateway(SECRET, &[]).await;
+    let r = geti_offer(alone.http_addr, "any-project", "b").await;
+    assert_eq!(r.status, 200, "default alone plays for every id: {r:?}");
+
+    // Bad names are refused at start with the setting named.
+    let e = <gateway::config::Cli as clap::Parser>::try_parse_from([
+        "gateway",
+        "--stream",
+        "default=testsrc",
+    ])
+    .map(|_| ())
+    .expect_err("default is MEDIA_SOURCE's")
+    .to_string();
+    assert!(e.contains("MEDIA_SOURCE"), "{e}");
+}
