@@ -39,6 +39,7 @@ pub fn router(
         .route("/health", get(health))
         .route("/metrics", get(crate::metrics::handler))
         .route("/api/v1/turn/credentials", get(turn_credentials))
+        .route("/api/v1/streams", get(streams_list))
         .merge(crate::web::routes())
         .merge(crate::signaling::routes())
         .fallback(not_found)
@@ -126,16 +127,7 @@ async fn turn_credentials(
         );
     };
     if !bearer_matches(&headers, &token) {
-        let mut resp = error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "send the gateway's API_TOKEN as `Authorization: Bearer <token>`",
-        );
-        resp.headers_mut().insert(
-            axum::http::header::WWW_AUTHENTICATE,
-            axum::http::HeaderValue::from_static("Bearer"),
-        );
-        return resp;
+        return unauthorized();
     }
     if let Some(s) = q.service.as_deref() {
         if s != "turn" {
@@ -167,6 +159,42 @@ async fn turn_credentials(
         .into_response(),
         Err(e) => error(StatusCode::BAD_REQUEST, "bad_username", e.to_string()),
     }
+}
+
+/// `GET /api/v1/streams`: every stream, its source, codecs, whether it is live and its
+/// viewers. For operators: behind `Authorization: Bearer <API_TOKEN>` when one is set.
+async fn streams_list(
+    State(app): State<Arc<App>>,
+    axum::Extension(ApiToken(token)): axum::Extension<ApiToken>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if let Some(token) = token {
+        if !bearer_matches(&headers, &token) {
+            return unauthorized();
+        }
+    }
+    match app.signaling() {
+        Some(sig) => Json(sig.streams().describe(std::time::Instant::now())).into_response(),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "signaling_unavailable",
+            "the media engine is not running",
+        ),
+    }
+}
+
+/// 401 with `WWW-Authenticate: Bearer`.
+fn unauthorized() -> Response {
+    let mut resp = error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "send the gateway's API_TOKEN as `Authorization: Bearer <token>`",
+    );
+    resp.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer"),
+    );
+    resp
 }
 
 /// Whether the request carries `Authorization: Bearer <token>`, compared in constant time

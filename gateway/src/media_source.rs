@@ -103,6 +103,31 @@ impl FromStr for MediaSourceSpec {
     }
 }
 
+impl std::fmt::Display for MediaSourceSpec {
+    /// The spec in `MEDIA_SOURCE`'s syntax (it parses back to itself).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MediaSourceSpec::TestSrc => f.write_str("testsrc"),
+            MediaSourceSpec::Rtp {
+                addr,
+                codec,
+                sender,
+            } => {
+                let codec = match codec {
+                    VideoCodec::H264 => "h264",
+                    VideoCodec::Vp8 => "vp8",
+                };
+                write!(f, "rtp://{addr}?codec={codec}")?;
+                match sender {
+                    Some(s) => write!(f, "&source={s}"),
+                    None => Ok(()),
+                }
+            }
+            MediaSourceSpec::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
 /// Keeps a source's producer alive (an encoder thread, an ingest task); dropping it stops it.
 pub struct SourceGuard {
     _inner: Box<dyn std::any::Any + Send + Sync>,
@@ -188,6 +213,15 @@ mod tests {
             .is_err());
         assert!("http://x/y".parse::<MediaSourceSpec>().is_err());
         assert!("".parse::<MediaSourceSpec>().is_err());
+        for s in [
+            "testsrc",
+            "rtp://127.0.0.1:5004?codec=vp8",
+            "rtp://[::1]:5004?codec=h264&source=[::1]:6000",
+            "/videos/a.h264",
+        ] {
+            let spec: MediaSourceSpec = s.parse().unwrap();
+            assert_eq!(spec.to_string(), s);
+        }
     }
 
     #[tokio::test]
@@ -195,7 +229,9 @@ mod tests {
         let (feeds, _guard) = start(&"rtp://127.0.0.1:0?codec=vp8".parse().unwrap()).unwrap();
         assert_eq!(feeds.codecs(), [VideoCodec::Vp8]);
         let (feeds, _guard) = start(&MediaSourceSpec::TestSrc).unwrap();
-        assert_eq!(feeds.codecs(), [VideoCodec::H264, VideoCodec::Vp8]);
+        // VP8 too when built with the `vp8` feature.
+        assert_eq!(feeds.codecs(), crate::media::testsrc::available_codecs());
+        assert_eq!(feeds.codecs().first(), Some(&VideoCodec::H264));
         let e = start(&MediaSourceSpec::File("/nonexistent/x.ivf".into()))
             .err()
             .unwrap()

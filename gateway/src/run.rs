@@ -71,9 +71,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let (video, source_guard) = crate::media_source::start(&settings.media_source)?;
     // Every stream: `default` from MEDIA_SOURCE, then the named ones.
     let mut stream_set = crate::media::StreamSet::from(video.clone());
-    let mut liveness = vec![(
-        crate::media::DEFAULT_STREAM.to_owned(),
-        crate::streams::Liveness::of(&settings.media_source, &video),
+    let mut entries = vec![crate::streams::StreamEntry::new(
+        crate::media::DEFAULT_STREAM,
+        &settings.media_source,
+        &video,
     )];
     let mut source_guards = vec![source_guard];
     for named in &settings.streams {
@@ -82,16 +83,17 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         }
         let (feeds, guard) = crate::media_source::start(&named.source)
             .map_err(|e| anyhow::anyhow!("STREAMS: stream {:?}: {e:#}", named.name))?;
-        liveness.push((
+        entries.push(crate::streams::StreamEntry::new(
             named.name.clone(),
-            crate::streams::Liveness::of(&named.source, &feeds),
+            &named.source,
+            &feeds,
         ));
         stream_set.insert(named.name.clone(), feeds);
         source_guards.push(guard);
         tracing::info!(stream = %named.name, source = ?named.source, "stream configured");
     }
     let streams = Arc::new(crate::streams::StreamDirectory::new(
-        liveness,
+        entries,
         settings.stream_fallback,
     ));
     let media = crate::media::MediaEngine::start(

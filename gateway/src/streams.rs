@@ -118,45 +118,92 @@ pub enum StreamRefusal {
     NotLive(String),
 }
 
+/// One stream as the directory knows it.
+#[derive(Debug, Clone)]
+pub struct StreamEntry {
+    /// Its name.
+    pub name: String,
+    /// When it can be played.
+    pub liveness: Liveness,
+    /// Its feeds (viewer counts).
+    pub feeds: VideoFeeds,
+    /// Its source as configured, for operators (`rtp://…`, a path, `testsrc`).
+    pub source: String,
+}
+
+impl StreamEntry {
+    /// The entry of a stream `name` fed by `spec` on `feeds`.
+    pub fn new(name: impl Into<String>, spec: &MediaSourceSpec, feeds: &VideoFeeds) -> Self {
+        Self {
+            name: name.into(),
+            liveness: Liveness::of(spec, feeds),
+            feeds: feeds.clone(),
+            source: spec.to_string(),
+        }
+    }
+}
+
 /// Every stream the gateway serves and how names resolve to them.
 #[derive(Debug, Clone)]
 pub struct StreamDirectory {
-    streams: Vec<(String, Liveness)>,
+    streams: Vec<StreamEntry>,
     fallback: StreamFallback,
 }
 
 impl StreamDirectory {
     /// A directory of `streams` (`default` among them), resolving unknown names by
     /// `fallback` once named streams exist.
-    pub fn new(streams: Vec<(String, Liveness)>, fallback: StreamFallback) -> Self {
+    pub fn new(streams: Vec<StreamEntry>, fallback: StreamFallback) -> Self {
         Self { streams, fallback }
+    }
+
+    /// For operators (`GET /api/v1/streams`): each stream's name, source, codecs, whether
+    /// it is live and how many viewers watch it.
+    pub fn describe(&self, now: Instant) -> serde_json::Value {
+        let list: Vec<serde_json::Value> = self
+            .streams
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "name": e.name,
+                    "source": e.source,
+                    "codecs": e.feeds.codecs().iter().map(|c| c.sdp_name()).collect::<Vec<_>>(),
+                    "live": e.liveness.is_live(now),
+                    "viewers": e.feeds.viewers(),
+                })
+            })
+            .collect();
+        serde_json::json!({ "streams": list, "fallback": match self.fallback {
+            StreamFallback::None => "none",
+            StreamFallback::Default => "default",
+        } })
     }
 
     /// The stream `requested` plays (`None`: the caller named none, e.g. `POST /whep`).
     pub fn resolve(&self, requested: Option<&str>, now: Instant) -> Result<&str, StreamRefusal> {
         let requested = requested.unwrap_or(DEFAULT_STREAM);
         let found = self.find(requested).or_else(|| {
-            let alone = self.streams.iter().all(|(n, _)| n == DEFAULT_STREAM);
+            let alone = self.streams.iter().all(|e| e.name == DEFAULT_STREAM);
             (alone || self.fallback == StreamFallback::Default)
                 .then(|| self.find(DEFAULT_STREAM))
                 .flatten()
         });
-        let Some((name, liveness)) = found else {
+        let Some(entry) = found else {
             return Err(StreamRefusal::Unknown(requested.to_owned()));
         };
-        if !liveness.is_live(now) {
-            return Err(StreamRefusal::NotLive(name.clone()));
+        if !entry.liveness.is_live(now) {
+            return Err(StreamRefusal::NotLive(entry.name.clone()));
         }
-        Ok(name)
+        Ok(&entry.name)
     }
 
-    fn find(&self, name: &str) -> Option<&(String, Liveness)> {
-        self.streams.iter().find(|(n, _)| n == name)
+    fn find(&self, name: &str) -> Option<&StreamEntry> {
+        self.streams.iter().find(|e| e.name == name)
     }
 
     /// Every stream name, in configuration order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.streams.iter().map(|(n, _)| n.as_str())
+        self.streams.iter().map(|e| e.name.as_str())
     }
 }
 
@@ -167,6 +214,15 @@ mod tests {
 
     fn rtp_feeds() -> VideoFeeds {
         VideoSource::new(VideoCodec::H264).into()
+    }
+
+    fn entry(name: &str, liveness: Liveness) -> StreamEntry {
+        StreamEntry {
+            name: name.to_owned(),
+            liveness,
+            feeds: rtp_feeds(),
+            source: "testsrc".to_owned(),
+        }
     }
 
     fn frame() -> EncodedFrame {
@@ -205,7 +261,7 @@ mod tests {
     #[test]
     fn a_lone_default_stream_plays_for_every_name() {
         let d = StreamDirectory::new(
-            vec![(DEFAULT_STREAM.into(), Liveness::Always)],
+            vec![entry(DEFAULT_STREAM, Liveness::Always)],
             StreamFallback::None,
         );
         let now = Instant::now();
@@ -219,8 +275,8 @@ mod tests {
     #[test]
     fn named_streams_refuse_unknown_names_unless_falling_back() {
         let streams = vec![
-            (DEFAULT_STREAM.to_owned(), Liveness::Always),
-            ("cam1".to_owned(), Liveness::Always),
+            entry(DEFAULT_STREAM, Liveness::Always),
+            entry("cam1", Liveness::Always),
         ];
         let now = Instant::now();
         let strict = StreamDirectory::new(streams.clone(), StreamFallback::None);
@@ -240,11 +296,8 @@ mod tests {
         let feeds = rtp_feeds();
         let d = StreamDirectory::new(
             vec![
-                (DEFAULT_STREAM.to_owned(), Liveness::Always),
-                (
-                    "cam1".to_owned(),
-                    Liveness::WhileFramesArrive(feeds.clone()),
-                ),
+                entry(DEFAULT_STREAM, Liveness::Always),
+                entry("cam1", Liveness::WhileFramesArrive(feeds.clone())),
             ],
             StreamFallback::None,
         );
@@ -264,5 +317,10 @@ mod tests {
             Err(StreamRefusal::NotLive("cam1".into())),
             "the sender stopped"
         );
+        let described = d.describe(Instant::now());
+        assert_eq!(described["streams"][1]["name"], "cam1");
+        assert_eq!(described["streams"][1]["live"], true);
+        assert_eq!(described["streams"][1]["codecs"][0], "H264");
+        assert_eq!(described["fallback"], "none");
     }
 }

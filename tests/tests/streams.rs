@@ -129,6 +129,43 @@ async fn project_ids_and_whep_paths_name_streams() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(played.json()["type"], "answer");
+
+    // Operators see every stream.
+    let r = request(addr, "GET", "/api/v1/streams", &[], b"").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let j = r.json();
+    let names: Vec<&str> = j["streams"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names, ["default", "cam1", "loop"]);
+    assert_eq!(j["streams"][1]["live"], true, "{j}");
+    assert_eq!(
+        j["streams"][1]["source"],
+        format!("rtp://127.0.0.1:{rtp_port}?codec=h264")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_list_needs_the_api_token_when_one_is_set() {
+    let token = "streams-api-token-0123456789";
+    let gw = gateway_tests::start_gateway(SECRET, &["--api-token", token]).await;
+    request(gw.http_addr, "GET", "/api/v1/streams", &[], b"")
+        .await
+        .expect_error(401, "unauthorized");
+    let bearer = format!("Bearer {token}");
+    let r = request(
+        gw.http_addr,
+        "GET",
+        "/api/v1/streams",
+        &[("Authorization", &bearer)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["streams"][0]["name"], "default");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
