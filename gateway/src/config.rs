@@ -25,18 +25,7 @@ fn parse_host(s: &str) -> Result<String, String> {
         .strip_prefix('[')
         .and_then(|x| x.strip_suffix(']'))
         .unwrap_or(t);
-    if t.parse::<IpAddr>().is_ok() {
-        return Ok(t.to_owned());
-    }
-    let ok = !t.is_empty()
-        && t.len() <= 253
-        && t.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
+    let ok = crate::ice_url::is_host(t);
     if ok {
         Ok(t.to_owned())
     } else {
@@ -793,6 +782,110 @@ mod tests {
         .unwrap();
         let probes: Vec<_> = c.settings.stun_probes().iter().map(|s| s.url()).collect();
         assert_eq!(probes, vec!["stun:a.example:1", "stun:b.example:2"]);
+    }
+
+    #[test]
+    fn plan_carries_every_part() {
+        let c = parse(&[
+            "--turn-listen",
+            "127.0.0.1:4443",
+            "--turn-udp-listen",
+            "127.0.0.1:3478",
+            "--turn-secret",
+            "0123456789abcdef",
+            "--turn-realm",
+            "r.example",
+            "--turn-relay-ports",
+            "62000-62010",
+            "--webrtc-port-range",
+            "50000",
+            "--webrtc-advertise-ip",
+            "media.example",
+            "--stun-server",
+            "stun:s.example:3479",
+            "--ice-servers",
+            r#"[{"urls":"stun:i.example"}]"#,
+            "--coturn-host",
+            "c.example",
+            "--coturn-secret",
+            "coturn",
+            "--max-viewers",
+            "8",
+            "--turn-embedded",
+            "false",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        let p = c.settings.plan().unwrap();
+        assert!(p.secrets.is_some() && p.api_token.is_none() && p.self_signed());
+        assert_eq!(p.relay.realm, "r.example");
+        assert_eq!(p.io.listen, "127.0.0.1:4443".parse().unwrap());
+        assert_eq!(p.io.udp_listen, Some("127.0.0.1:3478".parse().unwrap()));
+        assert_eq!(
+            p.io.relay_ports.map(|r| (r.min, r.max)),
+            Some((62000, 62010))
+        );
+        assert_eq!((p.media.ports.min, p.media.ports.max), (50000, 50000));
+        assert_eq!(p.media.advertise.as_deref(), Some("media.example"));
+        let probes: Vec<_> = p
+            .media
+            .stun_probes
+            .iter()
+            .map(|s| (s.setting, s.server.url()))
+            .collect();
+        assert_eq!(
+            probes,
+            vec![
+                ("STUN_SERVER", "stun:s.example:3479".to_owned()),
+                ("ICE_SERVERS", "stun:i.example:3478".to_owned())
+            ]
+        );
+        assert_eq!((p.sessions.max_viewers, p.media.max_sessions), (8, 18));
+        assert_eq!(
+            p.modes,
+            Modes {
+                turn_embedded: false,
+                json_logs: true
+            }
+        );
+        let targets = p.ice.turn_targets("doctor", 1000);
+        assert_eq!(targets.len(), 2);
+        assert!(targets.iter().all(|t| t.host == "c.example"));
+    }
+
+    #[test]
+    fn plan_refuses_what_start_up_would_and_names_the_setting() {
+        for (args, setting) in [
+            (&["--turn-secret", "short"][..], "TURN_SECRET"),
+            (&["--api-token", "short"][..], "API_TOKEN"),
+            (
+                &["--turn-relay-ports", "50000-50001"][..],
+                "TURN_RELAY_PORTS",
+            ),
+            (&["--turn-denied-peers", "x"][..], "TURN_DENIED_PEERS"),
+            (&["--cors-origins", "not an origin"][..], "CORS_ORIGINS"),
+            (&["--coturn-host", "c.example"][..], "COTURN_HOST"),
+        ] {
+            let e = parse(args).unwrap().settings.plan().err().unwrap();
+            assert_eq!(e.setting, setting, "{args:?}: {e}");
+            assert!(e.to_string().starts_with(&format!("invalid {setting}: ")));
+        }
+        // TLS_CERT without TLS_KEY cannot come from flags (clap requires both), but a plan
+        // built from any Settings value checks it too.
+        let mut s = parse(&[]).unwrap().settings;
+        s.tls_cert = Some("/c.pem".into());
+        assert_eq!(s.plan().err().unwrap().setting, "TLS_KEY");
+        s.tls_key = Some("/k.pem".into());
+        let p = s.plan().unwrap();
+        assert_eq!(
+            p.tls,
+            Some(TlsFiles {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into()
+            })
+        );
+        assert!(!p.self_signed());
     }
 
     #[test]

@@ -204,6 +204,7 @@ pub(crate) async fn check(ice: &IceServerPlan, now: u64, net: &impl TurnProbe, r
                     t.origin.credential_setting()
                 ),
             ),
+            Err(e) if e.message.contains(&addr.to_string()) => r.add(Status::Fail, what, e.message),
             Err(e) => r.add(Status::Fail, what, format!("{addr}: {}", e.message)),
         }
     }
