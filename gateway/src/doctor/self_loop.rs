@@ -283,7 +283,7 @@ mod tests {
         assert_eq!(c[0].status, Status::Ok, "{}", c[0]);
         assert!(c[0].detail.contains("relayed both ways"), "{}", c[0]);
         // Without TURN_SECRET and no running gateway, a throwaway secret is used.
-        assert_eq!(runner.runs.lock().unwrap()[0].0, false);
+        assert!(!runner.runs.lock().unwrap()[0].0);
         // Against the running gateway with TURN_SECRET: Allocate only is still a pass.
         let runner = fake(Some(SECRET), None);
         let c = run(&plan(&["--turn-secret", SECRET]), true, &runner).await;
