@@ -33,6 +33,12 @@ fn parse_host(s: &str) -> Result<String, String> {
     }
 }
 
+/// The precedence rule, printed at the end of `--help`.
+const PRECEDENCE: &str = "Every setting is a flag and the environment variable named in brackets. \
+    Precedence: a flag wins over its environment variable, which wins over the built-in default. \
+    Settings go before the sub-command (`gateway --coturn-host h doctor`); `gateway doctor` \
+    checks exactly what `gateway` would run with.";
+
 /// TURN-aware WebRTC edge gateway: live video to browsers, its signaling API, and an
 /// embedded TURN relay (TCP and TLS on port 443) with expiring REST credentials.
 ///
@@ -40,7 +46,8 @@ fn parse_host(s: &str) -> Result<String, String> {
 /// Precedence: a flag wins over its environment variable, which wins over the built-in
 /// default. `gateway doctor` checks exactly what `gateway` would run with.
 #[derive(Debug, Parser)]
-#[command(name = "gateway", version, about, long_about = None, max_term_width = 100)]
+#[command(name = "gateway", version, about, long_about = None, max_term_width = 100,
+          after_help = PRECEDENCE, after_long_help = PRECEDENCE)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -688,6 +695,18 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_states_the_precedence_rule() {
+        let help = Cli::command().render_help().to_string();
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            help.contains(
+                "a flag wins over its environment variable, which wins over the built-in default"
+            ),
+            "{help}"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `gateway doctor` reads its settings exactly as `gateway` does: the real binary, given
 //! every setting as a flag and an empty environment (only PATH), checks the coturn the flags
 //! name (Debian's `turnserver` on loopback) and reports the wrong secret the flags give it,
-//! in both the human and the `--json` report; with the right secret, the same flags pass.
+//! in both the human and the `--json` report; with the right secret, the same flags pass,
+//! also when the environment says otherwise (a flag wins over its environment variable).
 
 use std::net::TcpListener;
 use std::process::Command;
@@ -19,17 +20,22 @@ fn free_port() -> u16 {
         .port()
 }
 
+fn doctor(flags: &[String]) -> Run {
+    doctor_with_env(flags, &[])
+}
+
 struct Run {
     ok: bool,
     stdout: String,
     stderr: String,
 }
 
-/// `gateway doctor` with `flags` only: the environment is cleared but for PATH.
-fn doctor(flags: &[String]) -> Run {
+/// `gateway doctor` with `flags` only: the environment is cleared but for PATH (and `env`).
+fn doctor_with_env(flags: &[String], env: &[(&str, String)]) -> Run {
     let mut cmd = Command::new(gateway_bin());
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (*k, v)))
         .args(flags);
     let out = cmd.output().expect("run gateway doctor");
     Run {
@@ -156,6 +162,25 @@ fn doctor_checks_the_coturn_named_by_flags_and_reports_the_wrong_secret() {
         run.stdout
     );
     assert!(run.stdout.contains("checks: 1 failed"), "{}", run.stdout);
+
+    // A flag wins over its environment variable: with the environment naming another port
+    // and the wrong secret, the flags' coturn and secret are what is checked.
+    let run = doctor_with_env(
+        &flags(coturn.port, COTURN_SECRET, &cert, false),
+        &[
+            ("COTURN_HOST", "127.0.0.2".to_owned()),
+            ("COTURN_PORT", "1".to_owned()),
+            ("COTURN_SECRET", "not-the-coturn-secret-0123".to_owned()),
+        ],
+    );
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.starts_with("OK") && l.contains(&coturn_check)),
+        "{}",
+        run.stdout
+    );
 
     // The right secret: the same flags pass, so the failure above was the secret.
     let run = doctor(&flags(coturn.port, COTURN_SECRET, &cert, true));
