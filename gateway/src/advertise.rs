@@ -18,7 +18,7 @@ use stun_types::message::{Message, MessageClass, MessageWriteVec, BINDING};
 use stun_types::prelude::*;
 use tokio::net::UdpSocket;
 
-use crate::config::{Settings, StunServerSetting};
+use crate::config::{MediaPlan, StunServerSetting};
 
 /// Where the advertised address came from (for logs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,26 +35,25 @@ pub enum Origin {
     Loopback,
 }
 
-/// Decides the advertised IP (see the module docs). Errors name the setting.
-pub async fn advertised_ip(settings: &Settings) -> anyhow::Result<(IpAddr, Origin)> {
-    if let Some(host) = &settings.webrtc_advertise_ip {
-        return Ok((
-            resolve(host, settings.webrtc_bind_ip).await?,
-            Origin::Configured,
-        ));
+/// Decides the advertised IP (see the module docs) for a validated plan. Errors name the
+/// setting.
+pub async fn advertised_ip(media: &MediaPlan) -> anyhow::Result<(IpAddr, Origin)> {
+    if let Some(host) = &media.advertise {
+        return Ok((resolve(host, media.bind_ip).await?, Origin::Configured));
     }
-    for stun in settings.stun_probes() {
-        match stun_public_ip(&stun, settings.webrtc_bind_ip).await {
+    for probe in &media.stun_probes {
+        let stun = &probe.server;
+        match stun_public_ip(stun, media.bind_ip).await {
             Ok(ip) => {
                 tracing::info!(stun = %stun.url(), %ip, "public address from STUN");
                 return Ok((ip, Origin::Stun));
             }
-            Err(e) => tracing::warn!(stun = %stun.url(), error = %format!("{e:#}"),
-                "STUN_SERVER did not tell the public address"),
+            Err(e) => tracing::warn!(stun = %stun.url(), setting = probe.setting,
+                error = %format!("{e:#}"), "the STUN server did not tell the public address"),
         }
     }
-    if !settings.webrtc_bind_ip.is_unspecified() {
-        return Ok((settings.webrtc_bind_ip, Origin::BindIp));
+    if !media.bind_ip.is_unspecified() {
+        return Ok((media.bind_ip, Origin::BindIp));
     }
     if let Some(ip) = primary_ipv4() {
         tracing::info!(%ip, "WEBRTC_ADVERTISE_IP not set: advertising this machine's address");

@@ -25,18 +25,7 @@ fn parse_host(s: &str) -> Result<String, String> {
         .strip_prefix('[')
         .and_then(|x| x.strip_suffix(']'))
         .unwrap_or(t);
-    if t.parse::<IpAddr>().is_ok() {
-        return Ok(t.to_owned());
-    }
-    let ok = !t.is_empty()
-        && t.len() <= 253
-        && t.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
+    let ok = crate::ice_url::is_host(t);
     if ok {
         Ok(t.to_owned())
     } else {
@@ -44,12 +33,21 @@ fn parse_host(s: &str) -> Result<String, String> {
     }
 }
 
+/// The precedence rule, printed at the end of `--help`.
+const PRECEDENCE: &str = "Every setting is a flag and the environment variable named in brackets. \
+    Precedence: a flag wins over its environment variable, which wins over the built-in default. \
+    Settings go before the sub-command (`gateway --coturn-host h doctor`); `gateway doctor` \
+    checks exactly what `gateway` would run with.";
+
 /// TURN-aware WebRTC edge gateway: live video to browsers, its signaling API, and an
 /// embedded TURN relay (TCP and TLS on port 443) with expiring REST credentials.
 ///
 /// Every flag can also be set through the environment variable named in brackets.
+/// Precedence: a flag wins over its environment variable, which wins over the built-in
+/// default. `gateway doctor` checks exactly what `gateway` would run with.
 #[derive(Debug, Parser)]
-#[command(name = "gateway", version, about, long_about = None, max_term_width = 100)]
+#[command(name = "gateway", version, about, long_about = None, max_term_width = 100,
+          after_help = PRECEDENCE, after_long_help = PRECEDENCE)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -74,8 +72,14 @@ pub enum Command {
     },
     /// Check this machine and these settings: ports, advertised address, certificate,
     /// external TURN servers, and a relay loop through the embedded relay. One line per
-    /// check (OK, WARN or FAIL with the fix); exit status 0 only when nothing failed.
-    Doctor,
+    /// check (OK, WARN or FAIL with the fix); exit status 0 only when nothing failed. Reads
+    /// the same flags and environment as `gateway run`.
+    Doctor {
+        /// One JSON document (`{"ok":…,"checks":[{"name","status","detail"}]}`) instead of
+        /// lines, for machines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Settings shared by every sub-command.
@@ -112,7 +116,7 @@ pub struct Settings {
 
     /// Host name or IP written into turn:/turns: URLs handed to browsers. Must match the
     /// TLS certificate for TURNS. Default: WEBRTC_ADVERTISE_IP, else `localhost`.
-    #[arg(long, env = "TURN_HOST")]
+    #[arg(long, env = "TURN_HOST", value_parser = parse_host)]
     pub turn_host: Option<String>,
 
     /// Lifetime of minted TURN credentials, in seconds.
@@ -335,6 +339,219 @@ pub struct SettingError {
     pub reason: String,
 }
 
+/// Everything the gateway and `gateway doctor` need from the settings, validated once by
+/// [`Settings::plan`]: what `gateway` would run with is exactly what the doctor checks.
+/// Nothing in it touches the network; the advertised address is decided at start-up from
+/// [`MediaPlan`].
+#[derive(Clone)]
+pub struct Plan {
+    /// The settings it was made from (request handlers read the credential TTL and URLs).
+    pub settings: Settings,
+    /// TURN_SECRET; `None` when unset (start-up then makes a random one).
+    pub secrets: Option<auth::SecretRing>,
+    /// API_TOKEN; `None`: the TURN REST endpoint is off.
+    pub api_token: Option<String>,
+    /// TURN_ALLOWED_PEERS / TURN_DENIED_PEERS.
+    pub policy: PeerPolicy,
+    /// The relay's protocol settings (realm, quotas, lifetimes).
+    pub relay: relay::core::Config,
+    /// The relay's sockets and connection limits.
+    pub io: relay::io::IoConfig,
+    /// HTTP_MAX_CONNECTIONS and HTTP_MAX_CONNECTIONS_PER_IP.
+    pub http_limits: (u32, u32),
+    /// The media engine's settings.
+    pub media: MediaPlan,
+    /// Session bounds (MAX_VIEWERS, SESSION_*).
+    pub sessions: crate::session::Limits,
+    /// External ICE servers (ICE_SERVERS, COTURN_*, STUN_SERVER), checked.
+    pub ice: crate::signaling::ice_servers::IceServerPlan,
+    /// CORS_ORIGINS; `None`: no CORS headers.
+    pub cors: Option<tower_http::cors::CorsLayer>,
+    /// TLS_CERT and TLS_KEY; `None`: a self-signed certificate.
+    pub tls: Option<TlsFiles>,
+    /// Switches.
+    pub modes: Modes,
+}
+
+/// TLS_CERT and TLS_KEY.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// What the media engine needs, before the advertised address is known.
+#[derive(Debug, Clone)]
+pub struct MediaPlan {
+    /// WEBRTC_BIND_IP.
+    pub bind_ip: IpAddr,
+    /// WEBRTC_PORT_RANGE.
+    pub ports: PortRange,
+    /// WEBRTC_ADVERTISE_IP as written (an IP or a DNS name resolved at start).
+    pub advertise: Option<String>,
+    /// STUN servers asked for the public address when `advertise` is unset, in order.
+    pub stun_probes: Vec<StunProbe>,
+    /// Backstop on the engine's sessions: room beyond MAX_VIEWERS for sessions being
+    /// replaced (closed while their successor starts).
+    pub max_sessions: usize,
+    /// MEDIA_SOURCE (the stream `default`).
+    pub source: MediaSourceSpec,
+    /// STREAMS: the named streams, names unique.
+    pub streams: Vec<crate::streams::NamedStream>,
+    /// STREAM_FALLBACK.
+    pub stream_fallback: crate::streams::StreamFallback,
+}
+
+impl MediaPlan {
+    /// The engine's configuration once the advertised address is decided.
+    pub fn config(&self, advertised: IpAddr) -> crate::media::MediaConfig {
+        crate::media::MediaConfig {
+            bind_ip: self.bind_ip,
+            ports: self.ports,
+            advertise_ip: Some(advertised),
+            max_sessions: self.max_sessions,
+            ..Default::default()
+        }
+    }
+}
+
+/// A STUN server to ask for the public address, and the setting that names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StunProbe {
+    /// `STUN_SERVER` or `ICE_SERVERS`.
+    pub setting: &'static str,
+    /// The server.
+    pub server: StunServerSetting,
+}
+
+/// Switches of the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Modes {
+    /// TURN_EMBEDDED: the embedded relay is listed in ICE server lists.
+    pub turn_embedded: bool,
+    /// LOG_FORMAT=json.
+    pub json_logs: bool,
+}
+
+impl Plan {
+    /// Whether a self-signed certificate is served (TLS_CERT/TLS_KEY unset).
+    pub fn self_signed(&self) -> bool {
+        self.tls.is_none()
+    }
+}
+
+impl Settings {
+    /// Validates every setting and the ones that depend on each other, and returns what the
+    /// gateway runs with. Pure: no file, socket or name lookup. Errors name the setting and
+    /// the offending value.
+    pub fn plan(&self) -> Result<Plan, SettingError> {
+        let secrets = self.secrets()?;
+        let api_token = self.api_token()?;
+        self.check_port_ranges()?;
+        let policy = self.policy()?;
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(SettingError {
+                    setting: if self.tls_key.is_none() {
+                        "TLS_KEY"
+                    } else {
+                        "TLS_CERT"
+                    },
+                    reason: "TLS_CERT and TLS_KEY go together: set both, or neither for a \
+                             self-signed certificate"
+                        .into(),
+                });
+            }
+        };
+        let cors = crate::signaling::cors::layer(self.cors_origins.as_deref())?;
+        let ice = crate::signaling::ice_servers::IceServerPlan::new(
+            crate::signaling::ice_servers::PlanInput {
+                ice_servers: self
+                    .ice_servers
+                    .as_ref()
+                    .map(|l| l.0.as_slice())
+                    .unwrap_or_default(),
+                coturn: self.coturn_host.as_deref().map(|h| (h, self.coturn_port)),
+                coturn_static: self
+                    .coturn_username
+                    .as_deref()
+                    .zip(self.coturn_password.as_deref()),
+                coturn_secret: self.coturn_secret.as_deref(),
+                stun: self.stun_server.as_ref(),
+                ttl: self.turn_credential_ttl,
+            },
+        )?;
+        let relay = relay::core::Config {
+            realm: self.turn_realm.clone(),
+            max_allocations_per_user: self.turn_user_quota,
+            max_allocations_total: self.turn_total_quota,
+            unbound_allocation_lifetime: Duration::from_secs(self.turn_unbound_allocation_lifetime),
+            ..Default::default()
+        };
+        let io = relay::io::IoConfig {
+            listen: self.turn_listen,
+            udp_listen: self.turn_udp_listen,
+            relay_ipv4: Some(self.turn_relay_ip),
+            relay_ipv6: None,
+            relay_ports: Some(self.turn_relay_ports),
+            handshake_timeout: self.handshake_timeout(),
+            unauthenticated_timeout: Duration::from_secs(self.turn_unauthenticated_timeout),
+            max_connections_per_ip: self.turn_max_connections_per_ip,
+            ..Default::default()
+        };
+        let viewers = self.max_viewers as usize;
+        let media = MediaPlan {
+            bind_ip: self.webrtc_bind_ip,
+            ports: self.webrtc_port_range,
+            advertise: self.webrtc_advertise_ip.clone(),
+            stun_probes: self.stun_probes_named(),
+            max_sessions: viewers + viewers / 4 + 8,
+            source: self.media_source.clone(),
+            streams: self.streams.clone(),
+            stream_fallback: self.stream_fallback,
+        };
+        for (i, a) in self.streams.iter().enumerate() {
+            if self.streams.iter().skip(i + 1).any(|b| b.name == a.name) {
+                return Err(SettingError {
+                    setting: "STREAMS",
+                    reason: format!("the stream {:?} is named twice", a.name),
+                });
+            }
+        }
+        let sessions = crate::session::Limits {
+            max_viewers: viewers,
+            max_pending: self.session_pending_max as usize,
+            max_pending_per_source: self.session_pending_per_source as usize,
+            idle: Duration::from_secs(self.session_idle_timeout),
+        };
+        Ok(Plan {
+            settings: self.clone(),
+            secrets,
+            api_token,
+            policy,
+            relay,
+            io,
+            http_limits: (self.http_max_connections, self.http_max_connections_per_ip),
+            media,
+            sessions,
+            ice,
+            cors,
+            tls,
+            modes: Modes {
+                turn_embedded: self.turn_embedded,
+                json_logs: self.log_format == "json",
+            },
+        })
+    }
+}
+
 impl Settings {
     /// The secret ring from TURN_SECRET, or `None` when unset. Every secret must be at least
     /// [`MIN_SECRET_BYTES`] long: each minted credential is an offline brute-force oracle for
@@ -433,7 +650,22 @@ impl Settings {
     /// STUN servers to ask for the public address: STUN_SERVER, then the `stun:` URLs of
     /// ICE_SERVERS.
     pub fn stun_probes(&self) -> Vec<StunServerSetting> {
-        let mut out: Vec<StunServerSetting> = self.stun_server.iter().cloned().collect();
+        self.stun_probes_named()
+            .into_iter()
+            .map(|p| p.server)
+            .collect()
+    }
+
+    /// [`Settings::stun_probes`] with the setting each comes from.
+    fn stun_probes_named(&self) -> Vec<StunProbe> {
+        let mut out: Vec<StunProbe> = self
+            .stun_server
+            .iter()
+            .map(|s| StunProbe {
+                setting: "STUN_SERVER",
+                server: s.clone(),
+            })
+            .collect();
         if let Some(list) = &self.ice_servers {
             for e in &list.0 {
                 let urls = match &e.urls {
@@ -442,8 +674,11 @@ impl Settings {
                 };
                 for u in urls {
                     if crate::ice_url::strip_scheme(&u, crate::ice_url::Scheme::Stun).is_some() {
-                        if let Ok(s) = u.parse() {
-                            out.push(s);
+                        if let Ok(server) = u.parse() {
+                            out.push(StunProbe {
+                                setting: "ICE_SERVERS",
+                                server,
+                            });
                         }
                     }
                 }
@@ -491,6 +726,18 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_states_the_precedence_rule() {
+        let help = Cli::command().render_help().to_string();
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            help.contains(
+                "a flag wins over its environment variable, which wins over the built-in default"
+            ),
+            "{help}"
+        );
     }
 
     #[test]
@@ -585,6 +832,114 @@ mod tests {
         .unwrap();
         let probes: Vec<_> = c.settings.stun_probes().iter().map(|s| s.url()).collect();
         assert_eq!(probes, vec!["stun:a.example:1", "stun:b.example:2"]);
+    }
+
+    #[test]
+    fn plan_carries_every_part() {
+        let c = parse(&[
+            "--turn-listen",
+            "127.0.0.1:4443",
+            "--turn-udp-listen",
+            "127.0.0.1:3478",
+            "--turn-secret",
+            "0123456789abcdef",
+            "--turn-realm",
+            "r.example",
+            "--turn-relay-ports",
+            "62000-62010",
+            "--webrtc-port-range",
+            "50000",
+            "--webrtc-advertise-ip",
+            "media.example",
+            "--stun-server",
+            "stun:s.example:3479",
+            "--ice-servers",
+            r#"[{"urls":"stun:i.example"}]"#,
+            "--coturn-host",
+            "c.example",
+            "--coturn-secret",
+            "coturn",
+            "--max-viewers",
+            "8",
+            "--turn-embedded",
+            "false",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        let p = c.settings.plan().unwrap();
+        assert!(p.secrets.is_some() && p.api_token.is_none() && p.self_signed());
+        assert_eq!(p.relay.realm, "r.example");
+        assert_eq!(p.io.listen, "127.0.0.1:4443".parse().unwrap());
+        assert_eq!(p.io.udp_listen, Some("127.0.0.1:3478".parse().unwrap()));
+        assert_eq!(
+            p.io.relay_ports.map(|r| (r.min, r.max)),
+            Some((62000, 62010))
+        );
+        assert_eq!((p.media.ports.min, p.media.ports.max), (50000, 50000));
+        assert_eq!(p.media.advertise.as_deref(), Some("media.example"));
+        let probes: Vec<_> = p
+            .media
+            .stun_probes
+            .iter()
+            .map(|s| (s.setting, s.server.url()))
+            .collect();
+        assert_eq!(
+            probes,
+            vec![
+                ("STUN_SERVER", "stun:s.example:3479".to_owned()),
+                ("ICE_SERVERS", "stun:i.example:3478".to_owned())
+            ]
+        );
+        assert_eq!((p.sessions.max_viewers, p.media.max_sessions), (8, 18));
+        assert_eq!(
+            p.modes,
+            Modes {
+                turn_embedded: false,
+                json_logs: true
+            }
+        );
+        let targets = p.ice.turn_targets("doctor", 1000);
+        assert_eq!(targets.len(), 2);
+        assert!(targets.iter().all(|t| t.host == "c.example"));
+    }
+
+    #[test]
+    fn plan_refuses_what_start_up_would_and_names_the_setting() {
+        for (args, setting) in [
+            (&["--turn-secret", "short"][..], "TURN_SECRET"),
+            (&["--api-token", "short"][..], "API_TOKEN"),
+            (
+                &["--turn-relay-ports", "50000-50001"][..],
+                "TURN_RELAY_PORTS",
+            ),
+            (&["--turn-denied-peers", "x"][..], "TURN_DENIED_PEERS"),
+            (&["--cors-origins", "not an origin"][..], "CORS_ORIGINS"),
+            (&["--coturn-host", "c.example"][..], "COTURN_HOST"),
+            (
+                &["--stream", "a=testsrc", "--stream", "a=testsrc"][..],
+                "STREAMS",
+            ),
+        ] {
+            let e = parse(args).unwrap().settings.plan().err().unwrap();
+            assert_eq!(e.setting, setting, "{args:?}: {e}");
+            assert!(e.to_string().starts_with(&format!("invalid {setting}: ")));
+        }
+        // TLS_CERT without TLS_KEY cannot come from flags (clap requires both), but a plan
+        // built from any Settings value checks it too.
+        let mut s = parse(&[]).unwrap().settings;
+        s.tls_cert = Some("/c.pem".into());
+        assert_eq!(s.plan().err().unwrap().setting, "TLS_KEY");
+        s.tls_key = Some("/k.pem".into());
+        let p = s.plan().unwrap();
+        assert_eq!(
+            p.tls,
+            Some(TlsFiles {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into()
+            })
+        );
+        assert!(!p.self_signed());
     }
 
     #[test]

@@ -65,11 +65,28 @@ pub fn host_port(v: &str, default: u16) -> Option<(String, u16)> {
     } else {
         (v, default)
     };
-    let bad_char = |c: char| c.is_whitespace() || c.is_control() || c == '/' || c == '@';
-    if host.is_empty() || port == 0 || host.chars().any(bad_char) {
+    if port == 0 || !is_host(host) {
         return None;
     }
     Some((host.to_owned(), port))
+}
+
+/// Whether `host` (without brackets) is an IP address or a DNS name: dot-separated labels of
+/// 1 to 63 ASCII letters, digits, `-` or `_`, 253 bytes at most. The one host grammar of
+/// every setting that names a host.
+pub fn is_host(host: &str) -> bool {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 #[cfg(test)]
@@ -92,7 +109,8 @@ mod tests {
         assert_eq!(host_port("::1", 3478), Some(("::1".into(), 3478)));
         assert_eq!(host_port("h?transport=udp", 3478), Some(("h".into(), 3478)));
         for bad in [
-            "", ":5", "h:0", "h:x", "[::1", "[::1]x", "a b:1", "u@h:1", "é:99999",
+            "", ":5", "h:0", "h:x", "[::1", "[::1]x", "a b:1", "u@h:1", "é:99999", "stunéx",
+            "a..b:1",
         ] {
             assert_eq!(host_port(bad, 3478), None, "{bad}");
         }

@@ -13,7 +13,7 @@ fn main() -> ExitCode {
     let json_logs = cli.settings.log_format == "json";
     let result = match cli.command {
         Some(Command::Credentials { user, ttl }) => credentials(&cli.settings, &user, ttl),
-        Some(Command::Doctor) => return doctor(cli.settings),
+        Some(Command::Doctor { json }) => return doctor(&cli.settings, json),
         None | Some(Command::Run) => run(cli.settings),
     };
     match result {
@@ -102,7 +102,7 @@ async fn wait_for_shutdown(reloader: Option<&gateway::reload::Reloader>) -> anyh
     Ok(())
 }
 
-fn doctor(settings: Settings) -> ExitCode {
+fn doctor(settings: &Settings, json: bool) -> ExitCode {
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -110,7 +110,16 @@ fn doctor(settings: Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let ok = rt.block_on(gateway::doctor::run(&settings, &mut std::io::stdout()));
+    let format = if json {
+        gateway::doctor::Format::Json
+    } else {
+        gateway::doctor::Format::Human
+    };
+    let ok = rt.block_on(gateway::doctor::run(
+        settings,
+        format,
+        &mut std::io::stdout(),
+    ));
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     if ok {
         ExitCode::SUCCESS

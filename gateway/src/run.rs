@@ -8,7 +8,7 @@ use auth::SecretRing;
 
 use crate::app::App;
 use crate::bind_hint::Proto;
-use crate::config::Settings;
+use crate::config::{Plan, Settings};
 use crate::{http, tls};
 
 /// A started gateway (used by `main` and by tests).
@@ -31,10 +31,29 @@ pub struct Running {
     pub http_accept: tokio::task::JoinHandle<()>,
 }
 
-/// Validates `settings`, binds every port and starts serving.
+/// Validates `settings` ([`Settings::plan`]), binds every port and starts serving.
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
-    let api_token = settings.api_token()?;
-    let secrets = match settings.secrets()? {
+    start_plan(settings.plan()?).await
+}
+
+/// Binds every port of a validated plan and starts serving.
+pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
+    let Plan {
+        settings,
+        secrets,
+        api_token,
+        policy,
+        relay: relay_config,
+        io,
+        http_limits,
+        media: media_plan,
+        sessions,
+        ice: ice_plan,
+        cors,
+        tls: tls_files,
+        modes,
+    } = plan;
+    let secrets = match secrets {
         Some(ring) => {
             tracing::info!(fingerprints = ?ring.fingerprints(), "TURN secrets loaded (first mints)");
             ring
@@ -51,9 +70,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             ring
         }
     };
-    settings.check_port_ranges()?;
-    let policy = settings.policy()?;
-    let (advertised, origin) = crate::advertise::advertised_ip(&settings)
+    let (advertised, origin) = crate::advertise::advertised_ip(&media_plan)
         .await
         .map_err(|e| {
             anyhow::anyhow!(
@@ -66,21 +83,18 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let host = settings
         .turn_host
         .clone()
-        .or_else(|| settings.webrtc_advertise_ip.clone())
+        .or_else(|| media_plan.advertise.clone())
         .unwrap_or_else(|| advertised.to_string());
-    let (video, source_guard) = crate::media_source::start(&settings.media_source)?;
+    let (video, source_guard) = crate::media_source::start(&media_plan.source)?;
     // Every stream: `default` from MEDIA_SOURCE, then the named ones.
     let mut stream_set = crate::media::StreamSet::from(video.clone());
     let mut entries = vec![crate::streams::StreamEntry::new(
         crate::media::DEFAULT_STREAM,
-        &settings.media_source,
+        &media_plan.source,
         &video,
     )];
     let mut source_guards = vec![source_guard];
-    for named in &settings.streams {
-        if stream_set.get(&named.name).is_some() {
-            anyhow::bail!("STREAMS: the stream {:?} is named twice", named.name);
-        }
+    for named in &media_plan.streams {
         let (feeds, guard) = crate::media_source::start(&named.source)
             .map_err(|e| anyhow::anyhow!("STREAMS: stream {:?}: {e:#}", named.name))?;
         entries.push(crate::streams::StreamEntry::new(
@@ -94,36 +108,25 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     }
     let streams = Arc::new(crate::streams::StreamDirectory::new(
         entries,
-        settings.stream_fallback,
+        media_plan.stream_fallback,
     ));
-    let media = crate::media::MediaEngine::start(
-        crate::media::MediaConfig {
-            bind_ip: settings.webrtc_bind_ip,
-            ports: settings.webrtc_port_range,
-            advertise_ip: Some(advertised),
-            // The registry's viewer slots are the bound; the engine's is a backstop with
-            // room for media sessions being replaced (closed while their successor starts).
-            max_sessions: settings.max_viewers as usize + settings.max_viewers as usize / 4 + 8,
-            ..Default::default()
-        },
-        stream_set.clone(),
-    )
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "WEBRTC_BIND_IP/WEBRTC_PORT_RANGE: {e}: the media engine needs free UDP ports in \
-             WEBRTC_PORT_RANGE ({}-{}) on WEBRTC_BIND_IP ({}): stop what holds them (another \
-             gateway?), or set WEBRTC_PORT_RANGE to a free range and WEBRTC_BIND_IP to an \
-             address of this machine",
-            settings.webrtc_port_range.min,
-            settings.webrtc_port_range.max,
-            settings.webrtc_bind_ip
-        )
-    })?;
+    let media = crate::media::MediaEngine::start(media_plan.config(advertised), stream_set.clone())
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "WEBRTC_BIND_IP/WEBRTC_PORT_RANGE: {e}: the media engine needs free UDP ports in \
+                 WEBRTC_PORT_RANGE ({}-{}) on WEBRTC_BIND_IP ({}): stop what holds them (another \
+                 gateway?), or set WEBRTC_PORT_RANGE to a free range and WEBRTC_BIND_IP to an \
+                 address of this machine",
+                media_plan.ports.min,
+                media_plan.ports.max,
+                media_plan.bind_ip
+            )
+        })?;
     tracing::info!(%advertised, ?origin, media = ?media.candidate_addrs(), "media engine ready");
-    let self_signed = settings.tls_cert.is_none() || settings.tls_key.is_none();
-    let (certs, key) = match (&settings.tls_cert, &settings.tls_key) {
-        (Some(c), Some(k)) => tls::load_pem(c, k)?,
-        _ => {
+    let self_signed = tls_files.is_none();
+    let (certs, key) = match &tls_files {
+        Some(f) => tls::load_pem(&f.cert, &f.key)?,
+        None => {
             tracing::warn!(
                 host = %host,
                 "TLS_CERT/TLS_KEY not set: serving a self-signed certificate; browsers will \
@@ -134,69 +137,30 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     };
     let tls_config = Arc::new(ArcSwap::new(tls::server_config(certs, key)?));
 
-    let relay_config = relay::core::Config {
-        realm: settings.turn_realm.clone(),
-        max_allocations_per_user: settings.turn_user_quota,
-        max_allocations_total: settings.turn_total_quota,
-        unbound_allocation_lifetime: std::time::Duration::from_secs(
-            settings.turn_unbound_allocation_lifetime,
-        ),
-        ..Default::default()
-    };
-    let cors = crate::signaling::cors::layer(settings.cors_origins.as_deref())?;
     // The registry owns every session; the relay asks it whether a TURN user is a live
     // session (its allocations then outlive the credential's expiry).
-    let registry = crate::session::Registry::new(
-        crate::session::Limits {
-            max_viewers: settings.max_viewers as usize,
-            max_pending: settings.session_pending_max as usize,
-            max_pending_per_source: settings.session_pending_per_source as usize,
-            idle: std::time::Duration::from_secs(settings.session_idle_timeout),
-        },
-        media.clone(),
-        |directory| {
-            relay::core::Shared::with_directory(
-                relay_config,
-                secrets.clone(),
-                policy,
-                relay::core::NonceKey::random(),
-                Some(directory),
-            )
-        },
-    );
+    let registry = crate::session::Registry::new(sessions, media.clone(), |directory| {
+        relay::core::Shared::with_directory(
+            relay_config,
+            secrets.clone(),
+            policy,
+            relay::core::NonceKey::random(),
+            Some(directory),
+        )
+    });
     registry.spawn_tasks();
     let shared = registry.relay().clone();
     let embedded_urls = |settings: &Settings| {
-        if settings.turn_embedded {
+        if modes.turn_embedded {
             settings.turn_uris_for(&host)
         } else {
             Vec::new()
         }
     };
     let embedded_uris = embedded_urls(&settings);
-    let plan = crate::signaling::ice_servers::IceServerPlan::new(
-        crate::signaling::ice_servers::PlanInput {
-            ice_servers: settings
-                .ice_servers
-                .as_ref()
-                .map(|l| l.0.as_slice())
-                .unwrap_or_default(),
-            coturn: settings
-                .coturn_host
-                .as_deref()
-                .map(|h| (h, settings.coturn_port)),
-            coturn_static: settings
-                .coturn_username
-                .as_deref()
-                .zip(settings.coturn_password.as_deref()),
-            coturn_secret: settings.coturn_secret.as_deref(),
-            stun: settings.stun_server.as_ref(),
-            ttl: settings.turn_credential_ttl,
-        },
-    )?;
     let signaling = crate::signaling::Signaling::new(
         registry.clone(),
-        plan,
+        ice_plan,
         embedded_uris,
         settings.turn_credential_ttl,
         streams,
@@ -233,23 +197,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     }
     let router = http::router(app.clone(), cors, api_token);
 
-    let io = relay::io::IoConfig {
-        listen: settings.turn_listen,
-        udp_listen: settings.turn_udp_listen,
-        relay_ipv4: Some(settings.turn_relay_ip),
-        relay_ipv6: None,
-        relay_ports: Some(settings.turn_relay_ports),
-        handshake_timeout: settings.handshake_timeout(),
-        unauthenticated_timeout: std::time::Duration::from_secs(
-            settings.turn_unauthenticated_timeout,
-        ),
-        max_connections_per_ip: settings.turn_max_connections_per_ip,
-        ..Default::default()
-    };
-    let http_limits = relay::io::ConnectionLimits::new(
-        settings.http_max_connections,
-        settings.http_max_connections_per_ip,
-    );
+    let http_limits = relay::io::ConnectionLimits::new(http_limits.0, http_limits.1);
     {
         let l = http_limits.clone();
         app.metrics.set_gauge(

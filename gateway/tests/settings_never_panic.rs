@@ -1,7 +1,8 @@
 //! No setting value can crash start-up: arbitrary Unicode strings (and a few hand-picked
 //! nasty ones, such as the `stunéx` that once hit a byte-slicing panic) are fed to every flag
-//! of the gateway and to the checks start-up runs on the parsed settings. Each either parses
-//! or gives an error that names the setting; none panics.
+//! of the gateway and to [`Settings::plan`](gateway::config::Settings::plan), the one
+//! validation `gateway` and `gateway doctor` share. Each either parses or gives an error
+//! that names the setting; none panics.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -34,11 +35,27 @@ fn check(flag: &str, env: Option<&str>, value: &str) {
             let _ = s.turn_uris();
             let _ = s.stun_probes();
             let _ = gateway::signaling::cors::layer(s.cors_origins.as_deref());
-            Ok(())
+            // The one validated plan that `gateway` and `gateway doctor` run with: when it
+            // refuses a value, the error names a setting.
+            match s.plan() {
+                Ok(plan) => {
+                    let _ = plan.ice.turn_targets("doctor", 1_000_000);
+                    Ok(None)
+                }
+                Err(e) => Ok(Some((e.setting, e.to_string()))),
+            }
         }
         Err(e) => Err(e.to_string()),
     }));
     let result = outcome.unwrap_or_else(|_| panic!("--{flag} {value:?} panicked"));
+    if let Ok(Some((setting, msg))) = &result {
+        assert!(
+            msg.starts_with(&format!("invalid {setting}: "))
+                && !setting.is_empty()
+                && setting.chars().all(|c| c.is_ascii_uppercase() || c == '_'),
+            "--{flag} {value:?}: plan error does not name a setting: {msg}"
+        );
+    }
     if let Err(msg) = result {
         // clap names the flag; our parsers' messages go into clap's "invalid value" line.
         let names_it = msg.contains(&format!("--{flag}"))
@@ -78,6 +95,22 @@ fn hand_picked_values_never_panic() {
         for v in nasty {
             check(&flag, env.as_deref(), v);
         }
+    }
+}
+
+/// The values that once panicked are refused with an error naming their setting.
+#[test]
+fn stun_e_x_is_an_error_naming_the_setting() {
+    for (flag, value) in [
+        ("--stun-server", "stunéx"),
+        ("--ice-servers", "[{\"urls\":\"stunéx\"}]"),
+        ("--ice-servers", "[{\"urls\":\"stun:stunéx\"}]"),
+    ] {
+        let e = Cli::try_parse_from(["gateway", flag, value])
+            .err()
+            .unwrap_or_else(|| panic!("{flag} {value} was accepted"))
+            .to_string();
+        assert!(e.contains(flag), "{flag} {value}: {e}");
     }
 }
 

@@ -3,6 +3,7 @@
 //! Everything binds to loopback only.
 #![forbid(unsafe_code)]
 
+pub mod coturn;
 pub mod http;
 pub mod turn_client;
 

@@ -11,22 +11,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use gateway_tests::coturn::{free_udp_range, gateway_bin, Coturn};
 use gateway_tests::turn_client::connect_tls_stream;
 use gateway_tests::{http_get, unix_now, TestCert, TurnClient, UdpEcho, TEST_SERVER_NAME};
 
 const SECRET: &str = "ops-test-secret-0123456789";
-
-fn gateway_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("GATEWAY_BIN") {
-        return PathBuf::from(p);
-    }
-    // target/<profile>/deps/ops-xxxx → target/<profile>/gateway
-    let exe = std::env::current_exe().expect("test exe");
-    exe.parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.join("gateway"))
-        .expect("target dir")
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -34,23 +23,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// Four consecutive free UDP ports on loopback, for the media engine.
-fn free_udp_range() -> String {
-    for _ in 0..200 {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let first = s.local_addr().unwrap().port();
-        drop(s);
-        if first > 65_000 {
-            continue;
-        }
-        let free = (first..first + 4).all(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok());
-        if free {
-            return format!("{first}-{}", first + 3);
-        }
-    }
-    panic!("no free UDP port range")
 }
 
 struct Gateway {
@@ -367,66 +339,6 @@ async fn sighup_reload_keeps_live_allocation_and_serves_new_certificate() {
     assert!(get(&m, "gateway_tls_reloads_total{result=\"failed\"}") >= 1.0);
 }
 
-/// Debian's coturn on loopback, TCP only, REST secret; killed on drop.
-struct Coturn {
-    child: Child,
-    port: u16,
-    _dir: PathBuf,
-}
-
-impl Coturn {
-    fn start(secret: &str) -> Option<Self> {
-        if Command::new("turnserver")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            eprintln!("SKIP: turnserver (Debian coturn) not installed");
-            return None;
-        }
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("ops-coturn-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let conf = dir.join("turnserver.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listening-ip=127.0.0.1\nrelay-ip=127.0.0.1\nlistening-port={port}\n\
-                 use-auth-secret\nstatic-auth-secret={secret}\nrealm=ops.test\nno-udp\n\
-                 no-dtls\nno-tls\nno-cli\nfingerprint\nno-multicast-peers\n\
-                 pidfile={}\nuserdb={}\nlog-file=stdout\n",
-                dir.join("pid").display(),
-                dir.join("db").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("turnserver")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "coturn did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(Self {
-            child,
-            port,
-            _dir: dir,
-        })
-    }
-}
-
-impl Drop for Coturn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn doctor(envs: &[(&str, String)]) -> (bool, String) {
     let mut cmd = Command::new(gateway_bin());
     cmd.arg("doctor")
@@ -452,9 +364,7 @@ fn doctor(envs: &[(&str, String)]) -> (bool, String) {
 
 #[test]
 fn doctor_passes_against_coturn_and_names_each_fault() {
-    let Some(coturn) = Coturn::start("coturn-secret") else {
-        return;
-    };
+    let coturn = Coturn::start("coturn-secret");
     let cert = TestCert::new(&[TEST_SERVER_NAME]);
     let (c, k) = cert.write_pem_files();
     let base = vec![

@@ -82,14 +82,28 @@ fn is_turn(url: &str) -> bool {
     url_scheme(url).is_some_and(Scheme::is_turn)
 }
 
+/// The port of a URL without one: 5349 for `turns:`/`stuns:`, 3478 otherwise (RFC 7064/7065).
+fn default_port(scheme: Scheme) -> u16 {
+    match scheme {
+        Scheme::Turns | Scheme::Stuns => 5349,
+        Scheme::Turn | Scheme::Stun => 3478,
+    }
+}
+
 fn validate_entry(e: &ExternalIceServerSpec) -> Result<(), String> {
     let urls = e.urls.to_vec();
     if urls.is_empty() {
         return Err("\"urls\" is empty".into());
     }
     for u in &urls {
-        if url_scheme(u).is_none() || u.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        let Some((scheme, rest)) = split_scheme(u) else {
             return Err(format!("{u:?} is not a stun:, stuns:, turn: or turns: URL"));
+        };
+        if u.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("{u:?} is not a stun:, stuns:, turn: or turns: URL"));
+        }
+        if host_port(rest, default_port(scheme)).is_none() {
+            return Err(format!("{u:?}: no HOST[:PORT] after {}", scheme.prefix()));
         }
     }
     if e.secret.is_some() && e.credential.is_some() {
@@ -162,6 +176,52 @@ enum ExternalAuth {
 struct External {
     urls: Vec<String>,
     auth: ExternalAuth,
+    origin: ServerOrigin,
+}
+
+/// The setting an external server comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerOrigin {
+    /// Entry `n` (from 0) of ICE_SERVERS.
+    IceServers(usize),
+    /// COTURN_HOST with COTURN_SECRET.
+    CoturnSecret,
+    /// COTURN_HOST with COTURN_USERNAME/COTURN_PASSWORD.
+    CoturnStatic,
+    /// STUN_SERVER.
+    StunServer,
+}
+
+impl ServerOrigin {
+    /// The setting that holds this server's credential, for messages.
+    pub fn credential_setting(self) -> &'static str {
+        match self {
+            ServerOrigin::IceServers(_) => "its ICE_SERVERS secret or username/credential",
+            ServerOrigin::CoturnSecret => "COTURN_SECRET",
+            ServerOrigin::CoturnStatic => "COTURN_USERNAME/COTURN_PASSWORD",
+            ServerOrigin::StunServer => "STUN_SERVER",
+        }
+    }
+}
+
+/// One `turn:`/`turns:` URL of the plan with a credential for it, for checks that talk to
+/// the server (`gateway doctor`).
+#[derive(Debug, Clone)]
+pub struct TurnTarget {
+    /// Where it is configured.
+    pub origin: ServerOrigin,
+    /// The URL as configured.
+    pub url: String,
+    /// `turns:` (TLS).
+    pub tls: bool,
+    /// `?transport=udp`.
+    pub udp: bool,
+    /// Host name or IP (IPv6 without brackets).
+    pub host: String,
+    /// Port (the scheme's default when the URL has none).
+    pub port: u16,
+    /// Username and password: static, or minted now with the configured secret.
+    pub credential: Result<(String, String), String>,
 }
 
 /// An RTCIceServer as handed to browsers.
@@ -226,7 +286,11 @@ impl IceServerPlan {
                 },
                 _ => ExternalAuth::None,
             };
-            let entry = External { urls, auth };
+            let entry = External {
+                urls,
+                auth,
+                origin: ServerOrigin::IceServers(i),
+            };
             if entry.urls.iter().any(|u| is_turn(u)) {
                 external.push(entry);
             } else {
@@ -258,12 +322,17 @@ impl IceServerPlan {
                     })
                 }
             };
-            external.push(External { urls, auth });
+            let origin = match auth {
+                ExternalAuth::Minted(_) => ServerOrigin::CoturnSecret,
+                _ => ServerOrigin::CoturnStatic,
+            };
+            external.push(External { urls, auth, origin });
         }
         if let Some(s) = input.stun {
             stun.push(External {
                 urls: vec![s.url()],
                 auth: ExternalAuth::None,
+                origin: ServerOrigin::StunServer,
             });
         }
         Ok(Self {
@@ -271,6 +340,43 @@ impl IceServerPlan {
             stun,
             ttl: input.ttl,
         })
+    }
+
+    /// Every external `turn:`/`turns:` URL, in list order, with a credential for `user`
+    /// (minted at `now_unix` when the server shares a secret with us).
+    pub fn turn_targets(&self, user: &str, now_unix: u64) -> Vec<TurnTarget> {
+        let mut out = Vec::new();
+        for e in &self.external {
+            let credential = match &e.auth {
+                ExternalAuth::None => Err("no credential configured".to_owned()),
+                ExternalAuth::Static {
+                    username,
+                    credential,
+                } => Ok((username.clone(), credential.clone())),
+                ExternalAuth::Minted(ring) => ring
+                    .mint(user, now_unix, self.ttl)
+                    .map(|c| (c.username, c.password))
+                    .map_err(|err| err.to_string()),
+            };
+            for url in &e.urls {
+                let Some((scheme, rest)) = split_scheme(url).filter(|(s, _)| s.is_turn()) else {
+                    continue;
+                };
+                let Some((host, port)) = host_port(rest, default_port(scheme)) else {
+                    continue;
+                };
+                out.push(TurnTarget {
+                    origin: e.origin,
+                    url: url.clone(),
+                    tls: scheme == Scheme::Turns,
+                    udp: rest.to_ascii_lowercase().contains("transport=udp"),
+                    host,
+                    port,
+                    credential: credential.clone(),
+                });
+            }
+        }
+        out
     }
 
     /// The list for `session`: the embedded relay's `embedded_urls` with its credential
@@ -425,6 +531,58 @@ mod tests {
             links.last().unwrap(),
             "<stun:x.example:1>; rel=\"ice-server\""
         );
+    }
+
+    #[test]
+    fn turn_targets_name_their_origin_and_carry_a_credential() {
+        let ice: IceServersSetting = r#"[{"urls":"stun:s.example:3478"},
+            {"urls":["turns:a.example","turn:a.example?transport=udp"],"secret":"sa"},
+            {"urls":"turn:[2001:db8::1]:3479","username":"u","credential":"p"}]"#
+            .parse()
+            .unwrap();
+        let plan = IceServerPlan::new(PlanInput {
+            ice_servers: &ice.0,
+            coturn: Some(("c.example", 3480)),
+            coturn_static: Some(("cu", "cp")),
+            coturn_secret: None,
+            stun: None,
+            ttl: 600,
+        })
+        .unwrap();
+        let t = plan.turn_targets("doctor", 1000);
+        let got: Vec<_> = t
+            .iter()
+            .map(|t| (t.origin, t.host.as_str(), t.port, t.tls, t.udp))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (ServerOrigin::IceServers(1), "a.example", 5349, true, false),
+                (ServerOrigin::IceServers(1), "a.example", 3478, false, true),
+                (
+                    ServerOrigin::IceServers(2),
+                    "2001:db8::1",
+                    3479,
+                    false,
+                    false
+                ),
+                (ServerOrigin::CoturnStatic, "c.example", 3480, false, true),
+                (ServerOrigin::CoturnStatic, "c.example", 3480, false, false),
+            ]
+        );
+        let (user, pass) = t[0].credential.clone().unwrap();
+        SecretRing::parse("sa")
+            .unwrap()
+            .verify(&user, &pass, 1001)
+            .unwrap();
+        assert_eq!(t[2].credential, Ok(("u".into(), "p".into())));
+        assert_eq!(t[4].credential, Ok(("cu".into(), "cp".into())));
+        // A TURN URL without a readable host is refused when the settings are read.
+        for bad in ["turn:é:99999", "turns:[::1", "turn:a b"] {
+            let json = format!("[{{\"urls\":\"{bad}\",\"username\":\"u\",\"credential\":\"p\"}}]");
+            let e = json.parse::<IceServersSetting>().unwrap_err();
+            assert!(e.contains("entry 0"), "{bad}: {e}");
+        }
     }
 
     #[test]
