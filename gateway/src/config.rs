@@ -193,8 +193,10 @@ pub struct Settings {
     #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
-    /// What to stream: `testsrc` (built-in test pattern, H.264 and VP8), `rtp://ADDR:PORT?codec=h264|vp8`
-    /// (RTP ingest) or a file path.
+    /// What to stream (the stream `default`): `testsrc` (built-in test pattern, H.264 and
+    /// VP8), `rtp://ADDR:PORT?codec=h264|vp8` (RTP ingest), a file path, or a pull from
+    /// another WebRTC server: `offer+http://HOST:PORT/api/v1/projects/ID/offer` (Geti's offer
+    /// endpoint) or `whep+http://HOST:PORT/whep/…`.
     #[arg(long, env = "MEDIA_SOURCE", default_value = "testsrc")]
     pub media_source: MediaSourceSpec,
 

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::media::pull::{Dialect, PullSource, PULL_CODECS};
 use crate::media::testsrc::{TestSource, TestSourceConfig};
 use crate::media::{VideoCodec, VideoFeeds, VideoSource};
 
@@ -30,6 +31,9 @@ pub enum MediaSourceSpec {
     },
     /// A file path (played in a loop).
     File(PathBuf),
+    /// `whep+http://…` or `offer+http://…/api/v1/projects/{id}/offer`: pulled over WebRTC
+    /// from another server's offer endpoint (see [`crate::media::pull`]).
+    Pull(crate::media::pull::Upstream),
 }
 
 /// Why a `MEDIA_SOURCE` value was refused.
@@ -44,7 +48,9 @@ impl FromStr for MediaSourceSpec {
         let s = s.trim();
         if s.is_empty() {
             return Err(SourceSpecError(
-                "empty; use `testsrc`, `rtp://ADDR:PORT?codec=h264|vp8` or a file path".into(),
+                "empty; use `testsrc`, `rtp://ADDR:PORT?codec=h264|vp8`, a file path, \
+                 `offer+http://…/offer` or `whep+http://…`"
+                    .into(),
             ));
         }
         if s.eq_ignore_ascii_case("testsrc") {
@@ -93,10 +99,37 @@ impl FromStr for MediaSourceSpec {
                 sender,
             });
         }
+        for dialect in [Dialect::Whep, Dialect::GetiOffer] {
+            let Some(url) = s.strip_prefix(dialect.prefix()) else {
+                continue;
+            };
+            if url.starts_with("https://") {
+                return Err(SourceSpecError(format!(
+                    "{s:?}: pulling over https is not supported yet; pull over http:// from an \
+                     upstream on this machine or a private network"
+                )));
+            }
+            if !url.starts_with("http://") {
+                return Err(SourceSpecError(format!(
+                    "{s:?}: the upstream must be an http:// URL, e.g. \
+                     {}http://127.0.0.1:9100/api/v1/projects/ID/offer",
+                    dialect.prefix()
+                )));
+            }
+            let url: hyper::Uri = url
+                .parse()
+                .ok()
+                .filter(|u: &hyper::Uri| u.host().is_some_and(|h| !h.is_empty()))
+                .ok_or_else(|| SourceSpecError(format!("{s:?}: not a valid URL")))?;
+            return Ok(MediaSourceSpec::Pull(crate::media::pull::Upstream {
+                dialect,
+                url,
+            }));
+        }
         if s.contains("://") {
             return Err(SourceSpecError(format!(
-                "{s:?}: unknown scheme; use `testsrc`, `rtp://ADDR:PORT?codec=h264|vp8` or a \
-                 file path"
+                "{s:?}: unknown scheme; use `testsrc`, `rtp://ADDR:PORT?codec=h264|vp8`, a \
+                 file path, `offer+http://…/api/v1/projects/ID/offer` or `whep+http://…`"
             )));
         }
         Ok(MediaSourceSpec::File(PathBuf::from(s)))
@@ -124,6 +157,7 @@ impl std::fmt::Display for MediaSourceSpec {
                 }
             }
             MediaSourceSpec::File(p) => write!(f, "{}", p.display()),
+            MediaSourceSpec::Pull(u) => write!(f, "{}{}", u.dialect.prefix(), u.url),
         }
     }
 }
@@ -171,6 +205,12 @@ pub fn start(spec: &MediaSourceSpec) -> anyhow::Result<(VideoFeeds, SourceGuard)
                 .map_err(|e| anyhow::anyhow!("MEDIA_SOURCE=rtp://{addr}: {e}"))?;
             Ok((source.into(), SourceGuard::new(rtp)))
         }
+        MediaSourceSpec::Pull(upstream) => {
+            let feeds = VideoFeeds::new(PULL_CODECS);
+            tracing::info!(url = %upstream.url, dialect = ?upstream.dialect, "pulling a stream over WebRTC");
+            let pull = PullSource::spawn(upstream.clone(), feeds.clone());
+            Ok((feeds, SourceGuard::new(pull)))
+        }
         MediaSourceSpec::File(path) => {
             let config = crate::media::file::FileSourceConfig::default();
             let (source, file) = crate::media::file::FileSource::spawn(path, &config)
@@ -213,11 +253,21 @@ mod tests {
             .is_err());
         assert!("http://x/y".parse::<MediaSourceSpec>().is_err());
         assert!("".parse::<MediaSourceSpec>().is_err());
+        for bad in [
+            "offer+https://x/y",
+            "whep+ftp://x",
+            "offer+http://",
+            "whep+http:// /",
+        ] {
+            assert!(bad.parse::<MediaSourceSpec>().is_err(), "{bad}");
+        }
         for s in [
             "testsrc",
             "rtp://127.0.0.1:5004?codec=vp8",
             "rtp://[::1]:5004?codec=h264&source=[::1]:6000",
             "/videos/a.h264",
+            "offer+http://127.0.0.1:9100/api/v1/projects/p1/offer",
+            "whep+http://[::1]:8080/whep/cam",
         ] {
             let spec: MediaSourceSpec = s.parse().unwrap();
             assert_eq!(spec.to_string(), s);

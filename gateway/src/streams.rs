@@ -92,7 +92,9 @@ impl Liveness {
     /// The liveness of a stream of `spec` whose frames arrive on `feeds`.
     pub fn of(spec: &MediaSourceSpec, feeds: &VideoFeeds) -> Self {
         match spec {
-            MediaSourceSpec::Rtp { .. } => Liveness::WhileFramesArrive(feeds.clone()),
+            MediaSourceSpec::Rtp { .. } | MediaSourceSpec::Pull(_) => {
+                Liveness::WhileFramesArrive(feeds.clone())
+            }
             MediaSourceSpec::TestSrc | MediaSourceSpec::File(_) => Liveness::Always,
         }
     }

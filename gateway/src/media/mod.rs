@@ -26,6 +26,7 @@ mod engine;
 mod error;
 pub mod file;
 pub mod ice_restart;
+pub mod pull;
 pub mod rtp;
 mod sdp_check;
 mod source;

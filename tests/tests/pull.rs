@@ -1,0 +1,243 @@
+//! WebRTC pull: an edge gateway serves a stream it pulls from an origin's Geti-style offer
+//! endpoint (`offer+http://…/api/v1/projects/default/offer`). The origin is the release
+//! gateway binary, a separate process: two viewers of the edge decode its picture while
+//! the origin serves exactly one session (the pull); the origin is killed and started again
+//! and the viewers, still on their first session with the edge, get frames again.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gateway_tests::coturn::{free_udp_range, gateway_bin};
+use gateway_tests::http::request;
+use serde_json::{json, Value};
+use str0m::change::SdpAnswer;
+use str0m::media::{Direction, MediaKind};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use tokio::net::UdpSocket;
+
+const SECRET: &str = "pull-test-secret-0123456789";
+
+/// The origin gateway, killed by PID and reaped on drop.
+struct Origin(Child);
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Starts the origin on `http_port` and waits for its `/health`.
+async fn start_origin(http_port: u16, media_ports: &str) -> Origin {
+    let child = Command::new(gateway_bin())
+        .args(["--gateway-http-addr", &format!("127.0.0.1:{http_port}")])
+        .args(["--turn-listen", "127.0.0.1:0", "--turn-secret", SECRET])
+        .args([
+            "--turn-relay-ip",
+            "127.0.0.1",
+            "--webrtc-bind-ip",
+            "127.0.0.1",
+        ])
+        .args(["--webrtc-port-range", media_ports])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("origin gateway starts");
+    let origin = Origin(child);
+    let addr: SocketAddr = ([127, 0, 0, 1], http_port).into();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // Listening first: `request` treats a refused connection as a failed test.
+        if tokio::net::TcpStream::connect(addr).await.is_ok()
+            && request(addr, "GET", "/health", &[], b"").await.status == 200
+        {
+            return origin;
+        }
+        assert!(Instant::now() < deadline, "origin not healthy in 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `GET /api/v1/streams` of a gateway, as JSON.
+async fn streams(addr: SocketAddr) -> Value {
+    request(addr, "GET", "/api/v1/streams", &[], b"")
+        .await
+        .json()
+}
+
+/// A viewer of the edge's stream `cam`: str0m over UDP, H.264.
+struct Viewer {
+    rtc: Rtc,
+    sock: UdpSocket,
+    local: SocketAddr,
+}
+
+impl Viewer {
+    async fn join(edge: SocketAddr, id: &str) -> Viewer {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = sock.local_addr().unwrap();
+        let mut rtc = RtcConfig::new()
+            .clear_codecs()
+            .enable_h264(true)
+            .build(Instant::now());
+        rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+        let mut api = rtc.sdp_api();
+        api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        let (offer, pending) = api.apply().expect("an offer");
+        let body = json!({ "webrtc_id": id, "sdp": offer.to_sdp_string(), "type": "offer" });
+        let r = request(
+            edge,
+            "POST",
+            "/api/v1/projects/cam/offer",
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let answer = r.json()["sdp"].as_str().expect("sdp").to_owned();
+        rtc.sdp_api()
+            .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+            .expect("answer applies");
+        Viewer { rtc, sock, local }
+    }
+
+    /// Receives until `want` frames arrived or `limit` passed; returns the frames.
+    async fn frames(&mut self, want: usize, limit: Duration) -> Vec<(bool, Vec<u8>)> {
+        let deadline = Instant::now() + limit;
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 2048];
+        while got.len() < want && Instant::now() < deadline {
+            let timeout = loop {
+                match self.rtc.poll_output().expect("poll") {
+                    Output::Timeout(t) => break t,
+                    Output::Transmit(t) => {
+                        let _ = self.sock.send_to(&t.contents, t.destination).await;
+                    }
+                    Output::Event(Event::MediaData(d)) => {
+                        got.push((d.is_keyframe(), d.data.to_vec()))
+                    }
+                    Output::Event(_) => {}
+                }
+            };
+            let wait = timeout.min(deadline);
+            let input = tokio::select! {
+                r = self.sock.recv_from(&mut buf) => {
+                    let (n, source) = r.expect("recv");
+                    let Ok(contents) = buf[..n].try_into() else { continue };
+                    Input::Receive(Instant::now(), Receive {
+                        proto: Protocol::Udp,
+                        source,
+                        destination: self.local,
+                        contents,
+                    })
+                }
+                _ = tokio::time::sleep_until(wait.into()) => Input::Timeout(Instant::now()),
+            };
+            self.rtc.handle_input(input).expect("input");
+        }
+        got
+    }
+}
+
+/// The size of the first picture openh264 decodes from `frames`.
+fn decoded_size(frames: &[(bool, Vec<u8>)]) -> Option<(usize, usize)> {
+    use openh264::formats::YUVSource;
+    let mut decoder = openh264::decoder::Decoder::new().expect("decoder");
+    frames.iter().find_map(|(_, data)| {
+        decoder
+            .decode(data)
+            .ok()
+            .flatten()
+            .map(|pic| pic.dimensions())
+    })
+}
+
+/// Polls the edge until its stream `cam` is live (or gives up after `limit`).
+async fn wait_live(edge: SocketAddr, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let s = streams(edge).await;
+        if s["streams"][1]["live"] == true {
+            return;
+        }
+        assert!(Instant::now() < deadline, "cam never became live: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_pulls_once_for_many_viewers_and_survives_an_origin_restart() {
+    let origin_port = free_tcp_port();
+    let origin_media = free_udp_range();
+    let mut origin = start_origin(origin_port, &origin_media).await;
+    let origin_addr: SocketAddr = ([127, 0, 0, 1], origin_port).into();
+
+    let source = format!("cam=offer+http://127.0.0.1:{origin_port}/api/v1/projects/default/offer");
+    let edge_media = free_udp_range();
+    let edge = gateway_tests::start_gateway(
+        SECRET,
+        &[
+            "--webrtc-bind-ip",
+            "127.0.0.1",
+            "--webrtc-port-range",
+            &edge_media,
+            "--stream",
+            &source,
+        ],
+    )
+    .await;
+    let edge_addr = edge.http_addr;
+    wait_live(edge_addr, Duration::from_secs(20)).await;
+
+    let mut a = Viewer::join(edge_addr, "viewer-a").await;
+    let mut b = Viewer::join(edge_addr, "viewer-b").await;
+    let limit = Duration::from_secs(20);
+    let (fa, fb) = tokio::join!(a.frames(30, limit), b.frames(30, limit));
+    assert!(fa.len() >= 30, "viewer a got {} frames", fa.len());
+    assert!(fb.len() >= 30, "viewer b got {} frames", fb.len());
+    assert_eq!(
+        decoded_size(&fa),
+        Some((640, 480)),
+        "the origin's pattern decodes at a"
+    );
+    assert_eq!(
+        decoded_size(&fb),
+        Some((640, 480)),
+        "the origin's pattern decodes at b"
+    );
+    let origin_streams = streams(origin_addr).await;
+    assert_eq!(
+        origin_streams["streams"][0]["viewers"], 1,
+        "the origin serves the pull alone: {origin_streams}"
+    );
+
+    // The origin goes away and comes back on the same address.
+    drop(origin);
+    let _gap = a.frames(usize::MAX, Duration::from_secs(2)).await;
+    origin = start_origin(origin_port, &origin_media).await;
+    let (fa, fb) = tokio::join!(a.frames(30, limit), b.frames(30, limit));
+    assert!(
+        fa.len() >= 30,
+        "after the restart viewer a got {} frames",
+        fa.len()
+    );
+    assert!(
+        fb.len() >= 30,
+        "after the restart viewer b got {} frames",
+        fb.len()
+    );
+    assert!(
+        decoded_size(&fa).is_some(),
+        "frames after the restart decode"
+    );
+    drop(origin);
+}
