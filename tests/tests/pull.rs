@@ -83,11 +83,17 @@ struct Viewer {
 
 impl Viewer {
     async fn join(edge: SocketAddr, id: &str) -> Viewer {
+        Viewer::join_as(edge, "cam", id, true).await
+    }
+
+    /// Joins `stream` of `edge`, offering H.264 (`h264`) or VP8.
+    async fn join_as(edge: SocketAddr, stream: &str, id: &str, h264: bool) -> Viewer {
         let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let local = sock.local_addr().unwrap();
         let mut rtc = RtcConfig::new()
             .clear_codecs()
-            .enable_h264(true)
+            .enable_h264(h264)
+            .enable_vp8(!h264)
             .build(Instant::now());
         rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
         let mut api = rtc.sdp_api();
@@ -97,7 +103,7 @@ impl Viewer {
         let r = request(
             edge,
             "POST",
-            "/api/v1/projects/cam/offer",
+            &format!("/api/v1/projects/{stream}/offer"),
             &[("Content-Type", "application/json")],
             body.to_string().as_bytes(),
         )
@@ -159,6 +165,17 @@ fn decoded_size(frames: &[(bool, Vec<u8>)]) -> Option<(usize, usize)> {
             .flatten()
             .map(|pic| pic.dimensions())
     })
+}
+
+/// Width and height from a VP8 keyframe's header (RFC 6386 §9.1), if `frame` is one.
+fn vp8_keyframe_size(frame: &[u8]) -> Option<(u16, u16)> {
+    let is_key = frame.first()? & 1 == 0;
+    if !is_key || frame.get(3..6)? != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    let w = u16::from_le_bytes([*frame.get(6)?, *frame.get(7)?]) & 0x3fff;
+    let h = u16::from_le_bytes([*frame.get(8)?, *frame.get(9)?]) & 0x3fff;
+    Some((w, h))
 }
 
 /// Polls the edge until its stream `cam` is live (or gives up after `limit`).
@@ -240,4 +257,155 @@ async fn an_edge_pulls_once_for_many_viewers_and_survives_an_origin_restart() {
         "frames after the restart decode"
     );
     drop(origin);
+}
+
+/// The Geti backend stand-in (tests/standins/geti_backend.py, aiortc in the venv
+/// `./tests/run` makes), killed by PID and reaped on drop.
+struct Standin(Child);
+
+impl Drop for Standin {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the stand-in on `port` (inactive: no pipeline) and waits for it to listen.
+async fn start_standin(port: u16) -> Standin {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv-aiortc/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: ./tests/run creates the aiortc virtualenv",
+        python.display()
+    );
+    let child = Command::new(python)
+        .arg(root.join("standins/geti_backend.py"))
+        .args([
+            "--port",
+            &port.to_string(),
+            "--inactive",
+            "--lifetime",
+            "120",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("stand-in starts");
+    let standin = Standin(child);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "stand-in not listening in 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    standin
+}
+
+async fn standin_post(port: u16, path: &str) -> Value {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    request(addr, "POST", path, &[], b"").await.json()
+}
+
+async fn standin_stats(port: u16) -> Value {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    request(addr, "GET", "/test/stats", &[], b"").await.json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_geti_backend_stand_in_is_pulled_once_for_three_viewers() {
+    // The gateway's log, shown when the test fails.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("gateway=debug,str0m=warn")
+        .with_test_writer()
+        .try_init();
+    let port = free_tcp_port();
+    let standin = start_standin(port).await;
+    // Geti's UI uses the project UUID; the gateway names its stream `cam`.
+    let source = format!(
+        "cam=offer+http://127.0.0.1:{port}/api/v1/projects/6f1c0e1a-2b7d-4c1e-9a43-1f0a6b2c3d4e/offer"
+    );
+    let edge_media = free_udp_range();
+    let edge = gateway_tests::start_gateway(
+        SECRET,
+        &[
+            "--webrtc-bind-ip",
+            "127.0.0.1",
+            "--webrtc-port-range",
+            &edge_media,
+            "--stream",
+            &source,
+        ],
+    )
+    .await;
+    let edge_addr = edge.http_addr;
+
+    // No pipeline at the backend: the viewer hears what Geti would say.
+    let body = json!({ "webrtc_id": "early", "sdp": "v=0", "type": "offer" });
+    let r = request(
+        edge_addr,
+        "POST",
+        "/api/v1/projects/cam/offer",
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(r.json(), json!({ "detail": "No active pipeline." }));
+
+    standin_post(port, "/test/pipeline?active=1").await;
+    wait_live(edge_addr, Duration::from_secs(30)).await;
+    let mut viewers = Vec::new();
+    for id in ["geti-1", "geti-2", "geti-3"] {
+        viewers.push(Viewer::join_as(edge_addr, "cam", id, false).await);
+    }
+    let limit = Duration::from_secs(20);
+    let [a, b, c] = &mut viewers[..] else {
+        unreachable!()
+    };
+    let (fa, fb, fc) = tokio::join!(
+        a.frames(20, limit),
+        b.frames(20, limit),
+        c.frames(20, limit)
+    );
+    let edge_streams = streams(edge_addr).await;
+    for (name, frames) in [("1", &fa), ("2", &fb), ("3", &fc)] {
+        assert!(
+            frames.len() >= 20,
+            "viewer {name} got {} frames; edge: {edge_streams}",
+            frames.len()
+        );
+        let size = frames.iter().find_map(|(_, f)| vp8_keyframe_size(f));
+        assert_eq!(
+            size,
+            Some((320, 240)),
+            "viewer {name}: the stand-in's VP8 keyframe"
+        );
+        let distinct: std::collections::HashSet<&Vec<u8>> = frames.iter().map(|(_, f)| f).collect();
+        assert!(distinct.len() > 10, "viewer {name}: the picture moves");
+    }
+    let stats = standin_stats(port).await;
+    assert_eq!(
+        stats["peers_total"], 1,
+        "one peer connection at the backend: {stats}"
+    );
+
+    // The backend restarts: the viewers get video again on the sessions they have.
+    drop(standin);
+    let _gap = a.frames(usize::MAX, Duration::from_secs(1)).await;
+    let _standin = start_standin(port).await;
+    standin_post(port, "/test/pipeline?active=1").await;
+    let (fa, fb, fc) = tokio::join!(
+        a.frames(20, limit),
+        b.frames(20, limit),
+        c.frames(20, limit)
+    );
+    for (name, frames) in [("1", &fa), ("2", &fb), ("3", &fc)] {
+        assert!(
+            frames.len() >= 20,
+            "after the restart viewer {name} got {} frames",
+            frames.len()
+        );
+    }
 }

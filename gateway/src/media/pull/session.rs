@@ -125,7 +125,8 @@ async fn receive(
 ) -> Result<(), PullError> {
     let started = Instant::now();
     let mut last_frame: Option<Instant> = None;
-    let mut last_request = started;
+    let mut last_request: Option<Instant> = None;
+    let mut keyframe_wanted = false;
     // Frames are published from a keyframe on: after a gap, until the next one.
     let mut need_keyframe = true;
     let mut buf = vec![0u8; 2048];
@@ -183,15 +184,22 @@ async fn receive(
             }
             _ => {}
         }
-        // A viewer wants a keyframe (joined, lost packets), or we do: ask the upstream.
-        let wanted = feeds.iter().any(|f| f.take_keyframe_request()) || need_keyframe;
-        if wanted && last_frame.is_some() && now >= last_request + KEYFRAME_REQUEST_INTERVAL {
+        // A viewer wants a keyframe (joined, lost packets), or we do: ask the upstream. A
+        // request taken while the interval runs waits for it, never lost.
+        keyframe_wanted |= feeds
+            .iter()
+            .fold(false, |w, f| f.take_keyframe_request() | w);
+        let allowed = last_request.is_none_or(|t| now >= t + KEYFRAME_REQUEST_INTERVAL);
+        if (keyframe_wanted || need_keyframe) && last_frame.is_some() && allowed {
             if let Some(mut w) = rtc.writer(mid) {
-                if w.is_request_keyframe_possible(KeyframeRequestKind::Pli) {
-                    let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
-                    last_request = now;
+                if w.is_request_keyframe_possible(KeyframeRequestKind::Pli)
+                    && w.request_keyframe(None, KeyframeRequestKind::Pli).is_ok()
+                {
+                    tracing::debug!("pull: keyframe requested from the upstream (PLI)");
                 }
             }
+            last_request = Some(now);
+            keyframe_wanted = false;
         }
         let wake = timeout.min(now + Duration::from_millis(200));
         let input = tokio::select! {
