@@ -250,6 +250,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     crate::shortcut::connect(&relay, &media)
         .await
         .context("connecting the TURN relay to the media engine")?;
+    // The gateway's other ports on its own addresses are no peers (see own_addrs).
+    crate::own_addrs::install(relay.shared(), &settings, advertised);
     app.metrics.set_io_stats(relay.io_stats().clone());
     {
         let io = relay.io_stats().clone();

@@ -271,14 +271,16 @@ impl Shared {
 
     /// Replaces the gateway's own addresses (public, advertised, interface): refused as
     /// peers on every port but the media ports unless an allow entry names them (see
-    /// [`PeerPolicy::check_with_own`]).
-    pub fn set_own_addrs(&self, mut addrs: Vec<IpAddr>) {
+    /// [`PeerPolicy::check_with_own`]). Returns whether they changed.
+    pub fn set_own_addrs(&self, mut addrs: Vec<IpAddr>) -> bool {
         for a in &mut addrs {
             *a = super::policy::canonical_ip(*a);
         }
         addrs.sort_unstable();
         addrs.dedup();
+        let changed = **self.own.load() != addrs;
         self.own.store(Arc::new(addrs));
+        changed
     }
 
     /// The gateway's own addresses.

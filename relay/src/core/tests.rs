@@ -871,10 +871,13 @@ fn own_addresses_refused_but_media_ports() {
     // Before the gateway knows its own addresses, 8.8.4.4 is an ordinary peer.
     assert_eq!(h.permit(sa("8.8.4.4:443")), None);
     h.shared.set_internal_peers(vec![sa("8.8.4.4:50000")]);
-    h.shared.set_own_addrs(vec![
+    let own: Vec<std::net::IpAddr> = vec![
         "::ffff:8.8.4.4".parse().unwrap(),
         "2606:4700::7".parse().unwrap(),
-    ]);
+        "8.8.4.4".parse().unwrap(),
+    ];
+    assert!(h.shared.set_own_addrs(own.clone()));
+    assert!(!h.shared.set_own_addrs(own), "the same addresses again");
     assert_eq!(h.shared.own_addrs().len(), 2, "canonical, deduplicated");
     assert_eq!(h.permit(sa("8.8.4.4:50000")), None, "media port");
     assert_eq!(h.bind(0x4001, sa("8.8.4.4:50000")), None);
