@@ -167,6 +167,20 @@ pub struct Settings {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub http_max_connections_per_ip: u32,
 
+    /// TLS handshakes in flight from one source IP (IPv6: one /64) on TURN_LISTEN (TURNS and
+    /// HTTPS); a connection over it is closed before its handshake (counted in /metrics as
+    /// turn_tls_handshakes_total{result="refused"}). A handshake takes a round trip or two,
+    /// so even many viewers behind one NAT rarely have more than a few in flight.
+    #[arg(long, env = "TURN_MAX_TLS_HANDSHAKES_PER_IP", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub turn_max_tls_handshakes_per_ip: u32,
+
+    /// TLS handshakes in flight in all on TURN_LISTEN; more are closed before their
+    /// handshake.
+    #[arg(long, env = "TURN_MAX_TLS_HANDSHAKES", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub turn_max_tls_handshakes: u32,
+
     /// Seconds a new connection has to finish its TLS handshake and send its first bytes.
     #[arg(long, env = "TURN_HANDSHAKE_TIMEOUT", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=300))]

@@ -200,6 +200,11 @@ fn io_metric(
             "TLS handshakes on the TURN port (TURNS and HTTPS), by result.",
             vec![("result", "failed")],
         ),
+        "tls_handshakes_refused" => (
+            "turn_tls_handshakes_total",
+            "TLS handshakes on the TURN port (TURNS and HTTPS), by result.",
+            vec![("result", "refused")],
+        ),
         "handshake_timeouts" => (
             "turn_handshake_timeouts_total",
             "Connections closed for sending nothing usable before the handshake timeout.",

@@ -216,6 +216,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             settings.turn_unauthenticated_timeout,
         ),
         max_connections_per_ip: settings.turn_max_connections_per_ip,
+        max_tls_handshakes_per_ip: settings.turn_max_tls_handshakes_per_ip,
+        max_tls_handshakes: settings.turn_max_tls_handshakes,
         ..Default::default()
     };
     let http_limits = relay::io::ConnectionLimits::new(
@@ -253,6 +255,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     // The gateway's other ports on its own addresses are no peers (see own_addrs).
     crate::own_addrs::install(relay.shared(), &settings, advertised);
     app.metrics.set_io_stats(relay.io_stats().clone());
+    {
+        let handshakes = relay.tls_handshakes().clone();
+        app.metrics.set_gauge(
+            "turn_tls_handshakes_in_flight",
+            "TLS handshakes in flight on TURN_LISTEN (TURN_MAX_TLS_HANDSHAKES bounds them).",
+            move || u64::from(handshakes.open()),
+        );
+    }
     {
         let io = relay.io_stats().clone();
         app.metrics.set_gauge(
