@@ -19,7 +19,7 @@ mod udp;
 
 pub use inprocess::{InProcessRoutes, LocalMedia, MediaDatagram};
 pub use limits::{ConnectionLimits, ConnectionSlot, Refused};
-pub use listener::{Handoff, IoStream};
+pub use listener::{sniff, Handoff, IoStream, Sniffed};
 pub use ports::PortRange;
 pub use prefixed::Prefixed;
 pub use stats::IoStats;
