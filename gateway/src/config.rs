@@ -122,8 +122,10 @@ pub struct Settings {
 
     /// Peers the relay may send to besides the gateway's own media addresses,
     /// comma-separated CIDRs with optional port range (`203.0.113.0/24:5000-6000`,
-    /// `[2001:db8::/32]:3478`). Private, loopback, link-local, multicast and unspecified
-    /// addresses stay denied unless an entry names them explicitly.
+    /// `[2001:db8::/32]:3478`). Private, loopback, link-local, multicast, unspecified and
+    /// other special-purpose addresses stay denied unless an entry names them explicitly, and
+    /// so do the gateway's own addresses (advertised, configured, interfaces) on any port but
+    /// its media ports unless an entry names the address itself (`203.0.113.7:8443`).
     #[arg(long, env = "TURN_ALLOWED_PEERS", default_value = "")]
     pub turn_allowed_peers: String,
 
