@@ -179,6 +179,9 @@ impl Common {
             .env("TURN_USER_QUOTA", "1000000")
             .env("TURN_TOTAL_QUOTA", "1000000")
             .env("TURN_MAX_CONNECTIONS_PER_IP", "1000000")
+            // Every bench client connects from 127.0.0.1, many handshakes at once.
+            .env("TURN_MAX_TLS_HANDSHAKES_PER_IP", "1000000")
+            .env("TURN_MAX_TLS_HANDSHAKES", "1000000")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(logf.try_clone()?)

@@ -126,8 +126,10 @@ pub struct Settings {
 
     /// Peers the relay may send to besides the gateway's own media addresses,
     /// comma-separated CIDRs with optional port range (`203.0.113.0/24:5000-6000`,
-    /// `[2001:db8::/32]:3478`). Private, loopback, link-local, multicast and unspecified
-    /// addresses stay denied unless an entry names them explicitly.
+    /// `[2001:db8::/32]:3478`). Private, loopback, link-local, multicast, unspecified and
+    /// other special-purpose addresses stay denied unless an entry names them explicitly, and
+    /// so do the gateway's own addresses (advertised, configured, interfaces) on any port but
+    /// its media ports unless an entry names the address itself (`203.0.113.7:8443`).
     #[arg(long, env = "TURN_ALLOWED_PEERS", default_value = "")]
     pub turn_allowed_peers: String,
 
@@ -170,6 +172,20 @@ pub struct Settings {
     #[arg(long, env = "HTTP_MAX_CONNECTIONS_PER_IP", default_value_t = 2048,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub http_max_connections_per_ip: u32,
+
+    /// TLS handshakes in flight from one source IP (IPv6: one /64) on TURN_LISTEN (TURNS and
+    /// HTTPS); a connection over it is closed before its handshake (counted in /metrics as
+    /// turn_tls_handshakes_total{result="refused"}). A handshake takes a round trip or two,
+    /// so even many viewers behind one NAT rarely have more than a few in flight.
+    #[arg(long, env = "TURN_MAX_TLS_HANDSHAKES_PER_IP", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub turn_max_tls_handshakes_per_ip: u32,
+
+    /// TLS handshakes in flight in all on TURN_LISTEN; more are closed before their
+    /// handshake.
+    #[arg(long, env = "TURN_MAX_TLS_HANDSHAKES", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub turn_max_tls_handshakes: u32,
 
     /// Seconds a new connection has to finish its TLS handshake and send its first bytes.
     #[arg(long, env = "TURN_HANDSHAKE_TIMEOUT", default_value_t = 10,
@@ -506,6 +522,8 @@ impl Settings {
             handshake_timeout: self.handshake_timeout(),
             unauthenticated_timeout: Duration::from_secs(self.turn_unauthenticated_timeout),
             max_connections_per_ip: self.turn_max_connections_per_ip,
+            max_tls_handshakes_per_ip: self.turn_max_tls_handshakes_per_ip,
+            max_tls_handshakes: self.turn_max_tls_handshakes,
             ..Default::default()
         };
         let viewers = self.max_viewers as usize;

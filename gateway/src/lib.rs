@@ -11,6 +11,7 @@ pub mod ice_url;
 pub mod media;
 pub mod media_source;
 pub mod metrics;
+pub mod own_addrs;
 pub mod reload;
 pub mod run;
 pub mod session;

@@ -200,6 +200,11 @@ fn io_metric(
             "TLS handshakes on the TURN port (TURNS and HTTPS), by result.",
             vec![("result", "failed")],
         ),
+        "tls_handshakes_refused" => (
+            "turn_tls_handshakes_total",
+            "TLS handshakes on the TURN port (TURNS and HTTPS), by result.",
+            vec![("result", "refused")],
+        ),
         "handshake_timeouts" => (
             "turn_handshake_timeouts_total",
             "Connections closed for sending nothing usable before the handshake timeout.",
@@ -386,6 +391,9 @@ mod tests {
             "turn_auth_failures_total{reason=\"bad_password\"} 0",
             "turn_forbidden_total{reason=\"loopback\"} 0",
             "turn_tls_handshakes_total{result=\"failed\"} 0",
+            "turn_tls_handshakes_total{result=\"refused\"} 0",
+            "turn_forbidden_total{reason=\"own address\"} 0",
+            "turn_forbidden_total{reason=\"cloud host\"} 0",
             "turn_dropped_packets_total{reason=\"udp_queue_full\"} 0",
             "gateway_sessions_active 0",
             "gateway_viewers 7",

@@ -226,7 +226,17 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
     crate::shortcut::connect(&relay, &media)
         .await
         .context("connecting the TURN relay to the media engine")?;
+    // The gateway's other ports on its own addresses are no peers (see own_addrs).
+    crate::own_addrs::install(relay.shared(), &settings, advertised);
     app.metrics.set_io_stats(relay.io_stats().clone());
+    {
+        let handshakes = relay.tls_handshakes().clone();
+        app.metrics.set_gauge(
+            "turn_tls_handshakes_in_flight",
+            "TLS handshakes in flight on TURN_LISTEN (TURN_MAX_TLS_HANDSHAKES bounds them).",
+            move || u64::from(handshakes.open()),
+        );
+    }
     {
         let io = relay.io_stats().clone();
         app.metrics.set_gauge(

@@ -210,6 +210,8 @@ async fn metrics_move_with_traffic_and_sigterm_exits_cleanly() {
         "turn_allocations_active",
         "turn_relayed_packets_total{direction=\"client_to_peer\",transport=\"in_process\"}",
         "turn_tls_handshakes_total{result=\"failed\"}",
+        "turn_tls_handshakes_total{result=\"refused\"}",
+        "turn_tls_handshakes_in_flight",
         "gateway_viewers",
         "gateway_sessions_active",
         "turn_dropped_packets_total{reason=\"no_permission\"}",

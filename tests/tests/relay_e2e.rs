@@ -1096,3 +1096,112 @@ async fn udp_garbage_creates_no_clients_and_sources_are_capped() {
     assert_eq!(relayed.ip(), localhost());
     assert_eq!(stats.udp_clients.load(Relaxed), u64::from(CAP) + 1);
 }
+
+/// A TCP connection from `from` to `to` that sends the first bytes of a TLS ClientHello (a
+/// record header announcing 512 bytes, then one byte of them) and stalls: the server waits
+/// for the rest until its handshake timeout.
+async fn stalled_client_hello(from: IpAddr, to: SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind(SocketAddr::new(from, 0))
+        .expect("bind a loopback source");
+    let mut s = sock.connect(to).await.expect("connect");
+    s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .expect("send a partial ClientHello");
+    s
+}
+
+/// Whether the server closed `s` (EOF or reset) within `wait`.
+async fn closed_by_server(s: &mut tokio::net::TcpStream, wait: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut b = [0u8; 64];
+    matches!(
+        tokio::time::timeout(wait, s.read(&mut b)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+/// TLS handshakes in flight are bounded per source address and in all (issue 14): many
+/// stalled ClientHellos from one address hold only that address's share, so a handshake
+/// from another address still completes; once every share is taken, the next one is
+/// closed before its handshake and counted; and the budget comes back when they go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshake_budget_per_address_and_in_all() {
+    const PER_IP: u32 = 4;
+    const TOTAL: u32 = 12;
+    const STALLED: usize = 40;
+    let io = relay::io::IoConfig {
+        handshake_timeout: Duration::from_secs(20),
+        max_connections_per_ip: 1000,
+        max_tls_handshakes_per_ip: PER_IP,
+        max_tls_handshakes: TOTAL,
+        ..test_io_config()
+    };
+    let relay = TestRelay::start(core_config(), io, "", "s3cret").await;
+    let stats = relay.server.io_stats().clone();
+    let budget = relay.server.tls_handshakes().clone();
+    let cred = relay.mint("budget");
+    let ip = |d: u8| IpAddr::from([127, 0, 0, d]);
+
+    // 40 stalled ClientHellos from 127.0.0.2: 4 are in their handshake, 36 closed at once.
+    let mut hog = Vec::with_capacity(STALLED);
+    for _ in 0..STALLED {
+        hog.push(stalled_client_hello(ip(2), relay.addr()).await);
+    }
+    let over = (STALLED - PER_IP as usize) as u64;
+    assert!(
+        eventually(T, || stats.tls_handshakes_refused.load(Relaxed) >= over).await,
+        "refused {} of {STALLED} stalled handshakes from one address",
+        stats.tls_handshakes_refused.load(Relaxed)
+    );
+    assert_eq!(stats.tls_handshakes_refused.load(Relaxed), over);
+    assert_eq!(budget.open(), PER_IP);
+    let mut closed = 0;
+    for s in &mut hog {
+        closed += usize::from(closed_by_server(s, Duration::from_millis(300)).await);
+    }
+    assert_eq!(
+        closed,
+        STALLED - PER_IP as usize,
+        "over-budget connections closed"
+    );
+
+    // Another address (127.0.0.1) completes its handshake and allocates.
+    let mut c = relay.connect(Via::Tls).await;
+    c.allocate(&cred.username, &cred.password).await.unwrap();
+    c.close().await;
+
+    // Two more addresses take the rest of the total budget...
+    let mut fill = Vec::new();
+    for d in [3, 4] {
+        for _ in 0..PER_IP {
+            fill.push(stalled_client_hello(ip(d), relay.addr()).await);
+        }
+    }
+    assert!(
+        eventually(T, || budget.open() == TOTAL).await,
+        "handshakes in flight: {}",
+        budget.open()
+    );
+    // ... so a handshake from a fresh address is closed before it starts, and counted.
+    let before = stats.tls_handshakes_refused.load(Relaxed);
+    let refused = connect(relay.addr(), Via::Tls, &relay.cert.cert_der).await;
+    assert!(
+        refused.is_err(),
+        "a handshake over the total budget completed"
+    );
+    assert_eq!(stats.tls_handshakes_refused.load(Relaxed), before + 1);
+
+    // The hog goes away: its handshakes fail, the budget is back.
+    drop(hog);
+    assert!(
+        eventually(T, || budget.open() == 2 * PER_IP).await,
+        "handshakes in flight after the hog left: {}",
+        budget.open()
+    );
+    let mut c = relay.connect(Via::Tls).await;
+    c.allocate(&cred.username, &cred.password).await.unwrap();
+    drop(fill);
+    assert!(eventually(T, || budget.open() == 0).await);
+}

@@ -845,3 +845,45 @@ fn offer_for_abandon() -> String {
     let (offer, _) = api.apply().expect("an offer");
     offer.to_sdp_string()
 }
+
+/// The gateway's own addresses are no peers under an allow list that does not name them
+/// (DESIGN.md, *Peer policy*): with `127.0.0.0/8` allowed, the media address still works,
+/// but the gateway's HTTP API and TURN port on 127.0.0.1 (an interface address) get 403,
+/// while 127.0.0.2 (in the allowed range, not an address of this machine's interfaces) does
+/// not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_addresses_are_refused_but_the_media_ports() {
+    let gw = start_gateway("45000-45999", &["--turn-allowed-peers", "127.0.0.0/8"]).await;
+    let media = gw.running.media.candidate_addrs()[0];
+    assert_eq!(media.ip(), LOOPBACK);
+    let cfg = webrtc_config(&gw).await;
+    let mut c = connect_turns(&gw, &cfg).await;
+    c.allocate(&cfg.username, &cfg.credential)
+        .await
+        .expect("Allocate");
+    c.create_permission(media)
+        .await
+        .expect("permission for the media address");
+    c.channel_bind(FIRST_CHANNEL, media)
+        .await
+        .expect("channel to the media address");
+    for own in [
+        gw.running.http_addr,
+        gw.running.relay.local_tcp(),
+        SocketAddr::new(LOOPBACK, media.port() + 1),
+    ] {
+        let e = c
+            .create_permission(own)
+            .await
+            .expect_err("a permission for the gateway's own port");
+        assert_eq!(e.code(), Some(403), "{own}: {e}");
+        let e = c
+            .channel_bind(FIRST_CHANNEL + 1, own)
+            .await
+            .expect_err("a channel to the gateway's own port");
+        assert_eq!(e.code(), Some(403), "{own}: {e}");
+    }
+    c.create_permission(SocketAddr::new(IpAddr::from([127, 0, 0, 2]), 9))
+        .await
+        .expect("127.0.0.2 is in the allowed range and not ours");
+}

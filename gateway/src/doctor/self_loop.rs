@@ -140,8 +140,12 @@ impl LoopRunner for System {
             own = Some(server);
             a
         };
-        let data_path =
-            !live || plan.policy.check(peer_addr, &[]) == relay::core::PolicyVerdict::Allow;
+        // A running gateway also refuses its own addresses (except its media ports) unless
+        // named: predict its answer the way it decides.
+        let own_addrs = crate::own_addrs::interface_addrs();
+        let data_path = !live
+            || plan.policy.check_with_own(peer_addr, &[], &own_addrs)
+                == relay::core::PolicyVerdict::Allow;
         let result = exchange(
             target,
             &cred.username,

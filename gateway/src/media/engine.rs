@@ -615,7 +615,7 @@ fn sdp_workers() -> usize {
 
 /// Refuses an offer over [`MAX_OFFER_BYTES`], [`MAX_OFFER_LINES`] or [`MAX_OFFER_MEDIA`]
 /// before any parsing: counting is linear and cheap.
-fn check_offer_bounds(offer: &str) -> Result<(), MediaError> {
+pub(super) fn check_offer_bounds(offer: &str) -> Result<(), MediaError> {
     if offer.len() > MAX_OFFER_BYTES {
         return Err(MediaError::OfferTooLarge(format!(
             "{} bytes, at most {MAX_OFFER_BYTES}",
@@ -700,7 +700,7 @@ fn answer_offer(
 
 /// A clean refusal of an offer str0m cannot parse: where it failed, never the parser's own
 /// text (combine's errors print positions as heap addresses, `PointerOffset(0x7f…)`).
-fn unparsable_offer(offer: &str, parser_error: &str) -> MediaError {
+pub(super) fn unparsable_offer(offer: &str, parser_error: &str) -> MediaError {
     let line = parse_error_offset(offer, parser_error)
         .map(|at| {
             1 + offer.as_bytes()[..at]

@@ -25,6 +25,9 @@
 mod engine;
 mod error;
 pub mod file;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ice_restart;
 pub mod pull;
 pub mod rtp;

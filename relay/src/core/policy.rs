@@ -4,7 +4,12 @@
 //! then the deny list wins, then the gateway's own media addresses are allowed, then the allow
 //! list — where an address in a special-purpose range (loopback, private, link-local, …) is
 //! admitted only by an allow entry that names such a range explicitly (its network lies inside
-//! a special range), so `0.0.0.0/0` or `::/0` never opens loopback or cloud metadata.
+//! a special range), so `0.0.0.0/0` or `::/0` never opens loopback or cloud metadata, and
+//! where one of the gateway's own addresses (public, advertised, interface: see
+//! [`PeerPolicy::check_with_own`]) on any port but its media ports is admitted only by an
+//! allow entry that names that very address (a host entry, `/32` or `/128`), so a broad allow
+//! list never lets a client relay to the gateway's own services (its HTTP API, its relay
+//! ports, its TURN port).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -30,10 +35,20 @@ pub const DENY_REASONS: &[&str] = &[
     "discard-only",
     "6to4",
     "teredo",
+    "as112",
+    "amt",
+    "cloud host",
+    "ietf protocol assignment",
+    "srv6",
+    "own address",
 ];
 
 /// Special-purpose ranges and the class each belongs to. Order matters only for the class
-/// name: the first containing range names it.
+/// name: the first containing range names it. Checked against the IANA IPv4 and IPv6
+/// Special-Purpose Address Registries; ranges the registry calls globally reachable but no
+/// browser's peer ever is (6to4 relay anycast, AS112, AMT, the 2001::/23 IETF block) are
+/// here too, and so is Azure's host address (168.63.129.16, the wire server: metadata,
+/// health probes and DNS for every VM).
 const SPECIAL: &[(&str, &str)] = &[
     ("0.0.0.0/8", "unspecified"),
     ("10.0.0.0/8", "private"),
@@ -43,6 +58,11 @@ const SPECIAL: &[(&str, &str)] = &[
     ("172.16.0.0/12", "private"),
     ("192.0.0.0/24", "reserved"),
     ("192.0.2.0/24", "documentation"),
+    ("192.31.196.0/24", "as112"),
+    ("192.52.193.0/24", "amt"),
+    ("192.88.99.0/24", "6to4"),
+    ("192.175.48.0/24", "as112"),
+    ("168.63.129.16/32", "cloud host"),
     ("192.168.0.0/16", "private"),
     ("198.18.0.0/15", "benchmarking"),
     ("198.51.100.0/24", "documentation"),
@@ -59,9 +79,19 @@ const SPECIAL: &[(&str, &str)] = &[
     ("64:ff9b::/96", "nat64"),
     ("64:ff9b:1::/48", "nat64"),
     ("2001:db8::/32", "documentation"),
+    ("3fff::/20", "documentation"),
     ("100::/64", "discard-only"),
+    ("100:0:0:1::/64", "reserved"),
     ("2002::/16", "6to4"),
     ("2001::/32", "teredo"),
+    ("2001:2::/48", "benchmarking"),
+    ("2001:3::/32", "amt"),
+    ("2001:4:112::/48", "as112"),
+    ("2620:4f:8000::/48", "as112"),
+    // The rest of the IETF protocol assignments block (PCP and TURN anycast, ORCHID, drone
+    // remote ID, ...), after its sub-blocks so that those keep their names.
+    ("2001::/23", "ietf protocol assignment"),
+    ("5f00::/16", "srv6"),
 ];
 
 /// One allow or deny entry: a network and an inclusive port range.
@@ -71,6 +101,9 @@ struct Rule {
     ports: (u16, u16),
     /// The network lies inside a special-purpose range: it may admit such addresses.
     explicit: bool,
+    /// The network is one address (`/32`, `/128`): it may admit that address when it is one
+    /// of the gateway's own.
+    host: bool,
 }
 
 impl Rule {
@@ -220,10 +253,12 @@ fn parse_rule(entry: &str, special: &[(IpNet, &'static str)]) -> Result<Rule, St
         None => (1, u16::MAX),
     };
     let explicit = special.iter().any(|(s, _)| s.contains(&net));
+    let host = net.prefix_len() == net.max_prefix_len();
     Ok(Rule {
         net,
         ports,
         explicit,
+        host,
     })
 }
 
@@ -269,8 +304,22 @@ impl PeerPolicy {
             .map(|(_, c)| *c)
     }
 
-    /// Checks a peer; `internal` are the gateway's own media addresses.
+    /// Checks a peer; `internal` are the gateway's own media addresses. Knows none of the
+    /// gateway's other addresses: see [`PeerPolicy::check_with_own`].
     pub fn check(&self, peer: SocketAddr, internal: &[SocketAddr]) -> PolicyVerdict {
+        self.check_with_own(peer, internal, &[])
+    }
+
+    /// Checks a peer; `internal` are the gateway's own media addresses (always allowed
+    /// unless denied by a rule), `own` every address of the gateway (public, advertised,
+    /// interface): on any other port, such an address is refused unless an allow entry
+    /// names it as a single host.
+    pub fn check_with_own(
+        &self,
+        peer: SocketAddr,
+        internal: &[SocketAddr],
+        own: &[IpAddr],
+    ) -> PolicyVerdict {
         let ip = canonical_ip(peer.ip());
         let port = peer.port();
         if port == 0 {
@@ -287,12 +336,17 @@ impl PeerPolicy {
         }
         let mut matched = false;
         let mut explicit = false;
+        let mut named = false;
         for r in self.allow.iter().filter(|r| r.matches(ip, port)) {
             matched = true;
             explicit |= r.explicit;
+            named |= r.host;
         }
         if !matched {
             return PolicyVerdict::Deny("not in allow list");
+        }
+        if !named && own.iter().any(|o| canonical_ip(*o) == ip) {
+            return PolicyVerdict::Deny("own address");
         }
         match self.class_of(ip) {
             Some(class) if !explicit => PolicyVerdict::Deny(class),
@@ -465,6 +519,202 @@ mod tests {
         let dd = PeerPolicy::parse("", "127.0.0.1").unwrap();
         assert_eq!(
             dd.check(sa("127.0.0.1:50000"), &internal),
+            PolicyVerdict::Deny("denied by rule")
+        );
+    }
+
+    /// Every class the table can name is a label the `forbidden` counter knows.
+    #[test]
+    fn every_class_is_a_deny_reason() {
+        for (net, class) in SPECIAL {
+            assert!(net.parse::<IpNet>().is_ok(), "{net}");
+            assert!(DENY_REASONS.contains(class), "{class}");
+        }
+        assert!(DENY_REASONS.contains(&"own address"));
+    }
+
+    /// The ranges added for issue 14 and the IANA special-purpose registry review: each
+    /// refused by the default policy, refused under a broad allow list (with its class),
+    /// and admitted by an allow entry that names its range.
+    #[test]
+    fn special_purpose_entries() {
+        let default = PeerPolicy::parse("", "").unwrap();
+        let broad = PeerPolicy::parse("0.0.0.0/0,::/0", "").unwrap();
+        for (peer, class, range) in [
+            ("192.88.99.1:3478", "6to4", "192.88.99.0/24"),
+            ("192.88.99.2:3478", "6to4", "192.88.99.2"),
+            ("192.31.196.1:53", "as112", "192.31.196.0/24"),
+            ("192.175.48.6:53", "as112", "192.175.48.0/24"),
+            ("[2620:4f:8000::6]:53", "as112", "[2620:4f:8000::/48]"),
+            ("[2001:4:112::1]:53", "as112", "[2001:4:112::/48]"),
+            ("192.52.193.1:2268", "amt", "192.52.193.0/24"),
+            ("[2001:3::1]:2268", "amt", "[2001:3::/32]"),
+            ("168.63.129.16:80", "cloud host", "168.63.129.16"),
+            ("168.63.129.16:32526", "cloud host", "168.63.129.16/32"),
+            ("[64:ff9b:1::1]:5000", "nat64", "[64:ff9b:1::/48]"),
+            ("[64:ff9b::808:808]:53", "nat64", "[64:ff9b::/96]"),
+            ("[100::1]:5000", "discard-only", "[100::/64]"),
+            ("[100:0:0:1::1]:5000", "reserved", "[100:0:0:1::/64]"),
+            ("[2001::1]:3478", "teredo", "[2001::/32]"),
+            (
+                "[2001:1::2]:3478",
+                "ietf protocol assignment",
+                "[2001:1::2]",
+            ),
+            ("[2001:2::1]:5000", "benchmarking", "[2001:2::/48]"),
+            (
+                "[2001:20::1]:5000",
+                "ietf protocol assignment",
+                "[2001:20::/28]",
+            ),
+            (
+                "[2001:1ff:ffff::1]:5000",
+                "ietf protocol assignment",
+                "[2001::/23]",
+            ),
+            ("[2002:c000:201::1]:5000", "6to4", "[2002::/16]"),
+            ("[3fff::1]:5000", "documentation", "[3fff::/20]"),
+            ("[5f00::1]:5000", "srv6", "[5f00::/16]"),
+            ("[fc00::1]:5000", "private", "[fc00::/7]"),
+            ("[fd12:3456::1]:5000", "private", "[fd00::/8]"),
+            ("[fe80::1]:5000", "link-local", "[fe80::/10]"),
+            ("[febf::1]:5000", "link-local", "[fe80::/10]"),
+            ("[fec0::1]:5000", "site-local", "[fec0::/10]"),
+            ("[ff02::1]:5000", "multicast", "[ff00::/8]"),
+            ("[ff0e::1]:5000", "multicast", "[ff0e::/16]"),
+            ("[2001:db8::1]:5000", "documentation", "[2001:db8::/32]"),
+            // IPv4-mapped forms of the new IPv4 ranges.
+            ("[::ffff:168.63.129.16]:80", "cloud host", "168.63.129.16"),
+            ("[::ffff:192.88.99.1]:80", "6to4", "192.88.99.0/24"),
+        ] {
+            let a = sa(peer);
+            assert_eq!(
+                default.check(a, &[]),
+                PolicyVerdict::Deny("not in allow list"),
+                "{peer} under the default policy"
+            );
+            assert_eq!(
+                broad.check(a, &[]),
+                PolicyVerdict::Deny(class),
+                "{peer} under 0.0.0.0/0,::/0"
+            );
+            let named = PeerPolicy::parse(&format!("0.0.0.0/0,::/0,{range}"), "").unwrap();
+            assert_eq!(
+                named.check(a, &[]),
+                PolicyVerdict::Allow,
+                "{peer} with {range}"
+            );
+        }
+        // Neighbours of the new ranges stay ordinary global addresses.
+        for peer in [
+            "192.88.100.1:3478",
+            "192.88.98.255:3478",
+            "192.31.197.1:53",
+            "192.175.49.1:53",
+            "192.52.194.1:53",
+            "168.63.129.15:80",
+            "168.63.129.17:80",
+            "[2620:4f:8001::1]:53",
+            "[2001:200::1]:53",
+            "[2003::1]:53",
+            "[3fff:1000::1]:53",
+            "[5f01::1]:53",
+        ] {
+            assert_eq!(broad.check(sa(peer), &[]), PolicyVerdict::Allow, "{peer}");
+            assert_eq!(
+                default.check(sa(peer), &[]),
+                PolicyVerdict::Deny("not in allow list"),
+                "{peer}"
+            );
+        }
+    }
+
+    /// The gateway's own addresses: its media ports pass (they are `internal`), any other
+    /// port of the same address is refused under a broad allow list, unless an allow entry
+    /// names the address itself.
+    #[test]
+    fn own_addresses_refused_except_media_ports() {
+        let media = [sa("203.0.113.7:50000"), sa("[2001:db8:7::7]:50000")];
+        let own: Vec<IpAddr> = vec![
+            "198.51.100.9".parse().unwrap(), // a public address that is not advertised
+            "203.0.113.7".parse().unwrap(),  // advertised
+            "2001:db8:7::7".parse().unwrap(),
+            "8.8.4.4".parse().unwrap(), // an ordinary public interface address
+        ];
+        let broad = PeerPolicy::parse("0.0.0.0/0,::/0", "").unwrap();
+        // Media ports pass.
+        for m in media {
+            assert_eq!(broad.check_with_own(m, &media, &own), PolicyVerdict::Allow);
+        }
+        // Other ports of the same addresses: the API, the TURN port, relay ports.
+        for peer in [
+            "8.8.4.4:443",
+            "8.8.4.4:8080",
+            "8.8.4.4:61000",
+            "8.8.4.4:50000",
+            "[::ffff:8.8.4.4]:443",
+            "[::8.8.4.4]:443",
+        ] {
+            assert_eq!(
+                broad.check_with_own(sa(peer), &media, &own),
+                PolicyVerdict::Deny("own address"),
+                "{peer}"
+            );
+            // Without the own list the same address is an ordinary public peer.
+            assert_eq!(
+                broad.check(sa(peer), &media),
+                PolicyVerdict::Allow,
+                "{peer}"
+            );
+        }
+        // Special-purpose own addresses keep their class (denied earlier or later, never
+        // allowed).
+        for peer in ["203.0.113.7:443", "[2001:db8:7::7]:443", "198.51.100.9:1"] {
+            assert!(matches!(
+                broad.check_with_own(sa(peer), &media, &own),
+                PolicyVerdict::Deny(_)
+            ));
+        }
+        // Another address in the same network is not ours.
+        assert_eq!(
+            broad.check_with_own(sa("8.8.4.5:443"), &media, &own),
+            PolicyVerdict::Allow
+        );
+        // A network entry does not name the address; a host entry does (with its ports).
+        let net = PeerPolicy::parse("8.8.4.0/24", "").unwrap();
+        assert_eq!(
+            net.check_with_own(sa("8.8.4.4:443"), &media, &own),
+            PolicyVerdict::Deny("own address")
+        );
+        let named = PeerPolicy::parse("0.0.0.0/0,8.8.4.4:8080", "").unwrap();
+        assert_eq!(
+            named.check_with_own(sa("8.8.4.4:8080"), &media, &own),
+            PolicyVerdict::Allow
+        );
+        assert_eq!(
+            named.check_with_own(sa("8.8.4.4:443"), &media, &own),
+            PolicyVerdict::Deny("own address")
+        );
+        let named6 = PeerPolicy::parse("::/0,[2001:db8:7::7]", "").unwrap();
+        assert_eq!(
+            named6.check_with_own(sa("[2001:db8:7::7]:443"), &media, &own),
+            PolicyVerdict::Allow,
+            "a host entry names the address (and, lying in documentation space, its class)"
+        );
+        // The default policy: media ports only.
+        let default = PeerPolicy::parse("", "").unwrap();
+        assert_eq!(
+            default.check_with_own(media[0], &media, &own),
+            PolicyVerdict::Allow
+        );
+        assert_eq!(
+            default.check_with_own(sa("203.0.113.7:50001"), &media, &own),
+            PolicyVerdict::Deny("not in allow list")
+        );
+        // A deny rule still wins over a media port.
+        let deny = PeerPolicy::parse("0.0.0.0/0", "203.0.113.7").unwrap();
+        assert_eq!(
+            deny.check_with_own(media[0], &media, &own),
             PolicyVerdict::Deny("denied by rule")
         );
     }

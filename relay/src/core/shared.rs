@@ -164,6 +164,7 @@ pub struct Shared {
     stats: Stats,
     secrets: ArcSwap<SecretRing>,
     internal: ArcSwap<Vec<SocketAddr>>,
+    own: ArcSwap<Vec<IpAddr>>,
     policy: PeerPolicy,
     nonce_key: NonceKey,
     users: Mutex<Users>,
@@ -177,6 +178,7 @@ impl std::fmt::Debug for Shared {
             .field("config", &self.config)
             .field("policy", &self.policy)
             .field("internal", &self.internal.load())
+            .field("own", &self.own.load())
             .field("allocations", &self.allocations())
             .finish_non_exhaustive()
     }
@@ -207,6 +209,7 @@ impl Shared {
             stats: Stats::default(),
             secrets: ArcSwap::from_pointee(secrets),
             internal: ArcSwap::from_pointee(Vec::new()),
+            own: ArcSwap::from_pointee(Vec::new()),
             policy,
             nonce_key,
             users: Mutex::new(Users::default()),
@@ -266,15 +269,36 @@ impl Shared {
         self.internal.load_full()
     }
 
+    /// Replaces the gateway's own addresses (public, advertised, interface): refused as
+    /// peers on every port but the media ports unless an allow entry names them (see
+    /// [`PeerPolicy::check_with_own`]). Returns whether they changed.
+    pub fn set_own_addrs(&self, mut addrs: Vec<IpAddr>) -> bool {
+        for a in &mut addrs {
+            *a = super::policy::canonical_ip(*a);
+        }
+        addrs.sort_unstable();
+        addrs.dedup();
+        let changed = **self.own.load() != addrs;
+        self.own.store(Arc::new(addrs));
+        changed
+    }
+
+    /// The gateway's own addresses.
+    pub fn own_addrs(&self) -> Arc<Vec<IpAddr>> {
+        self.own.load_full()
+    }
+
     /// The peer policy.
     pub fn policy(&self) -> &PeerPolicy {
         &self.policy
     }
 
-    /// Checks `peer` against the policy and the internal peers (lock-free, no allocation).
+    /// Checks `peer` against the policy, the internal peers and the gateway's own addresses
+    /// (lock-free, no allocation).
     pub fn check_peer(&self, peer: SocketAddr) -> PolicyVerdict {
         let internal = self.internal.load();
-        self.policy.check(peer, &internal)
+        let own = self.own.load();
+        self.policy.check_with_own(peer, &internal, &own)
     }
 
     pub(crate) fn nonce_key(&self) -> &NonceKey {

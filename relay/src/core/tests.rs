@@ -862,6 +862,41 @@ fn explicit_allow_and_deny_rules() {
     assert_eq!(h.bind(0x4002, sa("127.0.0.1:50001")), Some(403));
 }
 
+/// The gateway's own addresses under a broad allow list: its media ports pass, its other
+/// ports (API, TURN, relay ports) get 403 for CreatePermission and ChannelBind alike.
+#[test]
+fn own_addresses_refused_but_media_ports() {
+    let mut h = H::udp("0.0.0.0/0,::/0");
+    h.allocate();
+    // Before the gateway knows its own addresses, 8.8.4.4 is an ordinary peer.
+    assert_eq!(h.permit(sa("8.8.4.4:443")), None);
+    h.shared.set_internal_peers(vec![sa("8.8.4.4:50000")]);
+    let own: Vec<std::net::IpAddr> = vec![
+        "::ffff:8.8.4.4".parse().unwrap(),
+        "2606:4700::7".parse().unwrap(),
+        "8.8.4.4".parse().unwrap(),
+    ];
+    assert!(h.shared.set_own_addrs(own.clone()));
+    assert!(!h.shared.set_own_addrs(own), "the same addresses again");
+    assert_eq!(h.shared.own_addrs().len(), 2, "canonical, deduplicated");
+    assert_eq!(h.permit(sa("8.8.4.4:50000")), None, "media port");
+    assert_eq!(h.bind(0x4001, sa("8.8.4.4:50000")), None);
+    // (An IPv6 peer of this IPv4 allocation would get 443; policy.rs tests IPv6.)
+    for other in ["8.8.4.4:443", "8.8.4.4:8080", "8.8.4.4:61000"] {
+        assert_eq!(h.permit(sa(other)), Some(403), "{other}");
+    }
+    assert_eq!(h.bind(0x4002, sa("8.8.4.4:61001")), Some(403));
+    assert_eq!(h.permit(sa("8.8.4.5:443")), None, "a neighbour is not ours");
+    assert_eq!(
+        h.shared.check_peer(sa("[::ffff:8.8.4.4]:443")),
+        PolicyVerdict::Deny("own address")
+    );
+    assert_eq!(
+        h.shared.check_peer(sa("[2606:4700::7]:443")),
+        PolicyVerdict::Deny("own address")
+    );
+}
+
 #[test]
 fn channel_bind_rules() {
     let mut h = H::udp("0.0.0.0/0");

@@ -148,12 +148,24 @@ async fn classify(
             let Some(tls) = &ctx.tls else {
                 return Err(invalid("TLS ClientHello but TLS is not configured".into()));
             };
+            // A handshake costs the server a key exchange and a signature: bounded in flight
+            // per source and in all, so that stalled or slow ClientHellos from one address
+            // cannot hold every handshake. Over budget: closed before the handshake.
+            let budget = match ctx.handshakes.acquire(remote.ip()) {
+                Ok(b) => b,
+                Err(why) => {
+                    IoStats::inc(&ctx.stats.tls_handshakes_refused);
+                    tracing::debug!(%remote, %why, "TLS handshake refused: closed");
+                    return Ok(Classified::Closed);
+                }
+            };
             let acceptor = TlsAcceptor::from(tls.load_full());
             let mut stream = acceptor.accept(tcp).await.map_err(|e| {
                 IoStats::inc(&ctx.stats.tls_failures);
                 tracing::debug!(%remote, error = %e, "TLS handshake failed");
                 e
             })?;
+            drop(budget);
             IoStats::inc(&ctx.stats.tls_handshakes);
             let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
             match alpn.as_deref() {

@@ -20,7 +20,7 @@ mod udp;
 
 pub use inprocess::{InProcessRoutes, LocalMedia, MediaDatagram};
 pub use limits::{ConnectionLimits, ConnectionSlot, Refused};
-pub use listener::{Handoff, IoStream};
+pub use listener::{sniff, Handoff, IoStream, Sniffed};
 pub use ports::PortRange;
 pub use prefixed::Prefixed;
 pub use stats::IoStats;
@@ -61,6 +61,11 @@ pub struct IoConfig {
     pub max_connections_per_ip: u32,
     /// Most concurrent connections in all.
     pub max_connections: u32,
+    /// Most TLS handshakes in flight from one source IP (IPv6: one /64); a connection over
+    /// the budget is closed before its handshake starts.
+    pub max_tls_handshakes_per_ip: u32,
+    /// Most TLS handshakes in flight in all.
+    pub max_tls_handshakes: u32,
 }
 
 impl Default for IoConfig {
@@ -76,6 +81,8 @@ impl Default for IoConfig {
             unauthenticated_timeout: Duration::from_secs(15),
             max_connections_per_ip: 256,
             max_connections: 50_000,
+            max_tls_handshakes_per_ip: 8,
+            max_tls_handshakes: 256,
         }
     }
 }
@@ -145,6 +152,8 @@ pub(crate) struct Context {
     /// ends politely when it flips. [`RelayServer::drained`] waits for all clones to drop.
     pub shutdown: watch::Receiver<bool>,
     pub limits: Arc<ConnectionLimits>,
+    /// TLS handshakes in flight, per source and in all.
+    pub handshakes: Arc<ConnectionLimits>,
     pub stats: Arc<IoStats>,
     /// How relayed addresses are reserved and bound.
     pub addressing: Arc<ports::RelayAddressing>,
@@ -206,6 +215,10 @@ impl RelayServer {
         let ctx = Arc::new(Context {
             shared: shared.clone(),
             limits: ConnectionLimits::new(config.max_connections, config.max_connections_per_ip),
+            handshakes: ConnectionLimits::new(
+                config.max_tls_handshakes,
+                config.max_tls_handshakes_per_ip,
+            ),
             config,
             tls,
             handoff,
@@ -250,6 +263,12 @@ impl RelayServer {
     /// Connection counters.
     pub fn io_stats(&self) -> &Arc<IoStats> {
         &self.stats
+    }
+
+    /// The budget of TLS handshakes in flight ([`IoConfig::max_tls_handshakes`] and
+    /// [`IoConfig::max_tls_handshakes_per_ip`]); its [`ConnectionLimits::open`] is a gauge.
+    pub fn tls_handshakes(&self) -> &Arc<ConnectionLimits> {
+        &self.context.handshakes
     }
 
     /// Plugs in the gateway's media engine: datagrams for peers it calls local are handed

@@ -13,6 +13,9 @@ pub struct IoStats {
     pub tls_handshakes: AtomicU64,
     /// TLS handshakes that failed or timed out.
     pub tls_failures: AtomicU64,
+    /// TLS connections closed before their handshake because their source address (or
+    /// everyone) had the most handshakes in flight already.
+    pub tls_handshakes_refused: AtomicU64,
     /// Connections closed because they sent nothing usable before the handshake timeout.
     pub handshake_timeouts: AtomicU64,
     /// Connections (and UDP clients) closed for not authenticating in time.
@@ -60,6 +63,10 @@ impl IoStats {
             ),
             ("tls_handshakes", self.tls_handshakes.load(Relaxed)),
             ("tls_failures", self.tls_failures.load(Relaxed)),
+            (
+                "tls_handshakes_refused",
+                self.tls_handshakes_refused.load(Relaxed),
+            ),
             ("handshake_timeouts", self.handshake_timeouts.load(Relaxed)),
             ("http_handoffs", self.http_handoffs.load(Relaxed)),
             (
