@@ -16,16 +16,26 @@ use crate::{Ctx, Outcome, API_TOKEN};
 
 type Attack = for<'a> fn(&'a Ctx) -> Pin<Box<dyn Future<Output = Outcome> + 'a>>;
 
-/// Every attack, in the order they run.
-pub const ALL: &[(&str, Attack)] = &[
-    ("stalled-bodies", |cx| Box::pin(stalled_bodies(cx))),
-    ("udp-garbage", |cx| Box::pin(udp_garbage(cx))),
-    ("anonymous-minting", |cx| Box::pin(anonymous_minting(cx))),
-    ("unknown-attrs-64k", |cx| Box::pin(unknown_attrs(cx))),
-    ("malformed-stun", |cx| Box::pin(malformed_stun(cx))),
-    ("big-sdp-trickle", |cx| Box::pin(big_sdp_and_trickle(cx))),
-    ("sdp-parse-errors", |cx| Box::pin(sdp_parse_errors(cx))),
-    ("forged-rtp", |cx| Box::pin(forged_rtp(cx))),
+/// Every attack, in the order they run, with the RSS slack (MB) it may leave behind.
+pub const ALL: &[(&str, f64, Attack)] = &[
+    ("stalled-bodies", 80.0, |cx| Box::pin(stalled_bodies(cx))),
+    // The same again: the pages the first round left are reused, so it must leave little.
+    ("stalled-bodies-again", 40.0, |cx| {
+        Box::pin(stalled_bodies(cx))
+    }),
+    ("udp-garbage", 24.0, |cx| Box::pin(udp_garbage(cx))),
+    ("anonymous-minting", 24.0, |cx| {
+        Box::pin(anonymous_minting(cx))
+    }),
+    ("unknown-attrs-64k", 24.0, |cx| Box::pin(unknown_attrs(cx))),
+    ("malformed-stun", 24.0, |cx| Box::pin(malformed_stun(cx))),
+    ("big-sdp-trickle", 24.0, |cx| {
+        Box::pin(big_sdp_and_trickle(cx))
+    }),
+    ("sdp-parse-errors", 24.0, |cx| {
+        Box::pin(sdp_parse_errors(cx))
+    }),
+    ("forged-rtp", 24.0, |cx| Box::pin(forged_rtp(cx))),
 ];
 
 fn src(c: u8, d: u8) -> Ipv4Addr {
@@ -149,32 +159,39 @@ async fn udp_garbage(cx: &Ctx) -> Outcome {
             }
         }
     }
+    let drops0 = udp_rcvbuf_errors();
     let mut rng = Rng::new(2);
     let mut garbage = 0u64;
-    for round in 0..UDP_ROUNDS {
-        let t0 = Instant::now();
-        for s in &socks {
-            let mut g = [0u8; 8];
-            rng.fill(&mut g);
-            g[0] |= 0x80; // never a STUN first byte
-            if s.send_to(&g, cx.turn_udp).await.is_ok() {
-                garbage += 1;
+    // 40 rounds of one datagram per port, 100 datagrams every 20 ms (5,000/s).
+    for _ in 0..UDP_ROUNDS {
+        for chunk in socks.chunks(100) {
+            let t0 = Instant::now();
+            for s in chunk {
+                let mut g = [0u8; 8];
+                rng.fill(&mut g);
+                g[0] |= 0x80; // never a STUN first byte
+                if s.send_to(&g, cx.turn_udp).await.is_ok() {
+                    garbage += 1;
+                }
             }
-            if round == UDP_ROUNDS / 2 {
-                let _ = s.send_to(&net::binding(&mut rng), cx.turn_udp).await;
-            }
+            tokio::time::sleep(Duration::from_millis(20).saturating_sub(t0.elapsed())).await;
         }
-        // Paced: 1,000 datagrams every 200 ms.
-        tokio::time::sleep(Duration::from_millis(200).saturating_sub(t0.elapsed())).await;
     }
+    let kernel_drops = udp_rcvbuf_errors().saturating_sub(drops0);
+    // Then one real Binding per port, 100 at a time: each is answered.
     let bindings = socks.len() as u64;
     let mut answered = 0;
     let mut buf = [0u8; 1500];
-    for s in &socks {
-        if let Ok(Ok(_)) =
-            tokio::time::timeout(Duration::from_millis(200), s.recv_from(&mut buf)).await
-        {
-            answered += 1;
+    for chunk in socks.chunks(100) {
+        for s in chunk {
+            let _ = s.send_to(&net::binding(&mut rng), cx.turn_udp).await;
+        }
+        for s in chunk {
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(Duration::from_millis(500), s.recv_from(&mut buf)).await
+            {
+                answered += 1;
+            }
         }
     }
     let clients = cx.metric("turn_udp_clients", "").await;
@@ -184,7 +201,9 @@ async fn udp_garbage(cx: &Ctx) -> Outcome {
     out.check(clients <= bindings as f64, || {
         format!("{clients} UDP clients for {bindings} Bindings: garbage made clients")
     });
-    out.check(answered > 0, || "no Binding was answered".into());
+    out.check(answered == bindings, || {
+        format!("{answered} of {bindings} Bindings answered after the garbage")
+    });
     // The clients the Bindings made time out (unauthenticated), none is left.
     let gone = crate::until(WAIT, || async {
         cx.metric("turn_udp_clients", "").await == 0.0
@@ -194,13 +213,36 @@ async fn udp_garbage(cx: &Ctx) -> Outcome {
         "UDP clients left after the unauthenticated timeout".into()
     });
     out.note = format!(
-        "({garbage} garbage datagrams from {} ports, counted as bad input {bad}; {answered}/{bindings} Bindings answered, {clients} clients, all timed out)",
+        "({garbage} garbage datagrams from {} ports, counted as bad input {bad}, dropped by the kernel (UDP RcvbufErrors) {kernel_drops}; \
+         then {answered}/{bindings} Bindings answered, {clients} UDP clients, none left after the timeout)",
         socks.len()
     );
     out
 }
 
+/// The kernel's count of UDP datagrams dropped for a full receive buffer (this network
+/// namespace, all sockets).
+fn udp_rcvbuf_errors() -> u64 {
+    let Ok(snmp) = std::fs::read_to_string("/proc/net/snmp") else {
+        return 0;
+    };
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 // --- 3. anonymous credential minting and config floods -----------------------------------
+
+/// Source addresses of the config flood, and the gateway's SESSION_PENDING_PER_SOURCE.
+const CONFIG_SOURCES: u32 = 20;
+const PENDING_PER_SOURCE: u32 = 64;
 
 async fn anonymous_minting(cx: &Ctx) -> Outcome {
     let mut out = Outcome::default();
@@ -241,16 +283,21 @@ async fn anonymous_minting(cx: &Ctx) -> Outcome {
     for i in 0..2000u32 {
         let addr = cx.http;
         set.spawn(async move {
-            http(HttpReq::get(addr, "/api/v1/webrtc/config").from(src(3, 10 + (i % 50) as u8)))
-                .await
+            http(
+                HttpReq::get(addr, "/api/v1/webrtc/config")
+                    .from(src(3, 10 + (i % CONFIG_SOURCES) as u8)),
+            )
+            .await
         });
         while set.len() >= 16 || (i == 1999 && !set.is_empty()) {
             if let Some(r) = set.join_next().await {
                 flood.0 += 1;
                 match r.ok().and_then(Result::ok) {
                     Some(r) if r.status == 200 => {
-                        if configs.len() < 11 {
-                            configs.push(r.json());
+                        // The last ones are the sessions the flood left alive.
+                        configs.push(r.json());
+                        if configs.len() > 11 {
+                            configs.remove(0);
                         }
                     }
                     _ => flood.1 += 1,
@@ -261,6 +308,13 @@ async fn anonymous_minting(cx: &Ctx) -> Outcome {
     out.tried += flood.0;
     out.refused += flood.1;
     let sessions = cx.metric("gateway_sessions_active", "").await;
+    let cap = sessions0 + f64::from(CONFIG_SOURCES * PENDING_PER_SOURCE);
+    out.check(sessions <= cap, || {
+        format!(
+            "config flood: {sessions} sessions (cap {cap}), {} refused",
+            flood.1
+        )
+    });
     // (c) Eleven minted sessions try to take relay ports: each may hold its quota only.
     let mut held = Vec::new();
     let (mut allocs, mut alloc_refused) = (0u64, 0u64);
@@ -308,7 +362,7 @@ async fn anonymous_minting(cx: &Ctx) -> Outcome {
         )
     });
     out.note = format!(
-        "(REST without token: 1000 tried, {} minted; config flood: {} tried, {} refused, sessions {sessions0} -> {sessions}; \
+        "(REST without token: 1000 tried, {} minted; config flood: {} tried, {} refused, sessions {sessions0} -> {sessions} (cap {cap}: the oldest pending ones are evicted); \
          {} sessions tried 12 allocations each: {allocs} granted, {alloc_refused} refused)",
         minted_anonymously,
         flood.0,
@@ -685,8 +739,6 @@ async fn sdp_parse_errors(cx: &Ctx) -> Outcome {
         good.replace("a=fingerprint:sha-256", "a=fingerprint:sha-256 zz"),
         good.replace("a=rtpmap:", "a=rtpmap:x"),
         good.replace("a=ice-ufrag:", "a=ice-ufrag"),
-        good.replace("c=IN IP4", "c=IN IP9"),
-        good.replace("a=candidate:", "a=candidate:\u{1}"),
         without("a=fingerprint"),
         without("a=ice-pwd"),
         without("m="),
@@ -694,6 +746,7 @@ async fn sdp_parse_errors(cx: &Ctx) -> Outcome {
         good.replace("\r\n", "\n").replace('\n', "\r"),
     ];
     let mut leaks = 0;
+    let mut accepted = std::collections::BTreeSet::new();
     for round in 0..20u8 {
         let mut set = JoinSet::new();
         for (i, sdp) in bad.iter().enumerate() {
@@ -709,11 +762,12 @@ async fn sdp_parse_errors(cx: &Ctx) -> Outcome {
                     .header("Content-Type", "application/json")
                     .body(body.to_string().into_bytes());
                 let from = src(9, 10 + round);
-                vec![http(whep.from(from)).await, http(json.from(from)).await]
+                (i, vec![http(whep.from(from)).await, http(json.from(from)).await])
             });
         }
         while let Some(r) = set.join_next().await {
-            for r in r.unwrap_or_default() {
+            let (i, rs) = r.unwrap_or_default();
+            for r in rs {
                 out.tried += 1;
                 match r {
                     Ok(r) if (400..500).contains(&r.status) => {
@@ -730,15 +784,18 @@ async fn sdp_parse_errors(cx: &Ctx) -> Outcome {
                     }
                     // A malformed offer some str0m version accepts is a session: ended below
                     // by the idle timeout; it must still not leak.
-                    Ok(r) if r.status < 300 => {}
-                    other => out.failures.push(format!("malformed offer: {other:?}")),
+                    Ok(r) if r.status < 300 => {
+                        accepted.insert(i);
+                    }
+                    other => out
+                        .failures
+                        .push(format!("malformed offer #{i}: {other:?}")),
                 }
             }
         }
     }
-    let (refused, tried) = (out.refused, out.tried);
-    out.check(refused * 10 >= tried * 9, || {
-        format!("only {refused} of {tried} malformed offers refused")
+    out.check(accepted.is_empty(), || {
+        format!("malformed offers #{accepted:?} were accepted")
     });
     out.note = format!(
         "({} error bodies, {leaks} with an address or parser offset)",
