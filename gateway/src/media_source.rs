@@ -105,15 +105,22 @@ impl FromStr for MediaSourceSpec {
 
 /// Keeps a source's producer alive (an encoder thread, an ingest task); dropping it stops it.
 pub struct SourceGuard {
-    _inner: Box<dyn std::any::Any + Send + Sync>,
+    inner: Box<dyn std::any::Any + Send + Sync>,
 }
 
 impl SourceGuard {
     /// Wraps whatever keeps a producer running.
     pub fn new<T: Send + Sync + 'static>(inner: T) -> Self {
         Self {
-            _inner: Box::new(inner),
+            inner: Box::new(inner),
         }
+    }
+
+    /// The RTP ingest's counters, when the source is RTP.
+    pub fn rtp_stats(&self) -> Option<std::sync::Arc<crate::media::rtp::RtpStats>> {
+        self.inner
+            .downcast_ref::<crate::media::rtp::RtpSource>()
+            .map(|r| r.stats_handle())
     }
 }
 
