@@ -601,6 +601,35 @@ fn video_offer() -> String {
         .unwrap_or_default()
 }
 
+/// The heaviest offer within the gateway's bounds (32 KiB, 1,024 lines, 16 m-lines): as
+/// many recvonly video m-lines as fit in 30 KB, padded with candidates to ~31 KB.
+fn heavy_offer() -> String {
+    let offer = |m: usize| {
+        let mut rtc = RtcConfig::new()
+            .clear_codecs()
+            .enable_h264(true)
+            .build(Instant::now());
+        let mut api = rtc.sdp_api();
+        for _ in 0..m {
+            api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        }
+        api.apply()
+            .map(|(o, _)| o.to_sdp_string())
+            .unwrap_or_default()
+    };
+    let mut sdp = (1..=16)
+        .rev()
+        .map(offer)
+        .find(|o| o.len() < 30_000)
+        .unwrap_or_default();
+    let mut i = 0;
+    while sdp.len() < 31_000 && sdp.lines().count() < 1000 {
+        sdp.push_str(&cand(i));
+        i += 1;
+    }
+    sdp
+}
+
 fn cand(i: usize) -> String {
     format!(
         "a=candidate:{i} 1 udp 2130706431 127.0.0.1 {} typ host\r\n",
@@ -664,6 +693,51 @@ async fn big_sdp_and_trickle(cx: &Ctx) -> Outcome {
             }
         }
     }
+    // The heaviest offers the bounds let through, from four addresses for 8 s: each is
+    // parsed off the async workers (a bounded number at once); answered ones are ended.
+    let heavy = heavy_offer();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut set = JoinSet::new();
+    for k in 0..4u8 {
+        let (addr, heavy) = (cx.http, heavy.clone());
+        set.spawn(async move {
+            let (mut tried, mut answered, mut refused, mut bad) = (0u64, 0u64, 0u64, Vec::new());
+            while Instant::now() < deadline && tried < 200 {
+                tried += 1;
+                let r = http(
+                    HttpReq::get(addr, "/whep")
+                        .method("POST")
+                        .header("Content-Type", "application/sdp")
+                        .body(heavy.clone().into_bytes())
+                        .from(src(8, 100 + k)),
+                )
+                .await;
+                match r {
+                    Ok(r) if r.status == 201 => {
+                        answered += 1;
+                        if let Some(loc) = r.header("location") {
+                            let _ = http(HttpReq::get(addr, loc).method("DELETE")).await;
+                        }
+                    }
+                    Ok(r) if (400..600).contains(&r.status) => refused += 1,
+                    other => bad.push(format!("{other:?}")),
+                }
+            }
+            (tried, answered, refused, bad)
+        });
+    }
+    let mut heavy_fig = (0u64, 0u64, 0u64);
+    while let Some(r) = set.join_next().await {
+        if let Ok((t, a, r, bad)) = r {
+            heavy_fig.0 += t;
+            heavy_fig.1 += a;
+            heavy_fig.2 += r;
+            if let Some(b) = bad.first() {
+                out.failures
+                    .push(format!("a heavy offer got no answer: {b}"));
+            }
+        }
+    }
     // Trickle floods on four real sessions: single candidates past the cap, and one PATCH of
     // 2,000 candidates.
     let (mut accepted_max, mut trickled, mut trickle_refused) = (0u64, 0u64, 0u64);
@@ -707,14 +781,14 @@ async fn big_sdp_and_trickle(cx: &Ctx) -> Outcome {
         accepted_max = accepted_max.max(accepted);
         let _ = http(HttpReq::get(cx.http, &loc).method("DELETE")).await;
     }
-    out.tried = big.0 + trickled;
-    out.refused = big.1 + trickle_refused;
+    out.tried = big.0 + heavy_fig.0 + trickled;
+    out.refused = big.1 + heavy_fig.2 + trickle_refused;
     out.check(accepted_max <= 64, || {
         format!("{accepted_max} trickled candidates accepted on one session (cap 64)")
     });
     out.note = format!(
-        "(60 KB offers: {} tried, {} refused 4xx; trickle: {trickled} PATCHes, {trickle_refused} refused, at most {accepted_max} accepted per session)",
-        big.0, big.1
+        "(60 KB offers: {} tried, {} refused 4xx; {}-byte offers of {} m-lines: {} tried, {} answered, {} refused; trickle: {trickled} PATCHes, {trickle_refused} refused, at most {accepted_max} accepted per session)",
+        big.0, big.1, heavy.len(), heavy.matches("\nm=").count(), heavy_fig.0, heavy_fig.1, heavy_fig.2
     );
     out
 }
