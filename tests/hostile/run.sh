@@ -36,17 +36,28 @@ if (($(ulimit -n) < 8192)); then
 fi
 
 driver_pid=
+pidfile=$(mktemp)
 cleanup() {
-  # The driver kills the gateway and ffmpeg it started (by PID) when it exits; this ends the
-  # driver itself if the script is interrupted.
+  # The driver kills the gateway and ffmpeg it started (by PID) when it exits, also on
+  # SIGTERM; this ends the driver if the script is interrupted, and the processes it noted
+  # in $pidfile if it was killed before it could.
   if [[ -n "$driver_pid" ]] && kill -0 "$driver_pid" 2>/dev/null; then
     kill "$driver_pid" 2>/dev/null || true
     wait "$driver_pid" 2>/dev/null || true
   fi
+  local pid name
+  [[ -f "$pidfile" ]] || return 0
+  while read -r pid name; do
+    if grep -qa -- "$name" "/proc/$pid/cmdline" 2>/dev/null; then
+      kill "$pid" 2>/dev/null || true
+    fi
+  done <"$pidfile"
+  rm -f "$pidfile"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 # The whole suite is bounded: 5 minutes, then it is stopped and fails.
-GATEWAY_BIN="$gw_bin" timeout --signal=TERM --kill-after=10 300 "$driver" "$@" &
+GATEWAY_BIN="$gw_bin" HOSTILE_PIDFILE="$pidfile" timeout --signal=TERM --kill-after=10 300 "$driver" "$@" &
 driver_pid=$!
 wait "$driver_pid"

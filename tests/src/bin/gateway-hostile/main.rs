@@ -116,6 +116,24 @@ struct Proc {
     name: &'static str,
 }
 
+impl Proc {
+    /// Notes the PID in `HOSTILE_PIDFILE` (when set), so run.sh can end the process even
+    /// if this driver is killed without running its destructors.
+    fn noted(self) -> Self {
+        if let Some(path) = std::env::var_os("HOSTILE_PIDFILE") {
+            use std::io::Write as _;
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path)
+            {
+                let _ = writeln!(f, "{} {}", self.child.id(), self.name);
+            }
+        }
+        self
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -320,6 +338,7 @@ fn start_gateway(bin: &Path, dir: &Path, cx: &Ctx, cert: &TestCert) -> Proc {
         child,
         name: "gateway",
     }
+    .noted()
 }
 
 /// ffmpeg encoding its test pattern (320×240, 30 frames/s, H.264 baseline) and sending it as
@@ -341,6 +360,7 @@ fn start_ffmpeg(dest: SocketAddr, secs: u64) -> Proc {
         child,
         name: "ffmpeg",
     }
+    .noted()
 }
 
 fn main() -> ExitCode {
