@@ -209,4 +209,18 @@ mod tests {
             .to_string();
         assert!(e.contains("MEDIA_SOURCE=/nonexistent/x.ivf"), "{e}");
     }
+
+    #[tokio::test]
+    async fn only_an_rtp_source_has_rtp_counters() {
+        let (_, guard) = start(&"rtp://127.0.0.1:0?codec=h264".parse().unwrap()).unwrap();
+        let stats = guard.rtp_stats().expect("RTP counters");
+        assert_eq!(
+            stats
+                .other_senders
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        let (_, guard) = start(&MediaSourceSpec::TestSrc).unwrap();
+        assert!(guard.rtp_stats().is_none());
+    }
 }
