@@ -36,6 +36,12 @@ pub const ALL: &[(&str, f64, Attack)] = &[
         Box::pin(sdp_parse_errors(cx))
     }),
     ("forged-rtp", 24.0, |cx| Box::pin(forged_rtp(cx))),
+    // Only when named (x-…): stalled bodies at the scale, 4 addresses × 2,048 (the
+    // per-address cap) = 8,192 connections, the default total cap. Known to fail today (see
+    // tests/hostile/README.md): while they last, the total cap refuses everyone else.
+    ("x-stalled-bodies-full", 80.0, |cx| {
+        Box::pin(stalled_bodies_n(cx, 2000, 48))
+    }),
 ];
 
 fn src(c: u8, d: u8) -> Ipv4Addr {
@@ -52,15 +58,19 @@ const STALLED_HTTP: usize = 500;
 const STALLED_TURN: usize = 100;
 const STALLED_SOURCES: u8 = 4;
 
+async fn stalled_bodies(cx: &Ctx) -> Outcome {
+    stalled_bodies_n(cx, STALLED_HTTP, STALLED_TURN).await
+}
+
 /// Heads announcing a body that never comes, from four addresses, on both ports; meanwhile
 /// /health and a config request must still be answered promptly; every stalled connection
 /// must be closed by the gateway within its request timeout (10 s) plus slack.
-async fn stalled_bodies(cx: &Ctx) -> Outcome {
+async fn stalled_bodies_n(cx: &Ctx, per_http: usize, per_turn: usize) -> Outcome {
     let mut out = Outcome::default();
     let mut conns: Vec<TcpStream> = Vec::new();
     for s in 0..STALLED_SOURCES {
         let from = src(0, 2 + s);
-        for (addr, n) in [(cx.http, STALLED_HTTP), (cx.turn, STALLED_TURN)] {
+        for (addr, n) in [(cx.http, per_http), (cx.turn, per_turn)] {
             for i in 0..n {
                 out.tried += 1;
                 let (path, ctype) = if i % 2 == 0 {
