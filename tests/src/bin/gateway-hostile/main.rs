@@ -307,7 +307,9 @@ fn start_gateway(bin: &Path, dir: &Path, cx: &Ctx, cert: &TestCert) -> Proc {
     let (cert_path, key_path) = cert.write_pem_files();
     let log = std::fs::File::create(&cx.log).expect("gateway log file");
     let log2 = log.try_clone().expect("log file handle");
-    let webrtc_base = 53_100 + (std::process::id() % 400) as u16 * 20;
+    // Media and relay port ranges below Linux's ephemeral range (32768-60999), so no
+    // outgoing connection of another process holds one of them.
+    let webrtc_base = 20_000 + (std::process::id() % 500) as u16 * 20;
     let child = Command::new(bin)
         .current_dir(dir)
         .env_clear()
@@ -319,7 +321,7 @@ fn start_gateway(bin: &Path, dir: &Path, cx: &Ctx, cert: &TestCert) -> Proc {
         .env("API_TOKEN", API_TOKEN)
         .env("TURN_HOST", TEST_SERVER_NAME)
         .env("TURN_RELAY_IP", "127.0.0.1")
-        .env("TURN_RELAY_PORTS", "46000-46999")
+        .env("TURN_RELAY_PORTS", "31000-31999")
         .env("TLS_CERT", &cert_path)
         .env("TLS_KEY", &key_path)
         .env("WEBRTC_BIND_IP", "127.0.0.1")
