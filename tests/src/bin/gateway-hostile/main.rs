@@ -304,7 +304,9 @@ where
 }
 
 fn start_gateway(bin: &Path, dir: &Path, cx: &Ctx, cert: &TestCert) -> Proc {
-    let (cert_path, key_path) = cert.write_pem_files();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, &cert.cert_pem).expect("write the certificate");
+    std::fs::write(&key_path, &cert.key_pem).expect("write the key");
     let log = std::fs::File::create(&cx.log).expect("gateway log file");
     let log2 = log.try_clone().expect("log file handle");
     // Media and relay port ranges below Linux's ephemeral range (32768-60999), so no
