@@ -164,15 +164,22 @@ impl std::fmt::Display for MediaSourceSpec {
 
 /// Keeps a source's producer alive (an encoder thread, an ingest task); dropping it stops it.
 pub struct SourceGuard {
-    _inner: Box<dyn std::any::Any + Send + Sync>,
+    inner: Box<dyn std::any::Any + Send + Sync>,
 }
 
 impl SourceGuard {
     /// Wraps whatever keeps a producer running.
     pub fn new<T: Send + Sync + 'static>(inner: T) -> Self {
         Self {
-            _inner: Box::new(inner),
+            inner: Box::new(inner),
         }
+    }
+
+    /// The RTP ingest's counters, when the source is RTP.
+    pub fn rtp_stats(&self) -> Option<std::sync::Arc<crate::media::rtp::RtpStats>> {
+        self.inner
+            .downcast_ref::<crate::media::rtp::RtpSource>()
+            .map(|r| r.stats_handle())
     }
 }
 
@@ -287,5 +294,19 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("MEDIA_SOURCE=/nonexistent/x.ivf"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn only_an_rtp_source_has_rtp_counters() {
+        let (_, guard) = start(&"rtp://127.0.0.1:0?codec=h264".parse().unwrap()).unwrap();
+        let stats = guard.rtp_stats().expect("RTP counters");
+        assert_eq!(
+            stats
+                .other_senders
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        let (_, guard) = start(&MediaSourceSpec::TestSrc).unwrap();
+        assert!(guard.rtp_stats().is_none());
     }
 }

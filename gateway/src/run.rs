@@ -245,6 +245,13 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
             move || io.udp_clients.load(std::sync::atomic::Ordering::Relaxed),
         );
     }
+    if let Some(rtp) = source_guard.rtp_stats() {
+        app.metrics.set_gauge(
+            "gateway_rtp_other_sender_packets",
+            "RTP ingest datagrams dropped because another sender holds the source (monotonic).",
+            move || rtp.other_senders.load(std::sync::atomic::Ordering::Relaxed),
+        );
+    }
     let reloader = crate::reload::start(&settings, &tls_config, &app);
     let bound = Settings {
         turn_listen: relay.local_tcp(),

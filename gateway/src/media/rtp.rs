@@ -717,6 +717,11 @@ impl RtpSource {
     pub fn stats(&self) -> &RtpStats {
         &self.stats
     }
+
+    /// A handle on the live counters (for /metrics).
+    pub fn stats_handle(&self) -> Arc<RtpStats> {
+        self.stats.clone()
+    }
 }
 
 impl Drop for RtpSource {
