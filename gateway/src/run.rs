@@ -245,11 +245,17 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
             move || io.udp_clients.load(std::sync::atomic::Ordering::Relaxed),
         );
     }
-    if let Some(rtp) = source_guard.rtp_stats() {
+    let rtp: Vec<_> = source_guards.iter().filter_map(|g| g.rtp_stats()).collect();
+    if !rtp.is_empty() {
         app.metrics.set_gauge(
             "gateway_rtp_other_sender_packets",
-            "RTP ingest datagrams dropped because another sender holds the source (monotonic).",
-            move || rtp.other_senders.load(std::sync::atomic::Ordering::Relaxed),
+            "RTP ingest datagrams dropped because another sender holds the source, over every \
+             RTP stream (monotonic).",
+            move || {
+                rtp.iter()
+                    .map(|r| r.other_senders.load(std::sync::atomic::Ordering::Relaxed))
+                    .sum()
+            },
         );
     }
     let reloader = crate::reload::start(&settings, &tls_config, &app);

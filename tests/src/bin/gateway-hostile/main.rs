@@ -473,6 +473,20 @@ async fn run_attacks(
         cx.http, cx.turn, cx.turn_udp, cx.rtp
     );
     let _ffmpeg = start_ffmpeg(cx.rtp, 600);
+    // The RTP stream is live from ffmpeg's first frame (before it, offers get Geti's
+    // "No active pipeline.").
+    let live = until(Duration::from_secs(30), || async {
+        http(
+            HttpReq::get(cx.http, "/api/v1/streams")
+                .header("Authorization", &format!("Bearer {API_TOKEN}")),
+        )
+        .await
+        .is_ok_and(|r| r.status == 200 && r.json()["streams"][0]["live"] == true)
+    })
+    .await;
+    if !live {
+        return Err("the RTP stream did not become live within 30 s of ffmpeg's start".into());
+    }
     let viewer = Viewer::start(
         cx.http,
         cx.turn,
