@@ -742,6 +742,13 @@ mod tests {
         mark_constrained_baseline(&mut au);
         assert_eq!(au[6], 0xc0, "SPS constraint byte");
         assert_eq!(au[14], 0x00, "PPS untouched");
+        // An SPS cut before its constraint byte is left alone; one that just has it is marked.
+        let mut cut = vec![0, 0, 1, 0x67, 66];
+        mark_constrained_baseline(&mut cut);
+        assert_eq!(cut, [0, 0, 1, 0x67, 66]);
+        let mut end = vec![0, 0, 1, 0x67, 66, 0];
+        mark_constrained_baseline(&mut end);
+        assert_eq!(end, [0, 0, 1, 0x67, 66, 0xc0]);
     }
 
     /// `n` frames of the pattern encoded with `codec` (keyframes forced where `force` says).
