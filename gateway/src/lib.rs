@@ -28,22 +28,22 @@
 //! # Data flow
 //!
 //! ```text
-//!                 TURN_LISTEN (TCP 443: TLS, or plain TCP)        GATEWAY_HTTP_ADDR (HTTP)
-//! browser ──────▶ relay::io demux ─┬─ HTTP(S) ─▶ http::HttpHandoff ──▶ http::router ◀────┘
-//!                 (first bytes;    │                                   │ /api/v1/…, /whep,
-//!                  in TLS, ALPN)   │                                   │ /metrics, viewer page
-//!                                  │                                   ▼
-//!                                  │                    signaling ─▶ session::Registry
-//!                                  │              ICE servers,         │ owns every session:
-//!                                  │              offer → answer       │ revokes credentials,
-//!                                  │                                   │ closes allocations
-//!                                  ▼                                   ▼
-//!                     relay::core (allocations) ◀── shortcut ──▶ media::MediaEngine (str0m)
-//!                     peer = a media candidate:    in-process        ▲   one Rtc per viewer
-//!                     no relay socket, no hop                        │
-//! browser ◀─────────── UDP (host candidates, WEBRTC_PORT_RANGE) ─────┤
-//!                                                                    │ encoded frames
-//!                           media_source: test pattern, RTP ingest, file ─ per stream
+//!  browser ──────────────────────────────────────────┐
+//!    │ TCP 443 (TURN_LISTEN): TLS or plain TCP,      │ HTTP (GATEWAY_HTTP_ADDR)
+//!    ▼ told apart by first bytes; in TLS, by ALPN    ▼
+//!  relay::io demux ── HTTP(S): http::HttpHandoff ──▶ http::router (/api/v1/…, /whep, /metrics, /)
+//!    │ TURN                                          │
+//!    ▼                                               ▼
+//!  relay::core (allocations)                         signaling (ICE servers, offer → answer)
+//!    │ peer = one of the engine's                    │
+//!    │ addresses: shortcut, both ways,               ▼
+//!    │ in-process (no relay socket)                  session::Registry (owns every session;
+//!    │                                               │ when one ends: media closed,
+//!    ▼                                               ▼ credential revoked, allocations closed)
+//!  media::MediaEngine (str0m, ICE-lite, one Rtc per viewer) ◀── encoded frames ── media_source
+//!    ▲                                      (test pattern, RTP ingest or file; one per stream)
+//!    │ UDP (host candidates, WEBRTC_PORT_RANGE)
+//!  browser
 //! ```
 //!
 //! * A viewer first gets ICE servers (a TURN REST credential whose user is its session id)
