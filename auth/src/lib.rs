@@ -10,6 +10,7 @@
 //! verifies, so `TURN_SECRET=new,old` lets credentials minted under `old` live out their
 //! TTL while new ones are minted under `new`.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod secret;
 mod username;

@@ -56,7 +56,10 @@ impl fmt::Debug for Secret {
 /// An ordered, non-empty list of secrets: the first mints, all verify.
 #[derive(Clone, Debug)]
 pub struct SecretRing {
-    secrets: Vec<Secret>,
+    /// The first secret: it mints.
+    minting: Secret,
+    /// The others, in order: they only verify.
+    older: Vec<Secret>,
 }
 
 impl SecretRing {
@@ -65,13 +68,15 @@ impl SecretRing {
 
     /// Builds a ring from secrets in order (first mints).
     pub fn new(secrets: Vec<Secret>) -> Result<Self, SecretError> {
-        if secrets.is_empty() {
-            return Err(SecretError::None);
-        }
         if secrets.len() > Self::MAX_SECRETS {
             return Err(SecretError::TooMany(secrets.len()));
         }
-        Ok(Self { secrets })
+        let mut secrets = secrets.into_iter();
+        let minting = secrets.next().ok_or(SecretError::None)?;
+        Ok(Self {
+            minting,
+            older: secrets.collect(),
+        })
     }
 
     /// Parses a comma-separated list, as in `TURN_SECRET=new,old`. Surrounding white
@@ -91,17 +96,17 @@ impl SecretRing {
 
     /// The secret that mints.
     pub fn minting(&self) -> &Secret {
-        &self.secrets[0]
+        &self.minting
     }
 
     /// All secrets, minting first.
     pub fn iter(&self) -> impl Iterator<Item = &Secret> {
-        self.secrets.iter()
+        std::iter::once(&self.minting).chain(&self.older)
     }
 
     /// Fingerprints of every secret, for start-up logs.
     pub fn fingerprints(&self) -> Vec<String> {
-        self.secrets.iter().map(Secret::fingerprint).collect()
+        self.iter().map(Secret::fingerprint).collect()
     }
 }
 

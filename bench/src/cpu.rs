@@ -24,6 +24,7 @@ pub fn server_core() -> Option<usize> {
 }
 
 /// Keeps this process (and the threads it starts from now on) off `core`.
+#[allow(unsafe_code)] // sched_setaffinity(2), see the SAFETY note
 pub fn avoid(core: usize) -> std::io::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET write inside it; the pointer

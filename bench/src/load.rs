@@ -21,6 +21,8 @@ use tokio::task::JoinHandle;
 use crate::conn::{self, Conn, Stream, Target, Transport};
 use crate::servers::Server;
 
+// The UDP echo peer batches with recvmmsg/sendmmsg through libc (unsafe, with SAFETY notes).
+#[allow(unsafe_code)]
 mod echo;
 pub use echo::EchoPeers;
 
@@ -41,6 +43,7 @@ fn now_ns() -> u64 {
 }
 
 /// Raises a socket buffer past `net.core.*mem_max` (we are root; falls back silently).
+#[allow(unsafe_code)] // setsockopt(2), see the SAFETY note
 fn force_buffers(sock: &impl std::os::fd::AsFd, bytes: i32) {
     use std::os::fd::AsRawFd as _;
     let fd = sock.as_fd().as_raw_fd();

@@ -23,6 +23,7 @@ use crate::proto::{Answer, Request};
 static PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
 /// Kills every registered child (SIGKILL, by PID).
+#[allow(unsafe_code)] // kill(2), see the SAFETY note
 pub fn kill_registered() {
     let pids = PIDS.lock().map(|p| p.clone()).unwrap_or_default();
     for pid in pids {
@@ -43,6 +44,7 @@ pub struct ChildGuard {
 
 impl ChildGuard {
     /// Spawns `cmd`, asking the kernel to kill it if the bench's thread dies.
+    #[allow(unsafe_code)] // pre_exec + prctl(2), see the SAFETY note
     pub fn spawn(mut cmd: Command, name: &'static str) -> anyhow::Result<Self> {
         // SAFETY: prctl(2) is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
@@ -364,6 +366,7 @@ fn write_coturn_conf(
     Ok(())
 }
 
+#[allow(unsafe_code)] // sysconf(3), see the SAFETY note
 fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -395,6 +398,7 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
 
 /// Raises RLIMIT_NOFILE (soft and hard) to `want` if allowed, else the soft limit to the
 /// hard one. Children inherit it. Returns the soft limit in force.
+#[allow(unsafe_code)] // getrlimit/setrlimit(2), see the SAFETY note
 pub fn raise_nofile(want: u64) -> u64 {
     let mut cur = libc::rlimit {
         rlim_cur: 0,

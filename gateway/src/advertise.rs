@@ -115,7 +115,7 @@ pub async fn stun_public_ip(server: &StunServerSetting, bind_ip: IpAddr) -> anyh
             if from != target {
                 continue;
             }
-            let Ok(msg) = Message::from_bytes(&buf[..n]) else {
+            let Some(Ok(msg)) = buf.get(..n).map(Message::from_bytes) else {
                 continue;
             };
             if msg.transaction_id() != tid || msg.method() != BINDING {

@@ -142,13 +142,11 @@ pub fn find_owner(proc: &Path, proto: Proto, port: u16) -> Option<String> {
             sockets.extend(parse_sockets(&text, proto, port));
         }
     }
-    if sockets.is_empty() {
-        return None;
-    }
+    let first_uid = sockets.first()?.uid;
     if let Some(found) = owner_of_inodes(proc, &sockets) {
         return Some(found);
     }
-    Some(format!("a process of uid {}", sockets[0].uid))
+    Some(format!("a process of uid {first_uid}"))
 }
 
 /// A socket from `/proc/net/{tcp,udp}{,6}`.
@@ -164,9 +162,9 @@ fn parse_sockets(text: &str, proto: Proto, port: u16) -> Vec<SocketEntry> {
     let mut out = Vec::new();
     for line in text.lines().skip(1).take(MAX_SOCKET_LINES) {
         let f: Vec<&str> = line.split_whitespace().take(10).collect();
-        if f.len() < 10 {
+        let Ok(f) = <[&str; 10]>::try_from(f) else {
             continue;
-        }
+        };
         let Some((_, port_hex)) = f[1].rsplit_once(':') else {
             continue;
         };

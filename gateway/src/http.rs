@@ -54,7 +54,7 @@ pub fn router(
 }
 
 /// Time a request has, from its complete head to its response head: its body must arrive
-/// and the handler answer within it. (The head itself has [`HEADER_READ_TIMEOUT`].)
+/// and the handler answer within it. (The head itself has `HEADER_READ_TIMEOUT`, below.)
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Answers 408 (JSON, `Connection: close`) to a request whose body has not arrived, or that

@@ -3,6 +3,13 @@
 //! refused with a wrong secret and with an expired username.
 //!
 //! Needs the Debian package `coturn` (`./tests/run` installs it).
+// An integration test: a panic here is a failed test, which is what it should be.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
 
 use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};

@@ -1,5 +1,12 @@
 //! Hostile SDP offers against the media engine: bounded before parsing, parsed off the async
 //! workers, trickled candidates capped per session. Loopback only.
+// An integration test: a panic here is a failed test, which is what it should be.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};

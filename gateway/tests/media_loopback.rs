@@ -1,5 +1,12 @@
 //! Media engine end to end on loopback: a str0m client in the browser role (full ICE, offerer,
 //! H.264 or VP8 receiver) against the engine (ICE-lite) sending the shared test pattern.
+// An integration test: a panic here is a failed test, which is what it should be.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

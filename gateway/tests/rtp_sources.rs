@@ -6,6 +6,13 @@
 //!
 //! Needs `ffmpeg` (Debian package `ffmpeg`, with libx264 and libvpx; `tests/run` installs it).
 //! Without it the tests fail, unless `GATEWAY_SKIP_FFMPEG_TESTS=1` says to skip them.
+// An integration test: a panic here is a failed test, which is what it should be.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

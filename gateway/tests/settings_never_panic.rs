@@ -3,6 +3,13 @@
 //! of the gateway and to [`Settings::plan`](gateway::config::Settings::plan), the one
 //! validation `gateway` and `gateway doctor` share. Each either parses or gives an error
 //! that names the setting; none panics.
+// An integration test: a panic here is a failed test, which is what it should be.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 

@@ -428,6 +428,9 @@ pub enum WriteError {
 ///
 /// If `data` is longer than 65535 bytes, which no UDP datagram can be. Use
 /// [`try_write_channel_data`] when the length is not bounded that way.
+// The documented panic above is this function's contract (callers hand it UDP-sized
+// payloads); `try_write_channel_data` is the checked form.
+#[allow(clippy::expect_used)]
 pub fn write_channel_data(out: &mut Vec<u8>, channel: u16, data: &[u8], stream: bool) {
     let len = u16::try_from(data.len()).expect("ChannelData payload longer than 65535 bytes");
     put_channel_data(out, channel, len, data, stream);
@@ -460,7 +463,7 @@ fn put_channel_data(out: &mut Vec<u8>, channel: u16, len: u16, data: &[u8], stre
     out.extend_from_slice(&channel.to_be_bytes());
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(data);
-    out.extend_from_slice(&[0; 3][..padding]);
+    out.resize(out.len() + padding, 0);
 }
 
 #[cfg(test)]

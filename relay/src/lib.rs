@@ -14,6 +14,7 @@
 //!   length field, ChannelData padded to a multiple of 4 on streams).
 //! * [`io`] is the tokio shell: listeners, TLS, relay sockets, timers.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod core;
 pub mod framer;

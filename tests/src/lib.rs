@@ -1,6 +1,14 @@
 //! Helpers shared by the end-to-end tests: a TURN test client ([`turn_client`]), test
 //! certificates, an in-process relay harness, a UDP echo peer and a tiny HTTP/1.1 client.
 //! Everything binds to loopback only.
+// Test infrastructure, only ever linked into tests: a panic in a helper is a failed test,
+// which is the right outcome, so the workspace's no-panic lints do not apply here.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
 #![forbid(unsafe_code)]
 
 pub mod coturn;

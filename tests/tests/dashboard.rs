@@ -3,6 +3,13 @@
 //! every label value it matches exactly, exists in `/metrics` of a running gateway (started
 //! in-process on loopback, with a PEM certificate so the certificate metrics exist too).
 //! `instance` and `job` are the labels Prometheus adds when it scrapes.
+// An integration test: a panic here is a failed test, which is what it should be.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -3,6 +3,13 @@
 //! name (Debian's `turnserver` on loopback) and reports the wrong secret the flags give it,
 //! in both the human and the `--json` report; with the right secret, the same flags pass,
 //! also when the environment says otherwise (a flag wins over its environment variable).
+// An integration test: a panic here is a failed test, which is what it should be.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
 
 use std::net::TcpListener;
 use std::process::Command;

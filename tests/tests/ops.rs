@@ -4,6 +4,13 @@
 //! handshakes get the new certificate, SIGTERM during live sessions exits 0 in time, and
 //! `gateway doctor` against a real coturn (Debian `turnserver`) reports success and names
 //! each injected fault. Everything on loopback.
+// An integration test: a panic here is a failed test, which is what it should be.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};

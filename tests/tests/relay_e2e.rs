@@ -1,6 +1,13 @@
 //! End-to-end tests of the TURN relay: a real relay (or the whole gateway) in-process on
 //! 127.0.0.1:0, driven by the test TURN client over TCP and TLS, relaying to a UDP echo
 //! peer on loopback.
+// An integration test: a panic here is a failed test, which is what it should be.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};

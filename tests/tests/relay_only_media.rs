@@ -8,6 +8,13 @@
 //! str0m client ──ChannelData over TLS──▶ relay ──in-process──▶ media engine (str0m, ICE-lite)
 //!              ◀─────────────────────── relay ◀──in-process──
 //! ```
+// An integration test: a panic here is a failed test, which is what it should be.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

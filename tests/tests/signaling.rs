@@ -1,6 +1,13 @@
 //! The signaling API end to end: the whole gateway started in-process on loopback, driven
 //! over raw HTTP/1.1, with str0m as the browser making offers and the TURN test client
 //! checking that ending a session revokes its credential.
+// An integration test: a panic here is a failed test, which is what it should be.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};

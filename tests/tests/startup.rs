@@ -2,6 +2,13 @@
 //! test) are one line that names the setting and the fix: port 443 refused to an
 //! unprivileged user names CAP_NET_BIND_SERVICE (setcap), root and another TURN_LISTEN port;
 //! a port already held names the process holding it (this test). Everything on loopback.
+// An integration test: a panic here is a failed test, which is what it should be.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -2,6 +2,13 @@
 //! 404 for an unknown one, and the answers for a stream whose source sends nothing yet
 //! (Geti's `400 {"detail": "No active pipeline."}` on its endpoint, 409 on WHEP), until its
 //! RTP sender starts.
+// An integration test: a panic here is a failed test, which is what it should be.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};

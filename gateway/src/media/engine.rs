@@ -570,10 +570,14 @@ impl MediaHandle {
         else {
             return false;
         };
+        // Bound addresses and candidates are parallel lists: socket i has both.
+        let Some(&dest) = s.candidate_addrs.get(i) else {
+            return false;
+        };
         s.dgram_tx
             .try_send(Datagram {
                 source,
-                dest: s.candidate_addrs[i],
+                dest,
                 data: data.to_vec(),
                 at: Instant::now(),
             })
@@ -702,12 +706,8 @@ fn answer_offer(
 /// text (combine's errors print positions as heap addresses, `PointerOffset(0x7f…)`).
 pub(super) fn unparsable_offer(offer: &str, parser_error: &str) -> MediaError {
     let line = parse_error_offset(offer, parser_error)
-        .map(|at| {
-            1 + offer.as_bytes()[..at]
-                .iter()
-                .filter(|b| **b == b'\n')
-                .count()
-        })
+        .and_then(|at| offer.as_bytes().get(..at))
+        .map(|before| 1 + before.iter().filter(|b| **b == b'\n').count())
         .or_else(|| first_malformed_line(offer));
     MediaError::MalformedSdp(match line {
         Some(n) => format!("not valid SDP near line {n}"),
@@ -720,7 +720,8 @@ pub(super) fn unparsable_offer(offer: &str, parser_error: &str) -> MediaError {
 /// when the text has no such address.
 fn parse_error_offset(offer: &str, parser_error: &str) -> Option<usize> {
     let start = parser_error.find("0x")? + 2;
-    let hex: String = parser_error[start..]
+    let hex: String = parser_error
+        .get(start..)?
         .chars()
         .take_while(char::is_ascii_hexdigit)
         .take(16)
@@ -844,10 +845,13 @@ async fn read_loop(sock: Arc<UdpSocket>, candidate: SocketAddr, tx: mpsc::Sender
     loop {
         match sock.recv_from(&mut buf).await {
             Ok((n, source)) => {
+                let Some(data) = buf.get(..n) else {
+                    continue;
+                };
                 let d = Datagram {
                     source,
                     dest: candidate,
-                    data: buf[..n].to_vec(),
+                    data: data.to_vec(),
                     at: Instant::now(),
                 };
                 if tx.send(d).await.is_err() {
@@ -909,11 +913,14 @@ impl Io {
                 return;
             }
         }
-        let sock = self
+        let Some(sock) = self
             .sockets
             .iter()
             .find(|s| s.candidate == t.source)
-            .unwrap_or(&self.sockets[0]);
+            .or_else(|| self.sockets.first())
+        else {
+            return; // no media socket (the engine always binds at least one)
+        };
         // Non-blocking send: a full socket buffer drops the datagram, as the network would,
         // instead of stalling every other viewer.
         if let Err(e) = sock.udp.try_send_to(&t.contents, t.destination) {
@@ -1047,15 +1054,15 @@ impl Engine {
                 candidate,
                 reply,
             } => {
-                let res = match self.sessions.iter().position(|s| s.id == session_id) {
+                let res = match session_mut(&mut self.sessions, &session_id) {
                     None => Err(MediaError::UnknownSession(session_id)),
-                    Some(i) => match candidate {
-                        Some(_) if self.sessions[i].trickled >= MAX_TRICKLED_CANDIDATES => {
+                    Some((i, s)) => match candidate {
+                        Some(_) if s.trickled >= MAX_TRICKLED_CANDIDATES => {
                             Err(MediaError::TooManyCandidates(MAX_TRICKLED_CANDIDATES))
                         }
                         Some(c) => {
-                            self.sessions[i].trickled += 1;
-                            self.sessions[i].rtc.add_remote_candidate(c);
+                            s.trickled += 1;
+                            s.rtc.add_remote_candidate(c);
                             self.drive_or_end(i);
                             Ok(())
                         }
@@ -1065,12 +1072,11 @@ impl Engine {
                 let _ = reply.send(res);
             }
             Command::Close { session_id, reply } => {
-                let res = match self.sessions.iter().position(|s| s.id == session_id) {
+                let res = match session_mut(&mut self.sessions, &session_id) {
                     None => Err(MediaError::UnknownSession(session_id)),
-                    Some(i) => {
+                    Some((i, s)) => {
                         // Start a graceful close (RTCP BYE, DTLS close_notify), flush what
                         // that produced, then drop the session.
-                        let s = &mut self.sessions[i];
                         let _ = guarded(|| s.rtc.close());
                         let _ = drive(s, &self.io, &self.feeds);
                         self.end(i, EndReason::Closed);
@@ -1086,10 +1092,9 @@ impl Engine {
                 frag,
                 reply,
             } => {
-                let res = match self.sessions.iter().position(|s| s.id == session_id) {
+                let res = match session_mut(&mut self.sessions, &session_id) {
                     None => Err(MediaError::UnknownSession(session_id)),
-                    Some(i) => {
-                        let s = &mut self.sessions[i];
+                    Some((i, s)) => {
                         let n = frag.candidates.len();
                         // A trickle (same or no ufrag) adds to this generation's count.
                         let trickle = frag
@@ -1158,7 +1163,9 @@ impl Engine {
                 i
             }
         };
-        let s = &mut self.sessions[i];
+        let Some(s) = self.sessions.get_mut(i) else {
+            return; // `i` was found in `sessions` just above
+        };
         match guarded(|| s.rtc.handle_input(input)) {
             Ok(()) => {
                 self.drive_or_end(i);
@@ -1170,8 +1177,7 @@ impl Engine {
     /// Send a frame of feed `feed` to that feed's viewers.
     fn frame(&mut self, feed: usize, frame: &EncodedFrame) {
         let mut i = 0;
-        while i < self.sessions.len() {
-            let s = &mut self.sessions[i];
+        while let Some(s) = self.sessions.get_mut(i) {
             if s.feed != feed {
                 i += 1;
                 continue;
@@ -1207,8 +1213,7 @@ impl Engine {
         // Recomputed below from every session that remains.
         self.wake = now + IDLE_WAKE;
         let mut i = 0;
-        while i < self.sessions.len() {
-            let s = &mut self.sessions[i];
+        while let Some(s) = self.sessions.get_mut(i) {
             if !s.connected && now >= s.created + self.connect_timeout {
                 self.end(i, EndReason::ConnectTimeout);
                 continue;
@@ -1236,10 +1241,12 @@ impl Engine {
 
     /// Drive session `i`; if it ended, remove it. Returns true if it is still there.
     fn drive_or_end(&mut self, i: usize) -> bool {
-        let was_connected = self.sessions[i].connected;
-        match drive(&mut self.sessions[i], &self.io, &self.feeds) {
+        let Some(s) = self.sessions.get_mut(i) else {
+            return false;
+        };
+        let was_connected = s.connected;
+        match drive(s, &self.io, &self.feeds) {
             None => {
-                let s = &self.sessions[i];
                 self.wake = self.wake.min(s.wake_at(self.connect_timeout));
                 if !was_connected && s.connected {
                     self.update_viewers();
@@ -1277,6 +1284,11 @@ impl Engine {
             feed.set_viewers(n);
         }
     }
+}
+
+/// The session with id `id` among `sessions`, and its index there.
+fn session_mut<'a>(sessions: &'a mut [Session], id: &str) -> Option<(usize, &'a mut Session)> {
+    sessions.iter_mut().enumerate().find(|(_, s)| s.id == id)
 }
 
 /// Run `f`, turning a str0m error or panic into an error string. A panic inside one `Rtc` (a

@@ -91,38 +91,38 @@ impl Clip {
     /// Parse an IVF file (VP8 only).
     pub fn from_ivf(bytes: &[u8]) -> Result<Clip, MediaError> {
         let bad = |m: &str| MediaError::Source(format!("IVF: {m}"));
-        if bytes.len() < 32 || !bytes.starts_with(b"DKIF") {
+        let Some(h) = bytes.first_chunk::<32>().filter(|h| h.starts_with(b"DKIF")) else {
             return Err(bad("no DKIF header"));
-        }
-        let u16_at = |i: usize| u16::from_le_bytes([bytes[i], bytes[i + 1]]);
-        let u32_at =
-            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-        let fourcc = &bytes[8..12];
+        };
+        let fourcc = &h[8..12];
         if !fourcc.eq_ignore_ascii_case(b"VP80") {
             return Err(bad(&format!(
                 "codec {:?} not supported, only VP80",
                 String::from_utf8_lossy(fourcc)
             )));
         }
-        let header_len = usize::from(u16_at(6)).max(32);
+        let header_len = usize::from(u16::from_le_bytes([h[6], h[7]])).max(32);
         // Time base: timestamps count in units of `scale / rate` seconds.
-        let (rate, scale) = (u64::from(u32_at(16)), u64::from(u32_at(20)));
+        let rate = u64::from(u32::from_le_bytes([h[16], h[17], h[18], h[19]]));
+        let scale = u64::from(u32::from_le_bytes([h[20], h[21], h[22], h[23]]));
         let fallback_step = if rate > 0 && scale > 0 {
             (90_000 * scale / rate).clamp(750, 90_000) // 1..120 fps
         } else {
             3_000
         };
         let mut raw = Vec::new(); // (data, pts)
-        let mut i = header_len;
-        while i + 12 <= bytes.len() {
-            let size = u32_at(i) as usize;
-            let pts = u64::from_le_bytes(bytes[i + 4..i + 12].try_into().unwrap_or([0; 8]));
-            i += 12;
-            if size > MAX_FRAME_BYTES || i + size > bytes.len() {
+        let mut rest = bytes.get(header_len..).unwrap_or_default();
+        // Each frame: size (u32), pts (u64), then `size` bytes.
+        while let Some((&[s0, s1, s2, s3, ref pts @ ..], tail)) = rest.split_first_chunk::<12>() {
+            let size = u32::from_le_bytes([s0, s1, s2, s3]) as usize;
+            let pts = u64::from_le_bytes(*pts);
+            let Some((data, after)) = tail
+                .split_at_checked(size)
+                .filter(|_| size <= MAX_FRAME_BYTES)
+            else {
                 break; // truncated or corrupt tail: keep what came before
-            }
-            let data = &bytes[i..i + size];
-            i += size;
+            };
+            rest = after;
             if let Some(keyframe) = vp8_frame_info(data) {
                 raw.push((data, keyframe, pts));
             }
@@ -218,9 +218,12 @@ impl Clip {
 fn annex_b_nals(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut starts = Vec::new(); // (start code index, payload index)
     let mut i = 0;
-    while i + 2 < bytes.len() {
-        if bytes[i] == 0 && bytes[i + 1] == 0 && bytes[i + 2] == 1 {
-            let sc = if i > 0 && bytes[i - 1] == 0 { i - 1 } else { i };
+    while let Some(window) = bytes.get(i..i + 3) {
+        if window == [0, 0, 1] {
+            let sc = match i.checked_sub(1) {
+                Some(before) if bytes.get(before) == Some(&0) => before,
+                _ => i,
+            };
             starts.push((sc, i + 3));
             i += 3;
         } else {
@@ -236,13 +239,11 @@ fn annex_b_nals(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
     starts
         .into_iter()
         .zip(ends)
-        .map(move |((_, from), to)| {
+        .filter_map(move |((_, from), to)| {
+            let nal = bytes.get(from..to.max(from))?;
             // Trailing zero bytes belong to the next start code or are padding.
-            let mut end = to.max(from);
-            while end > from && bytes[end - 1] == 0 {
-                end -= 1;
-            }
-            &bytes[from..end]
+            let end = nal.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1);
+            nal.get(..end)
         })
         .filter(|n| !n.is_empty())
 }

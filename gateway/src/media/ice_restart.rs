@@ -110,8 +110,7 @@ impl SdpFrag {
             if line.len() > MAX_LINE {
                 return bad(format!("line {no} longer than {MAX_LINE} bytes"));
             }
-            let b = line.as_bytes();
-            if b.len() < 2 || !b[0].is_ascii_lowercase() || b[1] != b'=' {
+            if !matches!(line.as_bytes(), [k, b'=', ..] if k.is_ascii_lowercase()) {
                 return bad(format!("line {no} is not an SDP line (want x=...)"));
             }
             if let Some(v) = line.strip_prefix("a=ice-ufrag:") {

@@ -22,6 +22,9 @@
 //! [`MediaHandle::take_ended`] reports sessions that ended on their own (ICE consent lost,
 //! DTLS failure, peer closed, connect timeout) so TURN credentials can be revoked.
 
+// Every public item of the media engine is documented (checked by this lint).
+#![warn(missing_docs)]
+
 mod engine;
 mod error;
 pub mod file;

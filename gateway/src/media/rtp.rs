@@ -98,19 +98,20 @@ impl<'a> RtpPacket<'a> {
     /// Parse an RTP packet; `None` for anything else (too short, version ≠ 2, RTCP, bad
     /// lengths).
     pub fn parse(buf: &'a [u8]) -> Option<Self> {
-        if buf.len() < 12 || buf[0] >> 6 != 2 {
+        let h: &[u8; 12] = buf.first_chunk()?;
+        if h[0] >> 6 != 2 {
             return None;
         }
         // RTCP (SR, RR, SDES, BYE, APP, feedback: 192..=223) when muxed on the same port.
-        if (192..=223).contains(&buf[1]) {
+        if (192..=223).contains(&h[1]) {
             return None;
         }
-        let padding = buf[0] & 0x20 != 0;
-        let extension = buf[0] & 0x10 != 0;
-        let csrcs = usize::from(buf[0] & 0x0f);
+        let padding = h[0] & 0x20 != 0;
+        let extension = h[0] & 0x10 != 0;
+        let csrcs = usize::from(h[0] & 0x0f);
         let mut start = 12 + 4 * csrcs;
         if extension {
-            let ext = buf.get(start..start + 4)?;
+            let ext: &[u8; 4] = buf.get(start..)?.first_chunk()?;
             let words = usize::from(u16::from_be_bytes([ext[2], ext[3]]));
             start += 4 + 4 * words;
         }
@@ -124,11 +125,11 @@ impl<'a> RtpPacket<'a> {
         }
         let payload = buf.get(start..end)?;
         Some(RtpPacket {
-            marker: buf[1] & 0x80 != 0,
-            pt: buf[1] & 0x7f,
-            seq: u16::from_be_bytes([buf[2], buf[3]]),
-            timestamp: u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
-            ssrc: u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
+            marker: h[1] & 0x80 != 0,
+            pt: h[1] & 0x7f,
+            seq: u16::from_be_bytes([h[2], h[3]]),
+            timestamp: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+            ssrc: u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
             payload,
         })
     }
@@ -211,7 +212,7 @@ impl H264Assembler {
 
 impl Assembler for H264Assembler {
     fn push(&mut self, payload: &[u8]) -> Result<(), Bad> {
-        let Some(&indicator) = payload.first() else {
+        let Some((&indicator, body)) = payload.split_first() else {
             return Err(Bad::Malformed);
         };
         let kind = indicator & 0x1f;
@@ -222,24 +223,22 @@ impl Assembler for H264Assembler {
             1..=23 => self.nal(payload),
             24 => {
                 // STAP-A: (size u16, NAL)*
-                let mut rest = &payload[1..];
+                let mut rest = body;
                 if rest.is_empty() {
                     return Err(Bad::Malformed);
                 }
                 while !rest.is_empty() {
-                    if rest.len() < 2 {
-                        return Err(Bad::Malformed);
-                    }
-                    let size = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
-                    let nal = rest.get(2..2 + size).ok_or(Bad::Malformed)?;
+                    let (size, tail) = rest.split_first_chunk::<2>().ok_or(Bad::Malformed)?;
+                    let size = usize::from(u16::from_be_bytes(*size));
+                    let (nal, after) = tail.split_at_checked(size).ok_or(Bad::Malformed)?;
                     self.nal(nal)?;
-                    rest = &rest[2 + size..];
+                    rest = after;
                 }
                 Ok(())
             }
             28 => {
                 // FU-A: indicator, header (S E R type), fragment.
-                let (&fu, fragment) = payload[1..].split_first().ok_or(Bad::Malformed)?;
+                let (&fu, fragment) = body.split_first().ok_or(Bad::Malformed)?;
                 let (start, end) = (fu & 0x80 != 0, fu & 0x40 != 0);
                 if start == self.in_fu {
                     return Err(Bad::Malformed); // start inside a NAL, or middle without start
@@ -352,10 +351,8 @@ fn vp8_descriptor(payload: &[u8]) -> Option<(bool, &[u8])> {
 /// Check the VP8 frame tag (RFC 6386 §9.1): returns whether it is a keyframe, `None` when the
 /// header is inconsistent.
 pub fn vp8_frame_info(frame: &[u8]) -> Option<bool> {
-    if frame.len() < 3 {
-        return None;
-    }
-    let tag = u32::from(frame[0]) | u32::from(frame[1]) << 8 | u32::from(frame[2]) << 16;
+    let &[t0, t1, t2] = frame.first_chunk::<3>()?;
+    let tag = u32::from(t0) | u32::from(t1) << 8 | u32::from(t2) << 16;
     let keyframe = tag & 1 == 0;
     let version = (tag >> 1) & 7;
     let first_part = (tag >> 5) as usize;
@@ -364,11 +361,13 @@ pub fn vp8_frame_info(frame: &[u8]) -> Option<bool> {
         return None;
     }
     if keyframe {
-        if frame[3..6] != [0x9d, 0x01, 0x2a] {
+        // Start code, then width and height (14 bits each, little-endian).
+        let &[_, _, _, s0, s1, s2, w0, w1, h0, h1] = frame.first_chunk::<10>()?;
+        if [s0, s1, s2] != [0x9d, 0x01, 0x2a] {
             return None;
         }
-        let w = u16::from_le_bytes([frame[6], frame[7]]) & 0x3fff;
-        let h = u16::from_le_bytes([frame[8], frame[9]]) & 0x3fff;
+        let w = u16::from_le_bytes([w0, w1]) & 0x3fff;
+        let h = u16::from_le_bytes([h0, h1]) & 0x3fff;
         if w == 0 || h == 0 {
             return None;
         }
@@ -755,7 +754,10 @@ async fn receive(
                 continue;
             }
         };
-        depack.push(&buf[..n], Instant::now(), &mut |f| {
+        let Some(datagram) = buf.get(..n) else {
+            continue;
+        };
+        depack.push(datagram, Instant::now(), &mut |f| {
             source.publish(f);
         });
         if source.take_keyframe_request() && !warned {

@@ -161,10 +161,8 @@ fn profile_accepts_cb(plid: &str) -> bool {
     if plid.len() != 6 || !plid.is_ascii() {
         return false;
     }
-    let (Ok(profile), Ok(flags)) = (
-        u8::from_str_radix(&plid[0..2], 16),
-        u8::from_str_radix(&plid[2..4], 16),
-    ) else {
+    let hex = |r: std::ops::Range<usize>| plid.get(r).map(|s| u8::from_str_radix(s, 16));
+    let (Some(Ok(profile)), Some(Ok(flags))) = (hex(0..2), hex(2..4)) else {
         return false;
     };
     profile == 0x42 || flags & 0x40 != 0

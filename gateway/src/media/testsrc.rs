@@ -442,11 +442,14 @@ impl Vp8Encoder {
             .map_err(|e| MediaError::Source(format!("libvpx encode: {e}")))?;
         for frame in packets {
             // With no lag (real-time), one frame in gives at most one frame out.
-            if frame.data.is_empty() || out.is_some() {
+            let Some(&tag) = frame.data.first() else {
+                continue;
+            };
+            if out.is_some() {
                 continue;
             }
             // The frame tag's first bit is 0 for a keyframe (RFC 6386, 9.1).
-            let key = frame.data[0] & 1 == 0;
+            let key = tag & 1 == 0;
             out = Some((Arc::from(frame.data), key));
         }
         match &out {
@@ -468,17 +471,20 @@ impl Vp8Encoder {
 pub fn mark_constrained_baseline(au: &mut [u8]) {
     let mut i = 0;
     while i + 3 < au.len() {
-        let start = if au[i..].starts_with(&[0, 0, 1]) {
+        let rest = au.get(i..).unwrap_or_default();
+        let start = if rest.starts_with(&[0, 0, 1]) {
             i + 3
-        } else if au[i..].starts_with(&[0, 0, 0, 1]) {
+        } else if rest.starts_with(&[0, 0, 0, 1]) {
             i + 4
         } else {
             i += 1;
             continue;
         };
-        // start: NAL header byte
-        if start + 2 < au.len() && au[start] & 0x1f == 7 && au[start + 1] == 66 {
-            au[start + 2] |= 0x40 | 0x80;
+        // start: NAL header byte, then profile_idc (66: baseline) and the constraint flags.
+        if let Some([header, profile_idc, flags, ..]) = au.get_mut(start..) {
+            if *header & 0x1f == 7 && *profile_idc == 66 {
+                *flags |= 0x40 | 0x80;
+            }
         }
         i = start;
     }
@@ -551,13 +557,15 @@ impl TestPattern {
 
         // Scrolling bars: compute one row per plane, then copy it down.
         let offset = (frame_no as usize * 4) % w;
-        for x in 0..w {
-            self.y[x] = BARS[((x + offset) % w) * 8 / w].0;
+        let bar = |x: usize| BARS.get((x % w) * 8 / w).copied().unwrap_or_default();
+        for (x, px) in self.y.iter_mut().take(w).enumerate() {
+            *px = bar(x + offset).0;
         }
-        for x in 0..cw {
-            let bar = BARS[((2 * x + offset) % w) * 8 / w];
-            self.u[x] = bar.1;
-            self.v[x] = bar.2;
+        let chroma = self.u.iter_mut().zip(self.v.iter_mut()).take(cw);
+        for (x, (u, v)) in chroma.enumerate() {
+            let (_, bu, bv) = bar(2 * x + offset);
+            *u = bu;
+            *v = bv;
         }
         for row in 1..h {
             self.y.copy_within(0..w, row * w);
@@ -622,13 +630,19 @@ impl TestPattern {
         let (x0, y0) = (x0.min(w), y0.min(h));
         let (x1, y1) = ((x0 + bw).min(w), (y0 + bh).min(h));
         for row in y0..y1 {
-            self.y[row * w + x0..row * w + x1].fill(c.0);
+            if let Some(line) = self.y.get_mut(row * w + x0..row * w + x1) {
+                line.fill(c.0);
+            }
         }
         let cw = w / 2;
         for row in y0 / 2..y1.div_ceil(2).min(h / 2) {
             let (a, b) = (row * cw + x0 / 2, row * cw + x1.div_ceil(2).min(cw));
-            self.u[a..b].fill(c.1);
-            self.v[a..b].fill(c.2);
+            if let Some(line) = self.u.get_mut(a..b) {
+                line.fill(c.1);
+            }
+            if let Some(line) = self.v.get_mut(a..b) {
+                line.fill(c.2);
+            }
         }
     }
 
@@ -728,6 +742,13 @@ mod tests {
         mark_constrained_baseline(&mut au);
         assert_eq!(au[6], 0xc0, "SPS constraint byte");
         assert_eq!(au[14], 0x00, "PPS untouched");
+        // An SPS cut before its constraint byte is left alone; one that just has it is marked.
+        let mut cut = vec![0, 0, 1, 0x67, 66];
+        mark_constrained_baseline(&mut cut);
+        assert_eq!(cut, [0, 0, 1, 0x67, 66]);
+        let mut end = vec![0, 0, 1, 0x67, 66, 0];
+        mark_constrained_baseline(&mut end);
+        assert_eq!(end, [0, 0, 1, 0x67, 66, 0xc0]);
     }
 
     /// `n` frames of the pattern encoded with `codec` (keyframes forced where `force` says).

@@ -1,5 +1,6 @@
 //! Session ids, client-chosen ids and source buckets.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 /// Every session id the gateway makes starts with this. It is also the session's TURN REST
@@ -17,8 +18,8 @@ pub fn new_id() -> String {
     let mut s = String::with_capacity(SESSION_PREFIX.len() + 32);
     s.push_str(SESSION_PREFIX);
     for b in bytes {
-        s.push(char::from(HEX[usize::from(b >> 4)]));
-        s.push(char::from(HEX[usize::from(b & 0xf)]));
+        // Writing to a String cannot fail.
+        let _ = write!(s, "{b:02x}");
     }
     s
 }

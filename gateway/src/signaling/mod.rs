@@ -168,7 +168,7 @@ pub fn table_error(e: TableError) -> ApiError {
 }
 
 /// Maps a stream refusal to its HTTP error: 404 for an unknown stream, 409 for one with no
-/// live source (Geti's endpoint answers the latter its own way, see [`offer`]).
+/// live source (Geti's endpoint answers the latter its own way, see the private `offer` module).
 pub fn stream_error(e: StreamRefusal) -> ApiError {
     match &e {
         StreamRefusal::Unknown(_) => {

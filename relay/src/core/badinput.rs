@@ -86,17 +86,29 @@ pub fn display_source(source: IpAddr) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Line {
     /// The first bad input from `source` for `reason` in an interval.
-    First { source: IpAddr, reason: BadInput },
+    First {
+        /// The client address (an IPv6 address stands for its /64).
+        source: IpAddr,
+        /// What was wrong with the input.
+        reason: BadInput,
+    },
     /// `count` more from `source` for `reason` since its first line, `over` that long.
     Repeated {
+        /// The client address (an IPv6 address stands for its /64).
         source: IpAddr,
+        /// What was wrong with the input.
         reason: BadInput,
+        /// Bad inputs since the first line, not counting it.
         count: u64,
+        /// Time since the first line.
         over: Duration,
     },
     /// `count` bad inputs not logged individually (line cap reached, or their source was
     /// evicted from the table).
-    Others { count: u64 },
+    Others {
+        /// How many.
+        count: u64,
+    },
 }
 
 impl Line {

@@ -40,8 +40,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
         if let Some(rest) = this.prefix.get(this.pos..) {
             if !rest.is_empty() {
                 let n = rest.len().min(buf.remaining());
-                buf.put_slice(&rest[..n]);
-                this.pos += n;
+                if let Some(chunk) = rest.get(..n) {
+                    buf.put_slice(chunk);
+                    this.pos += n;
+                }
                 return Poll::Ready(Ok(()));
             }
         }

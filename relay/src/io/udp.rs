@@ -35,7 +35,7 @@ const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
 /// first two bits zero, request class, the magic cookie, a length that is a multiple of
 /// four and matches the datagram). Looks at the 20-byte header only.
 pub(crate) fn plausible_stun_request(d: &[u8]) -> bool {
-    let Some(h) = d.get(..20) else {
+    let Some(h) = d.first_chunk::<20>() else {
         return false;
     };
     let mtype = u16::from_be_bytes([h[0], h[1]]);
