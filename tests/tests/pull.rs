@@ -3,6 +3,13 @@
 //! gateway binary, a separate process: two viewers of the edge decode its picture while
 //! the origin serves exactly one session (the pull); the origin is killed and started again
 //! and the viewers, still on their first session with the edge, get frames again.
+// An integration test: a panic here is a failed test, which is what it should be.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

@@ -27,8 +27,10 @@ struct Counts {
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
+    /// The limit on all connections is reached.
     #[error("too many connections")]
     Total,
+    /// The limit on connections from one address (IPv6: one /64) is reached.
     #[error("too many connections from this address")]
     PerIp,
 }
@@ -41,6 +43,7 @@ pub struct ConnectionSlot {
 }
 
 impl ConnectionLimits {
+    /// Limits of `max_total` connections in all and `max_per_ip` from one address.
     pub fn new(max_total: u32, max_per_ip: u32) -> Arc<Self> {
         Arc::new(Self {
             max_total,

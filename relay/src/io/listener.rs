@@ -184,7 +184,8 @@ async fn classify(
             if n == 0 {
                 return Ok(Classified::Closed);
             }
-            let s = Prefixed::new(b[0..n].to_vec(), stream);
+            // One byte asked, `n` is 1: what was read is `b` itself.
+            let s = Prefixed::new(b.to_vec(), stream);
             match sniff(b[0]) {
                 Sniffed::Turn => Ok(Classified::Turn(
                     ClientStream::Tls(Box::new(s)),

@@ -13,6 +13,14 @@
 //!
 //! Everything goes to 127.0.0.0/8; every loop is bounded in count and time; the gateway and
 //! ffmpeg are killed (by PID) when this program ends. `tests/hostile/run.sh` runs it.
+// A test driver: a panic is a failed suite, which is what it should be (as in the
+// integration tests; the workspace lints aim at the product crates).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
 #![forbid(unsafe_code)]
 
 mod attacks;
