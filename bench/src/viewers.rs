@@ -275,12 +275,9 @@ fn turns_entry(cfg: &Value) -> anyhow::Result<(String, String, u16)> {
             continue;
         };
         // turns:HOST:PORT?transport=tcp
-        let port = url
-            .strip_prefix("turns:")
-            .and_then(|r| r.split('?').next())
-            .and_then(|hp| hp.rsplit_once(':'))
-            .and_then(|(_, p)| p.parse().ok())
-            .unwrap_or(0);
+        let port = auth::ice_url::strip_scheme(url, auth::ice_url::Scheme::Turns)
+            .and_then(|rest| auth::ice_url::host_port(rest, 443))
+            .map_or(0, |(_, p)| p);
         let user = s.get("username").and_then(Value::as_str);
         let cred = s.get("credential").and_then(Value::as_str);
         let (Some(user), Some(cred)) = (user, cred) else {

@@ -68,7 +68,7 @@ pub mod bind_hint;
 pub mod config;
 pub mod doctor;
 pub mod http;
-pub mod ice_url;
+pub use auth::ice_url;
 pub mod media;
 pub mod media_source;
 pub mod metrics;

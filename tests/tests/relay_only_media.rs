@@ -172,11 +172,9 @@ async fn webrtc_config(gw: &Gateway) -> ViewerConfig {
         })
         .unwrap_or_else(|| panic!("no turns:{TEST_SERVER_NAME} URL in {cfg}"));
     // turns:HOST:PORT?transport=tcp
-    let hostport = url
-        .strip_prefix("turns:")
-        .and_then(|r| r.split('?').next())
-        .expect("turns: URL");
-    let (host, port) = hostport.rsplit_once(':').expect("HOST:PORT");
+    let (host, port) = gateway::ice_url::strip_scheme(&url, gateway::ice_url::Scheme::Turns)
+        .and_then(|rest| gateway::ice_url::host_port(rest, 443))
+        .expect("turns:HOST:PORT URL");
     assert!(url.ends_with("?transport=tcp"), "{url}");
     let username = server["username"].as_str().expect("username").to_owned();
     let credential = server["credential"]
@@ -194,8 +192,8 @@ async fn webrtc_config(gw: &Gateway) -> ViewerConfig {
     );
     ViewerConfig {
         session_id,
-        turns_host: host.to_owned(),
-        turns_port: port.parse().expect("port"),
+        turns_host: host,
+        turns_port: port,
         username,
         credential,
     }

@@ -1,6 +1,7 @@
 //! The one parser of `stun:`, `stuns:`, `turn:` and `turns:` URLs (RFC 7064, RFC 7065) the
-//! gateway has: settings, the ICE server plan and the doctor all read them here. Operator
-//! input: no byte slicing, no panic on any string.
+//! project has: the gateway's settings, ICE server plan and doctor, the tests and the bench
+//! all read them here (it lives beside the credentials those URLs travel with in a TURN
+//! REST API document). Operator input: no byte slicing, no panic on any string.
 
 /// An ICE server URL scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
