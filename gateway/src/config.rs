@@ -233,6 +233,11 @@ pub struct Settings {
     #[arg(long, env = "STREAM_FALLBACK", value_enum, default_value = "none")]
     pub stream_fallback: crate::streams::StreamFallback,
 
+    /// Seconds a pulled stream (`offer+http://…`, `whep+http://…`) stays connected to its
+    /// upstream after its last viewer left. The first viewer's request connects it.
+    #[arg(long, env = "PULL_IDLE_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub pull_idle_timeout: u64,
+
     /// IP or DNS name (resolved at start) written into host candidates instead of the bound
     /// address (1:1 NAT, containers). Default: the address STUN_SERVER reports, else
     /// WEBRTC_BIND_IP when it is concrete, else the machine's first non-loopback IPv4.
@@ -420,6 +425,8 @@ pub struct MediaPlan {
     pub streams: Vec<crate::streams::NamedStream>,
     /// STREAM_FALLBACK.
     pub stream_fallback: crate::streams::StreamFallback,
+    /// PULL_IDLE_TIMEOUT.
+    pub pull_idle: Duration,
 }
 
 impl MediaPlan {
@@ -536,6 +543,7 @@ impl Settings {
             source: self.media_source.clone(),
             streams: self.streams.clone(),
             stream_fallback: self.stream_fallback,
+            pull_idle: Duration::from_secs(self.pull_idle_timeout),
         };
         for (i, a) in self.streams.iter().enumerate() {
             if self.streams.iter().skip(i + 1).any(|b| b.name == a.name) {

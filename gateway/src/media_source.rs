@@ -175,6 +175,13 @@ impl SourceGuard {
         }
     }
 
+    /// The demand of a pull, when the source is one (viewers' requests go through it).
+    pub fn pull_demand(&self) -> Option<std::sync::Arc<crate::media::pull::PullDemand>> {
+        self.inner
+            .downcast_ref::<PullSource>()
+            .map(|p| p.demand().clone())
+    }
+
     /// The RTP ingest's counters, when the source is RTP.
     pub fn rtp_stats(&self) -> Option<std::sync::Arc<crate::media::rtp::RtpStats>> {
         self.inner
@@ -183,8 +190,21 @@ impl SourceGuard {
     }
 }
 
-/// Starts the producer named by `spec`. Errors name `MEDIA_SOURCE`.
+/// How long a pull stays connected after its last viewer left (`PULL_IDLE_TIMEOUT`'s
+/// default).
+pub const DEFAULT_PULL_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Starts the producer named by `spec` (a pull with [`DEFAULT_PULL_IDLE`]). Errors name
+/// `MEDIA_SOURCE`.
 pub fn start(spec: &MediaSourceSpec) -> anyhow::Result<(VideoFeeds, SourceGuard)> {
+    start_with(spec, DEFAULT_PULL_IDLE)
+}
+
+/// [`start`], a pull staying `pull_idle` after its last viewer.
+pub fn start_with(
+    spec: &MediaSourceSpec,
+    pull_idle: std::time::Duration,
+) -> anyhow::Result<(VideoFeeds, SourceGuard)> {
     match spec {
         MediaSourceSpec::TestSrc => {
             // H.264 first: a viewer whose browser takes both gets H.264 (the cheaper feed),
@@ -215,7 +235,7 @@ pub fn start(spec: &MediaSourceSpec) -> anyhow::Result<(VideoFeeds, SourceGuard)
         MediaSourceSpec::Pull(upstream) => {
             let feeds = VideoFeeds::new(PULL_CODECS);
             tracing::info!(url = %upstream.url, dialect = ?upstream.dialect, "pulling a stream over WebRTC");
-            let pull = PullSource::spawn(upstream.clone(), feeds.clone());
+            let pull = PullSource::spawn(upstream.clone(), feeds.clone(), pull_idle);
             Ok((feeds, SourceGuard::new(pull)))
         }
         MediaSourceSpec::File(path) => {

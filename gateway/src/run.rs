@@ -85,22 +85,26 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
         .clone()
         .or_else(|| media_plan.advertise.clone())
         .unwrap_or_else(|| advertised.to_string());
-    let (video, source_guard) = crate::media_source::start(&media_plan.source)?;
+    let (video, source_guard) =
+        crate::media_source::start_with(&media_plan.source, media_plan.pull_idle)?;
     // Every stream: `default` from MEDIA_SOURCE, then the named ones.
     let mut stream_set = crate::media::StreamSet::from(video.clone());
     let mut entries = vec![crate::streams::StreamEntry::new(
         crate::media::DEFAULT_STREAM,
         &media_plan.source,
         &video,
+        source_guard.pull_demand(),
     )];
     let mut source_guards = vec![source_guard];
     for named in &media_plan.streams {
-        let (feeds, guard) = crate::media_source::start(&named.source)
-            .map_err(|e| anyhow::anyhow!("STREAMS: stream {:?}: {e:#}", named.name))?;
+        let (feeds, guard) =
+            crate::media_source::start_with(&named.source, media_plan.pull_idle)
+                .map_err(|e| anyhow::anyhow!("STREAMS: stream {:?}: {e:#}", named.name))?;
         entries.push(crate::streams::StreamEntry::new(
             named.name.clone(),
             &named.source,
             &feeds,
+            guard.pull_demand(),
         ));
         stream_set.insert(named.name.clone(), feeds);
         source_guards.push(guard);

@@ -13,6 +13,9 @@
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use crate::media::pull::PullDemand;
 use crate::media::{VideoFeeds, DEFAULT_STREAM};
 use crate::media_source::MediaSourceSpec;
 
@@ -86,28 +89,51 @@ pub enum Liveness {
     /// While frames arrive (RTP ingest): not before the sender's first frame, nor
     /// [`LIVE_GRACE`] after its last.
     WhileFramesArrive(VideoFeeds),
+    /// On request (a pull): a viewer's request connects to the upstream and waits for its
+    /// first frame or its refusal ([`StreamDirectory::ready`]).
+    OnRequest(VideoFeeds, Arc<PullDemand>),
 }
 
 impl Liveness {
-    /// The liveness of a stream of `spec` whose frames arrive on `feeds`.
-    pub fn of(spec: &MediaSourceSpec, feeds: &VideoFeeds) -> Self {
-        match spec {
-            MediaSourceSpec::Rtp { .. } | MediaSourceSpec::Pull(_) => {
+    /// The liveness of a stream of `spec` whose frames arrive on `feeds`; `pull` is the
+    /// demand of a pull source.
+    pub fn of(spec: &MediaSourceSpec, feeds: &VideoFeeds, pull: Option<Arc<PullDemand>>) -> Self {
+        match (spec, pull) {
+            (MediaSourceSpec::Pull(_), Some(demand)) => Liveness::OnRequest(feeds.clone(), demand),
+            (MediaSourceSpec::Rtp { .. } | MediaSourceSpec::Pull(_), _) => {
                 Liveness::WhileFramesArrive(feeds.clone())
             }
-            MediaSourceSpec::TestSrc | MediaSourceSpec::File(_) => Liveness::Always,
+            (MediaSourceSpec::TestSrc | MediaSourceSpec::File(_), _) => Liveness::Always,
         }
     }
 
+    /// Whether a request may go ahead (a pull decides in [`StreamDirectory::ready`]).
     fn is_live(&self, now: Instant) -> bool {
         match self {
+            Liveness::Always | Liveness::OnRequest(..) => true,
+            Liveness::WhileFramesArrive(feeds) => delivering(feeds, now),
+        }
+    }
+
+    /// Whether frames arrive now (for operators).
+    fn delivering(&self, now: Instant) -> bool {
+        match self {
             Liveness::Always => true,
-            Liveness::WhileFramesArrive(feeds) => feeds
-                .last_frame()
-                .is_some_and(|t| now.saturating_duration_since(t) <= LIVE_GRACE),
+            Liveness::WhileFramesArrive(feeds) | Liveness::OnRequest(feeds, _) => {
+                delivering(feeds, now)
+            }
         }
     }
 }
+
+fn delivering(feeds: &VideoFeeds, now: Instant) -> bool {
+    feeds
+        .last_frame()
+        .is_some_and(|t| now.saturating_duration_since(t) <= LIVE_GRACE)
+}
+
+/// How long a viewer's request waits for a pulled stream's first frame.
+pub const PULL_READY_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// Why a request cannot play a stream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -134,11 +160,16 @@ pub struct StreamEntry {
 }
 
 impl StreamEntry {
-    /// The entry of a stream `name` fed by `spec` on `feeds`.
-    pub fn new(name: impl Into<String>, spec: &MediaSourceSpec, feeds: &VideoFeeds) -> Self {
+    /// The entry of a stream `name` fed by `spec` on `feeds` (`pull`: a pull's demand).
+    pub fn new(
+        name: impl Into<String>,
+        spec: &MediaSourceSpec,
+        feeds: &VideoFeeds,
+        pull: Option<Arc<PullDemand>>,
+    ) -> Self {
         Self {
             name: name.into(),
-            liveness: Liveness::of(spec, feeds),
+            liveness: Liveness::of(spec, feeds, pull),
             feeds: feeds.clone(),
             source: spec.to_string(),
         }
@@ -170,7 +201,7 @@ impl StreamDirectory {
                     "name": e.name,
                     "source": e.source,
                     "codecs": e.feeds.codecs().iter().map(|c| c.sdp_name()).collect::<Vec<_>>(),
-                    "live": e.liveness.is_live(now),
+                    "live": e.liveness.delivering(now),
                     "viewers": e.feeds.viewers(),
                 })
             })
@@ -197,6 +228,30 @@ impl StreamDirectory {
             return Err(StreamRefusal::NotLive(entry.name.clone()));
         }
         Ok(&entry.name)
+    }
+
+    /// For a request that [`StreamDirectory::resolve`]d to `name`: a pulled stream
+    /// connects (or stays connected) and this waits for its first frame; the upstream's
+    /// refusal is a [`StreamRefusal::NotLive`]. Other streams are ready at once.
+    pub async fn ready(&self, name: &str) -> Result<(), StreamRefusal> {
+        let Some(StreamEntry {
+            liveness: Liveness::OnRequest(feeds, demand),
+            ..
+        }) = self.find(name)
+        else {
+            return Ok(());
+        };
+        if delivering(feeds, Instant::now()) {
+            demand.request(Instant::now());
+            return Ok(());
+        }
+        match demand.ready(PULL_READY_TIMEOUT).await {
+            Ok(()) => Ok(()),
+            Err(reason) => {
+                tracing::info!(stream = name, %reason, "pulled stream not available");
+                Err(StreamRefusal::NotLive(name.to_owned()))
+            }
+        }
     }
 
     fn find(&self, name: &str) -> Option<&StreamEntry> {

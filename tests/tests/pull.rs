@@ -185,19 +185,6 @@ fn vp8_keyframe_size(frame: &[u8]) -> Option<(u16, u16)> {
     Some((w, h))
 }
 
-/// Polls the edge until its stream `cam` is live (or gives up after `limit`).
-async fn wait_live(edge: SocketAddr, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let s = streams(edge).await;
-        if s["streams"][1]["live"] == true {
-            return;
-        }
-        assert!(Instant::now() < deadline, "cam never became live: {s}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_pulls_once_for_many_viewers_and_survives_an_origin_restart() {
     let origin_port = free_tcp_port();
@@ -220,8 +207,11 @@ async fn an_edge_pulls_once_for_many_viewers_and_survives_an_origin_restart() {
     )
     .await;
     let edge_addr = edge.http_addr;
-    wait_live(edge_addr, Duration::from_secs(20)).await;
+    // Nothing is pulled before a viewer asks.
+    let before = streams(origin_addr).await;
+    assert_eq!(before["streams"][0]["viewers"], 0, "{before}");
 
+    // The first viewer's request connects the pull and waits for its first frame.
     let mut a = Viewer::join(edge_addr, "viewer-a").await;
     let mut b = Viewer::join(edge_addr, "viewer-b").await;
     let limit = Duration::from_secs(20);
@@ -343,6 +333,8 @@ async fn a_geti_backend_stand_in_is_pulled_once_for_three_viewers() {
             &edge_media,
             "--stream",
             &source,
+            "--pull-idle-timeout",
+            "2",
         ],
     )
     .await;
@@ -362,7 +354,6 @@ async fn a_geti_backend_stand_in_is_pulled_once_for_three_viewers() {
     assert_eq!(r.json(), json!({ "detail": "No active pipeline." }));
 
     standin_post(port, "/test/pipeline?active=1").await;
-    wait_live(edge_addr, Duration::from_secs(30)).await;
     let mut viewers = Vec::new();
     for id in ["geti-1", "geti-2", "geti-3"] {
         viewers.push(Viewer::join_as(edge_addr, "cam", id, false).await);
@@ -414,5 +405,23 @@ async fn a_geti_backend_stand_in_is_pulled_once_for_three_viewers() {
             "after the restart viewer {name} got {} frames",
             frames.len()
         );
+    }
+
+    // The viewers leave: once the edge has ended their sessions, the pull closes after
+    // PULL_IDLE_TIMEOUT (2 s here) and the backend has no peer left.
+    drop(viewers);
+    // The edge notices a silent viewer by ICE consent, aiortc a silent pull the same way
+    // (about 30 s): bounded well above both.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let stats = standin_stats(port).await;
+        if stats["peers_open"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pull still holds the backend 90 s after the viewers left: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

@@ -66,11 +66,16 @@ pub(super) async fn offer(
         ));
     }
     let sig = super::state(&app)?;
-    let stream = match sig
+    let resolved = sig
         .streams()
         .resolve(Some(&project_id), std::time::Instant::now())
-    {
-        Ok(s) => s.to_owned(),
+        .map(str::to_owned);
+    let resolved = match resolved {
+        Ok(name) => sig.streams().ready(&name).await.map(|()| name),
+        Err(e) => Err(e),
+    };
+    let stream = match resolved {
+        Ok(s) => s,
         Err(StreamRefusal::NotLive(_)) => {
             let body = Json(json!({ "detail": "No active pipeline." }));
             return Ok((StatusCode::BAD_REQUEST, body).into_response());

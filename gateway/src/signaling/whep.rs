@@ -66,6 +66,10 @@ async fn post_to(
         .resolve(stream.as_deref(), std::time::Instant::now())
         .map_err(super::stream_error)?
         .to_owned();
+    sig.streams()
+        .ready(&stream)
+        .await
+        .map_err(super::stream_error)?;
     let named = match headers.get(SESSION_HEADER).map(|v| v.to_str()) {
         Some(Ok(id)) if valid_id(id) => Some(id),
         Some(_) => {

@@ -1,5 +1,9 @@
 //! WebRTC pull: a stream whose source is another WebRTC server's offer endpoint.
 //!
+//! On demand ([`demand`]): the first viewer's request connects, the last viewer's leaving
+//! disconnects after `PULL_IDLE_TIMEOUT`; a request waits for the upstream's first frame or
+//! hears its refusal (Geti's "No active pipeline.").
+//!
 //! The gateway is one recvonly client of the upstream per stream ([`session`]), whatever
 //! the number of viewers: the upstream encodes once. The offer goes out in the upstream's
 //! dialect ([`signal`]: WHEP or Geti's JSON offer). When the session ends (the upstream
@@ -13,11 +17,14 @@
 //!            └──────────── PLI (viewers' keyframe requests) ─┘
 //! ```
 
+pub mod demand;
 pub mod session;
 pub mod signal;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use demand::{PullDemand, PullStatus};
 pub use session::{PullError, Upstream};
 pub use signal::{Dialect, SignalError};
 
@@ -27,8 +34,6 @@ use super::{VideoCodec, VideoFeeds};
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest wait between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// A session that delivered frames for this long resets the backoff.
-const HEALTHY_RUN: Duration = Duration::from_secs(30);
 
 /// The codecs a pulled stream may arrive in (the upstream picks; the engine sends each
 /// viewer the feed of its codec).
@@ -37,6 +42,7 @@ pub const PULL_CODECS: &[VideoCodec] = &[VideoCodec::H264, VideoCodec::Vp8];
 /// A running pull; dropping it stops the pull (the current session ends with the task).
 pub struct PullSource {
     task: tokio::task::JoinHandle<()>,
+    demand: Arc<PullDemand>,
 }
 
 impl Drop for PullSource {
@@ -46,39 +52,69 @@ impl Drop for PullSource {
 }
 
 impl PullSource {
-    /// Starts pulling `upstream` into `feeds` (which should have a feed per codec of
-    /// [`PULL_CODECS`]). Must be called within a tokio runtime.
-    pub fn spawn(upstream: Upstream, feeds: VideoFeeds) -> Self {
-        let task = tokio::spawn(async move {
-            let mut backoff = MIN_BACKOFF;
-            let mut attempt: u64 = 0;
-            loop {
-                attempt += 1;
-                // A fresh id per attempt: a Geti backend files connections by it.
-                let webrtc_id = format!("gateway-pull-{:016x}", rand::random::<u64>());
-                let mut live_since: Option<Instant> = None;
-                let mut on_live = || live_since = Some(Instant::now());
-                let result = session::run(&upstream, &feeds, &webrtc_id, &mut on_live).await;
-                let healthy = live_since.is_some_and(|t| t.elapsed() >= HEALTHY_RUN);
-                if healthy || live_since.is_some() {
-                    backoff = MIN_BACKOFF;
-                }
-                match result {
-                    Ok(()) => tracing::info!(url = %upstream.url, "pull: session ended"),
-                    Err(e) => tracing::warn!(
-                        url = %upstream.url,
-                        attempt,
-                        retry_in_ms = backoff.as_millis() as u64,
-                        error = %e,
-                        "pull: upstream session failed; retrying"
-                    ),
-                }
-                // Jitter: gateways pulling one upstream do not come back in lockstep.
-                let jitter = Duration::from_millis(rand::random::<u64>() % 250);
-                tokio::time::sleep(backoff + jitter).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+    /// Starts the pull task for `upstream` into `feeds` (which should have a feed per codec
+    /// of [`PULL_CODECS`]). The task connects on demand: from a viewer's request
+    /// ([`PullDemand::ready`]) until `idle` after the last viewer left. Must be called
+    /// within a tokio runtime.
+    pub fn spawn(upstream: Upstream, feeds: VideoFeeds, idle: Duration) -> Self {
+        let demand = Arc::new(PullDemand::new(idle));
+        let task = tokio::spawn(pull_task(upstream, feeds, demand.clone()));
+        PullSource { task, demand }
+    }
+
+    /// The demand viewers' requests go through.
+    pub fn demand(&self) -> &Arc<PullDemand> {
+        &self.demand
+    }
+}
+
+async fn pull_task(upstream: Upstream, feeds: VideoFeeds, demand: Arc<PullDemand>) {
+    let mut wake = demand.subscribe();
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        // Nobody watches: no session, until a viewer asks.
+        while !demand.wanted(Instant::now(), feeds.viewers()) {
+            let _ = tokio::time::timeout(Duration::from_secs(1), wake.changed()).await;
+        }
+        let attempt = demand.attempt_started();
+        // A fresh id per attempt: a Geti backend files connections by it.
+        let webrtc_id = format!("gateway-pull-{:016x}", rand::random::<u64>());
+        let mut live_since: Option<Instant> = None;
+        let mut on_live = || {
+            live_since = Some(Instant::now());
+            demand.set(PullStatus::Live);
+        };
+        let keep = || demand.wanted(Instant::now(), feeds.viewers());
+        tracing::info!(url = %upstream.url, attempt, "pull: connecting to the upstream");
+        let result = session::run(&upstream, &feeds, &webrtc_id, &mut on_live, &keep).await;
+        if live_since.is_some() {
+            backoff = MIN_BACKOFF;
+        }
+        match result {
+            Ok(()) => {
+                tracing::info!(url = %upstream.url, idle_s = demand.idle().as_secs(), "pull: no viewer left; session closed");
+                demand.set(PullStatus::Idle);
+                continue;
             }
-        });
-        PullSource { task }
+            Err(e) => {
+                tracing::warn!(
+                    url = %upstream.url,
+                    attempt,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    error = %e,
+                    "pull: upstream session failed; retrying while viewers want it"
+                );
+                let reason = match &e {
+                    PullError::Signal(SignalError::Refused(r)) => r.clone(),
+                    other => other.to_string(),
+                };
+                demand.set(PullStatus::Failed { attempt, reason });
+            }
+        }
+        // Jitter: gateways pulling one upstream do not come back in lockstep. A viewer's
+        // request cuts the wait short.
+        let jitter = Duration::from_millis(rand::random::<u64>() % 250);
+        let _ = tokio::time::timeout(backoff + jitter, wake.changed()).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }

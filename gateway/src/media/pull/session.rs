@@ -74,12 +74,14 @@ async fn local_address_towards(url: &Uri) -> Result<SocketAddr, PullError> {
     ))
 }
 
-/// Runs one session until it ends. `on_live` is called once, at the first frame.
+/// Runs one session until it fails, or until `keep` says nobody wants it any more (`Ok`).
+/// `on_live` is called once, at the first frame.
 pub async fn run(
     upstream: &Upstream,
     feeds: &VideoFeeds,
     webrtc_id: &str,
     on_live: &mut (dyn FnMut() + Send),
+    keep: &(dyn Fn() -> bool + Send + Sync),
 ) -> Result<(), PullError> {
     let sock = UdpSocket::bind(local_address_towards(&upstream.url).await?)
         .await
@@ -107,7 +109,7 @@ pub async fn run(
         .accept_answer(pending, sdp)
         .map_err(|e| media_err(format!("the upstream's answer does not fit the offer: {e}")))?;
 
-    let result = receive(&mut rtc, &sock, local, mid, feeds, on_live).await;
+    let result = receive(&mut rtc, &sock, local, mid, feeds, on_live, keep).await;
     rtc.disconnect();
     if let Some(location) = &answer.location {
         signal::delete(location).await;
@@ -122,6 +124,7 @@ async fn receive(
     mid: Mid,
     feeds: &VideoFeeds,
     on_live: &mut (dyn FnMut() + Send),
+    keep: &(dyn Fn() -> bool + Send + Sync),
 ) -> Result<(), PullError> {
     let started = Instant::now();
     let mut last_frame: Option<Instant> = None;
@@ -175,6 +178,9 @@ async fn receive(
             }
         };
         let now = Instant::now();
+        if !keep() {
+            return Ok(());
+        }
         match last_frame {
             None if now > started + FIRST_FRAME_TIMEOUT => {
                 return Err(PullError::Silent("no frame from the upstream"));
