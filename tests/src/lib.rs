@@ -54,6 +54,21 @@ pub async fn start_gateway(secret: &str, extra: &[&str]) -> gateway::run::Runnin
         .expect("gateway starts")
 }
 
+/// A browser-like offer: one recvonly H.264 video m-line, a host candidate.
+pub fn video_offer() -> String {
+    use str0m::media::{Direction, MediaKind};
+    let mut rtc = str0m::RtcConfig::new()
+        .clear_codecs()
+        .enable_h264(true)
+        .build(std::time::Instant::now());
+    let local: SocketAddr = ([127, 0, 0, 1], 9).into();
+    rtc.add_local_candidate(str0m::Candidate::host(local, "udp").expect("host candidate"));
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    let (offer, _pending) = api.apply().expect("an offer");
+    offer.to_sdp_string()
+}
+
 /// `base64(HMAC-SHA1(secret, username))`, computed here independently of the `auth` crate.
 pub fn rest_password(secret: &str, username: &str) -> String {
     let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("any key length");

@@ -13,8 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use gateway_tests::http::{request, Resp};
-use str0m::media::{Direction, MediaKind};
-use str0m::{Candidate, RtcConfig};
+use gateway_tests::video_offer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
@@ -31,20 +30,6 @@ async fn start(extra: &[&str]) -> gateway::run::Running {
     ];
     args.extend_from_slice(extra);
     gateway_tests::start_gateway(SECRET, &args).await
-}
-
-/// A browser-like offer: one recvonly H.264 video m-line.
-fn video_offer() -> String {
-    let mut rtc = RtcConfig::new()
-        .clear_codecs()
-        .enable_h264(true)
-        .build(Instant::now());
-    let local: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
-    let mut api = rtc.sdp_api();
-    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-    let (offer, _pending) = api.apply().expect("an offer");
-    offer.to_sdp_string()
 }
 
 /// Raises this process's open-file limit to at least `need` (the in-process gateway and the

@@ -26,10 +26,10 @@ use tokio::net::UdpSocket;
 
 const SECRET: &str = "pull-test-secret-0123456789";
 
-/// The origin gateway, killed by PID and reaped on drop.
-struct Origin(Child);
+/// A child process (the origin gateway, the stand-in), killed by PID and reaped on drop.
+struct Process(Child);
 
-impl Drop for Origin {
+impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -42,7 +42,7 @@ fn free_tcp_port() -> u16 {
 }
 
 /// Starts the origin on `http_port` and waits for its `/health`.
-async fn start_origin(http_port: u16, media_ports: &str) -> Origin {
+async fn start_origin(http_port: u16, media_ports: &str) -> Process {
     let child = Command::new(gateway_bin())
         .args(["--gateway-http-addr", &format!("127.0.0.1:{http_port}")])
         .args(["--turn-listen", "127.0.0.1:0", "--turn-secret", SECRET])
@@ -59,19 +59,44 @@ async fn start_origin(http_port: u16, media_ports: &str) -> Origin {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("origin gateway starts");
-    let origin = Origin(child);
+    let origin = Process(child);
     let addr: SocketAddr = ([127, 0, 0, 1], http_port).into();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        // Listening first: `request` treats a refused connection as a failed test.
-        if tokio::net::TcpStream::connect(addr).await.is_ok()
+    // Listening first: `request` treats a refused connection as a failed test.
+    wait_for("origin healthy", || async move {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
             && request(addr, "GET", "/health", &[], b"").await.status == 200
-        {
-            return origin;
-        }
-        assert!(Instant::now() < deadline, "origin not healthy in 30 s");
+    })
+    .await;
+    origin
+}
+
+/// Polls `ready` every 100 ms; fails the test when it is not true within 30 s.
+async fn wait_for<F, Fut>(what: &str, mut ready: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready().await {
+        assert!(Instant::now() < deadline, "{what}: not within 30 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The edge gateway, in-process on loopback, serving the pulled stream `source`
+/// (`NAME=SOURCE`), with `extra` flags.
+async fn start_edge(source: &str, extra: &[&str]) -> gateway::run::Running {
+    let media = free_udp_range();
+    let mut args = vec![
+        "--webrtc-bind-ip",
+        "127.0.0.1",
+        "--webrtc-port-range",
+        &media,
+        "--stream",
+        source,
+    ];
+    args.extend_from_slice(extra);
+    gateway_tests::start_gateway(SECRET, &args).await
 }
 
 /// `GET /api/v1/streams` of a gateway, as JSON.
@@ -193,19 +218,7 @@ async fn an_edge_pulls_once_for_many_viewers_and_survives_an_origin_restart() {
     let origin_addr: SocketAddr = ([127, 0, 0, 1], origin_port).into();
 
     let source = format!("cam=offer+http://127.0.0.1:{origin_port}/api/v1/projects/default/offer");
-    let edge_media = free_udp_range();
-    let edge = gateway_tests::start_gateway(
-        SECRET,
-        &[
-            "--webrtc-bind-ip",
-            "127.0.0.1",
-            "--webrtc-port-range",
-            &edge_media,
-            "--stream",
-            &source,
-        ],
-    )
-    .await;
+    let edge = start_edge(&source, &[]).await;
     let edge_addr = edge.http_addr;
     // Nothing is pulled before a viewer asks.
     let before = streams(origin_addr).await;
@@ -256,19 +269,8 @@ async fn an_edge_pulls_once_for_many_viewers_and_survives_an_origin_restart() {
     drop(origin);
 }
 
-/// The Geti backend stand-in (tests/standins/geti_backend.py, aiortc in the venv
-/// `./tests/run` makes), killed by PID and reaped on drop.
-struct Standin(Child);
-
-impl Drop for Standin {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts the stand-in on `port` (inactive: no pipeline) and waits for it to listen.
-async fn start_standin(port: u16) -> Standin {
+async fn start_standin(port: u16) -> Process {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let python = root.join(".venv-aiortc/bin/python");
     assert!(
@@ -290,13 +292,12 @@ async fn start_standin(port: u16) -> Standin {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("stand-in starts");
-    let standin = Standin(child);
+    let standin = Process(child);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "stand-in not listening in 30 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for("stand-in listening", || async move {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
     standin
 }
 
@@ -323,21 +324,7 @@ async fn a_geti_backend_stand_in_is_pulled_once_for_three_viewers() {
     let source = format!(
         "cam=offer+http://127.0.0.1:{port}/api/v1/projects/6f1c0e1a-2b7d-4c1e-9a43-1f0a6b2c3d4e/offer"
     );
-    let edge_media = free_udp_range();
-    let edge = gateway_tests::start_gateway(
-        SECRET,
-        &[
-            "--webrtc-bind-ip",
-            "127.0.0.1",
-            "--webrtc-port-range",
-            &edge_media,
-            "--stream",
-            &source,
-            "--pull-idle-timeout",
-            "2",
-        ],
-    )
-    .await;
+    let edge = start_edge(&source, &["--pull-idle-timeout", "2"]).await;
     let edge_addr = edge.http_addr;
 
     // No pipeline at the backend: the viewer hears what Geti would say.

@@ -14,25 +14,10 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use gateway_tests::http::{request, Resp};
+use gateway_tests::video_offer;
 use serde_json::{json, Value};
-use str0m::media::{Direction, MediaKind};
-use str0m::{Candidate, RtcConfig};
 
 const SECRET: &str = "streams-test-secret-0123";
-
-/// A browser-like H.264 recvonly offer.
-fn video_offer() -> String {
-    let mut rtc = RtcConfig::new()
-        .clear_codecs()
-        .enable_h264(true)
-        .build(Instant::now());
-    let local: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
-    let mut api = rtc.sdp_api();
-    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-    let (offer, _pending) = api.apply().expect("an offer");
-    offer.to_sdp_string()
-}
 
 async fn geti_offer(addr: SocketAddr, project: &str, id: &str) -> Resp {
     let body: Value = json!({ "webrtc_id": id, "sdp": video_offer(), "type": "offer" });
