@@ -54,6 +54,14 @@ pub async fn start_gateway(secret: &str, extra: &[&str]) -> gateway::run::Runnin
         .expect("gateway starts")
 }
 
+/// A loopback TCP port free now (the caller binds it next).
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback TCP port")
+}
+
 /// A browser-like offer: one recvonly H.264 video m-line, a host candidate.
 pub fn video_offer() -> String {
     use str0m::media::{Direction, MediaKind};

@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gateway_tests::coturn::{free_udp_range, gateway_bin};
+use gateway_tests::free_tcp_port;
 use gateway_tests::http::request;
 use serde_json::{json, Value};
 use str0m::change::SdpAnswer;
@@ -34,11 +35,6 @@ impl Drop for Process {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_tcp_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 /// Starts the origin on `http_port` and waits for its `/health`.

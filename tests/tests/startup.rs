@@ -11,46 +11,11 @@
 )]
 
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn gateway_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("GATEWAY_BIN") {
-        return PathBuf::from(p);
-    }
-    // target/<profile>/deps/startup-xxxx → target/<profile>/gateway
-    let exe = std::env::current_exe().expect("test exe");
-    exe.parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.join("gateway"))
-        .expect("target dir")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Four consecutive free UDP ports on loopback, for the media engine.
-fn free_udp_range() -> String {
-    for _ in 0..200 {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let first = s.local_addr().unwrap().port();
-        drop(s);
-        if first > 65_000 {
-            continue;
-        }
-        let free = (first..first + 4).all(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok());
-        if free {
-            return format!("{first}-{}", first + 3);
-        }
-    }
-    panic!("no free UDP port range")
-}
+use gateway_tests::coturn::{free_udp_range, gateway_bin};
+use gateway_tests::free_tcp_port;
 
 fn effective_uid() -> u32 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
@@ -80,7 +45,7 @@ fn run_to_failure(
     };
     let http = http
         .map(str::to_owned)
-        .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
+        .unwrap_or_else(|| format!("127.0.0.1:{}", free_tcp_port()));
     cmd.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("TURN_LISTEN", turn_listen)
@@ -185,7 +150,7 @@ fn port_in_use_names_the_process_holding_it() {
     assert!(line.contains("set TURN_LISTEN to a free port"), "{line}");
 
     // The same for the HTTP port (bound after the relay).
-    let turn = format!("127.0.0.1:{}", free_port());
+    let turn = format!("127.0.0.1:{}", free_tcp_port());
     let line = run_to_failure(&gateway_bin(), &[], &turn, Some(&addr));
     assert!(
         line.contains(&format!("GATEWAY_HTTP_ADDR: cannot listen on TCP {addr}")),
