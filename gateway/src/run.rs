@@ -88,7 +88,6 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
     let (video, source_guard) =
         crate::media_source::start_with(&media_plan.source, media_plan.pull_idle)?;
     // Every stream: `default` from MEDIA_SOURCE, then the named ones.
-    let mut stream_set = crate::media::StreamSet::from(video.clone());
     let mut entries = vec![crate::streams::StreamEntry::new(
         crate::media::DEFAULT_STREAM,
         &media_plan.source,
@@ -106,9 +105,13 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
             &feeds,
             guard.pull_demand(),
         ));
-        stream_set.insert(named.name.clone(), feeds);
         source_guards.push(guard);
         tracing::info!(stream = %named.name, source = ?named.source, "stream configured");
+    }
+    // The engine's streams are the directory's.
+    let mut stream_set = crate::media::StreamSet::new();
+    for e in &entries {
+        stream_set.insert(e.name.clone(), e.feeds.clone());
     }
     let streams = Arc::new(crate::streams::StreamDirectory::new(
         entries,
