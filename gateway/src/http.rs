@@ -218,7 +218,9 @@ fn bearer_matches(headers: &axum::http::HeaderMap, token: &str) -> bool {
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves one HTTP/1.1 connection (plain or TLS) with `router`, if `limits` has room for
-/// it; otherwise closes it at once.
+/// it; otherwise closes it at once. The HTTP limits shed ([`relay::io::ConnectionLimits::shedding`]):
+/// when they are full, a client from a less busy address closes the busiest address's oldest
+/// connection, which ends here, mid-request or not.
 pub fn serve_connection<S>(
     stream: S,
     remote: SocketAddr,
@@ -235,7 +237,6 @@ pub fn serve_connection<S>(
         }
     };
     tokio::spawn(async move {
-        let _slot = slot;
         // Handlers learn the client's address (per-source bounds) from this extension.
         let service = tower::Layer::layer(
             &axum::Extension(crate::signaling::ClientAddr(remote)),
@@ -249,12 +250,15 @@ pub fn serve_connection<S>(
             .http1()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT);
-        let conn = builder
-            .http1_only()
-            .serve_connection(TokioIo::new(stream), service)
-            .await;
-        if let Err(e) = conn {
-            tracing::debug!(%remote, error = %e, "HTTP connection ended with an error");
+        let builder = builder.http1_only();
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::select! {
+            r = conn => if let Err(e) = r {
+                tracing::debug!(%remote, error = %e, "HTTP connection ended with an error");
+            },
+            () = slot.shed() => {
+                tracing::debug!(%remote, "HTTP connection closed to make room (HTTP_MAX_CONNECTIONS)");
+            }
         }
     });
 }

@@ -29,7 +29,8 @@ type GaugeFn = Box<dyn Fn() -> u64 + Send + Sync>;
 #[derive(Default)]
 pub struct Registry {
     io: RwLock<Option<Arc<relay::io::IoStats>>>,
-    gauges: RwLock<Vec<(&'static str, &'static str, GaugeFn)>>,
+    /// Values read at every scrape: (name, help, counter or gauge, read).
+    gauges: RwLock<Vec<(&'static str, &'static str, MetricKind, GaugeFn)>>,
     tls_reloads_ok: AtomicU64,
     tls_reloads_failed: AtomicU64,
     tls_not_after: AtomicU64,
@@ -61,10 +62,24 @@ impl Registry {
         help: &'static str,
         read: impl Fn() -> u64 + Send + Sync + 'static,
     ) {
+        self.set_read(name, help, MetricKind::Gauge, Box::new(read));
+    }
+
+    /// Exports a counter (monotonic) read at every scrape, kept by its owner.
+    pub fn set_counter(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) {
+        self.set_read(name, help, MetricKind::Counter, Box::new(read));
+    }
+
+    fn set_read(&self, name: &'static str, help: &'static str, kind: MetricKind, read: GaugeFn) {
         debug_assert!(valid_name(name), "bad metric name {name:?}");
         let mut g = self.gauges.write().unwrap_or_else(|p| p.into_inner());
-        g.retain(|(n, _, _)| *n != name);
-        g.push((name, help, Box::new(read)));
+        g.retain(|(n, _, _, _)| *n != name);
+        g.push((name, help, kind, read));
     }
 
     /// Counts a certificate reload; `not_after` is the new certificate's expiry (unix).
@@ -140,12 +155,12 @@ impl Registry {
         }
         let gauges = self.gauges.read().unwrap_or_else(|p| p.into_inner());
         for (name, help) in DEFAULT_GAUGES {
-            if !gauges.iter().any(|(n, _, _)| n == name) {
+            if !gauges.iter().any(|(n, _, _, _)| n == name) {
                 v.push(sample(name, help, Gauge, vec![], 0));
             }
         }
-        for (name, help, read) in gauges.iter() {
-            v.push(sample(name, help, Gauge, vec![], read()));
+        for (name, help, kind, read) in gauges.iter() {
+            v.push(sample(name, help, *kind, vec![], read()));
         }
         v
     }

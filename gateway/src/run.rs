@@ -204,13 +204,20 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
     }
     let router = http::router(app.clone(), cors, api_token);
 
-    let http_limits = relay::io::ConnectionLimits::new(http_limits.0, http_limits.1);
+    let http_limits = relay::io::ConnectionLimits::shedding(http_limits.0, http_limits.1);
     {
         let l = http_limits.clone();
         app.metrics.set_gauge(
             "gateway_http_connections",
             "HTTP connections open (GATEWAY_HTTP_ADDR and HTTPS on the TURN port).",
             move || u64::from(l.open()),
+        );
+        let l = http_limits.clone();
+        app.metrics.set_counter(
+            "gateway_http_connections_shed_total",
+            "HTTP connections closed to make room for a client of a less busy address while \
+             HTTP_MAX_CONNECTIONS were open.",
+            move || l.shed_total(),
         );
     }
     let handoff: Arc<dyn relay::io::Handoff> = Arc::new(http::HttpHandoff {
@@ -254,10 +261,10 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
     }
     let rtp: Vec<_> = source_guards.iter().filter_map(|g| g.rtp_stats()).collect();
     if !rtp.is_empty() {
-        app.metrics.set_gauge(
+        app.metrics.set_counter(
             "gateway_rtp_other_sender_packets",
             "RTP ingest datagrams dropped because another sender holds the source, over every \
-             RTP stream (monotonic).",
+             RTP stream.",
             move || {
                 rtp.iter()
                     .map(|r| r.other_senders.load(std::sync::atomic::Ordering::Relaxed))

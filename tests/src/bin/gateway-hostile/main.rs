@@ -639,6 +639,11 @@ async fn run_attacks(
         }
         failures.extend(f.into_iter().map(|x| format!("{name}: {x}")));
     }
+    // Back near the baseline: waited for (bounded) like each attack's own slack.
+    until(RSS_SETTLE, || async {
+        rss_kb(pid).is_some_and(|kb| mb(kb) <= mb(baseline) + RSS_TOTAL_SLACK_MB)
+    })
+    .await;
     let end = rss_kb(pid).ok_or("the gateway is gone")?;
     println!(
         "[hostile] RSS at the end {:.1} MB (baseline {:.1} MB, allowed +{RSS_TOTAL_SLACK_MB} MB)",
