@@ -34,16 +34,19 @@ fn parse_host(s: &str) -> Result<String, String> {
 }
 
 /// The precedence rule, printed at the end of `--help`.
-const PRECEDENCE: &str = "Every setting is a flag and the environment variable named in brackets. \
-    Precedence: a flag wins over its environment variable, which wins over the built-in default. \
+const PRECEDENCE: &str =
+    "Every setting is a flag, the environment variable named in brackets, and \
+    a key of the settings file (GATEWAY_CONFIG; the variable's name in lower case). \
+    Precedence: a flag wins over its environment variable, which wins over the settings file, \
+    which wins over the built-in default. \
     Settings go before the sub-command (`gateway --coturn-host h doctor`); `gateway doctor` \
     checks exactly what `gateway` would run with.";
 
 /// TURN-aware WebRTC edge gateway: live video to browsers, its signaling API, and an
 /// embedded TURN relay (TCP and TLS on port 443) with expiring REST credentials.
 ///
-/// Every flag can also be set through the environment variable named in brackets.
-/// Precedence: a flag wins over its environment variable, which wins over the built-in
+/// Every flag can also be set through the environment variable named in brackets, or in the
+/// settings file (GATEWAY_CONFIG). Precedence: flag, environment, settings file, built-in
 /// default. `gateway doctor` checks exactly what `gateway` would run with.
 #[derive(Debug, Parser)]
 #[command(name = "gateway", version, about, long_about = None, max_term_width = 100,
@@ -85,6 +88,12 @@ pub enum Command {
 /// Settings shared by every sub-command.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
+    /// A TOML settings file: keys are these settings' environment names in lower case
+    /// (`turn_secret = "…"`), named streams in a `[streams]` table (`cam1 = "rtp://…"`).
+    /// Flags and environment variables win over it.
+    #[arg(long, env = "GATEWAY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Address of the plain-HTTP signaling API and web page.
     #[arg(long, env = "GATEWAY_HTTP_ADDR", default_value = "0.0.0.0:9100")]
     pub gateway_http_addr: SocketAddr,
@@ -762,7 +771,8 @@ mod tests {
         let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(
             help.contains(
-                "a flag wins over its environment variable, which wins over the built-in default"
+                "a flag wins over its environment variable, which wins over the settings file, \
+                 which wins over the built-in default"
             ),
             "{help}"
         );

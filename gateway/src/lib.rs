@@ -66,6 +66,7 @@ pub mod advertise;
 pub mod app;
 pub mod bind_hint;
 pub mod config;
+pub mod config_file;
 pub mod doctor;
 pub mod http;
 pub use auth::ice_url;

@@ -3,8 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use gateway::config::{Cli, Command, Settings};
+use gateway::config::{Command, Settings};
 use relay::io::unix_now;
 
 /// jemalloc instead of glibc's malloc: after a flood of connections (thousands of HTTP heads
@@ -15,7 +14,14 @@ use relay::io::unix_now;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match gateway::config_file::load_from(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(gateway::config_file::LoadError::Args(e)) => e.exit(),
+        Err(gateway::config_file::LoadError::File(line)) => {
+            eprintln!("gateway: {line}");
+            return ExitCode::from(2);
+        }
+    };
     init_logs(&cli.settings);
     let json_logs = cli.settings.log_format == "json";
     let result = match cli.command {
