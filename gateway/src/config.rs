@@ -94,6 +94,26 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// What runs: `media` (the media engine, the signaling API and the relay) or `relay`
+    /// (the TURN relay alone, for a WebRTC backend that keeps its own signaling and ICE
+    /// config: no media ports, HTTP serves only /health, /metrics and, with API_TOKEN, the
+    /// TURN REST endpoint).
+    #[arg(long, env = "GATEWAY_MODE", value_enum, default_value_t = GatewayMode::Media)]
+    pub gateway_mode: GatewayMode,
+
+    /// Static TURN users, `user:password,…` (the original coturn recipe's
+    /// COTURN_USERNAME/COTURN_PASSWORD). Opt-in, for a backend that cannot mint REST
+    /// credentials: refused unless TURN_ALLOWED_PEERS is set; they reach only the peers it
+    /// names; they never expire; warned about at every start and counted in /metrics
+    /// (`turn_static_user_allocations_total`). Prefer REST credentials (TURN_SECRET).
+    #[arg(
+        long,
+        env = "TURN_STATIC_USERS",
+        hide_env_values = true,
+        value_name = "USER:PASSWORD,…"
+    )]
+    pub turn_static_users: Option<String>,
+
     /// Address of the plain-HTTP signaling API and web page.
     #[arg(long, env = "GATEWAY_HTTP_ADDR", default_value = "0.0.0.0:9100")]
     pub gateway_http_addr: SocketAddr,
@@ -403,6 +423,17 @@ pub struct Plan {
     pub tls: Option<TlsFiles>,
     /// Switches.
     pub modes: Modes,
+    /// TURN_STATIC_USERS (keys made for TURN_REALM); empty unless opted in.
+    pub static_users: relay::core::StaticUsers,
+}
+
+/// GATEWAY_MODE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GatewayMode {
+    /// Media engine, signaling API and relay.
+    Media,
+    /// The TURN relay alone.
+    Relay,
 }
 
 /// TLS_CERT and TLS_KEY.
@@ -463,6 +494,8 @@ pub struct StunProbe {
 /// Switches of the plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Modes {
+    /// GATEWAY_MODE=relay: the TURN relay alone.
+    pub relay_only: bool,
     /// TURN_EMBEDDED: the embedded relay is listed in ICE server lists.
     pub turn_embedded: bool,
     /// LOG_FORMAT=json.
@@ -581,7 +614,9 @@ impl Settings {
             ice,
             cors,
             tls,
+            static_users: self.static_users()?,
             modes: Modes {
+                relay_only: self.gateway_mode == GatewayMode::Relay,
                 turn_embedded: self.turn_embedded,
                 json_logs: self.log_format == "json",
             },
@@ -618,6 +653,28 @@ impl Settings {
             }
         }
         Ok(Some(ring))
+    }
+
+    /// TURN_STATIC_USERS, with keys for TURN_REALM. Refused without TURN_ALLOWED_PEERS: a
+    /// password that never expires must not open every public address.
+    pub fn static_users(&self) -> Result<relay::core::StaticUsers, SettingError> {
+        let list = self.turn_static_users.as_deref().unwrap_or("");
+        let users =
+            relay::core::StaticUsers::parse(list, &self.turn_realm).map_err(|e| SettingError {
+                setting: "TURN_STATIC_USERS",
+                reason: format!("{e}: write `user:password`, entries separated by commas"),
+            })?;
+        if !users.is_empty() && self.turn_allowed_peers.trim().is_empty() {
+            return Err(SettingError {
+                setting: "TURN_STATIC_USERS",
+                reason: "static users need TURN_ALLOWED_PEERS: name the peers they may reach \
+                         (the backend's media address and ports, e.g. \
+                         `TURN_ALLOWED_PEERS=10.0.0.5:50000-50050`); their passwords never \
+                         expire, so they never get the whole internet"
+                    .into(),
+            });
+        }
+        Ok(users)
     }
 
     /// The API token (API_TOKEN), or `None` when unset. An empty or short one is refused.
@@ -933,6 +990,7 @@ mod tests {
         assert_eq!(
             p.modes,
             Modes {
+                relay_only: false,
                 turn_embedded: false,
                 json_logs: true
             }

@@ -22,7 +22,8 @@ use crate::app::App;
 struct ApiToken(Option<Arc<str>>);
 
 /// Builds the router; `cors` (from CORS_ORIGINS) wraps it when set. `api_token` (API_TOKEN)
-/// guards the TURN REST endpoint, which is off without one.
+/// guards the TURN REST endpoint, which is off without one. Without signaling (relay-only
+/// mode) only /health, /metrics and the TURN REST endpoint are served.
 pub fn router(
     app: Arc<App>,
     cors: Option<tower_http::cors::CorsLayer>,
@@ -35,13 +36,19 @@ pub fn router(
              TURN REST credentials over HTTP"
         );
     }
-    let r = Router::new()
+    let relay_only = app.signaling().is_none();
+    let mut r = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(crate::metrics::handler))
-        .route("/api/v1/turn/credentials", get(turn_credentials))
-        .route("/api/v1/streams", get(streams_list))
-        .merge(crate::web::routes())
-        .merge(crate::signaling::routes())
+        .route("/api/v1/turn/credentials", get(turn_credentials));
+    // Relay-only mode (no signaling) serves no page, streams or offers: 404 there.
+    if !relay_only {
+        r = r
+            .route("/api/v1/streams", get(streams_list))
+            .merge(crate::web::routes())
+            .merge(crate::signaling::routes());
+    }
+    let r = r
         .fallback(not_found)
         .layer(axum::Extension(ApiToken(api_token.map(Arc::from))))
         .with_state(app);

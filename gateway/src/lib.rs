@@ -74,6 +74,7 @@ pub mod media;
 pub mod media_source;
 pub mod metrics;
 pub mod own_addrs;
+pub mod relay_mode;
 pub mod reload;
 pub mod run;
 pub mod session;

@@ -19,10 +19,10 @@ pub struct Running {
     pub http_addr: std::net::SocketAddr,
     /// Shared application state.
     pub app: Arc<App>,
-    /// The media engine.
-    pub media: crate::media::MediaHandle,
+    /// The media engine; `None` in relay-only mode (GATEWAY_MODE=relay).
+    pub media: Option<crate::media::MediaHandle>,
     /// Keeps the video producers (MEDIA_SOURCE, STREAMS) running.
-    _sources: Vec<crate::media_source::SourceGuard>,
+    pub(crate) _sources: Vec<crate::media_source::SourceGuard>,
     /// The TLS configuration served on TURN_LISTEN (swapped by certificate reloads).
     pub tls: relay::io::TlsConfig,
     /// Reloads TLS_CERT/TLS_KEY (SIGHUP, file changes); `None` with a self-signed certificate.
@@ -52,24 +52,23 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
         cors,
         tls: tls_files,
         modes,
+        static_users,
     } = plan;
-    let secrets = match secrets {
-        Some(ring) => {
-            tracing::info!(fingerprints = ?ring.fingerprints(), "TURN secrets loaded (first mints)");
-            ring
-        }
-        None => {
-            let random: [u8; 32] = rand::random();
-            let s = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, random);
-            let ring = SecretRing::parse(&s).context("random secret")?;
-            tracing::warn!(
-                fingerprint = %ring.minting().fingerprint(),
-                "TURN_SECRET is not set: using a random secret for this run; credentials \
-                 minted elsewhere (coturn, another gateway) will not verify"
-            );
-            ring
-        }
-    };
+    if modes.relay_only {
+        return crate::relay_mode::start(
+            settings,
+            secrets,
+            api_token,
+            policy,
+            relay_config,
+            io,
+            http_limits,
+            tls_files,
+            static_users,
+        )
+        .await;
+    }
+    let secrets = secrets_or_random(secrets)?;
     let (advertised, origin) = crate::advertise::advertised_ip(&media_plan)
         .await
         .map_err(|e| {
@@ -131,18 +130,7 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
         })?;
     tracing::info!(%advertised, ?origin, media = ?media.candidate_addrs(), "media engine ready");
     let self_signed = tls_files.is_none();
-    let (certs, key) = match &tls_files {
-        Some(f) => tls::load_pem(&f.cert, &f.key)?,
-        None => {
-            tracing::warn!(
-                host = %host,
-                "TLS_CERT/TLS_KEY not set: serving a self-signed certificate; browsers will \
-                 refuse TURNS and HTTPS until you configure a real one"
-            );
-            tls::self_signed(&host)?
-        }
-    };
-    let tls_config = Arc::new(ArcSwap::new(tls::server_config(certs, key)?));
+    let tls_config = tls_config(tls_files.as_ref(), &host)?;
 
     // The registry owns every session; the relay asks it whether a TURN user is a live
     // session (its allocations then outlive the credential's expiry).
@@ -204,61 +192,23 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
     }
     let router = http::router(app.clone(), cors, api_token);
 
-    let http_limits = relay::io::ConnectionLimits::shedding(http_limits.0, http_limits.1);
-    {
-        let l = http_limits.clone();
-        app.metrics.set_gauge(
-            "gateway_http_connections",
-            "HTTP connections open (GATEWAY_HTTP_ADDR and HTTPS on the TURN port).",
-            move || u64::from(l.open()),
-        );
-        let l = http_limits.clone();
-        app.metrics.set_counter(
-            "gateway_http_connections_shed_total",
-            "HTTP connections closed to make room for a client of a less busy address while \
-             HTTP_MAX_CONNECTIONS were open.",
-            move || l.shed_total(),
-        );
-    }
-    let handoff: Arc<dyn relay::io::Handoff> = Arc::new(http::HttpHandoff {
-        router: router.clone(),
-        limits: http_limits.clone(),
-    });
-    let relay = relay::io::RelayServer::start(shared, io, Some(tls_config.clone()), Some(handoff))
-        .await
-        .map_err(|e| {
-            // The relay says which socket failed ("cannot listen on UDP ..." for TURN_UDP_LISTEN).
-            let (setting, proto, addr) = match settings.turn_udp_listen {
-                Some(udp) if e.to_string().starts_with("cannot listen on UDP") => {
-                    ("TURN_UDP_LISTEN", Proto::Udp, udp)
-                }
-                _ => ("TURN_LISTEN", Proto::Tcp, settings.turn_listen),
-            };
-            anyhow::anyhow!(crate::bind_hint::explain(setting, proto, addr, &e))
-        })?;
+    let http_limits = http_limits_for(&app, http_limits);
+    let relay = start_relay(
+        &settings,
+        shared,
+        io,
+        &tls_config,
+        router.clone(),
+        &http_limits,
+    )
+    .await?;
     // Allocations whose peer is our own media go to the engine in-process (no relay socket).
     crate::shortcut::connect(&relay, &media)
         .await
         .context("connecting the TURN relay to the media engine")?;
     // The gateway's other ports on its own addresses are no peers (see own_addrs).
     crate::own_addrs::install(relay.shared(), &settings, advertised);
-    app.metrics.set_io_stats(relay.io_stats().clone());
-    {
-        let handshakes = relay.tls_handshakes().clone();
-        app.metrics.set_gauge(
-            "turn_tls_handshakes_in_flight",
-            "TLS handshakes in flight on TURN_LISTEN (TURN_MAX_TLS_HANDSHAKES bounds them).",
-            move || u64::from(handshakes.open()),
-        );
-    }
-    {
-        let io = relay.io_stats().clone();
-        app.metrics.set_gauge(
-            "turn_udp_clients",
-            "UDP client states (source addresses the TURN UDP listener keeps a task for).",
-            move || io.udp_clients.load(std::sync::atomic::Ordering::Relaxed),
-        );
-    }
+    relay_metrics(&app, &relay);
     let rtp: Vec<_> = source_guards.iter().filter_map(|g| g.rtp_stats()).collect();
     if !rtp.is_empty() {
         app.metrics.set_counter(
@@ -280,28 +230,8 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
     };
     signaling.set_embedded_uris(embedded_urls(&bound));
 
-    let listener = tokio::net::TcpListener::bind(settings.gateway_http_addr)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(crate::bind_hint::explain(
-                "GATEWAY_HTTP_ADDR",
-                Proto::Tcp,
-                settings.gateway_http_addr,
-                &e
-            ))
-        })?;
-    let http_addr = listener.local_addr()?;
-    let http_accept = tokio::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((s, remote)) => http::serve_connection(s, remote, router.clone(), &http_limits),
-                Err(e) => {
-                    tracing::warn!(error = %e, "HTTP accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        }
-    });
+    let (http_addr, http_accept) =
+        serve_http(settings.gateway_http_addr, router, http_limits).await?;
     tracing::info!(%http_addr, uris = ?app.turn_uris(), "gateway ready");
     let ways = WaysIn::new(http_addr, advertised, &host, relay.local_tcp().port());
     tracing::info!(url = %ways.viewer, "viewer page: open it in a browser (it shows the path, protocol, bitrate, frame rate and loss)");
@@ -315,12 +245,149 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
         relay,
         http_addr,
         app,
-        media,
+        media: Some(media),
         _sources: source_guards,
         tls: tls_config,
         reloader,
         http_accept,
     })
+}
+
+/// TURN_SECRET's ring, or a random secret for this run (with a warning) when unset.
+pub(crate) fn secrets_or_random(secrets: Option<SecretRing>) -> anyhow::Result<SecretRing> {
+    Ok(match secrets {
+        Some(ring) => {
+            tracing::info!(fingerprints = ?ring.fingerprints(), "TURN secrets loaded (first mints)");
+            ring
+        }
+        None => {
+            let random: [u8; 32] = rand::random();
+            let s = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, random);
+            let ring = SecretRing::parse(&s).context("random secret")?;
+            tracing::warn!(
+                fingerprint = %ring.minting().fingerprint(),
+                "TURN_SECRET is not set: using a random secret for this run; credentials \
+                 minted elsewhere (coturn, another gateway) will not verify"
+            );
+            ring
+        }
+    })
+}
+
+/// The TLS configuration for TURN_LISTEN: TLS_CERT/TLS_KEY, else a self-signed certificate
+/// for `host` (with a warning).
+pub(crate) fn tls_config(
+    tls_files: Option<&crate::config::TlsFiles>,
+    host: &str,
+) -> anyhow::Result<relay::io::TlsConfig> {
+    let (certs, key) = match tls_files {
+        Some(f) => tls::load_pem(&f.cert, &f.key)?,
+        None => {
+            tracing::warn!(
+                host = %host,
+                "TLS_CERT/TLS_KEY not set: serving a self-signed certificate; browsers will \
+                 refuse TURNS and HTTPS until you configure a real one"
+            );
+            tls::self_signed(host)?
+        }
+    };
+    Ok(Arc::new(ArcSwap::new(tls::server_config(certs, key)?)))
+}
+
+/// HTTP_MAX_CONNECTIONS / _PER_IP as shedding limits, exported in `/metrics`.
+pub(crate) fn http_limits_for(
+    app: &App,
+    (total, per_ip): (u32, u32),
+) -> Arc<relay::io::ConnectionLimits> {
+    let limits = relay::io::ConnectionLimits::shedding(total, per_ip);
+    let l = limits.clone();
+    app.metrics.set_gauge(
+        "gateway_http_connections",
+        "HTTP connections open (GATEWAY_HTTP_ADDR and HTTPS on the TURN port).",
+        move || u64::from(l.open()),
+    );
+    let l = limits.clone();
+    app.metrics.set_counter(
+        "gateway_http_connections_shed_total",
+        "HTTP connections closed to make room for a client of a less busy address while \
+         HTTP_MAX_CONNECTIONS were open.",
+        move || l.shed_total(),
+    );
+    limits
+}
+
+/// Starts the TURN relay on TURN_LISTEN (and TURN_UDP_LISTEN), HTTP(S) on its port handed to
+/// `router`; a bind error names the setting and the fixes.
+pub(crate) async fn start_relay(
+    settings: &Settings,
+    shared: Arc<relay::core::Shared>,
+    io: relay::io::IoConfig,
+    tls_config: &relay::io::TlsConfig,
+    router: axum::Router,
+    http_limits: &Arc<relay::io::ConnectionLimits>,
+) -> anyhow::Result<relay::io::RelayServer> {
+    let handoff: Arc<dyn relay::io::Handoff> = Arc::new(http::HttpHandoff {
+        router,
+        limits: http_limits.clone(),
+    });
+    relay::io::RelayServer::start(shared, io, Some(tls_config.clone()), Some(handoff))
+        .await
+        .map_err(|e| {
+            // The relay says which socket failed ("cannot listen on UDP ..." for TURN_UDP_LISTEN).
+            let (setting, proto, addr) = match settings.turn_udp_listen {
+                Some(udp) if e.to_string().starts_with("cannot listen on UDP") => {
+                    ("TURN_UDP_LISTEN", Proto::Udp, udp)
+                }
+                _ => ("TURN_LISTEN", Proto::Tcp, settings.turn_listen),
+            };
+            anyhow::anyhow!(crate::bind_hint::explain(setting, proto, addr, &e))
+        })
+}
+
+/// The relay's connection gauges in `/metrics`.
+pub(crate) fn relay_metrics(app: &App, relay: &relay::io::RelayServer) {
+    app.metrics.set_io_stats(relay.io_stats().clone());
+    let handshakes = relay.tls_handshakes().clone();
+    app.metrics.set_gauge(
+        "turn_tls_handshakes_in_flight",
+        "TLS handshakes in flight on TURN_LISTEN (TURN_MAX_TLS_HANDSHAKES bounds them).",
+        move || u64::from(handshakes.open()),
+    );
+    let io = relay.io_stats().clone();
+    app.metrics.set_gauge(
+        "turn_udp_clients",
+        "UDP client states (source addresses the TURN UDP listener keeps a task for).",
+        move || io.udp_clients.load(std::sync::atomic::Ordering::Relaxed),
+    );
+}
+
+/// Binds GATEWAY_HTTP_ADDR and serves `router` on it; the bound address and the accept loop.
+pub(crate) async fn serve_http(
+    addr: std::net::SocketAddr,
+    router: axum::Router,
+    http_limits: Arc<relay::io::ConnectionLimits>,
+) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(crate::bind_hint::explain(
+            "GATEWAY_HTTP_ADDR",
+            Proto::Tcp,
+            addr,
+            &e
+        ))
+    })?;
+    let http_addr = listener.local_addr()?;
+    let http_accept = tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((s, remote)) => http::serve_connection(s, remote, router.clone(), &http_limits),
+                Err(e) => {
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    Ok((http_addr, http_accept))
 }
 
 /// The URLs a person uses to reach a started gateway, logged once at start-up.

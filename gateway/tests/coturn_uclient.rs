@@ -249,3 +249,157 @@ fn coturn_client_relays_over_tcp_and_tls_with_rest_credentials() {
     assert!(out.success, "live hand-made credential:\n{}", out.output);
     assert_eq!(out.lost_packets(), Some(0), "{}", out.output);
 }
+
+/// `GET path` on `addr` over plain HTTP/1.1: status code and body.
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect HTTP");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Relay-only mode (GATEWAY_MODE=relay) with the original recipe's static user: coturn's
+/// client relays with `-u user -w password` over TCP and TLS to the peer TURN_ALLOWED_PEERS
+/// names, and not to another port of the same host; a wrong password relays nothing; no
+/// media port is bound and only /health, /metrics (and the REST endpoint) are served.
+#[test]
+fn relay_only_mode_with_a_static_user_reaches_only_the_allowed_peer() {
+    require("turnutils_uclient");
+    require("turnutils_peer");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (_peer, peer_port) = start_peer();
+    // uclient talks to the peer port and the one after it (its RTCP peer): both allowed; the
+    // other peer's port lies outside that pair.
+    let (_other, other_port) = loop {
+        let (g, p) = start_peer();
+        if p.abs_diff(peer_port) > 2 {
+            break (g, p);
+        }
+    };
+    let media_range = {
+        // A range that must stay free: the relay-only gateway binds no media port.
+        let p = free_udp_port();
+        format!("{p}-{p}")
+    };
+    let allowed = format!("127.0.0.1:{peer_port}-{}", peer_port + 1);
+    let flags = |static_users: bool| {
+        let mut v = vec![
+            "gateway".to_owned(),
+            "--gateway-mode".into(),
+            "relay".into(),
+            "--turn-listen".into(),
+            "127.0.0.1:0".into(),
+            "--gateway-http-addr".into(),
+            "127.0.0.1:0".into(),
+            "--turn-secret".into(),
+            SECRET.into(),
+            "--turn-relay-ip".into(),
+            "127.0.0.1".into(),
+            "--turn-host".into(),
+            "127.0.0.1".into(),
+            "--webrtc-port-range".into(),
+            media_range.clone(),
+            "--turn-static-users".into(),
+            "user:password".into(),
+        ];
+        if static_users {
+            v.extend(["--turn-allowed-peers".into(), allowed.clone()]);
+        }
+        v
+    };
+    // Static users without an allow list are refused before anything starts.
+    let cli = Cli::try_parse_from(flags(false)).expect("settings");
+    let err = cli
+        .settings
+        .plan()
+        .err()
+        .expect("static users need TURN_ALLOWED_PEERS");
+    assert!(
+        err.to_string().contains("TURN_STATIC_USERS")
+            && err.to_string().contains("TURN_ALLOWED_PEERS"),
+        "{err}"
+    );
+    let cli = Cli::try_parse_from(flags(true)).expect("settings");
+    let running = rt
+        .block_on(gateway::run::start(cli.settings))
+        .expect("relay-only gateway starts");
+    assert!(running.media.is_none());
+    let port = running.relay.local_tcp().port().to_string();
+    let (peer_port, other_port) = (peer_port.to_string(), other_port.to_string());
+    for (name, flags) in [("TCP", vec!["-t"]), ("TLS", vec!["-t", "-S"])] {
+        let mut extra = flags.clone();
+        extra.extend_from_slice(&["-u", "user", "-w", "password"]);
+        let out = uclient(&relay_args(&extra, &port, &peer_port));
+        assert!(out.success, "{name}: static user:\n{}", out.output);
+        assert_eq!(out.lost_packets(), Some(0), "{name}:\n{}", out.output);
+    }
+    // Another port of the same host is outside the allow list: nothing relayed.
+    let out = uclient(&relay_args(
+        &["-t", "-u", "user", "-w", "password"],
+        &port,
+        &other_port,
+    ));
+    assert!(
+        !out.success || out.lost_packets().is_none_or(|n| n > 0),
+        "a static user must not reach a peer outside TURN_ALLOWED_PEERS:\n{}",
+        out.output
+    );
+    assert!(
+        running
+            .app
+            .relay_shared()
+            .stats()
+            .forbidden("not in allow list")
+            >= 1,
+        "the refusal is a 403 of the peer policy"
+    );
+    // A wrong password relays nothing.
+    let out = uclient(&relay_args(
+        &["-t", "-u", "user", "-w", "wrong"],
+        &port,
+        &peer_port,
+    ));
+    assert!(
+        !out.success || out.lost_packets().is_none_or(|n| n > 0),
+        "a wrong static password must not relay:\n{}",
+        out.output
+    );
+    // No media port taken.
+    let p: u16 = media_range.split('-').next().unwrap().parse().unwrap();
+    UdpSocket::bind(("0.0.0.0", p)).expect("the media port range stays free in relay-only mode");
+    // HTTP: health and metrics only.
+    let http = running.http_addr;
+    let (status, body) = http_get(http, "/health");
+    assert_eq!(status, 200, "{body}");
+    for path in ["/", "/api/v1/webrtc/config", "/api/v1/streams", "/whep"] {
+        let (status, body) = http_get(http, path);
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(body.contains("not_found"), "{path}: {body}");
+    }
+    let (status, metrics) = http_get(http, "/metrics");
+    assert_eq!(status, 200);
+    let static_allocs: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("turn_static_user_allocations_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("turn_static_user_allocations_total in /metrics");
+    assert!(static_allocs >= 2, "{static_allocs}");
+    drop(running);
+}

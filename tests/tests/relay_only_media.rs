@@ -404,7 +404,13 @@ fn counters(gw: &Gateway) -> Counters {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_only_viewer_decodes_h264_through_the_in_process_short_circuit() {
     let gw = start_gateway("42000-42999", &[]).await;
-    let media_addrs = gw.running.media.candidate_addrs().to_vec();
+    let media_addrs = gw
+        .running
+        .media
+        .as_ref()
+        .expect("media mode")
+        .candidate_addrs()
+        .to_vec();
 
     // Signaling: a session and its ICE servers.
     let cfg = webrtc_config(&gw).await;
@@ -539,7 +545,12 @@ async fn relay_only_viewer_decodes_h264_through_the_in_process_short_circuit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_allocation_with_a_real_peer_opens_a_relay_socket() {
     let gw = start_gateway("43000-43999", &["--turn-allowed-peers", "127.0.0.1"]).await;
-    let media = gw.running.media.candidate_addrs()[0];
+    let media = gw
+        .running
+        .media
+        .as_ref()
+        .expect("media mode")
+        .candidate_addrs()[0];
     let echo = UdpEcho::start(LOOPBACK).await.expect("echo peer");
     let cfg = webrtc_config(&gw).await;
 
@@ -859,7 +870,12 @@ fn offer_for_abandon() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_addresses_are_refused_but_the_media_ports() {
     let gw = start_gateway("45000-45999", &["--turn-allowed-peers", "127.0.0.0/8"]).await;
-    let media = gw.running.media.candidate_addrs()[0];
+    let media = gw
+        .running
+        .media
+        .as_ref()
+        .expect("media mode")
+        .candidate_addrs()[0];
     assert_eq!(media.ip(), LOOPBACK);
     let cfg = webrtc_config(&gw).await;
     let mut c = connect_turns(&gw, &cfg).await;

@@ -10,6 +10,7 @@ mod nonce;
 pub mod policy;
 mod shared;
 mod standing;
+pub mod static_users;
 pub mod stats;
 
 pub use badinput::{source_prefix, BadInput};
@@ -18,6 +19,7 @@ pub use nonce::NonceKey;
 pub use policy::{PeerPolicy, PolicyError, PolicyVerdict};
 pub use shared::{Config, Shared};
 pub use standing::{Standing, UserDirectory, Wake};
+pub use static_users::{StaticUsers, StaticUsersError};
 pub use stats::Stats;
 
 use std::net::SocketAddr;

@@ -17,7 +17,9 @@ use arc_swap::ArcSwap;
 use auth::SecretRing;
 
 use super::badinput::{BadInput, BadInputLog};
-use super::{NonceKey, Now, PeerPolicy, PolicyVerdict, Standing, Stats, UserDirectory, Wake};
+use super::{
+    NonceKey, Now, PeerPolicy, PolicyVerdict, Standing, StaticUsers, Stats, UserDirectory, Wake,
+};
 
 /// Relay settings with safe defaults.
 #[derive(Debug, Clone)]
@@ -169,6 +171,7 @@ pub struct Shared {
     nonce_key: NonceKey,
     users: Mutex<Users>,
     directory: Option<Arc<dyn UserDirectory>>,
+    static_users: ArcSwap<StaticUsers>,
     bad_input_log: BadInputLog,
 }
 
@@ -214,12 +217,28 @@ impl Shared {
             nonce_key,
             users: Mutex::new(Users::default()),
             directory,
+            static_users: ArcSwap::from_pointee(StaticUsers::default()),
             bad_input_log: BadInputLog::default(),
         })
     }
 
+    /// Admits `users` (TURN_STATIC_USERS) besides REST credentials; see [`StaticUsers`].
+    /// Their keys must be made for this relay's realm.
+    pub fn set_static_users(&self, users: StaticUsers) {
+        self.static_users.store(Arc::new(users));
+    }
+
+    /// The key of `username` if it is a static user.
+    pub(crate) fn static_key(&self, username: &str) -> Option<stun_types::message::IntegrityKey> {
+        self.static_users.load().key(username).cloned()
+    }
+
     /// What the owner says about `user`.
     pub fn standing(&self, user: &str) -> Standing {
+        // A static user's allocations live as long as their clients refresh them.
+        if StaticUsers::is_internal_id(user) {
+            return Standing::Live;
+        }
         match &self.directory {
             Some(d) => d.standing(user),
             None => Standing::Unknown,
@@ -381,7 +400,9 @@ impl Shared {
     ) -> Result<QuotaTicket, QuotaError> {
         let mut users = self.users();
         let held = users.allocs.get(user).map_or(0, |e| e.count);
-        if held >= self.config.max_allocations_per_user {
+        // One static user serves a backend and all its viewers: only the total bounds it.
+        let is_static = StaticUsers::is_internal_id(user);
+        if held >= self.config.max_allocations_per_user && !is_static {
             self.stats.quota_user_rejections.fetch_add(1, Relaxed);
             return Err(QuotaError::User);
         }
@@ -400,6 +421,9 @@ impl Shared {
         drop(users);
         self.stats.allocations_created.fetch_add(1, Relaxed);
         self.stats.allocations_active.fetch_add(1, Relaxed);
+        if is_static {
+            self.stats.static_user_allocations.fetch_add(1, Relaxed);
+        }
         Ok(QuotaTicket {
             shared: Arc::clone(self),
             user: user.to_owned(),

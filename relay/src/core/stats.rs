@@ -156,6 +156,8 @@ pub struct Sample {
 pub struct Stats {
     /// Allocations created since start.
     pub allocations_created: AtomicU64,
+    /// Of those, allocations of static users (TURN_STATIC_USERS).
+    pub static_user_allocations: AtomicU64,
     /// Allocations alive now (gauge).
     pub allocations_active: AtomicU64,
     /// 401 challenges to requests without credentials (normal first round trip).
@@ -293,6 +295,13 @@ impl Stats {
             Counter,
             vec![],
             self.allocations_created.load(Relaxed),
+        );
+        push(
+            "turn_static_user_allocations_total",
+            "Allocations created by static users (TURN_STATIC_USERS), whose passwords never expire.",
+            Counter,
+            vec![],
+            self.static_user_allocations.load(Relaxed),
         );
         push(
             "turn_allocations_active",

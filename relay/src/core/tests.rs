@@ -1288,3 +1288,74 @@ fn client_debug_hides_key() {
 }
 
 mod standing;
+
+/// A harness client authenticating as a static user (TURN_STATIC_USERS).
+fn static_client(shared: &Arc<Shared>, client: &str, user: &str, password: &str) -> H {
+    let mut h = H::new(shared.clone(), Transport::Tcp, client, "unused");
+    h.username = user.into();
+    h.password = password.into();
+    h
+}
+
+#[test]
+fn static_users_authenticate_reach_only_the_allow_list_and_share_the_total_quota() {
+    let cfg = Config {
+        max_allocations_per_user: 2,
+        max_allocations_total: 5,
+        ..config()
+    };
+    // The backend's media ports are the allow list (private: named explicitly).
+    let shared = shared_with(cfg, "s3cret", "127.0.0.1:40000-40100", "");
+    shared.set_static_users(crate::core::StaticUsers::parse("user:password", REALM).unwrap());
+    // Wrong password: 401; an unknown plain name is no REST username either: 401.
+    let mut bad = static_client(&shared, "203.0.113.7:7000", "user", "wrong");
+    assert_eq!(code(&bad.request(ALLOCATE, |_| udp_transport())), Some(401));
+    let mut nobody = static_client(&shared, "203.0.113.7:7001", "nobody", "password");
+    assert_eq!(
+        code(&nobody.request(ALLOCATE, |_| udp_transport())),
+        Some(401)
+    );
+    // More allocations than the per-user quota (2): static users count against the total.
+    let mut hs: Vec<H> = (0..4)
+        .map(|i| {
+            static_client(
+                &shared,
+                &format!("203.0.113.7:{}", 7100 + i),
+                "user",
+                "password",
+            )
+        })
+        .collect();
+    for h in &mut hs {
+        h.allocate();
+    }
+    assert_eq!(shared.stats().static_user_allocations.load(Relaxed), 4);
+    let h = &mut hs[0];
+    // Inside the allow list: allowed; outside it (public or private): 403.
+    assert_eq!(h.permit(sa("127.0.0.1:40010")), None);
+    assert_eq!(h.permit(sa("127.0.0.1:22")), Some(403));
+    assert_eq!(h.permit(sa("8.8.8.8:53")), Some(403));
+    assert_eq!(h.bind(0x4000, sa("10.0.0.1:40010")), Some(403));
+    // Its credential never expires: refreshes go on long past any REST TTL.
+    for _ in 0..30 {
+        h.advance(Duration::from_secs(500));
+        let r = h.request(REFRESH, |_| vec![Box::new(Lifetime::new(600))]);
+        assert_eq!(code(&r), None, "{:?}", error_of(&r));
+        assert_eq!(h.permit(sa("127.0.0.1:40010")), None);
+    }
+    // A REST user of the same name is another user: it allocates too (the fifth), and then
+    // the total is full for everyone.
+    let mut rest: Vec<H> = (0..2)
+        .map(|i| {
+            H::new(
+                shared.clone(),
+                Transport::Tcp,
+                &format!("203.0.113.9:{}", 1 + i),
+                "user",
+            )
+        })
+        .collect();
+    rest[0].allocate();
+    let r = rest[1].request(ALLOCATE, |_| udp_transport());
+    assert_eq!(code(&r), Some(508), "{:?}", error_of(&r));
+}

@@ -18,7 +18,7 @@ use stun_types::message::{
 
 use super::super::nonce::NonceCheck;
 use super::super::stats::AuthFailure;
-use super::super::{Now, Standing};
+use super::super::{Now, Standing, StaticUsers};
 use super::{Client, ClientOutput, Req};
 
 /// The cached result of a successful long-term authentication.
@@ -185,6 +185,25 @@ impl Client {
             return None;
         }
 
+        // A static user (TURN_STATIC_USERS, opt-in): its fixed key, no expiry.
+        if let Some(key) = self.shared.static_key(username) {
+            if m.validate_integrity_with_key(&key).is_err() {
+                return Some(self.auth_fail(
+                    out,
+                    req,
+                    AuthFailure::BadPassword,
+                    "Unauthenticated: wrong password",
+                    now,
+                ));
+            }
+            self.auth = Some(AuthCache {
+                username: username.to_owned(),
+                user: StaticUsers::internal_id(username),
+                expiry: u64::MAX,
+                key,
+            });
+            return None;
+        }
         let ring = self.shared.secrets();
         let parsed = match auth::RestUsername::parse(username) {
             Ok(p) if !self.still_valid(&p.user, p.expiry, allocating, now) => {
