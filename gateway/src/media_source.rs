@@ -227,7 +227,7 @@ pub fn start_with(
             codec,
             sender,
         } => {
-            let source = VideoSource::new(*codec);
+            let source = VideoSource::with_gop_cache(*codec);
             let rtp = crate::media::rtp::RtpSource::bind_from(*addr, *sender, source.clone())
                 .map_err(|e| anyhow::anyhow!("MEDIA_SOURCE=rtp://{addr}: {e}"))?;
             Ok((source.into(), SourceGuard::new(rtp)))

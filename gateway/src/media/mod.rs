@@ -44,4 +44,7 @@ pub use engine::{
 };
 pub use error::MediaError;
 pub use ice_restart::{IcePatchOutcome, IceRestartAnswer, IfMatch, SdpFrag};
-pub use source::{EncodedFrame, StreamSet, VideoCodec, VideoFeeds, VideoSource, DEFAULT_STREAM};
+pub use source::{
+    EncodedFrame, GopCache, GopSubscription, Published, StreamSet, VideoCodec, VideoFeeds,
+    VideoSource, DEFAULT_STREAM, GOP_CACHE_BYTES, GOP_CACHE_FRAMES,
+};

@@ -10,11 +10,14 @@
 //! Why depacketize instead of relaying the packets: the engine's str0m writers packetize each
 //! frame again per viewer, so every viewer gets its own continuous sequence numbers and
 //! timestamps, SRTP and retransmissions for free, and a viewer that joins mid-stream starts at
-//! a keyframe (the engine holds a new viewer back until one arrives).
+//! a keyframe.
 //!
 //! What the sender must do: RTP cannot carry a keyframe request back to it, so **the pipeline
 //! must send keyframes periodically** (ffmpeg `-g 30`, GStreamer `x264enc key-int-max=30`,
-//! most cameras' "I-frame interval"). A new viewer waits for the next one. H.264 must use
+//! most cameras' "I-frame interval"). The feed keeps the last keyframe and the frames after
+//! it ([`super::GopCache`], when the source is made with [`VideoSource::with_gop_cache`], as
+//! `MEDIA_SOURCE=rtp://…` does), so a new viewer starts at once with that group of pictures
+//! instead of waiting for the next keyframe. H.264 must use
 //! packetization mode 1 or 0 (single NAL, STAP-A, FU-A) and no B-frames (baseline or main
 //! without B-frames, like every WebRTC sender); VP8 per RFC 7741.
 //!
