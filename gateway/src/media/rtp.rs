@@ -640,8 +640,17 @@ impl SenderLock {
                 true
             }
             _ => {
-                if let Some((old, _)) = self.current {
-                    tracing::info!(%old, new = %from, "RTP source: sender changed after silence");
+                match self.current {
+                    Some((old, _)) => tracing::info!(
+                        %old,
+                        new = %from,
+                        "RTP source: sender changed after silence; datagrams of others are dropped"
+                    ),
+                    None => tracing::info!(
+                        sender = %from,
+                        "RTP source: taking the first sender; datagrams of others are dropped \
+                         while it keeps sending"
+                    ),
                 }
                 self.current = Some((from, now));
                 true
@@ -699,7 +708,26 @@ impl RtpSource {
         let sock = UdpSocket::from_std(sock)?;
         let stats = Arc::new(RtpStats::default());
         let depack = RtpDepacketizer::with_stats(source.codec(), stats.clone());
-        tracing::info!(%local, codec = ?source.codec(), sender = ?sender, "RTP source listening");
+        match sender {
+            Some(sender) => tracing::info!(
+                %local,
+                codec = ?source.codec(),
+                %sender,
+                "RTP source listening, taking datagrams from the configured sender only"
+            ),
+            None => tracing::info!(
+                %local,
+                codec = ?source.codec(),
+                "RTP source listening, taking datagrams from the first sender"
+            ),
+        }
+        if !local.ip().is_loopback() {
+            tracing::info!(
+                %local,
+                "RTP source listening beyond loopback: RTP is unauthenticated, set source= to \
+                 name the sender"
+            );
+        }
         let task = tokio::spawn(receive(
             sock,
             depack,
