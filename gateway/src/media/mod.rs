@@ -32,6 +32,7 @@ pub mod file;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ice_restart;
+pub mod jitter;
 pub mod pull;
 pub mod rtp;
 mod sdp_check;
