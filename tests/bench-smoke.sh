@@ -38,6 +38,13 @@ for row in "viewers of the 1 Mbit/s test pattern, 1 gateway core, TURN/TLS: most
   grep -Eq "^\| ${row}[^|]* \| [^|]+ \| [^|]+ \| ${num} \| n/a \| n/a \|$" "$out" \
     || fail "row '$row' lacks the gateway's figure"
 done
+# The RTP join part (a sender with a 10 s keyframe interval, viewers joining late): figures
+# for the gateway, n/a for coturn.
+for row in "time to first frame for a new viewer of an RTP stream whose keyframes come every 10 s: p50" \
+           "time to first frame for a new viewer of an RTP stream whose keyframes come every 10 s: max"; do
+  grep -Eq "^\| ${row} \| [^|]+ \| [^|]+ \| ${num} \| n/a \| n/a \|$" "$out" \
+    || fail "row '$row' lacks the gateway's figure"
+done
 grep -q 'turnutils_uclient | gateway' "$out" || fail "no turnutils_uclient cross-check for the gateway"
 grep -q 'turnutils_uclient | coturn' "$out" || fail "no turnutils_uclient cross-check for coturn"
 

@@ -20,7 +20,9 @@
 //! 4. added one-way latency at half the highest rate (echo RTT minus direct UDP, halved);
 //! 5. gateway only: viewers of its 1 Mbit/s test pattern that one core (`taskset -c`, as the servers)
 //!    serves through the embedded relay over TURN/TLS with under 1 % RTP loss, and time
-//!    to first frame (str0m clients whose only candidate is relayed; see `viewers.rs`).
+//!    to first frame (str0m clients whose only candidate is relayed; see `viewers.rs`);
+//! 6. gateway only: time to first frame for viewers joining at random points of an RTP
+//!    stream whose sender (ffmpeg) makes a keyframe every 10 s (see `rtp_join.rs`).
 //!
 //! Figures only: nothing here asserts a timing.
 // A measuring tool run by hand or by the benchmark smoke test, not a server: it handles no
@@ -39,6 +41,7 @@ mod load;
 mod plots;
 mod proto;
 mod report;
+mod rtp_join;
 mod servers;
 mod viewers;
 
@@ -76,6 +79,8 @@ struct Plan {
     soak_setup: Option<(Kind, usize, u64)>,
     /// `--viewers`: only the viewers-per-core part, printed (no report written).
     viewers_only: bool,
+    /// `--rtp-join`: only the RTP join part, printed (no report written).
+    rtp_join_only: bool,
 }
 
 impl Plan {
@@ -96,6 +101,7 @@ impl Plan {
             soak: None,
             soak_setup: None,
             viewers_only: false,
+            rtp_join_only: false,
         };
         let mut args = std::env::args().skip(1);
         let mut repeats: Option<usize> = None;
@@ -131,6 +137,7 @@ impl Plan {
                     ));
                 }
                 "--viewers" => plan.viewers_only = true,
+                "--rtp-join" => plan.rtp_join_only = true,
                 "--soak-setup" => {
                     let mut next = || args.next().context("--soak-setup SERVER COUNT ROUNDS");
                     let kind = Kind::from_arg(&next()?).context("--soak-setup")?;
@@ -145,7 +152,8 @@ impl Plan {
                          Diagnostics (no report; attach a profiler to the printed PID):\n  \
                          --soak SERVER tcp|tls ALLOCS RATE SECS   steady relay load, one line per second\n  \
                          --soak-setup SERVER COUNT ROUNDS         TLS set-up rate with server and bench CPU\n  \
-                         --viewers                                only the viewers-per-core part\n\
+                         --viewers                                only the viewers-per-core part\n  \
+                         --rtp-join                               only the RTP join part (needs ffmpeg)\n\
                          SERVER is gateway or coturn."
                     );
                     std::process::exit(0);
@@ -345,6 +353,15 @@ async fn run(mut plan: Plan, server_core: Option<usize>) -> anyhow::Result<()> {
                 100.0 * own / held.secs,
                 held.errors
             );
+        }
+        return Ok(());
+    }
+    if plan.rtp_join_only {
+        let outcome = rtp_join::run(&common, &rtp_join::Plan::new(plan.quick)).await;
+        let (mut results, mut notes) = (Results::default(), Vec::new());
+        outcome.report(&mut results, &mut notes);
+        for n in notes {
+            eprintln!("{n}");
         }
         return Ok(());
     }
@@ -587,6 +604,12 @@ async fn run(mut plan: Plan, server_core: Option<usize>) -> anyhow::Result<()> {
     let outcome = viewers::run(&common, &viewers::Plan::new(plan.quick), start).await;
     outcome.report(&mut results, &mut notes);
     log(start, "  viewers done");
+
+    // 6. First frame of a late viewer of an RTP stream with a 10 s keyframe interval.
+    rtp_join::run(&common, &rtp_join::Plan::new(plan.quick))
+        .await
+        .report(&mut results, &mut notes);
+    log(start, "  RTP join done");
 
     let machine = format!(
         "{}- Load average (1, 5, 15 min) at start: {load_before}; at end: {} (other work on the \

@@ -284,7 +284,17 @@ pub fn markdown(
          targets 1 Mbit/s; what each viewer really received is its own row. *Time to first frame* runs \
          from a viewer's start (before its config request) to its first complete frame. *Gateway CPU* is \
          its /proc/PID/stat time over the window, per cent of its one core (the bench's own CPU is in the \
-         notes).\n\n",
+         notes).\n\
+         - *time to first frame for a new viewer of an RTP stream whose keyframes come every 10 s* (gateway \
+         only): a fresh gateway (pinned as above) ingests RTP on loopback (`MEDIA_SOURCE=rtp://:PORT`) from \
+         ffmpeg (libx264 baseline, 640x480 at 30 fps, 1 Mbit/s, `-g 300`, no scene-cut keyframes: one \
+         keyframe every 10 s); once the stream is live, str0m viewers (host candidates on loopback) join at \
+         uniformly random points of the next 10 s (2 s in the quick run) and the time runs from a viewer's \
+         start (before its offer) to its first complete frame, a keyframe. RTP cannot ask the sender for a \
+         keyframe: what keeps the wait short is the gateway's GOP cache (the last keyframe and the frames \
+         after it, sent to a new viewer at once, 1 ms apart in RTP time); without it a viewer would wait up \
+         to 10 s. *To the current picture* runs to the last of those cached frames, the picture that was \
+         current when the viewer joined.\n\n",
     );
     if !charts.is_empty() {
         s.push_str("## Charts\n\nDrawn by the same run from the figures above (SVG files beside this one):\n\n");

@@ -207,7 +207,7 @@ impl Gateway {
 
 /// One HTTP/1.1 exchange (`Connection: close`), bounded in time and size; returns the
 /// status and the body.
-async fn http(
+pub(crate) async fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,

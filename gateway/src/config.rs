@@ -239,7 +239,8 @@ pub struct Settings {
     pub tls_key: Option<PathBuf>,
 
     /// What to stream (the stream `default`): `testsrc` (built-in test pattern, H.264 and
-    /// VP8), `rtp://ADDR:PORT?codec=h264|vp8` (RTP ingest), a file path, or a pull from
+    /// VP8), `rtp://[ADDR]:PORT?codec=h264|vp8` (RTP ingest; 127.0.0.1 without ADDR), a file
+    /// path, or a pull from
     /// another WebRTC server: `offer+http://HOST:PORT/api/v1/projects/ID/offer` (Geti's offer
     /// endpoint) or `whep+http://HOST:PORT/whep/…`.
     #[arg(long, env = "MEDIA_SOURCE", default_value = "testsrc")]

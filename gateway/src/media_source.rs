@@ -19,8 +19,10 @@ pub enum MediaSourceSpec {
     /// `testsrc`: the built-in test pattern, in H.264 and VP8 (each encoded only while
     /// somebody watches it).
     TestSrc,
-    /// `rtp://ADDR:PORT?codec=h264|vp8[&source=IP:PORT]`: RTP received on a local UDP
-    /// address, from the configured sender or else the first that sends.
+    /// `rtp://[ADDR]:PORT?codec=h264|vp8[&source=IP:PORT]`: RTP received on a local UDP
+    /// address (127.0.0.1 when ADDR is left out: RTP has no authentication, so listening
+    /// beyond loopback is something to write explicitly), from the configured sender or else
+    /// the first that sends.
     Rtp {
         /// Local address to receive RTP on.
         addr: SocketAddr,
@@ -58,9 +60,19 @@ impl FromStr for MediaSourceSpec {
         }
         if let Some(rest) = s.strip_prefix("rtp://") {
             let (addr, query) = rest.split_once('?').unwrap_or((rest, ""));
-            let addr: SocketAddr = addr.trim_end_matches('/').parse().map_err(|_| {
+            let addr = addr.trim_end_matches('/');
+            // `rtp://:PORT`: loopback, the safe default for an unauthenticated input.
+            let addr = match addr.strip_prefix(':') {
+                Some(port) => port
+                    .parse::<u16>()
+                    .ok()
+                    .map(|p| SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, p))),
+                None => addr.parse::<SocketAddr>().ok(),
+            };
+            let addr = addr.ok_or_else(|| {
                 SourceSpecError(format!(
-                    "{s:?}: the RTP address must be IP:PORT (e.g. rtp://0.0.0.0:5004?codec=h264)"
+                    "{s:?}: the RTP address must be :PORT (loopback) or IP:PORT \
+                     (e.g. rtp://:5004?codec=h264, rtp://0.0.0.0:5004?codec=h264)"
                 ))
             })?;
             let mut codec = VideoCodec::H264;
@@ -227,7 +239,7 @@ pub fn start_with(
             codec,
             sender,
         } => {
-            let source = VideoSource::new(*codec);
+            let source = VideoSource::with_gop_cache(*codec);
             let rtp = crate::media::rtp::RtpSource::bind_from(*addr, *sender, source.clone())
                 .map_err(|e| anyhow::anyhow!("MEDIA_SOURCE=rtp://{addr}: {e}"))?;
             Ok((source.into(), SourceGuard::new(rtp)))
@@ -274,7 +286,24 @@ mod tests {
             "/videos/a.h264".parse(),
             Ok(MediaSourceSpec::File("/videos/a.h264".into()))
         );
-        assert!("rtp://nope".parse::<MediaSourceSpec>().is_err());
+        assert_eq!(
+            "rtp://:5004?codec=vp8".parse(),
+            Ok(MediaSourceSpec::Rtp {
+                addr: "127.0.0.1:5004".parse().unwrap(),
+                codec: VideoCodec::Vp8,
+                sender: None
+            }),
+            "no host: loopback"
+        );
+        for bad in [
+            "rtp://nope",
+            "rtp://:",
+            "rtp://:70000",
+            "rtp://:x",
+            "rtp://5004",
+        ] {
+            assert!(bad.parse::<MediaSourceSpec>().is_err(), "{bad}");
+        }
         assert!("rtp://1.2.3.4:5?codec=av1"
             .parse::<MediaSourceSpec>()
             .is_err());

@@ -2,7 +2,8 @@
 //! the gateway's media engine forwards the frames without re-encoding, and two str0m viewers
 //! (browser role, like `media_loopback.rs`) check what arrives: a keyframe first, whole frames
 //! that decode (H.264 with openh264, VP8 by ffmpeg), and per-viewer RTP sequence numbers with no
-//! gap.
+//! gap. Also: a late viewer of a sender with a 10 s keyframe interval starts from the GOP
+//! cache, and a viewer connected across a mid-stream resolution change decodes both sizes.
 //!
 //! Needs `ffmpeg` (Debian package `ffmpeg`, with libx264 and libvpx; `tests/run` installs it).
 //! Without it the tests fail, unless `GATEWAY_SKIP_FFMPEG_TESTS=1` says to skip them.
@@ -76,15 +77,46 @@ impl Drop for Ffmpeg {
 
 /// ffmpeg encoding its test pattern and sending it as RTP to `dest`, for at most 60 s.
 fn ffmpeg_rtp(codec: VideoCodec, dest: SocketAddr) -> Ffmpeg {
+    ffmpeg_rtp_with(codec, dest, &RtpRun::default())
+}
+
+/// How an ffmpeg RTP sender runs (beyond the codec and destination).
+struct RtpRun {
+    /// Picture size (`WxH`).
+    size: &'static str,
+    /// Keyframe interval in frames (scene-cut keyframes are turned off).
+    gop: u32,
+    /// Seconds of video sent.
+    seconds: u32,
+    /// Local UDP port to send from (0: any), so a second run is the same sender.
+    local_port: u16,
+    /// RTP SSRC and first sequence number (`None`: ffmpeg's random ones).
+    ssrc_seq: Option<(u32, u16)>,
+}
+
+impl Default for RtpRun {
+    fn default() -> Self {
+        RtpRun {
+            size: "320x240",
+            gop: 30,
+            seconds: 60,
+            local_port: 0,
+            ssrc_seq: None,
+        }
+    }
+}
+
+fn ffmpeg_rtp_with(codec: VideoCodec, dest: SocketAddr, run: &RtpRun) -> Ffmpeg {
     let mut cmd = Command::new("ffmpeg");
+    let gop = run.gop.to_string();
     cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
         .args([
             "-f",
             "lavfi",
             "-i",
-            "testsrc=size=320x240:rate=30",
+            &format!("testsrc=size={}:rate=30", run.size),
             "-t",
-            "60",
+            &run.seconds.to_string(),
         ])
         .args(["-an", "-pix_fmt", "yuv420p"]);
     match codec {
@@ -95,8 +127,10 @@ fn ffmpeg_rtp(codec: VideoCodec, dest: SocketAddr) -> Ffmpeg {
             "baseline",
             "-tune",
             "zerolatency",
+            "-sc_threshold",
+            "0",
             "-g",
-            "30",
+            &gop,
         ]),
         VideoCodec::Vp8 => cmd.args([
             "-c:v",
@@ -108,10 +142,17 @@ fn ffmpeg_rtp(codec: VideoCodec, dest: SocketAddr) -> Ffmpeg {
             "-b:v",
             "500k",
             "-g",
-            "30",
+            &gop,
         ]),
     };
-    cmd.args(["-f", "rtp", &format!("rtp://{dest}")])
+    if let Some((ssrc, seq)) = run.ssrc_seq {
+        cmd.args(["-ssrc", &ssrc.to_string(), "-seq", &seq.to_string()]);
+    }
+    let url = match run.local_port {
+        0 => format!("rtp://{dest}"),
+        port => format!("rtp://{dest}?localport={port}"),
+    };
+    cmd.args(["-f", "rtp", &url])
         .stdin(Stdio::null())
         .stdout(Stdio::null()) // the SDP ffmpeg prints
         .stderr(Stdio::inherit());
@@ -239,24 +280,31 @@ fn check_stream(name: &str, frames: &[Got], want: usize) {
 
 /// Decode H.264 access units with openh264: every frame must decode, pictures 320×240.
 fn check_h264_decodes(name: &str, frames: &[Got]) {
+    for (i, size) in h264_picture_sizes(name, frames).into_iter().enumerate() {
+        assert_eq!(size, (320, 240), "{name}: picture {i} size");
+    }
+}
+
+/// Decode H.264 access units with openh264: every frame must decode (all but two give a
+/// picture); returns the size of each picture.
+fn h264_picture_sizes(name: &str, frames: &[Got]) -> Vec<(usize, usize)> {
     use openh264::formats::YUVSource;
     let mut decoder = openh264::decoder::Decoder::new().expect("decoder");
-    let mut pictures = 0;
+    let mut sizes = Vec::new();
     for (i, f) in frames.iter().enumerate() {
         match decoder.decode(&f.data) {
-            Ok(Some(pic)) => {
-                assert_eq!(pic.dimensions(), (320, 240), "{name}: frame {i} size");
-                pictures += 1;
-            }
+            Ok(Some(pic)) => sizes.push(pic.dimensions()),
             Ok(None) => {}
             Err(e) => panic!("{name}: frame {i} does not decode: {e}"),
         }
     }
     assert!(
-        pictures + 2 >= frames.len(),
-        "{name}: only {pictures} of {} frames gave a picture",
+        sizes.len() + 2 >= frames.len(),
+        "{name}: only {} of {} frames gave a picture",
+        sizes.len(),
         frames.len()
     );
+    sizes
 }
 
 /// VP8: valid frame headers (keyframes 320×240), then a real decode by ffmpeg from an IVF.
@@ -497,4 +545,142 @@ fn bad_files_are_refused_at_start() {
         std::fs::write(&empty, b"").unwrap();
         assert!(FileSource::spawn(&empty, &cfg).is_err());
     });
+}
+
+/// Polls `done` every 20 ms for at most `limit`; true once it holds.
+async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+fn counter(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A sender whose keyframes come every 10 s: a viewer joining 1.5 s after the only keyframe
+/// so far starts at once with the cached GOP (keyframe first, then the cached frames squeezed
+/// 1 ms apart), then the live frames, with no frame missing or doubled at the seam, all
+/// decoding. Without the cache it would get nothing for 8.5 s.
+async fn gop_cache_serves_a_late_viewer(codec: VideoCodec) {
+    if !have_ffmpeg() {
+        return;
+    }
+    let source = VideoSource::with_gop_cache(codec);
+    let rtp = RtpSource::bind((LOOPBACK, 0).into(), source.clone()).expect("RTP source binds");
+    let handle = engine(source.clone());
+    let _ffmpeg = ffmpeg_rtp_with(
+        codec,
+        rtp.local_addr(),
+        &RtpRun {
+            gop: 300,
+            seconds: 20,
+            ..RtpRun::default()
+        },
+    );
+    let stats = rtp.stats();
+    assert!(
+        wait_until(Duration::from_secs(20), || counter(&stats.frames) >= 45).await,
+        "the sender's first 45 frames arrive"
+    );
+    let cached = source.gop().len();
+    assert!(cached >= 45, "the GOP so far is cached: {cached} frames");
+    let want = cached + 30;
+    let frames = viewer(handle.clone(), "late", codec, want, Duration::from_secs(6)).await;
+    assert_eq!(
+        counter(&stats.keyframes),
+        1,
+        "the sender made no second keyframe while the viewer joined"
+    );
+    let name = format!("{codec:?} late viewer");
+    check_stream(&name, &frames, want);
+    // RTP time steps: 1 ms (90) inside the cached burst, then 1/30 s (3000) once live; a
+    // frame missing at the seam would show as 6000, a frame twice as 0 (check_stream).
+    let steps: Vec<u64> = frames.windows(2).map(|w| w[1].time - w[0].time).collect();
+    let burst = steps.iter().take_while(|&&s| s == 90).count();
+    assert!(
+        burst + 1 >= cached,
+        "{name}: the cached GOP came as a burst: steps {steps:?}"
+    );
+    assert!(
+        steps[burst..].iter().all(|&s| s == 3000),
+        "{name}: live frames follow the burst without a gap: steps {steps:?}"
+    );
+    let dir = TempDir::new("gop");
+    match codec {
+        VideoCodec::H264 => check_h264_decodes(&name, &frames),
+        VideoCodec::Vp8 => check_vp8_decodes("late", &frames, &dir.0),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_gop_cache_serves_a_late_viewer() {
+    gop_cache_serves_a_late_viewer(VideoCodec::H264).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vp8_gop_cache_serves_a_late_viewer() {
+    gop_cache_serves_a_late_viewer(VideoCodec::Vp8).await;
+}
+
+/// The sender switches from 320×240 to 640×480 mid-stream (same address, SSRC and payload
+/// type; new SPS/PPS with the next IDR): a viewer connected before the change decodes every
+/// frame, first of the old size, then of the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_resolution_change_reaches_a_connected_viewer() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let codec = VideoCodec::H264;
+    let source = VideoSource::with_gop_cache(codec);
+    let rtp = RtpSource::bind((LOOPBACK, 0).into(), source.clone()).expect("RTP source binds");
+    let handle = engine(source);
+    let local_port = {
+        let probe = std::net::UdpSocket::bind((LOOPBACK, 0)).unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let run = |size, seq, seconds| RtpRun {
+        size,
+        gop: 30,
+        seconds,
+        local_port,
+        ssrc_seq: Some((0x5eed, seq)),
+    };
+    let mut small = ffmpeg_rtp_with(codec, rtp.local_addr(), &run("320x240", 0, 3));
+    let stats = rtp.stats();
+    assert!(
+        wait_until(Duration::from_secs(20), || counter(&stats.frames) >= 10).await,
+        "the first sender's frames arrive"
+    );
+    // The viewer joins during the small run and stays through the change.
+    let want = 140;
+    let watching = tokio::spawn(viewer(
+        handle.clone(),
+        "resize",
+        codec,
+        want,
+        Duration::from_secs(30),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while small.0.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(small.0.try_wait().unwrap().is_some(), "the small run ends");
+    let _large = ffmpeg_rtp_with(codec, rtp.local_addr(), &run("640x480", 20_000, 4));
+    let frames = watching.await.unwrap();
+    let name = "resized viewer";
+    check_stream(name, &frames, want);
+    let sizes = h264_picture_sizes(name, &frames);
+    let small_n = sizes.iter().take_while(|&&s| s == (320, 240)).count();
+    assert!(small_n >= 10, "{name}: starts at 320×240: {sizes:?}");
+    assert!(
+        sizes.len() - small_n >= 30 && sizes[small_n..].iter().all(|&s| s == (640, 480)),
+        "{name}: then 640×480 only: {sizes:?}"
+    );
+    assert_eq!(counter(&stats.other_senders), 0, "both runs are one sender");
 }

@@ -7,7 +7,8 @@ Endpoints (as Geti's backend answers them):
                                              400 {"detail": "No active pipeline."} while inactive
 Test controls (not Geti's):
   POST /test/pipeline?active=1|0             start or stop the pipeline
-  GET  /test/stats                           {"offers", "peers_open", "peers_total"}
+  GET  /test/stats                           {"offers", "peers_open", "peers_total",
+                                              "keyframe_requests" (PLI/FIR received)}
 
 The webrtc_id is whatever the client sends (Geti files connections by it and does not know it
 in advance). Host candidates are loopback only: tests send traffic nowhere else.
@@ -24,6 +25,7 @@ import sys
 import aioice.ice
 import av
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription, VideoStreamTrack
+from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
 
 # Loopback only: aioice would otherwise offer every interface address of the machine.
 aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
@@ -60,6 +62,7 @@ class Backend:
         self.offers = 0
         self.peers = set()
         self.total = 0
+        self.keyframe_requests = 0
 
     async def offer(self, body):
         if not self.active:
@@ -84,11 +87,24 @@ class Backend:
         transceiver = pc.addTransceiver(MovingBar(), direction="sendonly")
         vp8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/VP8"]
         transceiver.setCodecPreferences(vp8)
+        self.count_keyframe_requests(transceiver.sender)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
         print(f"OFFER webrtc_id={webrtc_id} peers={len(self.peers)}", flush=True)
         return 200, {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
+
+    def count_keyframe_requests(self, sender):
+        """Counts the PLI/FIR the peer sends (aiortc answers them with a keyframe itself)."""
+        handle = sender._handle_rtcp_packet
+
+        async def counting(packet):
+            if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+                self.keyframe_requests += 1
+                print(f"KEYFRAME REQUEST total={self.keyframe_requests}", flush=True)
+            await handle(packet)
+
+        sender._handle_rtcp_packet = counting
 
     async def stop_pipeline(self):
         self.active = False
@@ -133,6 +149,7 @@ async def handle(backend, reader, writer):
                 "offers": backend.offers,
                 "peers_open": len(backend.peers),
                 "peers_total": backend.total,
+                "keyframe_requests": backend.keyframe_requests,
             }
         else:
             status, doc = 404, {"detail": "Not Found"}

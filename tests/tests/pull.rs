@@ -372,6 +372,22 @@ async fn a_geti_backend_stand_in_is_pulled_once_for_three_viewers() {
         "one peer connection at the backend: {stats}"
     );
 
+    // PLI on join: a fourth viewer arrives, the backend is asked for a keyframe (by the one
+    // pull, with the viewers' requests coalesced) and the viewer starts with it.
+    let before = stats["keyframe_requests"]
+        .as_u64()
+        .expect("keyframe_requests");
+    let mut d = Viewer::join_as(edge_addr, "cam", "geti-4", false).await;
+    let fd = d.frames(5, limit).await;
+    assert!(
+        fd.first().is_some_and(|(key, _)| *key),
+        "viewer 4 starts with a keyframe"
+    );
+    wait_for("a keyframe request at the backend for viewer 4", || async {
+        standin_stats(port).await["keyframe_requests"].as_u64() > Some(before)
+    })
+    .await;
+
     // The backend restarts: the viewers get video again on the sessions they have.
     drop(standin);
     let _gap = a.frames(usize::MAX, Duration::from_secs(1)).await;
@@ -393,6 +409,7 @@ async fn a_geti_backend_stand_in_is_pulled_once_for_three_viewers() {
     // The viewers leave: once the edge has ended their sessions, the pull closes after
     // PULL_IDLE_TIMEOUT (2 s here) and the backend has no peer left.
     drop(viewers);
+    drop(d);
     // The edge notices a silent viewer by ICE consent, aiortc a silent pull the same way
     // (about 30 s): bounded well above both.
     let deadline = Instant::now() + Duration::from_secs(90);

@@ -39,7 +39,9 @@ use tokio::task::JoinHandle;
 
 use super::ice_restart::{IcePatchOutcome, IceRestartAnswer, IceState, IfMatch, SdpFrag};
 use super::sdp_check::choose_codec;
-use super::{EncodedFrame, MediaError, StreamSet, VideoCodec, VideoSource, DEFAULT_STREAM};
+use super::{
+    EncodedFrame, MediaError, Published, StreamSet, VideoCodec, VideoSource, DEFAULT_STREAM,
+};
 
 /// Largest datagram we read; bigger ones are truncated (WebRTC stays below ~1200 bytes).
 const RECV_BUF: usize = 2048;
@@ -392,6 +394,8 @@ impl MediaHandle {
             created: Instant::now(),
             connected: false,
             need_keyframe: true,
+            gop_pending: false,
+            sent_upto: 0,
             next: Instant::now(),
         };
         let (reply, rx) = oneshot::channel();
@@ -866,7 +870,7 @@ async fn read_loop(sock: Arc<UdpSocket>, candidate: SocketAddr, tx: mpsc::Sender
 
 /// What a feed forwarder hands the engine task.
 enum FeedEvent {
-    Frame(EncodedFrame),
+    Frame(Published),
     /// The forwarder fell behind the feed and skipped frames: its viewers need a keyframe.
     Lagged(u64),
 }
@@ -874,7 +878,7 @@ enum FeedEvent {
 /// Moves feed `index`'s frames into the engine's merged queue until either side is gone.
 async fn forward_frames(
     index: usize,
-    mut rx: broadcast::Receiver<EncodedFrame>,
+    mut rx: broadcast::Receiver<Published>,
     tx: mpsc::Sender<(usize, FeedEvent)>,
 ) {
     loop {
@@ -947,6 +951,11 @@ struct Session {
     connected: bool,
     /// Do not send until a keyframe comes: a decoder cannot start on a P-frame.
     need_keyframe: bool,
+    /// Just connected to a feed with a GOP cache: send it the cached GOP before anything else.
+    gop_pending: bool,
+    /// The feed frames up to this [`Published::seq`] were sent from the GOP cache already
+    /// (0: none); the same frames coming through the live queue are skipped.
+    sent_upto: u64,
     /// Remote candidates trickled in the current ICE generation
     /// ([`MAX_TRICKLED_CANDIDATES`]).
     trickled: usize,
@@ -1009,7 +1018,7 @@ impl Engine {
                 },
                 Some(d) = dgram_rx.recv() => self.datagram(d),
                 f = self.frames.recv(), if frames_open => match f {
-                    Some((feed, FeedEvent::Frame(frame))) => self.frame(feed, &frame),
+                    Some((feed, FeedEvent::Frame(p))) => self.frame(feed, &p),
                     Some((feed, FeedEvent::Lagged(n))) => {
                         tracing::debug!(skipped = n, feed, "media engine lagged behind the source");
                         for s in self.sessions.iter_mut().filter(|s| s.feed == feed) {
@@ -1175,7 +1184,8 @@ impl Engine {
     }
 
     /// Send a frame of feed `feed` to that feed's viewers.
-    fn frame(&mut self, feed: usize, frame: &EncodedFrame) {
+    fn frame(&mut self, feed: usize, published: &Published) {
+        let frame = &published.frame;
         let mut i = 0;
         while let Some(s) = self.sessions.get_mut(i) {
             if s.feed != feed {
@@ -1186,17 +1196,12 @@ impl Engine {
                 i += 1;
                 continue;
             };
-            if !s.connected || (s.need_keyframe && !frame.keyframe) {
+            if !s.connected || (s.need_keyframe && !frame.keyframe) || published.seq <= s.sent_upto
+            {
                 i += 1;
                 continue;
             }
-            let rtp_time = MediaTime::from_90khz(frame.rtp_time);
-            let written = guarded(|| match s.rtc.writer(mid) {
-                Some(w) => w
-                    .write(pt, frame.captured, rtp_time, frame.data.clone())
-                    .map_err(|e| e.to_string()),
-                None => Ok(()),
-            });
+            let written = write_frame(s, mid, pt, frame.captured, frame.rtp_time, frame);
             match written {
                 Ok(()) => {
                     s.need_keyframe = false;
@@ -1245,7 +1250,12 @@ impl Engine {
             return false;
         };
         let was_connected = s.connected;
-        match drive(s, &self.io, &self.feeds) {
+        let mut ended = drive(s, &self.io, &self.feeds);
+        if ended.is_none() && s.gop_pending {
+            s.gop_pending = false;
+            ended = send_gop(s, &self.io, &self.feeds);
+        }
+        match ended {
             None => {
                 self.wake = self.wake.min(s.wake_at(self.connect_timeout));
                 if !was_connected && s.connected {
@@ -1284,6 +1294,84 @@ impl Engine {
             feed.set_viewers(n);
         }
     }
+}
+
+/// Write one frame to session `s` with RTP time `rtp_time` (90 kHz) and capture time
+/// `wallclock`.
+fn write_frame(
+    s: &mut Session,
+    mid: Mid,
+    pt: Pt,
+    wallclock: Instant,
+    rtp_time: u64,
+    frame: &EncodedFrame,
+) -> Result<(), String> {
+    let rtp_time = MediaTime::from_90khz(rtp_time);
+    guarded(|| match s.rtc.writer(mid) {
+        Some(w) => w
+            .write(pt, wallclock, rtp_time, frame.data.clone())
+            .map_err(|e| e.to_string()),
+        None => Ok(()),
+    })
+}
+
+/// RTP time between two cached frames sent to a new viewer: 1 ms.
+const GOP_BURST_STEP: u64 = 90;
+
+/// The RTP times a cached GOP is sent to a new viewer with: `times` (increasing, oldest
+/// first) squeezed to [`GOP_BURST_STEP`] apart, ending at the newest one unchanged.
+///
+/// Why: the frames go out at once; with their own times (up to a keyframe interval apart) a
+/// receiver's jitter buffer would schedule them over that interval and show the current
+/// picture seconds late. Squeezed, they are decoded at once and the last one is shown; the
+/// live frames that follow keep their own times, continuing from the last. Each result is at
+/// least the original time and the results stay strictly increasing.
+pub(crate) fn squeeze_gop_times(times: &[u64]) -> Vec<u64> {
+    let Some(&last) = times.last() else {
+        return Vec::new();
+    };
+    let n = times.len() as u64;
+    times
+        .iter()
+        .zip(0u64..)
+        .map(|(&t, k)| t.max(last.saturating_sub(GOP_BURST_STEP.saturating_mul(n - 1 - k))))
+        .collect()
+}
+
+/// Send a just-connected viewer of a feed with a GOP cache the cached GOP (squeezed in time,
+/// see [`squeeze_gop_times`]), so it shows the current picture without waiting for the
+/// sender's next keyframe. With nothing cached yet the viewer waits for a keyframe.
+fn send_gop(s: &mut Session, io: &Io, feeds: &[VideoSource]) -> Option<EndReason> {
+    let feed = feeds.get(s.feed)?;
+    let gop = feed.gop();
+    let (Some(first), Some(last), Some((mid, pt))) = (gop.first(), gop.last(), s.video) else {
+        feed.request_keyframe();
+        return None;
+    };
+    if !first.frame.keyframe {
+        return None;
+    }
+    let times: Vec<u64> = gop.iter().map(|p| p.frame.rtp_time).collect();
+    let newest = last.frame.captured;
+    let last_time = last.frame.rtp_time;
+    for (p, t) in gop.iter().zip(squeeze_gop_times(&times)) {
+        let wallclock = newest
+            .checked_sub(Duration::from_micros(
+                last_time.saturating_sub(t).saturating_mul(100) / 9,
+            ))
+            .unwrap_or(newest);
+        if let Err(e) = write_frame(s, mid, pt, wallclock, t, &p.frame) {
+            return Some(EndReason::Failed(e));
+        }
+        // Send each frame's packets before the next is written.
+        if let Some(reason) = drive(s, io, feeds) {
+            return Some(reason);
+        }
+    }
+    s.need_keyframe = false;
+    s.sent_upto = last.seq;
+    tracing::debug!(session = %s.id, frames = gop.len(), "cached GOP sent to a new viewer");
+    None
 }
 
 /// The session with id `id` among `sessions`, and its index there.
@@ -1325,8 +1413,12 @@ fn drive(s: &mut Session, io: &Io, feeds: &[VideoSource]) -> Option<EndReason> {
                     tracing::info!(session = %s.id, "media session connected");
                     s.connected = true;
                     s.need_keyframe = true;
-                    if let Some(f) = source {
-                        f.request_keyframe();
+                    match source {
+                        // No back channel: the cached GOP is sent once this poll is over.
+                        Some(f) if f.has_gop_cache() => s.gop_pending = true,
+                        // PLI on join: a publisher or pulled backend sends a keyframe now.
+                        Some(f) => f.request_keyframe(),
+                        None => {}
                     }
                 }
                 Event::IceConnectionStateChange(IceConnectionState::Disconnected)
@@ -1356,6 +1448,24 @@ fn drive(s: &mut Session, io: &Io, feeds: &[VideoSource]) -> Option<EndReason> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_gop_is_squeezed_to_end_at_its_own_time() {
+        assert!(squeeze_gop_times(&[]).is_empty());
+        assert_eq!(squeeze_gop_times(&[5000]), [5000]);
+        // 30 fps frames: 1 ms apart, the newest unchanged.
+        assert_eq!(
+            squeeze_gop_times(&[0, 3000, 6000, 9000]),
+            [9000 - 270, 9000 - 180, 9000 - 90, 9000]
+        );
+        // Never earlier than the frame's own time, always increasing.
+        let close = [100, 101, 102, 103];
+        assert_eq!(squeeze_gop_times(&close), close);
+        let mixed = [0, 10, 20, 3000];
+        let got = squeeze_gop_times(&mixed);
+        assert!(got.windows(2).all(|w| w[1] > w[0]), "{got:?}");
+        assert!(got.iter().zip(mixed).all(|(g, m)| *g >= m), "{got:?}");
+    }
 
     #[test]
     fn parse_errors_name_the_line_not_the_parser_state() {

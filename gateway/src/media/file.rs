@@ -2,9 +2,11 @@
 //! into memory, split into frames once, and played in a loop at its frame rate.
 //!
 //! Like RTP ingest, nothing is re-encoded: the frames are published as [`EncodedFrame`]s and
-//! the engine packetizes them per viewer. A file cannot produce a keyframe on request, so a
-//! viewer that joins waits for the next one: encode such files with a short keyframe interval
-//! (`ffmpeg ... -g 30`). The playback starts (and every loop restarts) at the first keyframe.
+//! the engine packetizes them per viewer. A file cannot produce a keyframe on request: the
+//! feed keeps the last keyframe and the frames after it ([`super::GopCache`]) and a viewer that
+//! joins is sent those first, so it starts at once whatever the keyframe interval (within the
+//! cache's bounds; beyond them it waits for the next keyframe). The playback starts (and every
+//! loop restarts) at the first keyframe.
 //!
 //! Timing: IVF frames are timed by their timestamps (the header's time base; the header's
 //! frame rate when timestamps do not increase); a raw H.264 stream has no timing, so it plays
@@ -270,7 +272,7 @@ impl FileSource {
             seconds = clip.duration_90khz() as f64 / 90_000.0,
             "file source loaded"
         );
-        let source = VideoSource::new(clip.codec);
+        let source = VideoSource::with_gop_cache(clip.codec);
         let task = tokio::spawn(play(clip, source.clone()));
         Ok((
             source,

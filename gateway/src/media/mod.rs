@@ -32,6 +32,7 @@ pub mod file;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ice_restart;
+pub mod jitter;
 pub mod pull;
 pub mod rtp;
 mod sdp_check;
@@ -44,4 +45,7 @@ pub use engine::{
 };
 pub use error::MediaError;
 pub use ice_restart::{IcePatchOutcome, IceRestartAnswer, IfMatch, SdpFrag};
-pub use source::{EncodedFrame, StreamSet, VideoCodec, VideoFeeds, VideoSource, DEFAULT_STREAM};
+pub use source::{
+    EncodedFrame, GopCache, GopSubscription, Published, StreamSet, VideoCodec, VideoFeeds,
+    VideoSource, DEFAULT_STREAM, GOP_CACHE_BYTES, GOP_CACHE_FRAMES,
+};

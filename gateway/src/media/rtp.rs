@@ -10,17 +10,22 @@
 //! Why depacketize instead of relaying the packets: the engine's str0m writers packetize each
 //! frame again per viewer, so every viewer gets its own continuous sequence numbers and
 //! timestamps, SRTP and retransmissions for free, and a viewer that joins mid-stream starts at
-//! a keyframe (the engine holds a new viewer back until one arrives).
+//! a keyframe.
 //!
 //! What the sender must do: RTP cannot carry a keyframe request back to it, so **the pipeline
 //! must send keyframes periodically** (ffmpeg `-g 30`, GStreamer `x264enc key-int-max=30`,
-//! most cameras' "I-frame interval"). A new viewer waits for the next one. H.264 must use
+//! most cameras' "I-frame interval"). The feed keeps the last keyframe and the frames after
+//! it ([`super::GopCache`], when the source is made with [`VideoSource::with_gop_cache`], as
+//! `MEDIA_SOURCE=rtp://…` does), so a new viewer starts at once with that group of pictures
+//! instead of waiting for the next keyframe. H.264 must use
 //! packetization mode 1 or 0 (single NAL, STAP-A, FU-A) and no B-frames (baseline or main
 //! without B-frames, like every WebRTC sender); VP8 per RFC 7741.
 //!
 //! Robustness: the socket reads any datagram; anything that is not a well-formed RTP packet of
-//! the current stream is counted and dropped, never a panic. A frame is published only when
-//! it is complete: a sequence gap drops the frame in progress and everything up to the next
+//! the current stream is counted and dropped, never a panic. Packets that overtake each other
+//! are put back in order by a small jitter buffer ([`super::jitter`]: up to 32 packets, 50 ms).
+//! A frame is published only when it is complete: a sequence gap that the jitter buffer gives
+//! up on drops the frame in progress and everything up to the next
 //! keyframe (a decoder fed a frame whose reference was lost shows garbage; a short freeze is
 //! better). Frames are bounded by [`MAX_FRAME_BYTES`]. One stream at a time: once a stream
 //! (SSRC and payload type) has produced a frame, packets of another are ignored until it has
@@ -36,6 +41,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
+use super::jitter::{JitterBuffer, Pushed};
 use super::{EncodedFrame, MediaError, VideoCodec, VideoSource};
 
 /// Largest frame (access unit) accepted; bigger ones are dropped.
@@ -58,8 +64,11 @@ pub struct RtpStats {
     pub packets: AtomicU64,
     /// Datagrams that were not RTP (or RTCP, or another stream's packets).
     pub ignored: AtomicU64,
-    /// Packets missing according to sequence numbers.
+    /// Packets missing according to sequence numbers (not come within the jitter buffer's
+    /// window).
     pub lost: AtomicU64,
+    /// Packets that arrived out of order and were put back in order by the jitter buffer.
+    pub reordered: AtomicU64,
     /// Frames published to viewers.
     pub frames: AtomicU64,
     /// Keyframes among them.
@@ -418,6 +427,9 @@ pub struct RtpDepacketizer {
     asm: Box<dyn Assembler + Send>,
     /// (SSRC, PT) of the stream followed, when it was last heard, whether it made a frame.
     stream: Option<(u32, u8, Instant, bool)>,
+    /// Puts the followed stream's packets back in sequence order (datagrams, parsed again
+    /// when released).
+    jitter: JitterBuffer<Vec<u8>>,
     next_seq: Option<u16>,
     /// RTP timestamp of the frame being assembled.
     frame_ts: Option<u32>,
@@ -447,6 +459,7 @@ impl RtpDepacketizer {
             codec,
             asm,
             stream: None,
+            jitter: JitterBuffer::new(),
             next_seq: None,
             frame_ts: None,
             broken: false,
@@ -468,6 +481,11 @@ impl RtpDepacketizer {
     }
 
     /// Feed one datagram received at `now`; every frame it completes goes to `out`.
+    ///
+    /// Packets of the followed stream go through the jitter buffer
+    /// ([`super::jitter`]): one that arrives ahead of a missing packet is held until that
+    /// one comes, or until [`RtpDepacketizer::deadline`] (call [`RtpDepacketizer::poll`]
+    /// then).
     pub fn push(&mut self, datagram: &[u8], now: Instant, out: &mut impl FnMut(EncodedFrame)) {
         RtpStats::add(&self.stats.packets, 1);
         let Some(pkt) = RtpPacket::parse(datagram) else {
@@ -488,13 +506,47 @@ impl RtpDepacketizer {
                     tracing::info!(ssrc = pkt.ssrc, pt = pkt.pt, "RTP source: new stream");
                 }
                 self.drop_frame();
+                self.jitter.reset();
                 self.next_seq = None;
                 self.need_keyframe = true;
                 self.ts_reset = true;
             }
         }
         self.stream = Some((pkt.ssrc, pkt.pt, now, produced));
+        let before = self.jitter.stats().reordered;
+        match self.jitter.push(pkt.seq, datagram.to_vec(), now) {
+            Pushed::Held => {}
+            Pushed::Late | Pushed::Duplicate => RtpStats::add(&self.stats.ignored, 1),
+        }
+        RtpStats::add(
+            &self.stats.reordered,
+            self.jitter.stats().reordered - before,
+        );
+        self.poll(now, out);
+    }
 
+    /// When [`RtpDepacketizer::poll`] should be called if no packet comes before: the jitter
+    /// buffer then gives up waiting for a missing packet.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.jitter.deadline()
+    }
+
+    /// Depacketize every packet the jitter buffer releases at `now`.
+    pub fn poll(&mut self, now: Instant, out: &mut impl FnMut(EncodedFrame)) {
+        while let Some((_, datagram)) = self.jitter.pop(now) {
+            if let Some(pkt) = RtpPacket::parse(&datagram) {
+                self.depacketize(&pkt, now, out);
+            }
+        }
+    }
+
+    /// One packet of the followed stream, in sequence order (gaps are losses).
+    fn depacketize(
+        &mut self,
+        pkt: &RtpPacket<'_>,
+        now: Instant,
+        out: &mut impl FnMut(EncodedFrame),
+    ) {
         let mut gap = false;
         if let Some(expected) = self.next_seq {
             let ahead = pkt.seq.wrapping_sub(expected) as i16;
@@ -637,8 +689,17 @@ impl SenderLock {
                 true
             }
             _ => {
-                if let Some((old, _)) = self.current {
-                    tracing::info!(%old, new = %from, "RTP source: sender changed after silence");
+                match self.current {
+                    Some((old, _)) => tracing::info!(
+                        %old,
+                        new = %from,
+                        "RTP source: sender changed after silence; datagrams of others are dropped"
+                    ),
+                    None => tracing::info!(
+                        sender = %from,
+                        "RTP source: taking the first sender; datagrams of others are dropped \
+                         while it keeps sending"
+                    ),
                 }
                 self.current = Some((from, now));
                 true
@@ -696,7 +757,26 @@ impl RtpSource {
         let sock = UdpSocket::from_std(sock)?;
         let stats = Arc::new(RtpStats::default());
         let depack = RtpDepacketizer::with_stats(source.codec(), stats.clone());
-        tracing::info!(%local, codec = ?source.codec(), sender = ?sender, "RTP source listening");
+        match sender {
+            Some(sender) => tracing::info!(
+                %local,
+                codec = ?source.codec(),
+                %sender,
+                "RTP source listening, taking datagrams from the configured sender only"
+            ),
+            None => tracing::info!(
+                %local,
+                codec = ?source.codec(),
+                "RTP source listening, taking datagrams from the first sender"
+            ),
+        }
+        if !local.ip().is_loopback() {
+            tracing::info!(
+                %local,
+                "RTP source listening beyond loopback: RTP is unauthenticated, set source= to \
+                 name the sender"
+            );
+        }
         let task = tokio::spawn(receive(
             sock,
             depack,
@@ -739,7 +819,21 @@ async fn receive(
     let mut buf = vec![0u8; 65_536];
     let mut warned = false;
     loop {
-        let n = match sock.recv_from(&mut buf).await {
+        // Wake for the jitter buffer's deadline too: a packet held behind a lost one must
+        // not wait for the next datagram.
+        let received = match depack.deadline() {
+            Some(d) => tokio::time::timeout_at(d.into(), sock.recv_from(&mut buf))
+                .await
+                .ok(),
+            None => Some(sock.recv_from(&mut buf).await),
+        };
+        let Some(received) = received else {
+            depack.poll(Instant::now(), &mut |f| {
+                source.publish(f);
+            });
+            continue;
+        };
+        let n = match received {
             Ok((n, from)) => {
                 if !lock.admit(from, Instant::now()) {
                     RtpStats::add(&stats.other_senders, 1);
@@ -783,12 +877,14 @@ mod tests {
         p
     }
 
+    /// Pushes `packets` at one instant, then lets the jitter buffer give up on any hole.
     fn run(d: &mut RtpDepacketizer, packets: &[Vec<u8>]) -> Vec<EncodedFrame> {
         let mut out = Vec::new();
         let now = Instant::now();
         for p in packets {
             d.push(p, now, &mut |f| out.push(f));
         }
+        d.poll(now + super::super::jitter::MAX_WAIT, &mut |f| out.push(f));
         out
     }
 
@@ -895,6 +991,55 @@ mod tests {
         assert!(frames[1].data.ends_with(&[0, 0, 0, 1, 0x65, 7]));
         assert_eq!(frames[1].rtp_time, 9000);
         assert_eq!(d.stats().lost.load(Ordering::Relaxed), 1);
+    }
+
+    /// Packets swapped within a frame and across frames are put back in order: every frame
+    /// is whole, nothing counts as lost. A packet that never comes is given up after the
+    /// jitter buffer's wait, and its frame dropped.
+    #[test]
+    fn reordered_packets_make_whole_frames_and_a_loss_is_given_up() {
+        use super::super::jitter::MAX_WAIT;
+        let mut d = RtpDepacketizer::new(VideoCodec::H264);
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        let packets = [
+            rtp(1, 0, false, &stap(&[SPS, PPS])),
+            rtp(2, 0, false, &[0x7c, 0x85, 1, 2]), // FU-A start of IDR
+            rtp(3, 0, true, &[0x7c, 0x45, 3]),     // end
+            rtp(4, 3000, true, &[0x41, 0x80, 1]),
+            rtp(5, 6000, true, &[0x41, 0x80, 2]),
+        ];
+        for i in [0, 2, 1, 4, 3] {
+            d.push(&packets[i], t0, &mut |f| out.push(f));
+        }
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert!(out[0].keyframe);
+        assert!(out[0].data.ends_with(&[0, 0, 0, 1, 0x65, 1, 2, 3]));
+        assert_eq!(d.stats().lost.load(Ordering::Relaxed), 0);
+        assert_eq!(d.stats().reordered.load(Ordering::Relaxed), 2);
+        // 6 never comes: 7 and 8 wait, then the hole is given up; 7 (a P-frame after a loss)
+        // is dropped until the next keyframe, 8.
+        d.push(&rtp(7, 12000, true, &[0x41, 0x80, 3]), t0, &mut |f| {
+            out.push(f)
+        });
+        d.push(
+            &rtp(8, 15000, true, &stap(&[SPS, PPS, &[0x65, 9]])),
+            t0,
+            &mut |f| out.push(f),
+        );
+        assert_eq!(out.len(), 3, "held behind the hole");
+        assert_eq!(d.deadline(), Some(t0 + MAX_WAIT));
+        d.poll(t0 + MAX_WAIT, &mut |f| out.push(f));
+        assert_eq!(out.len(), 4);
+        assert!(out[3].keyframe);
+        assert_eq!(d.stats().lost.load(Ordering::Relaxed), 1);
+        // 6 at last: late, ignored.
+        d.push(
+            &rtp(6, 9000, true, &[0x41, 0x80, 4]),
+            t0 + MAX_WAIT,
+            &mut |f| out.push(f),
+        );
+        assert_eq!(out.len(), 4);
     }
 
     #[test]

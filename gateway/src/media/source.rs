@@ -5,8 +5,9 @@
 //! in the browser's offer that the stream has), so browsers without H.264 (Firefox without
 //! the OpenH264 plugin) can watch a source that also encodes VP8.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
@@ -58,6 +59,113 @@ pub struct EncodedFrame {
     pub captured: Instant,
 }
 
+/// A frame as a feed delivers it: numbered in publishing order (1, 2, …), so a consumer that
+/// got some frames from the [`GopCache`] can tell which of its live frames it already has.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// Publishing order within the feed; never 0, never repeated.
+    pub seq: u64,
+    /// The frame.
+    pub frame: EncodedFrame,
+}
+
+/// Bytes a [`GopCache`] holds at most (frames beyond it are not cached: see [`GopCache::push`]).
+pub const GOP_CACHE_BYTES: usize = 4 * 1024 * 1024;
+/// Frames a [`GopCache`] holds at most (10 s at 30 fps, 5 s at 60 fps).
+pub const GOP_CACHE_FRAMES: usize = 300;
+
+/// The last keyframe of a feed and every frame after it, for sources that cannot be asked for
+/// a keyframe (RTP ingest, files): a new viewer is sent this group of pictures at once and
+/// decodes the current picture, instead of waiting up to a whole keyframe interval.
+///
+/// Bounded by bytes and frame count. When a frame would exceed a bound the cache is emptied
+/// and stays empty until the next keyframe (a GOP with a hole cannot be decoded: keeping its
+/// head would only feed a decoder references without the frames that follow them), so a new
+/// viewer then waits for the next keyframe as it did without the cache.
+#[derive(Debug)]
+pub struct GopCache {
+    frames: VecDeque<Published>,
+    bytes: usize,
+    max_bytes: usize,
+    max_frames: usize,
+    /// The GOP outgrew a bound: cache nothing until the next keyframe.
+    overflowed: bool,
+}
+
+impl GopCache {
+    /// An empty cache of at most `max_bytes` of frame data and `max_frames` frames.
+    pub fn new(max_bytes: usize, max_frames: usize) -> Self {
+        GopCache {
+            frames: VecDeque::new(),
+            bytes: 0,
+            max_bytes,
+            max_frames,
+            overflowed: false,
+        }
+    }
+
+    /// Add the next published frame: a keyframe starts a new GOP (the old one is dropped), a
+    /// delta frame joins the current one (or is ignored while there is none).
+    pub fn push(&mut self, p: &Published) {
+        if p.frame.keyframe {
+            self.clear();
+            self.overflowed = false;
+        } else if self.frames.is_empty() || self.overflowed {
+            return;
+        }
+        let len = p.frame.data.len();
+        if self.frames.len() >= self.max_frames || self.bytes.saturating_add(len) > self.max_bytes {
+            self.clear();
+            self.overflowed = true;
+            return;
+        }
+        self.bytes += len;
+        self.frames.push_back(p.clone());
+    }
+
+    /// The cached GOP, keyframe first, oldest to newest (empty when there is none).
+    pub fn frames(&self) -> impl ExactSizeIterator<Item = &Published> {
+        self.frames.iter()
+    }
+
+    /// Bytes of frame data held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Number of frames held.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// True when no GOP is held.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.frames.clear();
+        self.bytes = 0;
+    }
+}
+
+/// What [`VideoSource::publish`] updates under one lock, so a subscriber's snapshot of the
+/// cache and its receiver's position agree.
+#[derive(Debug)]
+struct PublishState {
+    next_seq: u64,
+    gop: Option<GopCache>,
+}
+
+/// What [`VideoSource::subscribe_with_gop`] returns: the cached GOP, then every frame
+/// published after it, none missing, none twice.
+pub struct GopSubscription {
+    /// The cached frames, keyframe first (empty without a cache or before the first keyframe).
+    pub cached: Vec<Published>,
+    /// The frames published after the last cached one.
+    pub live: broadcast::Receiver<Published>,
+}
+
 /// A cloneable handle on one video feed (one codec): producers publish, the engine subscribes.
 ///
 /// It also carries the two signals that flow back from viewers to the producer: "a keyframe is
@@ -66,7 +174,8 @@ pub struct EncodedFrame {
 #[derive(Clone)]
 pub struct VideoSource {
     codec: VideoCodec,
-    frames: broadcast::Sender<EncodedFrame>,
+    frames: broadcast::Sender<Published>,
+    state: Arc<Mutex<PublishState>>,
     keyframe_wanted: Arc<AtomicBool>,
     viewers: Arc<AtomicUsize>,
     /// When the last frame was published: milliseconds after [`epoch`] plus one (0: never).
@@ -82,10 +191,24 @@ fn epoch() -> Instant {
 impl VideoSource {
     /// A new, empty feed of the given codec.
     pub fn new(codec: VideoCodec) -> Self {
+        Self::build(codec, None)
+    }
+
+    /// A new, empty feed that keeps its last GOP ([`GopCache`], default bounds) for new
+    /// viewers: for producers that cannot make a keyframe on request (RTP ingest, files).
+    pub fn with_gop_cache(codec: VideoCodec) -> Self {
+        Self::build(
+            codec,
+            Some(GopCache::new(GOP_CACHE_BYTES, GOP_CACHE_FRAMES)),
+        )
+    }
+
+    fn build(codec: VideoCodec, gop: Option<GopCache>) -> Self {
         let (frames, _) = broadcast::channel(FRAME_BUFFER);
         VideoSource {
             codec,
             frames,
+            state: Arc::new(Mutex::new(PublishState { next_seq: 1, gop })),
             keyframe_wanted: Arc::new(AtomicBool::new(false)),
             viewers: Arc::new(AtomicUsize::new(0)),
             last_frame: Arc::new(AtomicU64::new(0)),
@@ -106,7 +229,50 @@ impl VideoSource {
             u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1,
             Ordering::Relaxed,
         );
-        self.frames.send(frame).unwrap_or(0)
+        // One lock around numbering, caching and sending: a subscriber that takes the same
+        // lock sees the cache and the channel at the same point.
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let published = Published {
+            seq: state.next_seq,
+            frame,
+        };
+        state.next_seq += 1;
+        if let Some(gop) = state.gop.as_mut() {
+            gop.push(&published);
+        }
+        self.frames.send(published).unwrap_or(0)
+    }
+
+    /// Whether this feed keeps a [`GopCache`] (its producer cannot make keyframes on request).
+    pub fn has_gop_cache(&self) -> bool {
+        self.lock_state().gop.is_some()
+    }
+
+    /// The cached GOP (empty without a cache or before the first keyframe).
+    pub fn gop(&self) -> Vec<Published> {
+        self.lock_state()
+            .gop
+            .as_ref()
+            .map(|g| g.frames().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The cached GOP and a receiver of every frame published after it, taken atomically.
+    pub fn subscribe_with_gop(&self) -> GopSubscription {
+        let state = self.lock_state();
+        let cached = state
+            .gop
+            .as_ref()
+            .map(|g| g.frames().cloned().collect())
+            .unwrap_or_default();
+        GopSubscription {
+            cached,
+            live: self.frames.subscribe(),
+        }
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, PublishState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// When the last frame was published, if ever.
@@ -118,7 +284,7 @@ impl VideoSource {
     }
 
     /// Receive the frames published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<EncodedFrame> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Published> {
         self.frames.subscribe()
     }
 
@@ -303,5 +469,140 @@ mod tests {
         let single = VideoFeeds::from(VideoSource::new(VideoCodec::H264));
         assert_eq!(single.codecs(), [VideoCodec::H264]);
         assert!(single.get(VideoCodec::Vp8).is_none());
+    }
+
+    fn frame(keyframe: bool, len: usize, rtp_time: u64) -> EncodedFrame {
+        EncodedFrame {
+            data: vec![0u8; len].into(),
+            keyframe,
+            rtp_time,
+            captured: Instant::now(),
+        }
+    }
+
+    fn numbered(seq: u64, keyframe: bool, len: usize) -> Published {
+        Published {
+            seq,
+            frame: frame(keyframe, len, seq * 3000),
+        }
+    }
+
+    fn seqs(cache: &GopCache) -> Vec<u64> {
+        cache.frames().map(|p| p.seq).collect()
+    }
+
+    #[test]
+    fn gop_cache_starts_at_a_keyframe_and_resets_at_the_next() {
+        let mut c = GopCache::new(1000, 10);
+        c.push(&numbered(1, false, 10)); // no keyframe yet: nothing to start from
+        assert!(c.is_empty());
+        c.push(&numbered(2, true, 100));
+        c.push(&numbered(3, false, 10));
+        c.push(&numbered(4, false, 10));
+        assert_eq!(seqs(&c), [2, 3, 4]);
+        assert_eq!(c.bytes(), 120);
+        c.push(&numbered(5, true, 50));
+        assert_eq!(seqs(&c), [5], "a keyframe drops the previous GOP");
+        assert_eq!(c.bytes(), 50);
+    }
+
+    #[test]
+    fn gop_cache_is_bounded_by_bytes_and_frames() {
+        // Bytes: the frame that would pass the bound empties the cache until the next
+        // keyframe (a GOP with a hole is no use to a decoder).
+        let mut c = GopCache::new(100, 10);
+        c.push(&numbered(1, true, 60));
+        c.push(&numbered(2, false, 30));
+        c.push(&numbered(3, false, 30));
+        assert!(c.is_empty());
+        assert_eq!(c.bytes(), 0);
+        c.push(&numbered(4, false, 1));
+        assert!(c.is_empty(), "no delta frame after an overflow");
+        c.push(&numbered(5, true, 100));
+        assert_eq!(seqs(&c), [5], "a keyframe of exactly the bound fits");
+        c.push(&numbered(6, true, 101));
+        assert!(c.is_empty(), "a keyframe above the bound is not cached");
+        // Frames.
+        let mut c = GopCache::new(1000, 3);
+        for seq in 1..=3 {
+            c.push(&numbered(seq, seq == 1, 1));
+        }
+        assert_eq!(seqs(&c), [1, 2, 3]);
+        c.push(&numbered(4, false, 1));
+        assert!(c.is_empty());
+        c.push(&numbered(5, true, 1));
+        assert_eq!(seqs(&c), [5]);
+    }
+
+    #[test]
+    fn feeds_without_a_cache_give_no_gop_and_number_their_frames() {
+        let plain = VideoSource::new(VideoCodec::H264);
+        assert!(!plain.has_gop_cache());
+        let mut rx = plain.subscribe();
+        plain.publish(frame(true, 10, 0));
+        plain.publish(frame(false, 10, 3000));
+        assert!(plain.gop().is_empty());
+        assert!(plain.subscribe_with_gop().cached.is_empty());
+        assert_eq!(rx.try_recv().unwrap().seq, 1);
+        assert_eq!(rx.try_recv().unwrap().seq, 2);
+        let cached = VideoSource::with_gop_cache(VideoCodec::H264);
+        assert!(cached.has_gop_cache());
+        cached.publish(frame(false, 10, 0));
+        cached.publish(frame(true, 10, 3000));
+        cached.publish(frame(false, 10, 6000));
+        let gop: Vec<u64> = cached.gop().iter().map(|p| p.seq).collect();
+        assert_eq!(gop, [2, 3]);
+    }
+
+    /// While a producer thread publishes, subscribers taken at random points get the cached
+    /// GOP and then the live frames: consecutive numbers from the GOP's keyframe on, no frame
+    /// missing and none twice.
+    #[test]
+    fn subscribe_with_gop_is_atomic() {
+        const FRAMES: u64 = 20_000;
+        let source = VideoSource::with_gop_cache(VideoCodec::Vp8);
+        let producer = {
+            let source = source.clone();
+            std::thread::spawn(move || {
+                for n in 0..FRAMES {
+                    // A keyframe every 7 frames.
+                    source.publish(frame(n % 7 == 0, 16, n * 3000));
+                    std::thread::yield_now();
+                }
+            })
+        };
+        let (mut checked, mut joined) = (0, 0);
+        while !producer.is_finished() || checked == 0 {
+            let sub = source.subscribe_with_gop();
+            let mut live = sub.live;
+            let mut seqs: Vec<u64> = sub.cached.iter().map(|p| p.seq).collect();
+            if let Some(first) = sub.cached.first() {
+                assert!(first.frame.keyframe, "a cached GOP starts with a keyframe");
+            }
+            // Up to 20 live frames after the snapshot (fewer when the producer ends).
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while seqs.len() < sub.cached.len() + 20 && Instant::now() < deadline {
+                match live.try_recv() {
+                    Ok(p) => seqs.push(p.seq),
+                    Err(broadcast::error::TryRecvError::Empty) if producer.is_finished() => break,
+                    Err(broadcast::error::TryRecvError::Empty) => std::thread::yield_now(),
+                    // Outrun by the producer: what was read so far is still checked.
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => break,
+                    Err(e) => panic!("receiver failed: {e}"),
+                }
+            }
+            for w in seqs.windows(2) {
+                assert_eq!(w[1], w[0] + 1, "no frame lost or doubled: {seqs:?}");
+            }
+            if !sub.cached.is_empty() && seqs.len() > sub.cached.len() {
+                joined += 1;
+            }
+            checked += 1;
+        }
+        producer.join().unwrap();
+        assert!(
+            joined > 0,
+            "{checked} subscriptions, none with both a GOP and live frames"
+        );
     }
 }

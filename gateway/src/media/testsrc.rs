@@ -979,7 +979,8 @@ mod tests {
         let first = tokio::time::timeout(within, vp8_rx.recv())
             .await
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .frame;
         assert!(first.keyframe, "a new audience starts with a keyframe");
         assert_eq!(vp8_header(&first.data).1, Some((160, 120)));
         for _ in 0..5 {
@@ -1003,7 +1004,8 @@ mod tests {
         let first = tokio::time::timeout(within, h264_rx.recv())
             .await
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .frame;
         assert!(first.keyframe);
         while vp8_rx.try_recv().is_ok() {}
         for _ in 0..10 {
@@ -1025,7 +1027,8 @@ mod tests {
         let first = tokio::time::timeout(within, vp8_rx.recv())
             .await
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .frame;
         assert!(
             first.keyframe,
             "a returning audience starts with a keyframe"
