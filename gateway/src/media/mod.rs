@@ -32,11 +32,13 @@ pub mod file;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ice_restart;
+pub mod keyframe;
 pub mod pull;
 pub mod rtp;
 mod sdp_check;
 mod source;
 pub mod testsrc;
+pub mod whip;
 
 pub use engine::{
     ChannelSink, EndReason, InProcessSink, MediaConfig, MediaEngine, MediaHandle, PortRange,
