@@ -224,13 +224,18 @@ impl StreamDirectory {
             .streams
             .iter()
             .map(|e| {
-                serde_json::json!({
+                let mut v = serde_json::json!({
                     "name": e.name,
                     "source": e.source,
                     "codecs": e.feeds.codecs().iter().map(|c| c.sdp_name()).collect::<Vec<_>>(),
                     "live": e.liveness.delivering(now),
                     "viewers": e.feeds.viewers(),
-                })
+                });
+                if let (Liveness::Published(w), Some(o)) = (&e.liveness, v.as_object_mut()) {
+                    o.insert("publisher".into(), w.has_publisher().into());
+                    o.insert("keyframe_requests".into(), w.keyframe_requests().into());
+                }
+                v
             })
             .collect();
         serde_json::json!({ "streams": list, "fallback": match self.fallback {
@@ -450,6 +455,8 @@ mod tests {
         assert!(whip.claim("p~1"));
         assert_eq!(d.resolve(Some("cam"), now), Ok("cam"));
         assert_eq!(d.describe(now)["streams"][1]["source"], "whip");
+        assert_eq!(d.describe(now)["streams"][1]["publisher"], true);
+        assert_eq!(d.describe(now)["streams"][1]["keyframe_requests"], 0);
         whip.release("p~1");
         assert_eq!(
             d.resolve(Some("cam"), now),

@@ -1560,6 +1560,9 @@ impl Ingest {
         if self.need_keyframe && !keyframe {
             return;
         }
+        if keyframe {
+            self.pacer.satisfied();
+        }
         if self.need_keyframe {
             tracing::debug!(?codec, "WHIP: keyframe from the publisher");
         }

@@ -36,6 +36,11 @@ impl KeyframePacer {
         self.wanted = true;
     }
 
+    /// A keyframe arrived: what was owed is served (the viewers that asked get it).
+    pub fn satisfied(&mut self) {
+        self.wanted = false;
+    }
+
     /// Whether a request should go out at `now`: one is owed, `possible` (the source can be
     /// asked: connected, sending) and the interval since the last one has passed. A `true`
     /// counts as sent.
@@ -82,5 +87,9 @@ mod tests {
         assert!(p.due(t0 + KEYFRAME_REQUEST_INTERVAL, true));
         p.want();
         assert!(p.due(t0 + 2 * KEYFRAME_REQUEST_INTERVAL, true));
+        // A keyframe that arrives while a request is owed serves it.
+        p.want();
+        p.satisfied();
+        assert!(!p.due(t0 + 4 * KEYFRAME_REQUEST_INTERVAL, true));
     }
 }

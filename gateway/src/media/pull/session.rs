@@ -160,6 +160,9 @@ async fn receive(
                         continue;
                     }
                     need_keyframe = false;
+                    if keyframe {
+                        pacer.satisfied();
+                    }
                     if last_frame.is_none() {
                         tracing::info!(?codec, "pull: first frame from the upstream");
                         on_live();
