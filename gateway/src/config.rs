@@ -218,7 +218,8 @@ pub struct Settings {
     /// What to stream (the stream `default`): `testsrc` (built-in test pattern, H.264 and
     /// VP8), `rtp://ADDR:PORT?codec=h264|vp8` (RTP ingest), a file path, or a pull from
     /// another WebRTC server: `offer+http://HOST:PORT/api/v1/projects/ID/offer` (Geti's offer
-    /// endpoint) or `whep+http://HOST:PORT/whep/…`.
+    /// endpoint) or `whep+http://HOST:PORT/whep/…`, or `whip[?token=TOKEN]` (published by
+    /// WHIP at `/whip`, with WHIP_TOKEN or the stream's own token).
     #[arg(long, env = "MEDIA_SOURCE", default_value = "testsrc")]
     pub media_source: MediaSourceSpec,
 

@@ -97,7 +97,7 @@ impl FromStr for MediaSourceSpec {
         if s.is_empty() {
             return Err(SourceSpecError(
                 "empty; use `testsrc`, `rtp://ADDR:PORT?codec=h264|vp8`, a file path, \
-                 `offer+http://…/offer` or `whep+http://…`"
+                 `offer+http://…/offer`, `whep+http://…` or `whip`"
                     .into(),
             ));
         }
@@ -200,7 +200,7 @@ impl FromStr for MediaSourceSpec {
         if s.contains("://") {
             return Err(SourceSpecError(format!(
                 "{s:?}: unknown scheme; use `testsrc`, `rtp://ADDR:PORT?codec=h264|vp8`, a \
-                 file path, `offer+http://…/api/v1/projects/ID/offer` or `whep+http://…`"
+                 file path, `offer+http://…/api/v1/projects/ID/offer`, `whep+http://…` or `whip`"
             )));
         }
         Ok(MediaSourceSpec::File(PathBuf::from(s)))
