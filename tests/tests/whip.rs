@@ -355,3 +355,142 @@ async fn whip_publishers_feed_their_own_streams_through_udp_and_the_relay() {
     );
     drop((wrong, second, screen, again));
 }
+
+/// A publisher's offer built with str0m: sendonly video (H.264) and, when `audio`, sendonly
+/// Opus audio; with no video at all when `video` is false.
+fn publisher_offer(video: bool, audio: bool) -> String {
+    use str0m::media::{Direction, MediaKind};
+    let mut rtc = str0m::RtcConfig::new()
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_opus(true, false)
+        .build(Instant::now());
+    let local: SocketAddr = ([127, 0, 0, 1], 9).into();
+    rtc.add_local_candidate(str0m::Candidate::host(local, "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    if video {
+        api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    }
+    if audio {
+        api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    }
+    let (offer, _pending) = api.apply().expect("an offer");
+    offer.to_sdp_string()
+}
+
+/// The media section of `sdp` that starts with `m=<kind>`.
+fn section<'a>(sdp: &'a str, kind: &str) -> &'a str {
+    let start = sdp
+        .find(&format!("m={kind}"))
+        .unwrap_or_else(|| panic!("no m={kind} in {sdp}"));
+    let rest = &sdp[start..];
+    let end = rest[2..].find("\nm=").map_or(rest.len(), |i| i + 3);
+    &rest[..end]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_stream_takes_a_whip_publisher_with_audio_and_whep_style_patch() {
+    let media = free_udp_range();
+    let gw = gateway_tests::start_gateway(
+        SECRET,
+        &[
+            "--webrtc-bind-ip",
+            "127.0.0.1",
+            "--webrtc-port-range",
+            &media,
+            "--media-source",
+            "whip",
+            "--whip-token",
+            WHIP_TOKEN,
+        ],
+    )
+    .await;
+    let http = gw.http_addr;
+    let bearer = format!("Bearer {WHIP_TOKEN}");
+    let headers = [
+        ("Content-Type", "application/sdp"),
+        ("Authorization", bearer.as_str()),
+    ];
+
+    // No video to receive: refused, and the stream stays free.
+    let audio_only = publisher_offer(false, true);
+    request(http, "POST", "/whip", &headers, audio_only.as_bytes())
+        .await
+        .expect_error(400, "unsupported_codec");
+
+    // Video and audio: video received, audio answered recvonly (and dropped).
+    let offer = publisher_offer(true, true);
+    let r = request(http, "POST", "/whip", &headers, offer.as_bytes()).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/sdp"));
+    let video = section(&r.body, "video");
+    assert!(
+        video.contains("a=recvonly") && video.contains("H264"),
+        "{video}"
+    );
+    let audio = section(&r.body, "audio");
+    assert!(
+        audio.contains("a=recvonly") && audio.contains("opus"),
+        "{audio}"
+    );
+    let location = r.header("location").expect("Location").to_owned();
+    assert!(location.starts_with("/whip/default/gws-"), "{location}");
+    let etag = r.header("etag").expect("ETag").to_owned();
+    assert!(!r.all("link").is_empty(), "ICE servers in Link headers");
+    // The stream has a publisher (its offer is in; ICE has not connected yet).
+    assert_eq!(
+        geti_offer(http, "whatever").await.0,
+        200,
+        "a viewer may join while the publisher connects"
+    );
+    request(http, "POST", "/whip", &headers, offer.as_bytes())
+        .await
+        .expect_error(409, "stream_has_publisher");
+
+    // PATCH as WHEP's: a trickled candidate (204), a stale ICE session (412).
+    let frag = "a=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host\r\n";
+    let patch = |if_match: &'static str| {
+        let location = location.clone();
+        async move {
+            request(
+                http,
+                "PATCH",
+                &location,
+                &[
+                    ("Content-Type", "application/trickle-ice-sdpfrag"),
+                    ("If-Match", if_match),
+                ],
+                frag.as_bytes(),
+            )
+            .await
+        }
+    };
+    assert_eq!(patch("*").await.status, 204);
+    patch("\"stale\"")
+        .await
+        .expect_error(412, "ice_session_mismatch");
+    let r = request(
+        http,
+        "PATCH",
+        &location,
+        &[
+            ("Content-Type", "application/trickle-ice-sdpfrag"),
+            ("If-Match", &etag),
+        ],
+        frag.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{r:?}");
+
+    // DELETE: the stream is free again, for a viewer as for the next publisher.
+    assert_eq!(
+        request(http, "DELETE", &location, &[], b"").await.status,
+        200
+    );
+    assert_eq!(
+        geti_offer(http, "whatever").await,
+        (400, json!({ "detail": "No active pipeline." }))
+    );
+    let r = request(http, "POST", "/whip", &headers, offer.as_bytes()).await;
+    assert_eq!(r.status, 201, "{r:?}");
+}
