@@ -54,12 +54,23 @@ pub struct Viewer {
 impl Viewer {
     /// Joins `stream` of `edge`, offering H.264 (`h264`) or VP8.
     pub async fn join_as(edge: SocketAddr, stream: &str, id: &str, h264: bool) -> Viewer {
+        Viewer::join_with(edge, stream, id, h264, !h264).await
+    }
+
+    /// Joins `stream` of `edge`, offering H.264 when `h264` and VP8 when `vp8`.
+    pub async fn join_with(
+        edge: SocketAddr,
+        stream: &str,
+        id: &str,
+        h264: bool,
+        vp8: bool,
+    ) -> Viewer {
         let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let local = sock.local_addr().unwrap();
         let mut rtc = RtcConfig::new()
             .clear_codecs()
             .enable_h264(h264)
-            .enable_vp8(!h264)
+            .enable_vp8(vp8)
             .build(Instant::now());
         rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
         let mut api = rtc.sdp_api();

@@ -124,8 +124,6 @@ async fn start(cert: &TestCert) -> gateway::run::Running {
             cert_path.to_str().unwrap(),
             "--tls-key",
             key_path.to_str().unwrap(),
-            "--turn-relay-ports",
-            "43000-43999",
             "--stream",
             &cam,
             "--stream",
@@ -243,8 +241,10 @@ async fn whip_publishers_feed_their_own_streams_through_udp_and_the_relay() {
     .await;
     let sent_before = keyframe_requests(http).await;
     // Two viewers of each stream: one over UDP, one relay-only over TURN/TLS.
-    let mut cam_udp = Viewer::join_as(http, "cam", "cam-udp", true).await;
-    let mut screen_udp = Viewer::join_as(http, "screen", "screen-udp", false).await;
+    // The UDP viewers take both codecs, as browsers do: each gets the codec its stream's
+    // publisher sends.
+    let mut cam_udp = Viewer::join_with(http, "cam", "cam-udp", true, true).await;
+    let mut screen_udp = Viewer::join_with(http, "screen", "screen-udp", true, true).await;
     let mut cam_relayed = relayed_viewer(http, relay, &cert.cert_der, "cam", true).await;
     let mut screen_relayed = relayed_viewer(http, relay, &cert.cert_der, "screen", false).await;
     let (fc, fs, got_cr, got_sr) = tokio::join!(

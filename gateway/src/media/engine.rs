@@ -289,6 +289,7 @@ impl MediaEngine {
             rtc_config,
             ingest_config,
             streams: stream_feeds,
+            feeds: feeds.clone(),
             sdp_permits: Arc::new(tokio::sync::Semaphore::new(sdp_workers())),
         });
         tracing::info!(addrs = ?shared.local_addrs, advertised = ?shared.candidate_addrs, "media engine started");
@@ -333,6 +334,8 @@ struct Shared {
     /// Each stream's feeds (codec, index into the engine's feeds), in its order of
     /// preference.
     streams: HashMap<String, Vec<(VideoCodec, usize)>>,
+    /// Every feed (indexed as in `streams`), to see which deliver frames now.
+    feeds: Vec<VideoSource>,
     /// Offers being parsed and answered at once ([`sdp_workers`]).
     sdp_permits: Arc<tokio::sync::Semaphore>,
 }
@@ -368,6 +371,16 @@ impl MediaHandle {
             .get(stream)
             .cloned()
             .ok_or_else(|| MediaError::UnknownStream(stream.to_owned()))?;
+        // A feed that delivers frames now comes first: an ingest stream (WHIP, pull) carries
+        // only the codec its publisher sends, and a viewer that takes both must get that one.
+        let now = Instant::now();
+        let stream_feeds = live_first(&stream_feeds, |i| {
+            self.shared
+                .feeds
+                .get(i)
+                .and_then(VideoSource::last_frame)
+                .is_some_and(|t| now.saturating_duration_since(t) <= LIVE_FEED)
+        });
         // Parsing and answering cost CPU in proportion to the offer (a 60 KB offer took
         // ~230 ms): it runs on the blocking pool, at most SDP_WORKERS at once, so parallel
         // hostile offers queue here instead of stalling the async workers. The permit goes
@@ -671,6 +684,20 @@ impl MediaHandle {
             .await
             .map_err(|_| MediaError::EngineStopped)
     }
+}
+
+/// How recent a feed's last frame must be for it to count as delivering (see [`live_first`]).
+const LIVE_FEED: Duration = Duration::from_secs(5);
+
+/// A stream's feeds, those that deliver frames now (`live(index)`) first, each group in the
+/// stream's order of preference.
+fn live_first(
+    stream: &[(VideoCodec, usize)],
+    live: impl Fn(usize) -> bool,
+) -> Vec<(VideoCodec, usize)> {
+    let (mut first, rest): (Vec<_>, Vec<_>) = stream.iter().partition(|(_, i)| live(*i));
+    first.extend(rest);
+    first
 }
 
 /// Largest SDP offer taken, in bytes (browser offers are 3-10 KB).
@@ -1601,6 +1628,17 @@ mod tests {
         assert!(e.contains("near line 3"), "{e}");
         let e = unparsable_offer("v=0\r\n", "at 0x1").to_string();
         assert_eq!(e, "malformed SDP offer: not valid SDP");
+    }
+
+    #[test]
+    fn feeds_that_deliver_come_first_in_the_streams_order() {
+        let stream = [(VideoCodec::H264, 3), (VideoCodec::Vp8, 4)];
+        assert_eq!(live_first(&stream, |_| false), stream);
+        assert_eq!(live_first(&stream, |_| true), stream);
+        assert_eq!(
+            live_first(&stream, |i| i == 4),
+            [(VideoCodec::Vp8, 4), (VideoCodec::H264, 3)]
+        );
     }
 
     #[test]
