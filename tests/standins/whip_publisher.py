@@ -1,7 +1,7 @@
 """A WHIP publisher for tests: aiortc sending a moving picture to a gateway's WHIP endpoint.
 
   whip_publisher.py --url http://127.0.0.1:PORT/whip/cam --token TOKEN --codec h264|vp8
-                    --size 320x240 [--lifetime 120]
+                    --size 320x240 [--lifetime 120] [--host-ip 127.0.0.1]
 
 Prints, one per line (flushed):
   STATUS <code> <body>     the answer to the POST (then exits unless it is 201)
@@ -11,7 +11,8 @@ Prints, one per line (flushed):
   CLOSED <state>           the connection ended (the gateway ended it, or it failed)
 
 H.264 is encoded by PyAV's bundled libx264, VP8 by its libvpx: nothing is downloaded. Host
-candidates are loopback only: tests send traffic nowhere else. Stops on SIGTERM/SIGINT, when
+candidate is loopback (or --host-ip, a local address such as a test veth's): tests send traffic
+nowhere else. Stops on SIGTERM/SIGINT, when
 the connection ends, or after --lifetime seconds.
 """
 
@@ -26,8 +27,10 @@ import aioice.ice
 import av
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription, VideoStreamTrack
 
-# Loopback only: aioice would otherwise offer every interface address of the machine.
-aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+# One host candidate (loopback unless --host-ip names another local address): aioice would
+# otherwise offer every interface address of the machine.
+HOST_IP = "127.0.0.1"
+aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [HOST_IP]
 
 FPS = 15
 PLIS = 0
@@ -90,7 +93,10 @@ async def main():
     ap.add_argument("--codec", choices=["h264", "vp8"], required=True)
     ap.add_argument("--size", default="320x240")
     ap.add_argument("--lifetime", type=float, default=120)
+    ap.add_argument("--host-ip", default="127.0.0.1")
     args = ap.parse_args()
+    global HOST_IP
+    HOST_IP = args.host_ip
     width, height = (int(v) for v in args.size.split("x"))
 
     pc = RTCPeerConnection()
