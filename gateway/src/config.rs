@@ -139,6 +139,12 @@ pub struct Settings {
     #[arg(long, env = "API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
 
+    /// Bearer token WHIP publishers present (`Authorization: Bearer <token>`) to publish to a
+    /// `whip` stream that has no token of its own (`whip?token=…`). A `whip` stream with no
+    /// token at all is refused at start. Make one with `openssl rand -base64 32`.
+    #[arg(long, env = "WHIP_TOKEN", hide_env_values = true)]
+    pub whip_token: Option<String>,
+
     /// TURN realm.
     #[arg(long, env = "TURN_REALM", default_value = "gateway")]
     pub turn_realm: String,
@@ -242,7 +248,8 @@ pub struct Settings {
     /// VP8), `rtp://[ADDR]:PORT?codec=h264|vp8` (RTP ingest; 127.0.0.1 without ADDR), a file
     /// path, or a pull from
     /// another WebRTC server: `offer+http://HOST:PORT/api/v1/projects/ID/offer` (Geti's offer
-    /// endpoint) or `whep+http://HOST:PORT/whep/…`.
+    /// endpoint) or `whep+http://HOST:PORT/whep/…`, or `whip[?token=TOKEN]` (published by
+    /// WHIP at `/whip`, with WHIP_TOKEN or the stream's own token).
     #[arg(long, env = "MEDIA_SOURCE", default_value = "testsrc")]
     pub media_source: MediaSourceSpec,
 
@@ -577,14 +584,15 @@ impl Settings {
             ..Default::default()
         };
         let viewers = self.max_viewers as usize;
+        let (source, streams) = self.whip_tokens()?;
         let media = MediaPlan {
             bind_ip: self.webrtc_bind_ip,
             ports: self.webrtc_port_range,
             advertise: self.webrtc_advertise_ip.clone(),
             stun_probes: self.stun_probes_named(),
             max_sessions: viewers + viewers / 4 + 8,
-            source: self.media_source.clone(),
-            streams: self.streams.clone(),
+            source,
+            streams,
             stream_fallback: self.stream_fallback,
             pull_idle: Duration::from_secs(self.pull_idle_timeout),
         };
@@ -676,6 +684,50 @@ impl Settings {
             });
         }
         Ok(users)
+    }
+
+    /// MEDIA_SOURCE and STREAMS with WHIP_TOKEN given to every `whip` stream without a token
+    /// of its own; a `whip` stream with no token at all, or a short WHIP_TOKEN, is refused.
+    pub fn whip_tokens(
+        &self,
+    ) -> Result<(MediaSourceSpec, Vec<crate::streams::NamedStream>), SettingError> {
+        let token = match self.whip_token.as_deref().map(str::trim) {
+            Some(t) if t.len() < MIN_SECRET_BYTES => {
+                return Err(SettingError {
+                    setting: "WHIP_TOKEN",
+                    reason: format!(
+                        "{} bytes, at least {MIN_SECRET_BYTES} are needed; make one with \
+                         `openssl rand -base64 32`",
+                        t.len()
+                    ),
+                })
+            }
+            t => t,
+        };
+        let source = self
+            .media_source
+            .clone()
+            .with_whip_token(token)
+            .map_err(|e| SettingError {
+                setting: "MEDIA_SOURCE",
+                reason: e.to_string(),
+            })?;
+        let streams =
+            self.streams
+                .iter()
+                .map(|n| {
+                    Ok(crate::streams::NamedStream {
+                        name: n.name.clone(),
+                        source: n.source.clone().with_whip_token(token).map_err(|e| {
+                            SettingError {
+                                setting: "STREAMS",
+                                reason: format!("stream {:?}: {e}", n.name),
+                            }
+                        })?,
+                    })
+                })
+                .collect::<Result<Vec<_>, SettingError>>()?;
+        Ok((source, streams))
     }
 
     /// The API token (API_TOKEN), or `None` when unset. An empty or short one is refused.
@@ -1017,11 +1069,38 @@ mod tests {
                 &["--stream", "a=testsrc", "--stream", "a=testsrc"][..],
                 "STREAMS",
             ),
+            (&["--media-source", "whip"][..], "MEDIA_SOURCE"),
+            (&["--stream", "cam=whip"][..], "STREAMS"),
+            (
+                &["--stream", "cam=whip", "--whip-token", "short"][..],
+                "WHIP_TOKEN",
+            ),
         ] {
             let e = parse(args).unwrap().settings.plan().err().unwrap();
             assert_eq!(e.setting, setting, "{args:?}: {e}");
             assert!(e.to_string().starts_with(&format!("invalid {setting}: ")));
         }
+        // WHIP_TOKEN serves every `whip` stream without a token of its own.
+        let p = parse(&[
+            "--media-source",
+            "whip",
+            "--stream",
+            "cam=whip?token=cam-token-0123456789",
+            "--whip-token",
+            "global-token-0123456789",
+        ])
+        .unwrap()
+        .settings
+        .plan()
+        .unwrap();
+        assert_eq!(
+            p.media.source.to_string(),
+            "whip?token=global-token-0123456789"
+        );
+        assert_eq!(
+            p.media.streams[0].source.to_string(),
+            "whip?token=cam-token-0123456789"
+        );
         // TLS_CERT without TLS_KEY cannot come from flags (clap requires both), but a plan
         // built from any Settings value checks it too.
         let mut s = parse(&[]).unwrap().settings;

@@ -11,6 +11,7 @@ use std::str::FromStr;
 
 use crate::media::pull::{Dialect, PullSource, PULL_CODECS};
 use crate::media::testsrc::{TestSource, TestSourceConfig};
+use crate::media::whip::{WhipIngest, WHIP_CODECS};
 use crate::media::{VideoCodec, VideoFeeds, VideoSource};
 
 /// A parsed `MEDIA_SOURCE` value.
@@ -36,6 +37,53 @@ pub enum MediaSourceSpec {
     /// `whep+http://…` or `offer+http://…/api/v1/projects/{id}/offer`: pulled over WebRTC
     /// from another server's offer endpoint (see [`crate::media::pull`]).
     Pull(crate::media::pull::Upstream),
+    /// `whip` or `whip?token=TOKEN`: published by WHIP (`POST /whip/{stream}`) by a holder
+    /// of the bearer token (this stream's, else `WHIP_TOKEN`; see [`MediaSourceSpec::with_whip_token`]).
+    Whip {
+        /// The stream's own token, if given.
+        token: Option<WhipToken>,
+    },
+}
+
+/// A WHIP bearer token: shown as `…` in logs and debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WhipToken(pub String);
+
+impl std::fmt::Debug for WhipToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WhipToken(…)")
+    }
+}
+
+impl MediaSourceSpec {
+    /// A `whip` stream with no token of its own takes `fallback` (`WHIP_TOKEN`); one with no
+    /// token at all is refused: a stream is never open to anonymous publishers. Other
+    /// sources are returned as they are.
+    pub fn with_whip_token(self, fallback: Option<&str>) -> Result<Self, SourceSpecError> {
+        match self {
+            MediaSourceSpec::Whip { token: None } => match fallback {
+                Some(t) => Ok(MediaSourceSpec::Whip {
+                    token: Some(WhipToken(t.to_owned())),
+                }),
+                None => Err(SourceSpecError(
+                    "a `whip` stream needs a bearer token for its publishers: set WHIP_TOKEN \
+                     (e.g. `openssl rand -base64 32`) or give the stream its own, \
+                     `whip?token=…`"
+                        .into(),
+                )),
+            },
+            other => Ok(other),
+        }
+    }
+
+    /// The spec for operators (`GET /api/v1/streams`, logs): as [`Display`](std::fmt::Display),
+    /// without a WHIP token.
+    pub fn redacted(&self) -> String {
+        match self {
+            MediaSourceSpec::Whip { .. } => "whip".to_owned(),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// Why a `MEDIA_SOURCE` value was refused.
@@ -51,12 +99,35 @@ impl FromStr for MediaSourceSpec {
         if s.is_empty() {
             return Err(SourceSpecError(
                 "empty; use `testsrc`, `rtp://ADDR:PORT?codec=h264|vp8`, a file path, \
-                 `offer+http://…/offer` or `whep+http://…`"
+                 `offer+http://…/offer`, `whep+http://…` or `whip`"
                     .into(),
             ));
         }
         if s.eq_ignore_ascii_case("testsrc") {
             return Ok(MediaSourceSpec::TestSrc);
+        }
+        if s.eq_ignore_ascii_case("whip") {
+            return Ok(MediaSourceSpec::Whip { token: None });
+        }
+        if let Some(query) = s.strip_prefix("whip?") {
+            return match query.split_once('=') {
+                Some(("token", t))
+                    if t.len() >= crate::config::MIN_SECRET_BYTES
+                        && t.bytes().all(|b| b.is_ascii_graphic() && b != b'&') =>
+                {
+                    Ok(MediaSourceSpec::Whip {
+                        token: Some(WhipToken(t.to_owned())),
+                    })
+                }
+                Some(("token", _)) => Err(SourceSpecError(format!(
+                    "whip?token=…: the token must be at least {} printable characters \
+                     without spaces (make one with `openssl rand -base64 32`)",
+                    crate::config::MIN_SECRET_BYTES
+                ))),
+                _ => Err(SourceSpecError(
+                    "whip takes one parameter, `whip?token=TOKEN`".into(),
+                )),
+            };
         }
         if let Some(rest) = s.strip_prefix("rtp://") {
             let (addr, query) = rest.split_once('?').unwrap_or((rest, ""));
@@ -141,7 +212,7 @@ impl FromStr for MediaSourceSpec {
         if s.contains("://") {
             return Err(SourceSpecError(format!(
                 "{s:?}: unknown scheme; use `testsrc`, `rtp://ADDR:PORT?codec=h264|vp8`, a \
-                 file path, `offer+http://…/api/v1/projects/ID/offer` or `whep+http://…`"
+                 file path, `offer+http://…/api/v1/projects/ID/offer`, `whep+http://…` or `whip`"
             )));
         }
         Ok(MediaSourceSpec::File(PathBuf::from(s)))
@@ -170,6 +241,8 @@ impl std::fmt::Display for MediaSourceSpec {
             }
             MediaSourceSpec::File(p) => write!(f, "{}", p.display()),
             MediaSourceSpec::Pull(u) => write!(f, "{}{}", u.dialect.prefix(), u.url),
+            MediaSourceSpec::Whip { token: None } => f.write_str("whip"),
+            MediaSourceSpec::Whip { token: Some(t) } => write!(f, "whip?token={}", t.0),
         }
     }
 }
@@ -192,6 +265,13 @@ impl SourceGuard {
         self.inner
             .downcast_ref::<PullSource>()
             .map(|p| p.demand().clone())
+    }
+
+    /// The WHIP ingest, when the source is one (publishers' requests go through it).
+    pub fn whip(&self) -> Option<std::sync::Arc<WhipIngest>> {
+        self.inner
+            .downcast_ref::<std::sync::Arc<WhipIngest>>()
+            .cloned()
     }
 
     /// The RTP ingest's counters, when the source is RTP.
@@ -249,6 +329,16 @@ pub fn start_with(
             tracing::info!(url = %upstream.url, dialect = ?upstream.dialect, "pulling a stream over WebRTC");
             let pull = PullSource::spawn(upstream.clone(), feeds.clone(), pull_idle);
             Ok((feeds, SourceGuard::new(pull)))
+        }
+        MediaSourceSpec::Whip { token } => {
+            let Some(token) = token else {
+                anyhow::bail!(
+                    "a `whip` stream needs a bearer token: set WHIP_TOKEN or `whip?token=…`"
+                );
+            };
+            let feeds = VideoFeeds::new(WHIP_CODECS);
+            let ingest = std::sync::Arc::new(WhipIngest::new(feeds.clone(), token.0.clone()));
+            Ok((feeds, SourceGuard::new(ingest)))
         }
         MediaSourceSpec::File(path) => {
             let config = crate::media::file::FileSourceConfig::default();
@@ -324,10 +414,58 @@ mod tests {
             "/videos/a.h264",
             "offer+http://127.0.0.1:9100/api/v1/projects/p1/offer",
             "whep+http://[::1]:8080/whep/cam",
+            "whip",
+            "whip?token=0123456789abcdef+/==",
         ] {
             let spec: MediaSourceSpec = s.parse().unwrap();
             assert_eq!(spec.to_string(), s);
         }
+    }
+
+    #[test]
+    fn a_whip_stream_has_a_token_or_is_refused() {
+        for bad in [
+            "whip?token=short",
+            "whip?token=",
+            "whip?key=0123456789abcdef",
+            "whip?",
+        ] {
+            assert!(bad.parse::<MediaSourceSpec>().is_err(), "{bad}");
+        }
+        let anonymous: MediaSourceSpec = "whip".parse().unwrap();
+        let e = anonymous
+            .clone()
+            .with_whip_token(None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("WHIP_TOKEN"), "{e}");
+        let fallback = anonymous
+            .with_whip_token(Some("global-token-0123456789"))
+            .unwrap();
+        assert_eq!(fallback.to_string(), "whip?token=global-token-0123456789");
+        assert_eq!(fallback.redacted(), "whip");
+        assert!(!format!("{fallback:?}").contains("global"), "not in logs");
+        // A stream's own token wins.
+        let own: MediaSourceSpec = "whip?token=own-token-0123456789".parse().unwrap();
+        assert_eq!(
+            own.clone().with_whip_token(Some("global-token-0123456789")),
+            Ok(own)
+        );
+        assert_eq!(
+            MediaSourceSpec::TestSrc.with_whip_token(None),
+            Ok(MediaSourceSpec::TestSrc)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_whip_source_is_an_ingest_in_both_codecs() {
+        let spec: MediaSourceSpec = "whip?token=own-token-0123456789".parse().unwrap();
+        let (feeds, guard) = start(&spec).unwrap();
+        assert_eq!(feeds.codecs(), [VideoCodec::H264, VideoCodec::Vp8]);
+        let whip = guard.whip().expect("a WHIP ingest");
+        assert!(whip.authorizes("own-token-0123456789") && !whip.has_publisher());
+        assert!(start(&"whip".parse().unwrap()).is_err(), "no token");
+        assert!(guard.pull_demand().is_none() && guard.rtp_stats().is_none());
     }
 
     #[tokio::test]

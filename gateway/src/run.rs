@@ -92,20 +92,24 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
         &media_plan.source,
         &video,
         source_guard.pull_demand(),
-    )];
+    )
+    .with_whip(source_guard.whip())];
     let mut source_guards = vec![source_guard];
     for named in &media_plan.streams {
         let (feeds, guard) =
             crate::media_source::start_with(&named.source, media_plan.pull_idle)
                 .map_err(|e| anyhow::anyhow!("STREAMS: stream {:?}: {e:#}", named.name))?;
-        entries.push(crate::streams::StreamEntry::new(
-            named.name.clone(),
-            &named.source,
-            &feeds,
-            guard.pull_demand(),
-        ));
+        entries.push(
+            crate::streams::StreamEntry::new(
+                named.name.clone(),
+                &named.source,
+                &feeds,
+                guard.pull_demand(),
+            )
+            .with_whip(guard.whip()),
+        );
         source_guards.push(guard);
-        tracing::info!(stream = %named.name, source = ?named.source, "stream configured");
+        tracing::info!(stream = %named.name, source = %named.source.redacted(), "stream configured");
     }
     // The engine's streams are the directory's.
     let mut stream_set = crate::media::StreamSet::new();
@@ -209,6 +213,26 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
     // The gateway's other ports on its own addresses are no peers (see own_addrs).
     crate::own_addrs::install(relay.shared(), &settings, advertised);
     relay_metrics(&app, &relay);
+    let whip: Vec<_> = source_guards.iter().filter_map(|g| g.whip()).collect();
+    if !whip.is_empty() {
+        let w = whip.clone();
+        app.metrics.set_gauge(
+            "gateway_whip_publishers",
+            "WHIP streams a publisher holds now.",
+            move || w.iter().filter(|w| w.has_publisher()).count() as u64,
+        );
+        let w = whip.clone();
+        app.metrics.set_counter(
+            "gateway_whip_keyframe_requests",
+            "Keyframe requests (PLI) sent to WHIP publishers, over every WHIP stream.",
+            move || w.iter().map(|w| w.keyframe_requests()).sum(),
+        );
+        app.metrics.set_counter(
+            "gateway_whip_frames",
+            "Frames received from WHIP publishers, over every WHIP stream.",
+            move || whip.iter().map(|w| w.frames()).sum(),
+        );
+    }
     let rtp: Vec<_> = source_guards.iter().filter_map(|g| g.rtp_stats()).collect();
     if !rtp.is_empty() {
         app.metrics.set_counter(
@@ -241,6 +265,9 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
         tracing::info!(url = %ways.https, "HTTPS on TURN_LISTEN: the same page and API over TLS");
     }
     tracing::info!(url = %ways.whep, "WHEP endpoint: POST an SDP offer (application/sdp) here");
+    for name in streams_whip(&app) {
+        tracing::info!(url = %format!("{}/whip/{name}", ways.viewer.trim_end_matches('/')), "WHIP endpoint: publishers POST their offer here with the stream's bearer token");
+    }
     Ok(Running {
         relay,
         http_addr,
@@ -388,6 +415,18 @@ pub(crate) async fn serve_http(
         }
     });
     Ok((http_addr, http_accept))
+}
+
+/// The names of the streams fed by WHIP.
+fn streams_whip(app: &App) -> Vec<String> {
+    let Some(sig) = app.signaling() else {
+        return Vec::new();
+    };
+    let d = sig.streams();
+    d.names()
+        .filter(|n| d.whip(Some(n)).is_ok())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The URLs a person uses to reach a started gateway, logged once at start-up.

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use crate::media::pull::PullDemand;
+use crate::media::whip::WhipIngest;
 use crate::media::{VideoFeeds, DEFAULT_STREAM};
 use crate::media_source::MediaSourceSpec;
 
@@ -92,6 +93,8 @@ pub enum Liveness {
     /// On request (a pull): a viewer's request connects to the upstream and waits for its
     /// first frame or its refusal ([`StreamDirectory::ready`]).
     OnRequest(VideoFeeds, Arc<PullDemand>),
+    /// While a WHIP publisher holds the stream (from its offer to its session's end).
+    Published(Arc<WhipIngest>),
 }
 
 impl Liveness {
@@ -104,6 +107,8 @@ impl Liveness {
                 Liveness::WhileFramesArrive(feeds.clone())
             }
             (MediaSourceSpec::TestSrc | MediaSourceSpec::File(_), _) => Liveness::Always,
+            // Until [`StreamEntry::with_whip`] names the ingest: live while frames arrive.
+            (MediaSourceSpec::Whip { .. }, _) => Liveness::WhileFramesArrive(feeds.clone()),
         }
     }
 
@@ -112,6 +117,7 @@ impl Liveness {
         match self {
             Liveness::Always | Liveness::OnRequest(..) => true,
             Liveness::WhileFramesArrive(feeds) => delivering(feeds, now),
+            Liveness::Published(whip) => whip.has_publisher(),
         }
     }
 
@@ -122,6 +128,7 @@ impl Liveness {
             Liveness::WhileFramesArrive(feeds) | Liveness::OnRequest(feeds, _) => {
                 delivering(feeds, now)
             }
+            Liveness::Published(whip) => whip.has_publisher() && delivering(whip.feeds(), now),
         }
     }
 }
@@ -144,6 +151,17 @@ pub enum StreamRefusal {
     /// The stream exists but its source sends nothing now.
     #[error("stream {0:?} has no active source")]
     NotLive(String),
+}
+
+/// Why a WHIP publisher cannot publish to a stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WhipRefusal {
+    /// No stream has that name.
+    #[error("no stream is named {0:?}")]
+    Unknown(String),
+    /// The stream's source is not `whip`.
+    #[error("stream {0:?} is not published by WHIP (its source is not `whip`)")]
+    NotWhip(String),
 }
 
 /// One stream as the directory knows it.
@@ -171,8 +189,17 @@ impl StreamEntry {
             name: name.into(),
             liveness: Liveness::of(spec, feeds, pull),
             feeds: feeds.clone(),
-            source: spec.to_string(),
+            source: spec.redacted(),
         }
+    }
+
+    /// The entry of a WHIP stream is live while its publisher holds it (`whip`: the
+    /// stream's ingest, when its source is one).
+    pub fn with_whip(mut self, whip: Option<Arc<WhipIngest>>) -> Self {
+        if let Some(w) = whip {
+            self.liveness = Liveness::Published(w);
+        }
+        self
     }
 }
 
@@ -197,13 +224,18 @@ impl StreamDirectory {
             .streams
             .iter()
             .map(|e| {
-                serde_json::json!({
+                let mut v = serde_json::json!({
                     "name": e.name,
                     "source": e.source,
                     "codecs": e.feeds.codecs().iter().map(|c| c.sdp_name()).collect::<Vec<_>>(),
                     "live": e.liveness.delivering(now),
                     "viewers": e.feeds.viewers(),
-                })
+                });
+                if let (Liveness::Published(w), Some(o)) = (&e.liveness, v.as_object_mut()) {
+                    o.insert("publisher".into(), w.has_publisher().into());
+                    o.insert("keyframe_requests".into(), w.keyframe_requests().into());
+                }
+                v
             })
             .collect();
         serde_json::json!({ "streams": list, "fallback": match self.fallback {
@@ -256,6 +288,19 @@ impl StreamDirectory {
 
     fn find(&self, name: &str) -> Option<&StreamEntry> {
         self.streams.iter().find(|e| e.name == name)
+    }
+
+    /// The WHIP ingest of the stream `requested` (`None`: `default`), by its exact name (no
+    /// fallback: a publisher names the stream it feeds).
+    pub fn whip(&self, requested: Option<&str>) -> Result<Arc<WhipIngest>, WhipRefusal> {
+        let name = requested.unwrap_or(DEFAULT_STREAM);
+        let entry = self
+            .find(name)
+            .ok_or_else(|| WhipRefusal::Unknown(name.to_owned()))?;
+        match &entry.liveness {
+            Liveness::Published(w) => Ok(w.clone()),
+            _ => Err(WhipRefusal::NotWhip(name.to_owned())),
+        }
     }
 
     /// Every stream name, in configuration order.
@@ -379,5 +424,43 @@ mod tests {
         assert_eq!(described["streams"][1]["live"], true);
         assert_eq!(described["streams"][1]["codecs"][0], "H264");
         assert_eq!(described["fallback"], "none");
+    }
+
+    #[test]
+    fn a_whip_stream_is_live_while_a_publisher_holds_it() {
+        let feeds = VideoFeeds::new(crate::media::whip::WHIP_CODECS);
+        let whip = Arc::new(WhipIngest::new(feeds.clone(), "0123456789abcdef"));
+        let spec = MediaSourceSpec::Whip { token: None };
+        let d = StreamDirectory::new(
+            vec![
+                entry(DEFAULT_STREAM, Liveness::Always),
+                StreamEntry::new("cam", &spec, &feeds, None).with_whip(Some(whip.clone())),
+            ],
+            StreamFallback::None,
+        );
+        let now = Instant::now();
+        assert_eq!(
+            d.resolve(Some("cam"), now),
+            Err(StreamRefusal::NotLive("cam".into()))
+        );
+        assert!(d.whip(Some("cam")).is_ok());
+        assert_eq!(
+            d.whip(None).unwrap_err(),
+            WhipRefusal::NotWhip(DEFAULT_STREAM.into())
+        );
+        assert_eq!(
+            d.whip(Some("cam2")).unwrap_err(),
+            WhipRefusal::Unknown("cam2".into())
+        );
+        assert!(whip.claim("p~1"));
+        assert_eq!(d.resolve(Some("cam"), now), Ok("cam"));
+        assert_eq!(d.describe(now)["streams"][1]["source"], "whip");
+        assert_eq!(d.describe(now)["streams"][1]["publisher"], true);
+        assert_eq!(d.describe(now)["streams"][1]["keyframe_requests"], 0);
+        whip.release("p~1");
+        assert_eq!(
+            d.resolve(Some("cam"), now),
+            Err(StreamRefusal::NotLive("cam".into()))
+        );
     }
 }

@@ -7,7 +7,7 @@
 # diagnosis names it.
 #
 #   tests/browser/run.sh              all scenarios
-#   tests/browser/run.sh 1 3 5        only these scenarios (1..6, f1..f3, g1, t1, t2, ff1, ff2, d1)
+#   tests/browser/run.sh 1 3 5        only these scenarios (1..6, f1..f3, g1, t1, t2, ff1, ff2, d1, w1)
 #
 # The long watches (g1: 130 s+ with its own gateway on its defaults; t1: 6 min with its own
 # gateway and TURN_CREDENTIAL_TTL=30) run in the background, each in its own firewalled
@@ -491,6 +491,43 @@ if want d1; then
     scenario "d1-defaults-viewer-url" "$ns2" \
       "\"url\":\"$viewer_url\",\"expect\":{\"path\":\"host\",\"protocol\":\"udp\"},\"pixelCheck\":true"
   fi
+  stop_gateway
+fi
+
+# Gateway E: a stream published by WHIP. An aiortc publisher on the host side publishes a moving
+# H.264 picture to /whip/cam with the bearer token; Chromium in the UDP-blocked namespace plays
+# that stream through the embedded relay over TURN/TLS on 443, and the publisher hears the
+# viewer's arrival as a keyframe request (PLI).
+if want w1; then
+  whip_token=$(openssl rand -hex 24)
+  start_gateway whip server STREAMS="cam=whip" WHIP_TOKEN="$whip_token"
+  "$venv/bin/python" "$root/tests/standins/whip_publisher.py" --url "http://$host_ip:9100/whip/cam" \
+    --token "$whip_token" --codec h264 --size 320x240 --host-ip "$host_ip" --lifetime 150 \
+    >"$work/w1-publisher.out" 2>&1 &
+  pub_pid=$!
+  pids+=("$pub_pid")
+  for _ in $(seq 1 150); do # up to 15 s for the publisher to connect
+    grep -q '^CONNECTED' "$work/w1-publisher.out" && break
+    kill -0 "$pub_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if ! grep -q '^CONNECTED' "$work/w1-publisher.out"; then
+    sed 's/^/    /' "$work/w1-publisher.out"
+    record "w1-whip-published-turn-tls" 0 "the WHIP publisher did not connect (output above)"
+  else
+    plis_before=$(grep -c '^PLI' "$work/w1-publisher.out" || true)
+    scenario "w1-whip-published-turn-tls" "$ns" \
+      "\"url\":\"https://$host_name/?stream=cam&relay=1&transport=tls\",\"expect\":{\"path\":\"relay\",\"protocol\":\"tls\",\"urlPort\":443},\"pixelCheck\":true,\"screenshot\":\"$out_dir/scenario-w1.png\",$nft_frag"
+    plis_after=$(grep -c '^PLI' "$work/w1-publisher.out" || true)
+    say "keyframe requests at the WHIP publisher: $plis_before before the viewer, $plis_after after"
+    if ((plis_after <= plis_before)); then
+      record "w1-publisher-pli" 0 "the publisher got no keyframe request when the viewer joined"
+    else
+      record "w1-publisher-pli" 1 "PLIs at the publisher: $plis_before before the viewer, $plis_after after"
+    fi
+  fi
+  kill "$pub_pid" 2>/dev/null || true
+  wait "$pub_pid" 2>/dev/null || true
   stop_gateway
 fi
 

@@ -13,6 +13,7 @@
 
 pub mod coturn;
 pub mod http;
+pub mod peer;
 pub mod turn_client;
 
 use std::net::SocketAddr;

@@ -12,29 +12,20 @@
 )]
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gateway_tests::coturn::{free_udp_range, gateway_bin};
 use gateway_tests::free_tcp_port;
 use gateway_tests::http::request;
+use gateway_tests::peer::{decoded_size, vp8_keyframe_size, wait_for, Process, Viewer};
 use serde_json::{json, Value};
-use str0m::change::SdpAnswer;
-use str0m::media::{Direction, MediaKind};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
-use tokio::net::UdpSocket;
 
 const SECRET: &str = "pull-test-secret-0123456789";
 
-/// A child process (the origin gateway, the stand-in), killed by PID and reaped on drop.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A viewer of the edge's stream `cam`, in H.264.
+async fn join(edge: SocketAddr, id: &str) -> Viewer {
+    Viewer::join_as(edge, "cam", id, true).await
 }
 
 /// Starts the origin on `http_port` and waits for its `/health`.
@@ -66,19 +57,6 @@ async fn start_origin(http_port: u16, media_ports: &str) -> Process {
     origin
 }
 
-/// Polls `ready` every 100 ms; fails the test when it is not true within 30 s.
-async fn wait_for<F, Fut>(what: &str, mut ready: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready().await {
-        assert!(Instant::now() < deadline, "{what}: not within 30 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The edge gateway, in-process on loopback, serving the pulled stream `source`
 /// (`NAME=SOURCE`), with `extra` flags.
 async fn start_edge(source: &str, extra: &[&str]) -> gateway::run::Running {
@@ -102,110 +80,6 @@ async fn streams(addr: SocketAddr) -> Value {
         .json()
 }
 
-/// A viewer of the edge's stream `cam`: str0m over UDP, H.264.
-struct Viewer {
-    rtc: Rtc,
-    sock: UdpSocket,
-    local: SocketAddr,
-}
-
-impl Viewer {
-    async fn join(edge: SocketAddr, id: &str) -> Viewer {
-        Viewer::join_as(edge, "cam", id, true).await
-    }
-
-    /// Joins `stream` of `edge`, offering H.264 (`h264`) or VP8.
-    async fn join_as(edge: SocketAddr, stream: &str, id: &str, h264: bool) -> Viewer {
-        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let local = sock.local_addr().unwrap();
-        let mut rtc = RtcConfig::new()
-            .clear_codecs()
-            .enable_h264(h264)
-            .enable_vp8(!h264)
-            .build(Instant::now());
-        rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
-        let mut api = rtc.sdp_api();
-        api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-        let (offer, pending) = api.apply().expect("an offer");
-        let body = json!({ "webrtc_id": id, "sdp": offer.to_sdp_string(), "type": "offer" });
-        let r = request(
-            edge,
-            "POST",
-            &format!("/api/v1/projects/{stream}/offer"),
-            &[("Content-Type", "application/json")],
-            body.to_string().as_bytes(),
-        )
-        .await;
-        assert_eq!(r.status, 200, "{r:?}");
-        let answer = r.json()["sdp"].as_str().expect("sdp").to_owned();
-        rtc.sdp_api()
-            .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
-            .expect("answer applies");
-        Viewer { rtc, sock, local }
-    }
-
-    /// Receives until `want` frames arrived or `limit` passed; returns the frames.
-    async fn frames(&mut self, want: usize, limit: Duration) -> Vec<(bool, Vec<u8>)> {
-        let deadline = Instant::now() + limit;
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; 2048];
-        while got.len() < want && Instant::now() < deadline {
-            let timeout = loop {
-                match self.rtc.poll_output().expect("poll") {
-                    Output::Timeout(t) => break t,
-                    Output::Transmit(t) => {
-                        let _ = self.sock.send_to(&t.contents, t.destination).await;
-                    }
-                    Output::Event(Event::MediaData(d)) => {
-                        got.push((d.is_keyframe(), d.data.to_vec()))
-                    }
-                    Output::Event(_) => {}
-                }
-            };
-            let wait = timeout.min(deadline);
-            let input = tokio::select! {
-                r = self.sock.recv_from(&mut buf) => {
-                    let (n, source) = r.expect("recv");
-                    let Ok(contents) = buf[..n].try_into() else { continue };
-                    Input::Receive(Instant::now(), Receive {
-                        proto: Protocol::Udp,
-                        source,
-                        destination: self.local,
-                        contents,
-                    })
-                }
-                _ = tokio::time::sleep_until(wait.into()) => Input::Timeout(Instant::now()),
-            };
-            self.rtc.handle_input(input).expect("input");
-        }
-        got
-    }
-}
-
-/// The size of the first picture openh264 decodes from `frames`.
-fn decoded_size(frames: &[(bool, Vec<u8>)]) -> Option<(usize, usize)> {
-    use openh264::formats::YUVSource;
-    let mut decoder = openh264::decoder::Decoder::new().expect("decoder");
-    frames.iter().find_map(|(_, data)| {
-        decoder
-            .decode(data)
-            .ok()
-            .flatten()
-            .map(|pic| pic.dimensions())
-    })
-}
-
-/// Width and height from a VP8 keyframe's header (RFC 6386 §9.1), if `frame` is one.
-fn vp8_keyframe_size(frame: &[u8]) -> Option<(u16, u16)> {
-    let is_key = frame.first()? & 1 == 0;
-    if !is_key || frame.get(3..6)? != [0x9d, 0x01, 0x2a] {
-        return None;
-    }
-    let w = u16::from_le_bytes([*frame.get(6)?, *frame.get(7)?]) & 0x3fff;
-    let h = u16::from_le_bytes([*frame.get(8)?, *frame.get(9)?]) & 0x3fff;
-    Some((w, h))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_pulls_once_for_many_viewers_and_survives_an_origin_restart() {
     let origin_port = free_tcp_port();
@@ -221,8 +95,8 @@ async fn an_edge_pulls_once_for_many_viewers_and_survives_an_origin_restart() {
     assert_eq!(before["streams"][0]["viewers"], 0, "{before}");
 
     // The first viewer's request connects the pull and waits for its first frame.
-    let mut a = Viewer::join(edge_addr, "viewer-a").await;
-    let mut b = Viewer::join(edge_addr, "viewer-b").await;
+    let mut a = join(edge_addr, "viewer-a").await;
+    let mut b = join(edge_addr, "viewer-b").await;
     let limit = Duration::from_secs(20);
     let (fa, fb) = tokio::join!(a.frames(30, limit), b.frames(30, limit));
     assert!(fa.len() >= 30, "viewer a got {} frames", fa.len());

@@ -16,17 +16,16 @@
     clippy::string_slice
 )]
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use gateway_tests::peer::{candidates, decoded_size, relay_only_client, RelayedPeer};
 use gateway_tests::{ClientError, Origin, TestCert, TurnClient, UdpEcho, TEST_SERVER_NAME};
 use serde_json::Value;
-use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::change::SdpAnswer;
 use str0m::media::{Direction, MediaKind};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use str0m::RtcConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -221,169 +220,6 @@ async fn connect_turns(gw: &Gateway, cfg: &ViewerConfig) -> TurnClient {
         .unwrap_or_else(|e| panic!("TLS to the relay at {addr}: {e}"))
 }
 
-/// `(ip, port, type)` of every candidate in an SDP.
-fn candidates(sdp: &str) -> Vec<(SocketAddr, String)> {
-    sdp.lines()
-        .filter_map(|l| l.trim().strip_prefix("a=candidate:"))
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_ascii_whitespace().collect();
-            let ip: IpAddr = f.get(4)?.parse().ok()?;
-            let port: u16 = f.get(5)?.parse().ok()?;
-            let typ = f
-                .iter()
-                .position(|x| *x == "typ")
-                .and_then(|i| f.get(i + 1))?;
-            Some((SocketAddr::new(ip, port), (*typ).to_owned()))
-        })
-        .collect()
-}
-
-/// The browser: str0m with full ICE (not lite), offering one recvonly H.264 video m-line,
-/// whose only local candidate is the relayed address of its TURN allocation.
-fn relay_only_client(
-    relayed: SocketAddr,
-    turn_local: SocketAddr,
-) -> (Rtc, String, SdpPendingOffer) {
-    let mut rtc = RtcConfig::new()
-        .set_ice_lite(false)
-        .clear_codecs()
-        .enable_h264(true)
-        .build(Instant::now());
-    let cand = Candidate::relayed(relayed, turn_local, "udp").expect("relayed candidate");
-    rtc.add_local_candidate(cand);
-    let mut api = rtc.sdp_api();
-    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-    let (offer, pending) = api.apply().expect("an offer");
-    (rtc, offer.to_sdp_string(), pending)
-}
-
-/// A str0m client whose every datagram travels through a TURN allocation: transmits go out
-/// as ChannelData on the channel bound to the destination, relayed data comes in as if
-/// received on the relayed address.
-struct RelayedPeer {
-    rtc: Rtc,
-    turn: TurnClient,
-    relayed: SocketAddr,
-    channel_of: HashMap<SocketAddr, u16>,
-    peer_of: HashMap<u16, SocketAddr>,
-    ice_connected: bool,
-    dtls_connected: bool,
-    /// (keyframe, access unit) of every H.264 frame received.
-    frames: Vec<(bool, Vec<u8>)>,
-    /// Transmits to an address without a channel (sent as Send indications).
-    unbound_sends: usize,
-}
-
-impl RelayedPeer {
-    /// Permission and a channel for `peer`.
-    async fn bind(&mut self, peer: SocketAddr) {
-        let ch = FIRST_CHANNEL + u16::try_from(self.channel_of.len()).expect("few peers");
-        self.turn
-            .create_permission(peer)
-            .await
-            .unwrap_or_else(|e| panic!("CreatePermission {peer}: {e}"));
-        self.turn
-            .channel_bind(ch, peer)
-            .await
-            .unwrap_or_else(|e| panic!("ChannelBind {ch:#x} {peer}: {e}"));
-        self.channel_of.insert(peer, ch);
-        self.peer_of.insert(ch, peer);
-    }
-
-    /// Runs the client until `done` says so or `limit` passes; returns whether `done` did.
-    async fn pump(&mut self, limit: Duration, mut done: impl FnMut(&Self) -> bool) -> bool {
-        let deadline = Instant::now() + limit;
-        loop {
-            let next_timeout = loop {
-                match self.rtc.poll_output().expect("client poll_output") {
-                    Output::Timeout(t) => break t,
-                    Output::Transmit(t) => {
-                        assert_eq!(t.source, self.relayed, "the client only sends relayed");
-                        match self.channel_of.get(&t.destination) {
-                            Some(&ch) => self.turn.send_channel_data(ch, &t.contents).await,
-                            None => {
-                                self.unbound_sends += 1;
-                                self.turn.send_indication(t.destination, &t.contents).await
-                            }
-                        }
-                        .expect("send through the relay");
-                    }
-                    Output::Event(e) => self.on_event(e),
-                }
-            };
-            if done(self) {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            let wait = next_timeout.min(deadline).saturating_duration_since(now);
-            match self.turn.recv_data(wait).await {
-                Ok((origin, data)) => {
-                    let source = match origin {
-                        Origin::Channel(ch) => *self
-                            .peer_of
-                            .get(&ch)
-                            .unwrap_or_else(|| panic!("data on unbound channel {ch:#x}")),
-                        Origin::Peer(p) => p,
-                    };
-                    let Ok(contents) = data.as_slice().try_into() else {
-                        continue;
-                    };
-                    let input = Input::Receive(
-                        Instant::now(),
-                        Receive {
-                            proto: Protocol::Udp,
-                            source,
-                            destination: self.relayed,
-                            contents,
-                        },
-                    );
-                    if self.rtc.accepts(&input) {
-                        self.rtc.handle_input(input).expect("client input");
-                    }
-                }
-                Err(ClientError::Timeout(_)) => {}
-                Err(e) => panic!("TURN connection failed while pumping media: {e}"),
-            }
-            // Timers run even while data keeps arriving.
-            let now = Instant::now();
-            if now >= next_timeout {
-                self.rtc
-                    .handle_input(Input::Timeout(now))
-                    .expect("client timeout");
-            }
-        }
-    }
-
-    fn on_event(&mut self, e: Event) {
-        match e {
-            Event::IceConnectionStateChange(s) => {
-                if matches!(
-                    s,
-                    IceConnectionState::Connected | IceConnectionState::Completed
-                ) {
-                    self.ice_connected = true;
-                }
-            }
-            Event::Connected => self.dtls_connected = true,
-            Event::MediaData(d) => self.frames.push((d.is_keyframe(), d.data.to_vec())),
-            _ => {}
-        }
-    }
-}
-
-/// Decodes access units with openh264 until one yields a picture; returns its size.
-fn decoded_size(frames: &[(bool, Vec<u8>)]) -> Option<(usize, usize)> {
-    use openh264::formats::YUVSource;
-    let mut decoder = openh264::decoder::Decoder::new().expect("decoder");
-    frames.iter().find_map(|(_, au)| match decoder.decode(au) {
-        Ok(Some(pic)) => Some(pic.dimensions()),
-        _ => None,
-    })
-}
-
 struct Counters {
     to_media: u64,
     from_media: u64,
@@ -430,7 +266,7 @@ async fn relay_only_viewer_decodes_h264_through_the_in_process_short_circuit() {
     );
 
     // The browser offers with only its relayed candidate.
-    let (rtc, offer, pending) = relay_only_client(alloc.relayed, turn_local);
+    let (rtc, offer, pending) = relay_only_client(alloc.relayed, turn_local, true);
     let offered = candidates(&offer);
     assert!(
         !offered.is_empty() && offered.iter().all(|(_, t)| t == "relay"),
@@ -461,17 +297,7 @@ async fn relay_only_viewer_decodes_h264_through_the_in_process_short_circuit() {
         assert_ne!(*addr, alloc.relayed);
     }
 
-    let mut peer = RelayedPeer {
-        rtc,
-        turn,
-        relayed: alloc.relayed,
-        channel_of: HashMap::new(),
-        peer_of: HashMap::new(),
-        ice_connected: false,
-        dtls_connected: false,
-        frames: Vec::new(),
-        unbound_sends: 0,
-    };
+    let mut peer = RelayedPeer::new(rtc, turn, alloc.relayed);
     peer.rtc
         .sdp_api()
         .accept_answer(
@@ -722,7 +548,7 @@ async fn a_client_with_its_own_webrtc_id_is_bound_by_its_relay_candidate_and_sur
         .allocate(&cfg.username, &cfg.credential)
         .await
         .expect("Allocate with the minted credential");
-    let (rtc, offer, pending) = relay_only_client(alloc.relayed, turn_local);
+    let (rtc, offer, pending) = relay_only_client(alloc.relayed, turn_local, true);
     let webrtc_id = "5b0e7c1e-5f43-4a8e-9d57-6f1f3c2a9e10";
     let body = serde_json::json!({ "webrtc_id": webrtc_id, "sdp": offer, "type": "offer" });
     let (status, answer) = http_json(http, "POST", "/api/v1/projects/x/offer", Some(&body)).await;
@@ -733,17 +559,7 @@ async fn a_client_with_its_own_webrtc_id_is_bound_by_its_relay_candidate_and_sur
         (1, 0, 1),
         "bound to the config session: one session, none pending, one slot"
     );
-    let mut peer = RelayedPeer {
-        rtc,
-        turn,
-        relayed: alloc.relayed,
-        channel_of: HashMap::new(),
-        peer_of: HashMap::new(),
-        ice_connected: false,
-        dtls_connected: false,
-        frames: Vec::new(),
-        unbound_sends: 0,
-    };
+    let mut peer = RelayedPeer::new(rtc, turn, alloc.relayed);
     peer.rtc
         .sdp_api()
         .accept_answer(

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, MediaTime, Mid, Pt};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
@@ -38,7 +38,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::ice_restart::{IcePatchOutcome, IceRestartAnswer, IceState, IfMatch, SdpFrag};
+use super::keyframe::KeyframePacer;
 use super::sdp_check::choose_codec;
+use super::whip::WhipIngest;
 use super::{
     EncodedFrame, MediaError, Published, StreamSet, VideoCodec, VideoSource, DEFAULT_STREAM,
 };
@@ -254,6 +256,15 @@ impl MediaEngine {
             }
         }
 
+        // Publishers (WHIP) send what their encoder makes: every H.264 profile str0m knows,
+        // VP8, and Opus so that an audio m-line is answered (recvonly; the audio is dropped).
+        let ingest_config = rtc_config
+            .clone()
+            .clear_codecs()
+            .enable_h264(true)
+            .enable_vp8(true)
+            .enable_opus(true, false);
+
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (dgram_tx, dgram_rx) = mpsc::channel(DATAGRAM_QUEUE);
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
@@ -278,7 +289,9 @@ impl MediaEngine {
             candidate_addrs: sockets.iter().map(|s| s.candidate).collect(),
             ended_rx: std::sync::Mutex::new(Some(ended_rx)),
             rtc_config,
+            ingest_config,
             streams: stream_feeds,
+            feeds: feeds.clone(),
             sdp_permits: Arc::new(tokio::sync::Semaphore::new(sdp_workers())),
         });
         tracing::info!(addrs = ?shared.local_addrs, advertised = ?shared.candidate_addrs, "media engine started");
@@ -318,9 +331,13 @@ struct Shared {
     /// [`MediaHandle::take_ended`]).
     ended_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<SessionEnded>>>,
     rtc_config: RtcConfig,
+    /// The configuration of publishers' sessions (WHIP ingest).
+    ingest_config: RtcConfig,
     /// Each stream's feeds (codec, index into the engine's feeds), in its order of
     /// preference.
     streams: HashMap<String, Vec<(VideoCodec, usize)>>,
+    /// Every feed (indexed as in `streams`), to see which deliver frames now.
+    feeds: Vec<VideoSource>,
     /// Offers being parsed and answered at once ([`sdp_workers`]).
     sdp_permits: Arc<tokio::sync::Semaphore>,
 }
@@ -356,6 +373,16 @@ impl MediaHandle {
             .get(stream)
             .cloned()
             .ok_or_else(|| MediaError::UnknownStream(stream.to_owned()))?;
+        // A feed that delivers frames now comes first: an ingest stream (WHIP, pull) carries
+        // only the codec its publisher sends, and a viewer that takes both must get that one.
+        let now = Instant::now();
+        let stream_feeds = live_first(&stream_feeds, |i| {
+            self.shared
+                .feeds
+                .get(i)
+                .and_then(VideoSource::last_frame)
+                .is_some_and(|t| now.saturating_duration_since(t) <= LIVE_FEED)
+        });
         // Parsing and answering cost CPU in proportion to the offer (a 60 KB offer took
         // ~230 ms): it runs on the blocking pool, at most SDP_WORKERS at once, so parallel
         // hostile offers queue here instead of stalling the async workers. The permit goes
@@ -388,12 +415,72 @@ impl MediaHandle {
             id: session_id,
             rtc,
             video: Some((mid, pt)),
-            feed,
+            feed: Some(feed),
+            ingest: None,
             ice,
             trickled: 0,
             created: Instant::now(),
             connected: false,
             need_keyframe: true,
+            gop_pending: false,
+            sent_upto: 0,
+            next: Instant::now(),
+        };
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Add {
+            session: Box::new(session),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| MediaError::EngineStopped)??;
+        Ok(answer)
+    }
+
+    /// Accept a WHIP publisher's offer (sendonly video, H.264 or VP8; an audio m-line is
+    /// answered recvonly and its packets dropped) as the media session `session_id` of the
+    /// stream `whip`, and return the SDP answer. The session publishes every frame it
+    /// receives to the stream's feed of its codec and asks the publisher for keyframes
+    /// (PLI, paced) when the stream's viewers want one. The stream takes one publisher:
+    /// [`MediaError::StreamHasPublisher`] while another holds it.
+    pub async fn accept_publish(
+        &self,
+        whip: Arc<WhipIngest>,
+        offer_sdp: &str,
+        session_id: String,
+    ) -> Result<String, MediaError> {
+        check_offer_bounds(offer_sdp)?;
+        let permit = self
+            .shared
+            .sdp_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| MediaError::EngineStopped)?;
+        let shared = self.shared.clone();
+        let offer_sdp = offer_sdp.to_owned();
+        let work = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            answer_publish(&shared, &offer_sdp)
+        });
+        let (rtc, mid, ice, answer) = work
+            .await
+            .map_err(|_| MediaError::MalformedSdp("offer rejected (internal error)".into()))??;
+        let session = Session {
+            id: session_id,
+            rtc,
+            video: None,
+            feed: None,
+            ingest: Some(Box::new(Ingest {
+                whip,
+                mid,
+                need_keyframe: true,
+                pacer: KeyframePacer::new(),
+            })),
+            ice,
+            trickled: 0,
+            created: Instant::now(),
+            connected: false,
+            need_keyframe: false,
             gop_pending: false,
             sent_upto: 0,
             next: Instant::now(),
@@ -605,6 +692,20 @@ impl MediaHandle {
     }
 }
 
+/// How recent a feed's last frame must be for it to count as delivering (see [`live_first`]).
+const LIVE_FEED: Duration = Duration::from_secs(5);
+
+/// A stream's feeds, those that deliver frames now (`live(index)`) first, each group in the
+/// stream's order of preference.
+fn live_first(
+    stream: &[(VideoCodec, usize)],
+    live: impl Fn(usize) -> bool,
+) -> Vec<(VideoCodec, usize)> {
+    let (mut first, rest): (Vec<_>, Vec<_>) = stream.iter().partition(|(_, i)| live(*i));
+    first.extend(rest);
+    first
+}
+
 /// Largest SDP offer taken, in bytes (browser offers are 3-10 KB).
 pub const MAX_OFFER_BYTES: usize = 32 * 1024;
 /// Most lines in an SDP offer.
@@ -704,6 +805,58 @@ fn answer_offer(
         },
         answer,
     ))
+}
+
+/// The CPU-bound part of [`MediaHandle::accept_publish`]: parse the publisher's offer,
+/// answer it and find the video m-line we receive on.
+fn answer_publish(
+    shared: &Shared,
+    offer_sdp: &str,
+) -> Result<(Rtc, Mid, IceState, String), MediaError> {
+    let offer = SdpOffer::from_sdp_string(offer_sdp)
+        .map_err(|e| unparsable_offer(offer_sdp, &e.to_string()))?;
+    let mut rtc = shared.ingest_config.clone().build(Instant::now());
+    for addr in &shared.candidate_addrs {
+        let c = Candidate::host(*addr, "udp")
+            .map_err(|e| MediaError::Config(format!("host candidate {addr}: {e}")))?;
+        rtc.add_local_candidate(c);
+    }
+    let answer = catch_unwind(AssertUnwindSafe(|| rtc.sdp_api().accept_offer(offer)))
+        .map_err(|_| MediaError::MalformedSdp("offer rejected (internal error)".into()))?
+        .map_err(refused_offer)?
+        .to_sdp_string();
+    let mid = receiving_video(&mut rtc, &answer).ok_or_else(|| {
+        MediaError::NothingToReceive(
+            "a WHIP offer needs a video m-line the publisher sends (sendonly or sendrecv) \
+             with H264 or VP8"
+                .into(),
+        )
+    })?;
+    let ice = IceState::new(offer_sdp, &answer);
+    Ok((rtc, mid, ice, answer))
+}
+
+/// The first video m-line of `answer` we receive on, in H.264 or VP8.
+fn receiving_video(rtc: &mut Rtc, answer: &str) -> Option<Mid> {
+    let mids = answer
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("a=mid:"))
+        .map(|m| Mid::from(m.trim()))
+        .collect::<Vec<_>>();
+    mids.into_iter().find(|&mid| {
+        let Some(media) = rtc.media(mid) else {
+            return false;
+        };
+        if media.kind() != MediaKind::Video
+            || !matches!(media.direction(), Direction::RecvOnly | Direction::SendRecv)
+        {
+            return false;
+        }
+        rtc.writer(mid).is_some_and(|w| {
+            w.payload_params()
+                .any(|p| matches!(p.spec().codec, Codec::H264 | Codec::Vp8))
+        })
+    })
 }
 
 /// A clean refusal of an offer str0m cannot parse: where it failed, never the parser's own
@@ -943,8 +1096,11 @@ struct Session {
     rtc: Rtc,
     /// Mid and payload type to send the video with.
     video: Option<(Mid, Pt)>,
-    /// Index of the feed (codec) this viewer is sent, in [`Engine::feeds`].
-    feed: usize,
+    /// Index of the feed (codec) this viewer is sent, in [`Engine::feeds`] (`None`: a
+    /// publisher).
+    feed: Option<usize>,
+    /// What a publisher's session publishes to (`None`: a viewer).
+    ingest: Option<Box<Ingest>>,
     /// ICE credentials and the offer, for PATCH trickle / ICE restart.
     ice: IceState,
     created: Instant,
@@ -962,6 +1118,20 @@ struct Session {
     /// When str0m wants its next timeout.
     next: Instant,
 }
+
+/// The receiving side of a publisher's session (WHIP).
+struct Ingest {
+    whip: Arc<WhipIngest>,
+    /// The video m-line received on.
+    mid: Mid,
+    /// Frames are published from a keyframe on (at the start, after a loss).
+    need_keyframe: bool,
+    /// Viewers' keyframe requests, coalesced and paced into PLIs.
+    pacer: KeyframePacer,
+}
+
+/// How often a publisher's session looks at its viewers' keyframe requests.
+const KEYFRAME_POLL: Duration = Duration::from_millis(100);
 
 impl Session {
     fn wake_at(&self, connect_timeout: Duration) -> Instant {
@@ -1021,7 +1191,7 @@ impl Engine {
                     Some((feed, FeedEvent::Frame(p))) => self.frame(feed, &p),
                     Some((feed, FeedEvent::Lagged(n))) => {
                         tracing::debug!(skipped = n, feed, "media engine lagged behind the source");
-                        for s in self.sessions.iter_mut().filter(|s| s.feed == feed) {
+                        for s in self.sessions.iter_mut().filter(|s| s.feed == Some(feed)) {
                             s.need_keyframe = true;
                         }
                         if let Some(f) = self.feeds.get(feed) {
@@ -1049,6 +1219,12 @@ impl Engine {
                     Err(MediaError::DuplicateSession(session.id))
                 } else if self.sessions.len() >= self.max_sessions {
                     Err(MediaError::TooManySessions(self.max_sessions))
+                } else if session
+                    .ingest
+                    .as_ref()
+                    .is_some_and(|i| !i.whip.claim(&session.id))
+                {
+                    Err(MediaError::StreamHasPublisher(session.id))
                 } else {
                     tracing::debug!(session = %session.id, "media session added");
                     self.sessions.push(*session);
@@ -1188,7 +1364,7 @@ impl Engine {
         let frame = &published.frame;
         let mut i = 0;
         while let Some(s) = self.sessions.get_mut(i) {
-            if s.feed != feed {
+            if s.feed != Some(feed) {
                 i += 1;
                 continue;
             }
@@ -1274,6 +1450,10 @@ impl Engine {
     fn end(&mut self, i: usize, reason: EndReason) {
         let mut s = self.sessions.swap_remove(i);
         s.rtc.disconnect();
+        if let Some(ingest) = &s.ingest {
+            ingest.whip.release(&s.id);
+            tracing::info!(session = %s.id, "WHIP publisher gone: the stream has no live source");
+        }
         tracing::info!(session = %s.id, ?reason, "media session ended");
         let _ = self.ended_tx.send(SessionEnded {
             session_id: s.id,
@@ -1286,7 +1466,7 @@ impl Engine {
     fn update_viewers(&self) {
         let mut counts = vec![0usize; self.feeds.len()];
         for s in self.sessions.iter().filter(|s| s.connected) {
-            if let Some(c) = counts.get_mut(s.feed) {
+            if let Some(c) = s.feed.and_then(|f| counts.get_mut(f)) {
                 *c += 1;
             }
         }
@@ -1342,7 +1522,7 @@ pub(crate) fn squeeze_gop_times(times: &[u64]) -> Vec<u64> {
 /// see [`squeeze_gop_times`]), so it shows the current picture without waiting for the
 /// sender's next keyframe. With nothing cached yet the viewer waits for a keyframe.
 fn send_gop(s: &mut Session, io: &Io, feeds: &[VideoSource]) -> Option<EndReason> {
-    let feed = feeds.get(s.feed)?;
+    let feed = feeds.get(s.feed?)?;
     let gop = feed.gop();
     let (Some(first), Some(last), Some((mid, pt))) = (gop.first(), gop.last(), s.video) else {
         feed.request_keyframe();
@@ -1393,7 +1573,7 @@ fn guarded<T, E: std::fmt::Display>(f: impl FnOnce() -> Result<T, E>) -> Result<
 /// Returns why it ended, if it did.
 /// Keyframe requests (new viewer, PLI/FIR) go to the session's own feed only.
 fn drive(s: &mut Session, io: &Io, feeds: &[VideoSource]) -> Option<EndReason> {
-    let source = feeds.get(s.feed);
+    let source = s.feed.and_then(|f| feeds.get(f));
     loop {
         if !s.rtc.is_alive() {
             return Some(EndReason::PeerClosed);
@@ -1405,6 +1585,18 @@ fn drive(s: &mut Session, io: &Io, feeds: &[VideoSource]) -> Option<EndReason> {
         match out {
             Output::Timeout(t) => {
                 s.next = t;
+                if let Some(ingest) = s.ingest.as_deref_mut() {
+                    // Viewers' keyframe requests become a PLI to the publisher.
+                    ingest.pacer.take_from(ingest.whip.feeds());
+                    if ingest.need_keyframe {
+                        ingest.pacer.want();
+                    }
+                    let now = Instant::now();
+                    if ingest.pacer.due(now, s.connected) && request_keyframe(&mut s.rtc, ingest) {
+                        continue; // send it
+                    }
+                    s.next = t.min(now + KEYFRAME_POLL);
+                }
                 return None;
             }
             Output::Transmit(t) => io.transmit(t),
@@ -1438,10 +1630,71 @@ fn drive(s: &mut Session, io: &Io, feeds: &[VideoSource]) -> Option<EndReason> {
                         f.request_keyframe();
                     }
                 }
+                Event::MediaData(d) => {
+                    if let Some(ingest) = s.ingest.as_deref_mut() {
+                        ingest.publish(&d);
+                    }
+                }
                 Event::Closed => return Some(EndReason::PeerClosed),
                 _ => {}
             },
         }
+    }
+}
+
+/// Asks the publisher of `ingest` for a keyframe (PLI). Returns whether one was queued.
+fn request_keyframe(rtc: &mut Rtc, ingest: &Ingest) -> bool {
+    let Some(mut w) = rtc.writer(ingest.mid) else {
+        return false;
+    };
+    if !w.is_request_keyframe_possible(KeyframeRequestKind::Pli) {
+        return false;
+    }
+    match w.request_keyframe(None, KeyframeRequestKind::Pli) {
+        Ok(()) => {
+            ingest.whip.count_keyframe_request();
+            tracing::debug!("WHIP: keyframe requested from the publisher (PLI)");
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+impl Ingest {
+    /// Publishes a depacketized frame to the stream's feed of its codec, from a keyframe on.
+    fn publish(&mut self, d: &str0m::media::MediaData) {
+        if d.mid != self.mid {
+            return; // audio: not passed through
+        }
+        let codec = match d.params.spec().codec {
+            Codec::H264 => VideoCodec::H264,
+            Codec::Vp8 => VideoCodec::Vp8,
+            _ => return,
+        };
+        let Some(feed) = self.whip.feeds().get(codec) else {
+            return;
+        };
+        if !d.contiguous {
+            self.need_keyframe = true;
+        }
+        let keyframe = d.is_keyframe();
+        if self.need_keyframe && !keyframe {
+            return;
+        }
+        if keyframe {
+            self.pacer.satisfied();
+        }
+        if self.need_keyframe {
+            tracing::debug!(?codec, "WHIP: keyframe from the publisher");
+        }
+        self.need_keyframe = false;
+        self.whip.count_frame();
+        feed.publish(EncodedFrame {
+            data: d.data.clone(),
+            keyframe,
+            rtp_time: d.time.rebase(str0m::media::Frequency::NINETY_KHZ).numer(),
+            captured: d.network_time,
+        });
     }
 }
 
@@ -1487,6 +1740,17 @@ mod tests {
         assert!(e.contains("near line 3"), "{e}");
         let e = unparsable_offer("v=0\r\n", "at 0x1").to_string();
         assert_eq!(e, "malformed SDP offer: not valid SDP");
+    }
+
+    #[test]
+    fn feeds_that_deliver_come_first_in_the_streams_order() {
+        let stream = [(VideoCodec::H264, 3), (VideoCodec::Vp8, 4)];
+        assert_eq!(live_first(&stream, |_| false), stream);
+        assert_eq!(live_first(&stream, |_| true), stream);
+        assert_eq!(
+            live_first(&stream, |i| i == 4),
+            [(VideoCodec::Vp8, 4), (VideoCodec::H264, 3)]
+        );
     }
 
     #[test]

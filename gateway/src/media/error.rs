@@ -32,6 +32,12 @@ pub enum MediaError {
     /// An offer for a stream the engine does not serve (HTTP 404).
     #[error("unknown stream {0:?}")]
     UnknownStream(String),
+    /// A WHIP publisher for a stream another publisher holds (HTTP 409).
+    #[error("stream {0:?} already has a publisher")]
+    StreamHasPublisher(String),
+    /// A WHIP offer with no video the gateway can receive (H.264 or VP8, sent to us).
+    #[error("no video to receive in offer: {0}")]
+    NothingToReceive(String),
     /// A trickled ICE candidate that does not parse.
     #[error("bad ICE candidate: {0}")]
     BadCandidate(String),
@@ -76,6 +82,8 @@ impl MediaError {
             MediaError::DuplicateSession(_) => "duplicate_session",
             MediaError::UnknownSession(_) => "unknown_session",
             MediaError::UnknownStream(_) => "unknown_stream",
+            MediaError::StreamHasPublisher(_) => "stream_has_publisher",
+            MediaError::NothingToReceive(_) => "unsupported_codec",
             MediaError::BadCandidate(_) => "bad_candidate",
             MediaError::MalformedSdpFrag(_) => "malformed_sdpfrag",
             MediaError::IceSessionMismatch => "ice_session_mismatch",
@@ -101,6 +109,8 @@ impl MediaError {
                 | MediaError::UnknownSession(_)
                 | MediaError::UnknownStream(_)
                 | MediaError::BadCandidate(_)
+                | MediaError::StreamHasPublisher(_)
+                | MediaError::NothingToReceive(_)
                 | MediaError::MalformedSdpFrag(_)
                 | MediaError::IceSessionMismatch
         )

@@ -33,11 +33,13 @@ pub mod file;
 pub mod fuzzing;
 pub mod ice_restart;
 pub mod jitter;
+pub mod keyframe;
 pub mod pull;
 pub mod rtp;
 mod sdp_check;
 mod source;
 pub mod testsrc;
+pub mod whip;
 
 pub use engine::{
     ChannelSink, EndReason, InProcessSink, MediaConfig, MediaEngine, MediaHandle, PortRange,

@@ -12,6 +12,7 @@ use relay::core::{Shared as RelayShared, Standing, UserDirectory};
 
 use super::id::{is_session_id, Source};
 use super::table::{Binding, Ended, Limits, OfferRequest, SessionTable, TableError};
+use crate::media::whip::WhipIngest;
 use crate::media::{MediaError, MediaHandle, SessionEnded};
 
 /// How often pending sessions are checked for idleness and closed allocations.
@@ -134,6 +135,32 @@ impl Registry {
         sdp: &str,
         ip: Option<IpAddr>,
     ) -> Result<Answered, OfferError> {
+        self.answer(Role::Viewer(stream), named, client_ids, sdp, ip)
+            .await
+    }
+
+    /// Answers a WHIP publisher's offer for the stream of `whip`, bound as
+    /// [`Registry::offer`] binds a viewer's (`named`: one of our session ids), but taking no
+    /// viewer slot; the engine refuses a second publisher of the stream.
+    pub async fn publish(
+        self: &Arc<Self>,
+        whip: Arc<WhipIngest>,
+        named: Option<&str>,
+        sdp: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<Answered, OfferError> {
+        self.answer(Role::Publisher(whip), named, false, sdp, ip)
+            .await
+    }
+
+    async fn answer(
+        self: &Arc<Self>,
+        role: Role<'_>,
+        named: Option<&str>,
+        client_ids: bool,
+        sdp: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<Answered, OfferError> {
         let candidate_users = relay_candidates(sdp)
             .filter_map(|a| self.relay.user_of_relayed(a))
             .collect();
@@ -142,6 +169,7 @@ impl Registry {
             client_ids,
             candidate_users,
             source: ip.map(Source::from),
+            publisher: matches!(role, Role::Publisher(_)),
         };
         let plan = self
             .table()
@@ -158,15 +186,30 @@ impl Registry {
             media: plan.media.clone(),
             done: false,
         };
-        let answer = self
-            .media
-            .accept_offer_for(stream, sdp, plan.media.clone())
-            .await;
+        let answer = match &role {
+            Role::Viewer(stream) => {
+                self.media
+                    .accept_offer_for(stream, sdp, plan.media.clone())
+                    .await
+            }
+            Role::Publisher(whip) => {
+                self.media
+                    .accept_publish(whip.clone(), sdp, plan.media.clone())
+                    .await
+            }
+        };
         ticket.done = true;
         match answer {
             Ok(answer) => {
                 self.table().finish_offer(&plan.media, true, Instant::now());
-                tracing::info!(session = %plan.session, stream, binding = ?plan.binding, "session offered");
+                match &role {
+                    Role::Viewer(stream) => {
+                        tracing::info!(session = %plan.session, stream, binding = ?plan.binding, "session offered")
+                    }
+                    Role::Publisher(_) => {
+                        tracing::info!(session = %plan.session, binding = ?plan.binding, "WHIP publisher offered")
+                    }
+                }
                 Ok(Answered {
                     session: plan.session,
                     answer,
@@ -270,6 +313,14 @@ fn end_reason(r: &crate::media::EndReason) -> &'static str {
         ConnectTimeout => "ICE/DTLS did not connect in time",
         Failed(_) => "DTLS/SRTP failure",
     }
+}
+
+/// What an offer is for.
+enum Role<'a> {
+    /// A viewer of the stream.
+    Viewer(&'a str),
+    /// The publisher of a WHIP stream.
+    Publisher(Arc<WhipIngest>),
 }
 
 /// Gives the slot back if the offer request is dropped before the engine answered.

@@ -77,6 +77,9 @@ pub struct OfferRequest<'a> {
     pub candidate_users: Vec<String>,
     /// Where the request comes from.
     pub source: Option<Source>,
+    /// A WHIP publisher's offer: it takes no viewer slot (its stream takes one publisher,
+    /// which the media engine enforces).
+    pub publisher: bool,
 }
 
 /// What the shell must do for an accepted offer.
@@ -118,6 +121,8 @@ struct Session {
     state: State,
     /// Seen holding an allocation while pending.
     held_allocation: bool,
+    /// Offered as a WHIP publisher: holds no viewer slot.
+    publisher: bool,
 }
 
 /// The table. One owner (the registry) holds it behind one lock.
@@ -233,6 +238,7 @@ impl SessionTable {
                 alias: None,
                 state: State::Pending,
                 held_allocation: false,
+                publisher: false,
             },
         );
         self.pending_order.push_back(id);
@@ -292,7 +298,9 @@ impl SessionTable {
                 None
             }
             State::Offered { media, .. } => {
-                self.slots = self.slots.saturating_sub(1);
+                if !s.publisher {
+                    self.slots = self.slots.saturating_sub(1);
+                }
                 Some(media_key(id, media))
             }
         };
@@ -384,7 +392,7 @@ impl SessionTable {
         let (id, binding) = match target {
             Some(t) => t,
             None => {
-                if self.slots >= self.limits.max_viewers {
+                if !req.publisher && self.slots >= self.limits.max_viewers {
                     return Err(TableError::Full(self.limits.max_viewers));
                 }
                 let id = new_id();
@@ -396,6 +404,7 @@ impl SessionTable {
                         alias: None,
                         state: State::Pending,
                         held_allocation: false,
+                        publisher: false,
                     },
                 );
                 // Not counted as pending: it offers right now.
@@ -409,7 +418,7 @@ impl SessionTable {
         };
         let (state, replaced_media) = match s.state {
             State::Pending => {
-                if self.slots >= self.limits.max_viewers {
+                if !req.publisher && self.slots >= self.limits.max_viewers {
                     if binding == Binding::New {
                         self.sessions.remove(&id);
                     }
@@ -418,7 +427,9 @@ impl SessionTable {
                 if binding != Binding::New {
                     self.leave_pending(s.source);
                 }
-                self.slots += 1;
+                if !req.publisher {
+                    self.slots += 1;
+                }
                 (
                     State::Offered {
                         media: generation,
@@ -442,6 +453,10 @@ impl SessionTable {
             .filter(|n| req.client_ids && !is_session_id(n) && !self.sessions.contains_key(*n))
             .map(str::to_owned);
         if let Some(s) = self.sessions.get_mut(&id) {
+            // A renewed session keeps its role (and its slot accounting).
+            if replaced_media.is_none() {
+                s.publisher = req.publisher;
+            }
             s.state = state;
             if let Some(a) = &alias {
                 s.alias = Some(a.clone());
@@ -502,7 +517,9 @@ impl SessionTable {
         if let Some(a) = s.alias.take() {
             self.aliases.remove(&a);
         }
-        self.slots = self.slots.saturating_sub(1);
+        if !std::mem::take(&mut s.publisher) {
+            self.slots = self.slots.saturating_sub(1);
+        }
         self.pending += 1;
         *self.pending_per_source.entry(source).or_insert(0) += 1;
         self.pending_order.push_back(id.to_owned());

@@ -9,6 +9,8 @@
 //! POST /whep                        ── offer → 201 answer + Location + Link ice-servers
 //! PATCH /whep/{id}                  ── trickled candidates
 //! DELETE /whep/{id}                 ── end (the id is the secret from Location)
+//! POST /whip[/{stream}]             ── publisher's offer (bearer token) → 201 + Location
+//! PATCH|DELETE /whip/{stream}/{id}  ── as WHEP's, for the publisher
 //! ```
 
 pub mod cors;
@@ -16,6 +18,7 @@ pub mod extract;
 pub mod ice_servers;
 mod offer;
 mod whep;
+mod whip;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -192,7 +195,7 @@ pub fn offer_error(e: OfferError) -> ApiError {
 pub fn media_error(e: MediaError) -> ApiError {
     let status = match &e {
         MediaError::UnknownSession(_) | MediaError::UnknownStream(_) => StatusCode::NOT_FOUND,
-        MediaError::DuplicateSession(_) => StatusCode::CONFLICT,
+        MediaError::DuplicateSession(_) | MediaError::StreamHasPublisher(_) => StatusCode::CONFLICT,
         MediaError::TooManySessions(_) => StatusCode::SERVICE_UNAVAILABLE,
         MediaError::EngineStopped => StatusCode::SERVICE_UNAVAILABLE,
         MediaError::IceSessionMismatch => StatusCode::PRECONDITION_FAILED,
@@ -230,6 +233,15 @@ where
                 .options(whep::options)
                 .patch(whep::patch)
                 .delete(whep::delete),
+        )
+        .route("/whip", post(whip::post).options(whep::options))
+        .route(
+            "/whip/{stream}",
+            post(whip::post_stream).options(whep::options),
+        )
+        .route(
+            "/whip/{stream}/{id}",
+            axum::routing::patch(whip::patch).delete(whip::delete),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY))
 }

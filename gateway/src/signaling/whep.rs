@@ -70,35 +70,54 @@ async fn post_to(
         .ready(&stream)
         .await
         .map_err(super::stream_error)?;
-    let named = match headers.get(SESSION_HEADER).map(|v| v.to_str()) {
-        Some(Ok(id)) if valid_id(id) => Some(id),
-        Some(_) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_session_id",
-                "X-Session-Id must be 1 to 64 characters of A-Z a-z 0-9 - _ .",
-            ))
-        }
-        None => None,
-    };
-    let answered = match sig
+    let named = session_named(&headers)?;
+    match sig
         .offer(&stream, named, false, &sdp, peer.map(|p| p.0 .0.ip()))
         .await
     {
-        Ok(a) => a,
-        Err(e) => {
-            let full = matches!(
-                e,
-                crate::session::OfferError::Table(crate::session::TableError::Full(_))
-            );
-            let mut resp = super::offer_error(e).into_response();
-            if full {
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            }
-            return Ok(resp);
+        Ok(a) => {
+            let location = format!("/whep/{}", a.session);
+            created(sig, a, &location)
         }
-    };
+        Err(e) => Ok(refused(e)),
+    }
+}
+
+/// The session a WHEP/WHIP `POST` names in `X-Session-Id` (one of ours, from `OPTIONS`).
+pub(super) fn session_named(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    match headers.get(SESSION_HEADER).map(|v| v.to_str()) {
+        Some(Ok(id)) if valid_id(id) => Ok(Some(id)),
+        Some(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_session_id",
+            "X-Session-Id must be 1 to 64 characters of A-Z a-z 0-9 - _ .",
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The error response of a refused WHEP/WHIP offer (`Retry-After` when the gateway is full).
+pub(super) fn refused(e: crate::session::OfferError) -> Response {
+    let full = matches!(
+        e,
+        crate::session::OfferError::Table(crate::session::TableError::Full(_))
+    );
+    let mut resp = super::offer_error(e).into_response();
+    if full {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    resp
+}
+
+/// `201 Created` for an answered WHEP/WHIP offer: the answer, `Location` (the resource that
+/// `PATCH` and `DELETE` take), the session id, the `ETag` of its ICE session and its ICE
+/// servers (with credentials minted for the session) in `Link` headers.
+pub(super) fn created(
+    sig: &super::Signaling,
+    answered: crate::session::registry::Answered,
+    location: &str,
+) -> Result<Response, ApiError> {
     let id = answered.session;
     let servers = sig.ice_servers(&id)?;
     // The entity-tag names the ICE session; an ICE restart (PATCH) makes a new one.
@@ -109,7 +128,7 @@ async fn post_to(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/sdp"),
     );
-    if let Ok(v) = HeaderValue::from_str(&format!("/whep/{id}")) {
+    if let Ok(v) = HeaderValue::from_str(location) {
         h.insert(header::LOCATION, v);
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
@@ -163,9 +182,19 @@ pub(super) async fn patch(
     headers: HeaderMap,
     SdpFragBody(frag): SdpFragBody,
 ) -> Result<Response, ApiError> {
-    let sig = super::state(&app)?;
-    let Some(media) = sig.registry().media_of(&id) else {
-        return Err(ApiError::unknown_session(&id));
+    patch_session(&app, &id, &headers, &frag).await
+}
+
+/// `PATCH` of the WHEP or WHIP resource of session `id` (see [`patch`]).
+pub(super) async fn patch_session(
+    app: &super::SignalingState,
+    id: &str,
+    headers: &HeaderMap,
+    frag: &str,
+) -> Result<Response, ApiError> {
+    let sig = super::state(app)?;
+    let Some(media) = sig.registry().media_of(id) else {
+        return Err(ApiError::unknown_session(id));
     };
     let if_match = match headers.get(header::IF_MATCH).map(|v| v.to_str()) {
         Some(Ok(v)) => Some(v),
@@ -180,13 +209,13 @@ pub(super) async fn patch(
     };
     match sig
         .media()
-        .ice_patch(&media, if_match, &frag)
+        .ice_patch(&media, if_match, frag)
         .await
         .map_err(super::media_error)?
     {
         IcePatchOutcome::Trickled => Ok(StatusCode::NO_CONTENT.into_response()),
         IcePatchOutcome::Restarted(r) => {
-            tracing::info!(session = %id, "ICE restarted by WHEP PATCH");
+            tracing::info!(session = %id, "ICE restarted by PATCH");
             let mut resp = (StatusCode::OK, r.sdpfrag).into_response();
             let h = resp.headers_mut();
             h.insert(
@@ -208,10 +237,19 @@ pub(super) async fn delete(
     State(app): State<super::SignalingState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let sig = super::state(&app)?;
-    if sig.registry().end(&id, "WHEP DELETE") {
+    delete_session(&app, &id, "WHEP DELETE")
+}
+
+/// `DELETE` of the WHEP or WHIP resource of session `id` (see [`delete`]).
+pub(super) fn delete_session(
+    app: &super::SignalingState,
+    id: &str,
+    why: &'static str,
+) -> Result<Response, ApiError> {
+    let sig = super::state(app)?;
+    if sig.registry().end(id, why) {
         Ok(StatusCode::OK.into_response())
     } else {
-        Err(ApiError::unknown_session(&id))
+        Err(ApiError::unknown_session(id))
     }
 }

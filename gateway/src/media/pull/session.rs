@@ -14,14 +14,13 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, RtcConfig};
 use tokio::net::UdpSocket;
 
 use super::signal::{self, Dialect, SignalError};
+use crate::media::keyframe::KeyframePacer;
 use crate::media::{EncodedFrame, VideoCodec, VideoFeeds};
 
 /// Time from the answer to the first frame before the session counts as failed.
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Silence after which a connected upstream counts as gone.
 const SILENCE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Least time between two keyframe requests to the upstream (viewers' requests coalesce).
-const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -128,8 +127,7 @@ async fn receive(
 ) -> Result<(), PullError> {
     let started = Instant::now();
     let mut last_frame: Option<Instant> = None;
-    let mut last_request: Option<Instant> = None;
-    let mut keyframe_wanted = false;
+    let mut pacer = KeyframePacer::new();
     // Frames are published from a keyframe on: after a gap, until the next one.
     let mut need_keyframe = true;
     let mut buf = vec![0u8; 2048];
@@ -162,6 +160,9 @@ async fn receive(
                         continue;
                     }
                     need_keyframe = false;
+                    if keyframe {
+                        pacer.satisfied();
+                    }
                     if last_frame.is_none() {
                         tracing::info!(?codec, "pull: first frame from the upstream");
                         on_live();
@@ -192,11 +193,11 @@ async fn receive(
         }
         // A viewer wants a keyframe (joined, lost packets), or we do: ask the upstream. A
         // request taken while the interval runs waits for it, never lost.
-        keyframe_wanted |= feeds
-            .iter()
-            .fold(false, |w, f| f.take_keyframe_request() | w);
-        let allowed = last_request.is_none_or(|t| now >= t + KEYFRAME_REQUEST_INTERVAL);
-        if (keyframe_wanted || need_keyframe) && last_frame.is_some() && allowed {
+        pacer.take_from(feeds);
+        if need_keyframe {
+            pacer.want();
+        }
+        if pacer.due(now, last_frame.is_some()) {
             if let Some(mut w) = rtc.writer(mid) {
                 if w.is_request_keyframe_possible(KeyframeRequestKind::Pli)
                     && w.request_keyframe(None, KeyframeRequestKind::Pli).is_ok()
@@ -204,8 +205,6 @@ async fn receive(
                     tracing::debug!("pull: keyframe requested from the upstream (PLI)");
                 }
             }
-            last_request = Some(now);
-            keyframe_wanted = false;
         }
         let wake = timeout.min(now + Duration::from_millis(200));
         let input = tokio::select! {

@@ -33,6 +33,7 @@ fn geti<'a>(webrtc_id: &'a str, users: &[&str], source: &str) -> OfferRequest<'a
         client_ids: true,
         candidate_users: users.iter().map(|u| u.to_string()).collect(),
         source: src(source),
+        publisher: false,
     }
 }
 
@@ -261,4 +262,41 @@ fn whep_may_name_only_our_sessions() {
     };
     assert_eq!(t.begin_offer(&req, t0), Err(TableError::Unknown));
     assert_eq!(t.slots_used(), 0);
+}
+
+#[test]
+fn a_publisher_takes_no_viewer_slot_on_any_path() {
+    let mut t = SessionTable::new(limits());
+    let t0 = Instant::now();
+    let whip = |users: &[&str]| OfferRequest {
+        candidate_users: users.iter().map(|u| u.to_string()).collect(),
+        source: src("192.0.2.9"),
+        publisher: true,
+        ..OfferRequest::default()
+    };
+    // Every viewer slot taken: a publisher still gets in.
+    for ip in ["192.0.2.1", "192.0.2.2"] {
+        let p = t.begin_offer(&geti(ip, &[], ip), t0).unwrap();
+        t.finish_offer(&p.media, true, t0);
+    }
+    let p = t.begin_offer(&whip(&[]), t0).unwrap();
+    assert_eq!(p.binding, Binding::New);
+    t.finish_offer(&p.media, true, t0);
+    assert_eq!((t.slots_used(), t.len()), (2, 3));
+    assert!(t.end(&p.session, "WHIP DELETE").is_some());
+    assert_eq!(t.slots_used(), 2, "its end gives back no viewer's slot");
+    // Through the relay: bound to its OPTIONS session by its relay candidates; a failed
+    // offer returns it to pending without touching the slots.
+    let (a, _) = t.hand_out(src("192.0.2.9"), t0, &none).unwrap();
+    let p = t.begin_offer(&whip(&[&a]), t0).unwrap();
+    assert_eq!(
+        (p.session.as_str(), p.binding),
+        (a.as_str(), Binding::Candidate)
+    );
+    assert_eq!(t.finish_offer(&p.media, false, t0), None);
+    assert_eq!((t.slots_used(), t.pending()), (2, 1));
+    let p = t.begin_offer(&whip(&[&a]), t0).unwrap();
+    t.finish_offer(&p.media, true, t0);
+    assert_eq!(t.media_ended(&p.media, "ice").unwrap().id, a);
+    assert_eq!((t.slots_used(), t.len(), t.pending()), (2, 2, 0));
 }
