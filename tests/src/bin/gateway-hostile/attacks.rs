@@ -18,9 +18,9 @@ type Attack = for<'a> fn(&'a Ctx) -> Pin<Box<dyn Future<Output = Outcome> + 'a>>
 
 /// Every attack, in the order they run, with the RSS slack (MB) it may leave behind.
 pub const ALL: &[(&str, f64, Attack)] = &[
-    ("stalled-bodies", 80.0, |cx| Box::pin(stalled_bodies(cx))),
+    ("stalled-bodies", 120.0, |cx| Box::pin(stalled_bodies(cx))),
     // The same again: what the first round took must have gone back, and go back again.
-    ("stalled-bodies-again", 80.0, |cx| {
+    ("stalled-bodies-again", 120.0, |cx| {
         Box::pin(stalled_bodies(cx))
     }),
     ("udp-garbage", 24.0, |cx| Box::pin(udp_garbage(cx))),
