@@ -229,14 +229,7 @@ impl Mesh {
     /// Sends at `rate` packets/s in all for `dur`, waits for the echoes (bounded), and
     /// reports. With `record`, round-trip times are kept (see [`Mesh::take_rtts`]).
     pub async fn step(&mut self, server: &Server, rate: f64, dur: Duration, record: bool) -> Step {
-        let c = &self.counters;
-        let step = c.step.fetch_add(1, Ordering::Relaxed) + 1;
-        c.received.store(0, Ordering::Relaxed);
-        c.record.store(record, Ordering::Relaxed);
-        if let Ok(mut v) = c.rtts_us.lock() {
-            v.clear();
-        }
-        let cpu0 = server.cpu_seconds();
+        let (step, cpu0) = self.begin(server, record);
         // Up to 4 sender tasks, each pacing its share of the connections.
         let groups = self.writers.len().clamp(1, 4);
         let total = self.writers.len().max(1);
@@ -256,6 +249,67 @@ impl Mesh {
                 sent += n;
             }
         }
+        self.finish(server, rate, sent, start, dur, cpu0).await
+    }
+
+    /// Video-like load: every allocation sends one packet every `gap.0..gap.1` (uniformly
+    /// jittered, as RTP of a ~1 Mbit/s stream arrives), each packet its own write, for `dur`;
+    /// round-trip times are kept for every packet.
+    pub async fn video_step(
+        &mut self,
+        server: &Server,
+        gap: (Duration, Duration),
+        dur: Duration,
+    ) -> Step {
+        let (step, cpu0) = self.begin(server, true);
+        let groups = self.writers.len().clamp(1, 4);
+        let mut all: Vec<_> = self.writers.drain(..).collect();
+        let per = all.len().div_ceil(groups).max(1);
+        let mut handles = Vec::new();
+        let start = Instant::now();
+        let mut first = 0usize;
+        while !all.is_empty() {
+            let chunk: Vec<_> = all.drain(..per.min(all.len())).collect();
+            let n = chunk.len();
+            handles.push(tokio::spawn(pace_video(chunk, first, gap, dur, step, start)));
+            first += n;
+        }
+        let mut sent = 0;
+        for h in handles {
+            if let Ok((w, n)) = h.await {
+                self.writers.extend(w);
+                sent += n;
+            }
+        }
+        let mean = (gap.0 + gap.1).as_secs_f64() / 2.0;
+        let rate = self.writers.len() as f64 / mean.max(1e-6);
+        self.finish(server, rate, sent, start, dur, cpu0).await
+    }
+
+    /// Starts a step: a new step number, counters cleared; the server's CPU seconds now.
+    fn begin(&self, server: &Server, record: bool) -> (u32, f64) {
+        let c = &self.counters;
+        let step = c.step.fetch_add(1, Ordering::Relaxed) + 1;
+        c.received.store(0, Ordering::Relaxed);
+        c.record.store(record, Ordering::Relaxed);
+        if let Ok(mut v) = c.rtts_us.lock() {
+            v.clear();
+        }
+        (step, server.cpu_seconds())
+    }
+
+    /// Ends a step whose senders sent `sent` packets since `start`: waits for the echoes
+    /// (bounded) and reports.
+    async fn finish(
+        &self,
+        server: &Server,
+        rate: f64,
+        sent: u64,
+        start: Instant,
+        dur: Duration,
+        cpu0: f64,
+    ) -> Step {
+        let c = &self.counters;
         let secs = start
             .elapsed()
             .as_secs_f64()
@@ -377,6 +431,55 @@ async fn pace(
             sent += mine;
         }
         rr = rr.wrapping_add(due % n);
+    }
+    (writers, sent)
+}
+
+/// One packet per writer every `gap.0..gap.1` (jittered per writer by a small xorshift
+/// generator seeded with the writer's index), each packet its own write and flush, for
+/// `dur`; the writers (numbered from `first` in the payload stamp) and the count sent.
+async fn pace_video(
+    mut writers: Vec<WriteHalf<Box<dyn Stream>>>,
+    first: usize,
+    gap: (Duration, Duration),
+    dur: Duration,
+    step: u32,
+    start: Instant,
+) -> (Vec<WriteHalf<Box<dyn Stream>>>, u64) {
+    let mut frame = Vec::with_capacity(PAYLOAD + 4);
+    relay::framer::write_channel_data(&mut frame, CHANNEL, &[0u8; PAYLOAD], true);
+    let span = gap.1.saturating_sub(gap.0).as_nanos().max(1) as u64;
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ first as u64;
+    let mut jitter = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        gap.0 + Duration::from_nanos(rng % span)
+    };
+    // Each writer starts at a random point of its first gap, so sends spread out.
+    let mut due: Vec<Duration> = writers.iter().map(|_| jitter() - gap.0).collect();
+    let mut sent = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    'run: loop {
+        tick.tick().await;
+        let el = start.elapsed();
+        if el >= dur {
+            break;
+        }
+        for (i, w) in writers.iter_mut().enumerate() {
+            let Some(d) = due.get_mut(i) else { continue };
+            if *d > el {
+                continue;
+            }
+            // A writer that fell behind sends once and goes on from now (no catch-up burst).
+            *d = (*d + jitter()).max(el);
+            stamp(&mut frame[4..], step, (first + i) as u32);
+            if w.write_all(&frame).await.is_err() || w.flush().await.is_err() {
+                break 'run;
+            }
+            sent += 1;
+        }
     }
     (writers, sent)
 }

@@ -81,6 +81,14 @@ struct Plan {
     viewers_only: bool,
     /// `--rtp-join`: only the RTP join part, printed (no report written).
     rtp_join_only: bool,
+    /// Allocation counts of the video-like relay load (each a 1,200-byte packet every 5-10
+    /// ms each way); `--full` adds 4,000.
+    video_allocs: Vec<usize>,
+    /// How long each video-like step lasts.
+    video_step: Duration,
+    /// `--uclient-repeat SERVER N`: coturn's client at video-like load, N runs over TCP and
+    /// TLS, printed (no report written).
+    uclient_repeat: Option<(Kind, u32)>,
 }
 
 impl Plan {
@@ -102,12 +110,21 @@ impl Plan {
             soak_setup: None,
             viewers_only: false,
             rtp_join_only: false,
+            video_allocs: vec![100, 1000],
+            video_step: Duration::from_secs(10),
+            uclient_repeat: None,
         };
         let mut args = std::env::args().skip(1);
         let mut repeats: Option<usize> = None;
         while let Some(a) = args.next() {
             match a.as_str() {
                 "--quick" => plan.quick = true,
+                "--full" => plan.video_allocs = vec![100, 1000, 4000],
+                "--uclient-repeat" => {
+                    let mut next = || args.next().context("--uclient-repeat SERVER N");
+                    let kind = Kind::from_arg(&next()?).context("--uclient-repeat")?;
+                    plan.uclient_repeat = Some((kind, next()?.parse()?));
+                }
                 "--out" => plan.out = PathBuf::from(args.next().context("--out needs a file")?),
                 "--repeats" => {
                     repeats = Some(args.next().context("--repeats needs a number")?.parse()?)
@@ -145,7 +162,7 @@ impl Plan {
                 }
                 "-h" | "--help" => {
                     println!(
-                        "gateway-bench [--quick] [--out FILE] [--repeats N] [--gateway-bin PATH]\n\
+                        "gateway-bench [--quick|--full] [--out FILE] [--repeats N] [--gateway-bin PATH]\n\
                          Benchmarks the gateway's TURN relay against coturn (turnserver) on loopback\n\
                          and writes the table to docs/BENCHMARKS.md (or FILE), with SVG charts\n\
                          beside it (<stem>-throughput.svg, -cpu.svg, -viewers-cpu.svg, -ttff.svg).\n\n\
@@ -153,7 +170,10 @@ impl Plan {
                          --soak SERVER tcp|tls ALLOCS RATE SECS   steady relay load, one line per second\n  \
                          --soak-setup SERVER COUNT ROUNDS         TLS set-up rate with server and bench CPU\n  \
                          --viewers                                only the viewers-per-core part\n  \
-                         --rtp-join                               only the RTP join part (needs ffmpeg)\n\
+                         --rtp-join                               only the RTP join part (needs ffmpeg)\n  \
+                         --uclient-repeat SERVER N                turnutils_uclient at video-like load (40 allocations\n  \
+                                                                  x 200 packets/s each way), N runs over TCP and TLS\n\
+                         --full: the video-like relay load also at 4,000 allocations.\n\
                          SERVER is gateway or coturn."
                     );
                     std::process::exit(0);
@@ -169,6 +189,8 @@ impl Plan {
             plan.setup_count = 300;
             plan.latency_step = Duration::from_secs(1);
             plan.uclient_messages = 200;
+            plan.video_allocs = vec![50];
+            plan.video_step = Duration::from_secs(3);
         }
         if let Some(r) = repeats {
             plan.repeats = r.max(1);
@@ -354,6 +376,12 @@ async fn run(mut plan: Plan, server_core: Option<usize>) -> anyhow::Result<()> {
                 held.errors
             );
         }
+        return Ok(());
+    }
+    if let Some((kind, runs)) = plan.uclient_repeat {
+        let server = Server::start(kind, &common, 0).await?;
+        eprintln!("uclient-repeat: {} pid {} ready", kind.name(), server.pid());
+        report::uclient_repeat(&server, &peers, &common, runs).await;
         return Ok(());
     }
     if plan.rtp_join_only {
@@ -590,6 +618,12 @@ async fn run(mut plan: Plan, server_core: Option<usize>) -> anyhow::Result<()> {
             }
         }
 
+        // 7. Video-like relay load: every allocation a 1,200-byte packet every 5-10 ms each
+        // way (jittered), each its own write: server CPU per million relayed packets, loss,
+        // added latency.
+        video_load(&servers, order, &peers, &probe_peer, &plan, &mut results, &mut notes, start)
+            .await;
+
         // Cross-check with coturn's own client, once, on the last repeat's servers.
         if rep + 1 == plan.repeats {
             crosscheck = Some(
@@ -744,4 +778,83 @@ async fn memory(
         );
     }
     drop(held);
+}
+
+/// Step 7 (see the crate doc): the video-like relay load on both servers.
+#[allow(clippy::too_many_arguments)]
+async fn video_load(
+    servers: &HashMap<Kind, Server>,
+    order: [Kind; 2],
+    peers: &EchoPeers,
+    probe_peer: &EchoPeers,
+    plan: &Plan,
+    results: &mut Results,
+    notes: &mut Vec<String>,
+    start: Instant,
+) {
+    let gap = (Duration::from_millis(5), Duration::from_millis(10));
+    let mut base = load::udp_baseline(probe_peer.addrs[0], 1000.0, Duration::from_secs(1))
+        .await
+        .unwrap_or_default();
+    let base_p99 = load::percentile(&mut base, 99.0);
+    for transport in [Transport::Tcp, Transport::Tls] {
+        for &n in &plan.video_allocs {
+            for k in order {
+                let s = &servers[&k];
+                let mut mesh = match Mesh::open(&s.target, transport, n, &peers.addrs).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        notes.push(format!(
+                            "{} {} video-like load, {n} allocations: set-up failed: {e:#}",
+                            k.name(),
+                            transport.name()
+                        ));
+                        continue;
+                    }
+                };
+                load::settled_cpu(&servers.values().collect::<Vec<_>>()).await;
+                let st = mesh.video_step(s, gap, plan.video_step).await;
+                let mut rtt = mesh.take_rtts();
+                drop(mesh);
+                let packets = (st.sent + st.received) as f64;
+                let cpu_per_m = st.cpu / (packets / 1e6).max(1e-9);
+                let p99 = ((load::percentile(&mut rtt, 99.0) - base_p99) / 2.0).max(0.0);
+                let name = format!(
+                    "{}, {n} alloc, video-like (1,200 B every 5-10 ms each way)",
+                    transport.name()
+                );
+                results.add(
+                    &format!("{name}: server CPU"),
+                    "s/Mpkt",
+                    Better::Lower,
+                    k,
+                    cpu_per_m,
+                );
+                results.add(
+                    &format!("{name}: loss"),
+                    "%",
+                    Better::Lower,
+                    k,
+                    st.loss() * 100.0,
+                );
+                results.add(
+                    &format!("{name}: added one-way latency p99"),
+                    "µs",
+                    Better::Lower,
+                    k,
+                    p99,
+                );
+                log(
+                    start,
+                    format!(
+                        "  video-like {name} {}: {:.0} pkt/s sent, CPU {cpu_per_m:.2} s per million \
+                         relayed packets, loss {:.3} %, p99 +{p99:.0} µs",
+                        k.name(),
+                        st.sent as f64 / st.secs,
+                        st.loss() * 100.0
+                    ),
+                );
+            }
+        }
+    }
 }

@@ -549,3 +549,77 @@ pub async fn crosscheck(
     );
     s
 }
+
+/// `--uclient-repeat N`: coturn's own client at video-like load against one server, `runs`
+/// times over TURN/TCP and TURN/TLS: 40 allocations, each sending a 1,200-byte packet every
+/// 5 ms for 600 packets (200 packets/s each way each), echoed by the bench's UDP peer. One
+/// line per run with the packets lost as uclient counts them; the summary says how many runs
+/// lost none.
+pub async fn uclient_repeat(server: &Server, peers: &EchoPeers, common: &Common, runs: u32) {
+    let peer = peers.addrs[0];
+    for (name, tls) in [("TURN/TCP", false), ("TURN/TLS", true)] {
+        let mut clean = 0;
+        for run in 1..=runs {
+            let port = if tls {
+                server.target.tls.port()
+            } else {
+                server.target.tcp.port()
+            };
+            let mut args: Vec<String> = vec!["-t".into()];
+            if tls {
+                args.push("-S".into());
+            }
+            for a in [
+                "-c",
+                "-e",
+                "127.0.0.1",
+                "-r",
+                &peer.port().to_string(),
+                "-m",
+                "40",
+                "-n",
+                "600",
+                "-l",
+                "1200",
+                "-z",
+                "5",
+                "-W",
+                &common.secret,
+                "-u",
+                "uclient",
+                "-p",
+                &port.to_string(),
+                "127.0.0.1",
+            ] {
+                args.push(a.to_owned());
+            }
+            let cpu0 = server.cpu_seconds();
+            let u = tokio::task::spawn_blocking(move || run_uclient(args))
+                .await
+                .unwrap_or(Uclient {
+                    ok: false,
+                    lost: None,
+                    rtt: None,
+                    output: "join error".into(),
+                });
+            let cpu = server.cpu_seconds() - cpu0;
+            let lost = u.lost.as_deref().unwrap_or("?");
+            let none = u.ok && lost.split_whitespace().next() == Some("0");
+            clean += u32::from(none);
+            eprintln!(
+                "uclient-repeat: {} {name} run {run}/{runs}: {} lost {lost}, round trip {}, server CPU {cpu:.2} s",
+                server.kind.name(),
+                if u.ok { "ok" } else { "FAILED" },
+                u.rtt.as_deref().unwrap_or("?"),
+            );
+            if !u.ok {
+                let tail: Vec<&str> = u.output.lines().rev().take(3).collect();
+                eprintln!("  {}", tail.join(" / "));
+            }
+        }
+        eprintln!(
+            "uclient-repeat: {} {name}: {clean} of {runs} runs lost no packet (40 allocations x 600 packets each way)",
+            server.kind.name()
+        );
+    }
+}
