@@ -271,7 +271,9 @@ impl Mesh {
         while !all.is_empty() {
             let chunk: Vec<_> = all.drain(..per.min(all.len())).collect();
             let n = chunk.len();
-            handles.push(tokio::spawn(pace_video(chunk, first, gap, dur, step, start)));
+            handles.push(tokio::spawn(pace_video(
+                chunk, first, gap, dur, step, start,
+            )));
             first += n;
         }
         let mut sent = 0;

@@ -621,8 +621,17 @@ async fn run(mut plan: Plan, server_core: Option<usize>) -> anyhow::Result<()> {
         // 7. Video-like relay load: every allocation a 1,200-byte packet every 5-10 ms each
         // way (jittered), each its own write: server CPU per million relayed packets, loss,
         // added latency.
-        video_load(&servers, order, &peers, &probe_peer, &plan, &mut results, &mut notes, start)
-            .await;
+        video_load(
+            &servers,
+            order,
+            &peers,
+            &probe_peer,
+            &plan,
+            &mut results,
+            &mut notes,
+            start,
+        )
+        .await;
 
         // Cross-check with coturn's own client, once, on the last repeat's servers.
         if rep + 1 == plan.repeats {
