@@ -93,7 +93,8 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
         &video,
         source_guard.pull_demand(),
     )
-    .with_whip(source_guard.whip())];
+    .with_whip(source_guard.whip())
+    .with_rtp_stats(source_guard.rtp_stats())];
     let mut source_guards = vec![source_guard];
     for named in &media_plan.streams {
         let (feeds, guard) =
@@ -106,7 +107,8 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
                 &feeds,
                 guard.pull_demand(),
             )
-            .with_whip(guard.whip()),
+            .with_whip(guard.whip())
+            .with_rtp_stats(guard.rtp_stats()),
         );
         source_guards.push(guard);
         tracing::info!(stream = %named.name, source = %named.source.redacted(), "stream configured");
@@ -162,7 +164,7 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
         ice_plan,
         embedded_uris,
         settings.turn_credential_ttl,
-        streams,
+        streams.clone(),
     );
     let app = Arc::new(App::new(
         settings.clone(),
@@ -193,6 +195,7 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
             .set_gauge("gateway_viewers", "Viewers receiving video.", move || {
                 all.iter().map(|(_, f)| f.viewers() as u64).sum()
             });
+        crate::streams::StreamDirectory::export_metrics(&streams, &app.metrics);
     }
     let router = http::router(app.clone(), cors, api_token);
 
