@@ -145,6 +145,13 @@ pub struct Settings {
     #[arg(long, env = "WHIP_TOKEN", hide_env_values = true)]
     pub whip_token: Option<String>,
 
+    /// A new authenticated WHIP publisher on a live `whip` stream replaces the one there (its
+    /// session ends; viewers stay and get the new video from its first keyframe) instead of
+    /// being refused with 409. For every `whip` stream; one stream alone:
+    /// `whip?token=…&takeover=true`.
+    #[arg(long, env = "WHIP_TAKEOVER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub whip_takeover: bool,
+
     /// TURN realm.
     #[arg(long, env = "TURN_REALM", default_value = "gateway")]
     pub turn_realm: String,
@@ -707,26 +714,30 @@ impl Settings {
         let source = self
             .media_source
             .clone()
+            .with_whip_takeover(self.whip_takeover)
             .with_whip_token(token)
             .map_err(|e| SettingError {
                 setting: "MEDIA_SOURCE",
                 reason: e.to_string(),
             })?;
-        let streams =
-            self.streams
-                .iter()
-                .map(|n| {
-                    Ok(crate::streams::NamedStream {
-                        name: n.name.clone(),
-                        source: n.source.clone().with_whip_token(token).map_err(|e| {
-                            SettingError {
-                                setting: "STREAMS",
-                                reason: format!("stream {:?}: {e}", n.name),
-                            }
+        let streams = self
+            .streams
+            .iter()
+            .map(|n| {
+                Ok(crate::streams::NamedStream {
+                    name: n.name.clone(),
+                    source: n
+                        .source
+                        .clone()
+                        .with_whip_takeover(self.whip_takeover)
+                        .with_whip_token(token)
+                        .map_err(|e| SettingError {
+                            setting: "STREAMS",
+                            reason: format!("stream {:?}: {e}", n.name),
                         })?,
-                    })
                 })
-                .collect::<Result<Vec<_>, SettingError>>()?;
+            })
+            .collect::<Result<Vec<_>, SettingError>>()?;
         Ok((source, streams))
     }
 

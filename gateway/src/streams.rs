@@ -513,7 +513,10 @@ mod tests {
     fn a_whip_stream_is_live_while_a_publisher_holds_it() {
         let feeds = VideoFeeds::new(crate::media::whip::WHIP_CODECS);
         let whip = Arc::new(WhipIngest::new(feeds.clone(), "0123456789abcdef"));
-        let spec = MediaSourceSpec::Whip { token: None };
+        let spec = MediaSourceSpec::Whip {
+            token: None,
+            takeover: false,
+        };
         let d = StreamDirectory::new(
             vec![
                 entry(DEFAULT_STREAM, Liveness::Always),

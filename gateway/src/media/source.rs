@@ -310,6 +310,11 @@ impl VideoSource {
         self.keyframe_wanted.store(true, Ordering::Relaxed);
     }
 
+    /// Whether `other` is this same feed (a clone of it), not merely one of the same codec.
+    pub fn same_feed(&self, other: &VideoSource) -> bool {
+        Arc::ptr_eq(&self.counters, &other.counters)
+    }
+
     /// Frames published since the feed was made.
     pub fn frames_published(&self) -> u64 {
         self.counters.frames.load(Ordering::Relaxed)
