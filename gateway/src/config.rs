@@ -255,8 +255,9 @@ pub struct Settings {
     /// VP8), `rtp://[ADDR]:PORT?codec=h264|vp8` (RTP ingest; 127.0.0.1 without ADDR), a file
     /// path, or a pull from
     /// another WebRTC server: `offer+http://HOST:PORT/api/v1/projects/ID/offer` (Geti's offer
-    /// endpoint) or `whep+http://HOST:PORT/whep/…`, or `whip[?token=TOKEN]` (published by
-    /// WHIP at `/whip`, with WHIP_TOKEN or the stream's own token).
+    /// endpoint) or `whep+http://HOST:PORT/whep/…` (`https://` too, see PULL_CA_FILE), or
+    /// `whip[?token=TOKEN][&takeover=true]` (published by WHIP at `/whip`, with WHIP_TOKEN or
+    /// the stream's own token; `takeover=true`: a new publisher replaces the live one).
     #[arg(long, env = "MEDIA_SOURCE", default_value = "testsrc")]
     pub media_source: MediaSourceSpec,
 
@@ -281,6 +282,11 @@ pub struct Settings {
     /// upstream after its last viewer left. The first viewer's request connects it.
     #[arg(long, env = "PULL_IDLE_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub pull_idle_timeout: u64,
+
+    /// PEM file of certificates (a private CA) trusted for `https://` pull upstreams
+    /// (`whep+https://…`, `offer+https://…`), besides the system's roots.
+    #[arg(long, env = "PULL_CA_FILE")]
+    pub pull_ca_file: Option<std::path::PathBuf>,
 
     /// IP or DNS name (resolved at start) written into host candidates instead of the bound
     /// address (1:1 NAT, containers). Default: the address STUN_SERVER reports, else
@@ -482,6 +488,8 @@ pub struct MediaPlan {
     pub stream_fallback: crate::streams::StreamFallback,
     /// PULL_IDLE_TIMEOUT.
     pub pull_idle: Duration,
+    /// PULL_CA_FILE.
+    pub pull_ca_file: Option<std::path::PathBuf>,
 }
 
 impl MediaPlan {
@@ -602,6 +610,7 @@ impl Settings {
             streams,
             stream_fallback: self.stream_fallback,
             pull_idle: Duration::from_secs(self.pull_idle_timeout),
+            pull_ca_file: self.pull_ca_file.clone(),
         };
         for (i, a) in self.streams.iter().enumerate() {
             if self.streams.iter().skip(i + 1).any(|b| b.name == a.name) {

@@ -236,6 +236,15 @@ mod tests {
     }
 
     #[test]
+    fn pull_ca_file_from_the_file() {
+        let cli = with_file("pull_ca_file = \"/etc/gateway/origin-ca.pem\"", &[]).unwrap();
+        assert_eq!(
+            cli.settings.pull_ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/gateway/origin-ca.pem"))
+        );
+    }
+
+    #[test]
     fn whip_takeover_from_the_file() {
         let cli = with_file(
             "whip_takeover = true\nwhip_token = \"file-whip-token-0123456789\"\n\

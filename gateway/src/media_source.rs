@@ -235,15 +235,9 @@ impl FromStr for MediaSourceSpec {
             let Some(url) = s.strip_prefix(dialect.prefix()) else {
                 continue;
             };
-            if url.starts_with("https://") {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
                 return Err(SourceSpecError(format!(
-                    "{s:?}: pulling over https is not supported yet; pull over http:// from an \
-                     upstream on this machine or a private network"
-                )));
-            }
-            if !url.starts_with("http://") {
-                return Err(SourceSpecError(format!(
-                    "{s:?}: the upstream must be an http:// URL, e.g. \
+                    "{s:?}: the upstream must be an http:// or https:// URL, e.g. \
                      {}http://127.0.0.1:9100/api/v1/projects/ID/offer",
                     dialect.prefix()
                 )));
@@ -348,13 +342,15 @@ pub const DEFAULT_PULL_IDLE: std::time::Duration = std::time::Duration::from_sec
 /// Starts the producer named by `spec` (a pull with [`DEFAULT_PULL_IDLE`]). Errors name
 /// `MEDIA_SOURCE`.
 pub fn start(spec: &MediaSourceSpec) -> anyhow::Result<(VideoFeeds, SourceGuard)> {
-    start_with(spec, DEFAULT_PULL_IDLE)
+    let options = crate::media::pull::PullOptions::new(DEFAULT_PULL_IDLE, None)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    start_with(spec, &options)
 }
 
-/// [`start`], a pull staying `pull_idle` after its last viewer.
+/// [`start`], a pull run by `pull` (idle time, trusted certificates).
 pub fn start_with(
     spec: &MediaSourceSpec,
-    pull_idle: std::time::Duration,
+    pull: &crate::media::pull::PullOptions,
 ) -> anyhow::Result<(VideoFeeds, SourceGuard)> {
     match spec {
         MediaSourceSpec::TestSrc => {
@@ -386,7 +382,7 @@ pub fn start_with(
         MediaSourceSpec::Pull(upstream) => {
             let feeds = VideoFeeds::new(PULL_CODECS);
             tracing::info!(url = %upstream.url, dialect = ?upstream.dialect, "pulling a stream over WebRTC");
-            let pull = PullSource::spawn(upstream.clone(), feeds.clone(), pull_idle);
+            let pull = PullSource::spawn(upstream.clone(), feeds.clone(), pull);
             Ok((feeds, SourceGuard::new(pull)))
         }
         MediaSourceSpec::Whip { token, takeover } => {
@@ -461,7 +457,7 @@ mod tests {
         assert!("http://x/y".parse::<MediaSourceSpec>().is_err());
         assert!("".parse::<MediaSourceSpec>().is_err());
         for bad in [
-            "offer+https://x/y",
+            "offer+https://",
             "whep+ftp://x",
             "offer+http://",
             "whep+http:// /",
@@ -475,6 +471,8 @@ mod tests {
             "/videos/a.h264",
             "offer+http://127.0.0.1:9100/api/v1/projects/p1/offer",
             "whep+http://[::1]:8080/whep/cam",
+            "whep+https://origin.example:443/whep/cam",
+            "offer+https://10.0.0.2/api/v1/projects/p1/offer",
             "whip",
             "whip?token=0123456789abcdef+/==",
             "whip?token=0123456789abcdef+/==&takeover=true",

@@ -84,8 +84,12 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
         .clone()
         .or_else(|| media_plan.advertise.clone())
         .unwrap_or_else(|| advertised.to_string());
-    let (video, source_guard) =
-        crate::media_source::start_with(&media_plan.source, media_plan.pull_idle)?;
+    let pull = crate::media::pull::PullOptions::new(
+        media_plan.pull_idle,
+        media_plan.pull_ca_file.as_deref(),
+    )
+    .map_err(|e| anyhow::anyhow!("PULL_CA_FILE: {e}"))?;
+    let (video, source_guard) = crate::media_source::start_with(&media_plan.source, &pull)?;
     // Every stream: `default` from MEDIA_SOURCE, then the named ones.
     let mut entries = vec![crate::streams::StreamEntry::new(
         crate::media::DEFAULT_STREAM,
@@ -97,9 +101,8 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
     .with_rtp_stats(source_guard.rtp_stats())];
     let mut source_guards = vec![source_guard];
     for named in &media_plan.streams {
-        let (feeds, guard) =
-            crate::media_source::start_with(&named.source, media_plan.pull_idle)
-                .map_err(|e| anyhow::anyhow!("STREAMS: stream {:?}: {e:#}", named.name))?;
+        let (feeds, guard) = crate::media_source::start_with(&named.source, &pull)
+            .map_err(|e| anyhow::anyhow!("STREAMS: stream {:?}: {e:#}", named.name))?;
         entries.push(
             crate::streams::StreamEntry::new(
                 named.name.clone(),

@@ -154,6 +154,10 @@ pub enum StreamRefusal {
     /// The stream exists but its source sends nothing now.
     #[error("stream {0:?} has no active source")]
     NotLive(String),
+    /// A pulled stream's `https://` upstream has a certificate not trusted here (system
+    /// roots, `PULL_CA_FILE`).
+    #[error("stream {0:?}: {1}")]
+    UpstreamUntrusted(String, String),
 }
 
 /// Why a WHIP publisher cannot publish to a stream.
@@ -291,6 +295,10 @@ impl StreamDirectory {
         }
         match demand.ready(PULL_READY_TIMEOUT).await {
             Ok(()) => Ok(()),
+            Err(reason) if reason.starts_with(crate::media::pull::signal::UNTRUSTED) => {
+                tracing::warn!(stream = name, %reason, "pulled stream not available: set PULL_CA_FILE to the upstream's CA");
+                Err(StreamRefusal::UpstreamUntrusted(name.to_owned(), reason))
+            }
             Err(reason) => {
                 tracing::info!(stream = name, %reason, "pulled stream not available");
                 Err(StreamRefusal::NotLive(name.to_owned()))
