@@ -145,6 +145,13 @@ pub struct Settings {
     #[arg(long, env = "WHIP_TOKEN", hide_env_values = true)]
     pub whip_token: Option<String>,
 
+    /// A new authenticated WHIP publisher on a live `whip` stream replaces the one there (its
+    /// session ends; viewers stay and get the new video from its first keyframe) instead of
+    /// being refused with 409. For every `whip` stream; one stream alone:
+    /// `whip?token=…&takeover=true`.
+    #[arg(long, env = "WHIP_TAKEOVER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub whip_takeover: bool,
+
     /// TURN realm.
     #[arg(long, env = "TURN_REALM", default_value = "gateway")]
     pub turn_realm: String,
@@ -248,8 +255,9 @@ pub struct Settings {
     /// VP8), `rtp://[ADDR]:PORT?codec=h264|vp8` (RTP ingest; 127.0.0.1 without ADDR), a file
     /// path, or a pull from
     /// another WebRTC server: `offer+http://HOST:PORT/api/v1/projects/ID/offer` (Geti's offer
-    /// endpoint) or `whep+http://HOST:PORT/whep/…`, or `whip[?token=TOKEN]` (published by
-    /// WHIP at `/whip`, with WHIP_TOKEN or the stream's own token).
+    /// endpoint) or `whep+http://HOST:PORT/whep/…` (`https://` too, see PULL_CA_FILE), or
+    /// `whip[?token=TOKEN][&takeover=true]` (published by WHIP at `/whip`, with WHIP_TOKEN or
+    /// the stream's own token; `takeover=true`: a new publisher replaces the live one).
     #[arg(long, env = "MEDIA_SOURCE", default_value = "testsrc")]
     pub media_source: MediaSourceSpec,
 
@@ -274,6 +282,11 @@ pub struct Settings {
     /// upstream after its last viewer left. The first viewer's request connects it.
     #[arg(long, env = "PULL_IDLE_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub pull_idle_timeout: u64,
+
+    /// PEM file of certificates (a private CA) trusted for `https://` pull upstreams
+    /// (`whep+https://…`, `offer+https://…`), besides the system's roots.
+    #[arg(long, env = "PULL_CA_FILE")]
+    pub pull_ca_file: Option<std::path::PathBuf>,
 
     /// IP or DNS name (resolved at start) written into host candidates instead of the bound
     /// address (1:1 NAT, containers). Default: the address STUN_SERVER reports, else
@@ -475,6 +488,8 @@ pub struct MediaPlan {
     pub stream_fallback: crate::streams::StreamFallback,
     /// PULL_IDLE_TIMEOUT.
     pub pull_idle: Duration,
+    /// PULL_CA_FILE.
+    pub pull_ca_file: Option<std::path::PathBuf>,
 }
 
 impl MediaPlan {
@@ -595,6 +610,7 @@ impl Settings {
             streams,
             stream_fallback: self.stream_fallback,
             pull_idle: Duration::from_secs(self.pull_idle_timeout),
+            pull_ca_file: self.pull_ca_file.clone(),
         };
         for (i, a) in self.streams.iter().enumerate() {
             if self.streams.iter().skip(i + 1).any(|b| b.name == a.name) {
@@ -707,26 +723,30 @@ impl Settings {
         let source = self
             .media_source
             .clone()
+            .with_whip_takeover(self.whip_takeover)
             .with_whip_token(token)
             .map_err(|e| SettingError {
                 setting: "MEDIA_SOURCE",
                 reason: e.to_string(),
             })?;
-        let streams =
-            self.streams
-                .iter()
-                .map(|n| {
-                    Ok(crate::streams::NamedStream {
-                        name: n.name.clone(),
-                        source: n.source.clone().with_whip_token(token).map_err(|e| {
-                            SettingError {
-                                setting: "STREAMS",
-                                reason: format!("stream {:?}: {e}", n.name),
-                            }
+        let streams = self
+            .streams
+            .iter()
+            .map(|n| {
+                Ok(crate::streams::NamedStream {
+                    name: n.name.clone(),
+                    source: n
+                        .source
+                        .clone()
+                        .with_whip_takeover(self.whip_takeover)
+                        .with_whip_token(token)
+                        .map_err(|e| SettingError {
+                            setting: "STREAMS",
+                            reason: format!("stream {:?}: {e}", n.name),
                         })?,
-                    })
                 })
-                .collect::<Result<Vec<_>, SettingError>>()?;
+            })
+            .collect::<Result<Vec<_>, SettingError>>()?;
         Ok((source, streams))
     }
 

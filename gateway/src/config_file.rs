@@ -236,6 +236,31 @@ mod tests {
     }
 
     #[test]
+    fn pull_ca_file_from_the_file() {
+        let cli = with_file("pull_ca_file = \"/etc/gateway/origin-ca.pem\"", &[]).unwrap();
+        assert_eq!(
+            cli.settings.pull_ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/gateway/origin-ca.pem"))
+        );
+    }
+
+    #[test]
+    fn whip_takeover_from_the_file() {
+        let cli = with_file(
+            "whip_takeover = true\nwhip_token = \"file-whip-token-0123456789\"\n\
+             streams = [\"cam=whip\"]",
+            &[],
+        )
+        .unwrap();
+        assert!(cli.settings.whip_takeover);
+        let (_, streams) = cli.settings.whip_tokens().unwrap();
+        assert!(matches!(
+            streams[0].source,
+            crate::media_source::MediaSourceSpec::Whip { takeover: true, .. }
+        ));
+    }
+
+    #[test]
     fn streams_as_an_array_of_name_source() {
         let cli = with_file(r#"streams = ["a=testsrc", "b=testsrc"]"#, &[]).unwrap();
         assert_eq!(cli.settings.streams.len(), 2);

@@ -37,12 +37,60 @@ pub enum MediaSourceSpec {
     /// `whep+http://…` or `offer+http://…/api/v1/projects/{id}/offer`: pulled over WebRTC
     /// from another server's offer endpoint (see [`crate::media::pull`]).
     Pull(crate::media::pull::Upstream),
-    /// `whip` or `whip?token=TOKEN`: published by WHIP (`POST /whip/{stream}`) by a holder
-    /// of the bearer token (this stream's, else `WHIP_TOKEN`; see [`MediaSourceSpec::with_whip_token`]).
+    /// `whip`, `whip?token=TOKEN`, `whip?token=TOKEN&takeover=true`: published by WHIP
+    /// (`POST /whip/{stream}`) by a holder of the bearer token (this stream's, else
+    /// `WHIP_TOKEN`; see [`MediaSourceSpec::with_whip_token`]).
     Whip {
         /// The stream's own token, if given.
         token: Option<WhipToken>,
+        /// A new authenticated publisher replaces the live one (else it is refused, 409).
+        takeover: bool,
     },
+}
+
+/// `whip?…`'s parameters: `token=TOKEN` (at least [`crate::config::MIN_SECRET_BYTES`]
+/// printable characters) and `takeover=true|false`, each at most once.
+fn parse_whip_query(query: &str) -> Result<MediaSourceSpec, SourceSpecError> {
+    let mut token = None;
+    let mut takeover = None;
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("token", t)) if token.is_none() => {
+                if t.len() < crate::config::MIN_SECRET_BYTES
+                    || !t.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    return Err(SourceSpecError(format!(
+                        "whip?token=…: the token must be at least {} printable characters \
+                         without spaces or `&` (make one with `openssl rand -base64 32`)",
+                        crate::config::MIN_SECRET_BYTES
+                    )));
+                }
+                token = Some(WhipToken(t.to_owned()));
+            }
+            Some(("takeover", v)) if takeover.is_none() => {
+                takeover = Some(match v {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(SourceSpecError(
+                            "whip?takeover= is `true` or `false`".into(),
+                        ))
+                    }
+                });
+            }
+            _ => {
+                return Err(SourceSpecError(
+                    "whip takes `token=TOKEN` and `takeover=true|false`, each once \
+                     (`whip?token=TOKEN&takeover=true`)"
+                        .into(),
+                ))
+            }
+        }
+    }
+    Ok(MediaSourceSpec::Whip {
+        token,
+        takeover: takeover.unwrap_or(false),
+    })
 }
 
 /// A WHIP bearer token: shown as `…` in logs and debug output.
@@ -61,9 +109,13 @@ impl MediaSourceSpec {
     /// sources are returned as they are.
     pub fn with_whip_token(self, fallback: Option<&str>) -> Result<Self, SourceSpecError> {
         match self {
-            MediaSourceSpec::Whip { token: None } => match fallback {
+            MediaSourceSpec::Whip {
+                token: None,
+                takeover,
+            } => match fallback {
                 Some(t) => Ok(MediaSourceSpec::Whip {
                     token: Some(WhipToken(t.to_owned())),
+                    takeover,
                 }),
                 None => Err(SourceSpecError(
                     "a `whip` stream needs a bearer token for its publishers: set WHIP_TOKEN \
@@ -73,6 +125,17 @@ impl MediaSourceSpec {
                 )),
             },
             other => Ok(other),
+        }
+    }
+
+    /// With `WHIP_TAKEOVER=true` (`all`), every `whip` stream lets a new publisher take over.
+    pub fn with_whip_takeover(self, all: bool) -> Self {
+        match self {
+            MediaSourceSpec::Whip { token, takeover } => MediaSourceSpec::Whip {
+                token,
+                takeover: takeover || all,
+            },
+            other => other,
         }
     }
 
@@ -107,27 +170,13 @@ impl FromStr for MediaSourceSpec {
             return Ok(MediaSourceSpec::TestSrc);
         }
         if s.eq_ignore_ascii_case("whip") {
-            return Ok(MediaSourceSpec::Whip { token: None });
+            return Ok(MediaSourceSpec::Whip {
+                token: None,
+                takeover: false,
+            });
         }
         if let Some(query) = s.strip_prefix("whip?") {
-            return match query.split_once('=') {
-                Some(("token", t))
-                    if t.len() >= crate::config::MIN_SECRET_BYTES
-                        && t.bytes().all(|b| b.is_ascii_graphic() && b != b'&') =>
-                {
-                    Ok(MediaSourceSpec::Whip {
-                        token: Some(WhipToken(t.to_owned())),
-                    })
-                }
-                Some(("token", _)) => Err(SourceSpecError(format!(
-                    "whip?token=…: the token must be at least {} printable characters \
-                     without spaces (make one with `openssl rand -base64 32`)",
-                    crate::config::MIN_SECRET_BYTES
-                ))),
-                _ => Err(SourceSpecError(
-                    "whip takes one parameter, `whip?token=TOKEN`".into(),
-                )),
-            };
+            return parse_whip_query(query);
         }
         if let Some(rest) = s.strip_prefix("rtp://") {
             let (addr, query) = rest.split_once('?').unwrap_or((rest, ""));
@@ -186,15 +235,9 @@ impl FromStr for MediaSourceSpec {
             let Some(url) = s.strip_prefix(dialect.prefix()) else {
                 continue;
             };
-            if url.starts_with("https://") {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
                 return Err(SourceSpecError(format!(
-                    "{s:?}: pulling over https is not supported yet; pull over http:// from an \
-                     upstream on this machine or a private network"
-                )));
-            }
-            if !url.starts_with("http://") {
-                return Err(SourceSpecError(format!(
-                    "{s:?}: the upstream must be an http:// URL, e.g. \
+                    "{s:?}: the upstream must be an http:// or https:// URL, e.g. \
                      {}http://127.0.0.1:9100/api/v1/projects/ID/offer",
                     dialect.prefix()
                 )));
@@ -241,8 +284,18 @@ impl std::fmt::Display for MediaSourceSpec {
             }
             MediaSourceSpec::File(p) => write!(f, "{}", p.display()),
             MediaSourceSpec::Pull(u) => write!(f, "{}{}", u.dialect.prefix(), u.url),
-            MediaSourceSpec::Whip { token: None } => f.write_str("whip"),
-            MediaSourceSpec::Whip { token: Some(t) } => write!(f, "whip?token={}", t.0),
+            MediaSourceSpec::Whip { token, takeover } => {
+                f.write_str("whip")?;
+                let mut sep = '?';
+                if let Some(t) = token {
+                    write!(f, "{sep}token={}", t.0)?;
+                    sep = '&';
+                }
+                if *takeover {
+                    write!(f, "{sep}takeover=true")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -289,13 +342,15 @@ pub const DEFAULT_PULL_IDLE: std::time::Duration = std::time::Duration::from_sec
 /// Starts the producer named by `spec` (a pull with [`DEFAULT_PULL_IDLE`]). Errors name
 /// `MEDIA_SOURCE`.
 pub fn start(spec: &MediaSourceSpec) -> anyhow::Result<(VideoFeeds, SourceGuard)> {
-    start_with(spec, DEFAULT_PULL_IDLE)
+    let options = crate::media::pull::PullOptions::new(DEFAULT_PULL_IDLE, None)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    start_with(spec, &options)
 }
 
-/// [`start`], a pull staying `pull_idle` after its last viewer.
+/// [`start`], a pull run by `pull` (idle time, trusted certificates).
 pub fn start_with(
     spec: &MediaSourceSpec,
-    pull_idle: std::time::Duration,
+    pull: &crate::media::pull::PullOptions,
 ) -> anyhow::Result<(VideoFeeds, SourceGuard)> {
     match spec {
         MediaSourceSpec::TestSrc => {
@@ -327,17 +382,19 @@ pub fn start_with(
         MediaSourceSpec::Pull(upstream) => {
             let feeds = VideoFeeds::new(PULL_CODECS);
             tracing::info!(url = %upstream.url, dialect = ?upstream.dialect, "pulling a stream over WebRTC");
-            let pull = PullSource::spawn(upstream.clone(), feeds.clone(), pull_idle);
+            let pull = PullSource::spawn(upstream.clone(), feeds.clone(), pull);
             Ok((feeds, SourceGuard::new(pull)))
         }
-        MediaSourceSpec::Whip { token } => {
+        MediaSourceSpec::Whip { token, takeover } => {
             let Some(token) = token else {
                 anyhow::bail!(
                     "a `whip` stream needs a bearer token: set WHIP_TOKEN or `whip?token=…`"
                 );
             };
             let feeds = VideoFeeds::new(WHIP_CODECS);
-            let ingest = std::sync::Arc::new(WhipIngest::new(feeds.clone(), token.0.clone()));
+            let ingest = std::sync::Arc::new(
+                WhipIngest::new(feeds.clone(), token.0.clone()).with_takeover(*takeover),
+            );
             Ok((feeds, SourceGuard::new(ingest)))
         }
         MediaSourceSpec::File(path) => {
@@ -400,7 +457,7 @@ mod tests {
         assert!("http://x/y".parse::<MediaSourceSpec>().is_err());
         assert!("".parse::<MediaSourceSpec>().is_err());
         for bad in [
-            "offer+https://x/y",
+            "offer+https://",
             "whep+ftp://x",
             "offer+http://",
             "whep+http:// /",
@@ -414,8 +471,12 @@ mod tests {
             "/videos/a.h264",
             "offer+http://127.0.0.1:9100/api/v1/projects/p1/offer",
             "whep+http://[::1]:8080/whep/cam",
+            "whep+https://origin.example:443/whep/cam",
+            "offer+https://10.0.0.2/api/v1/projects/p1/offer",
             "whip",
             "whip?token=0123456789abcdef+/==",
+            "whip?token=0123456789abcdef+/==&takeover=true",
+            "whip?takeover=true",
         ] {
             let spec: MediaSourceSpec = s.parse().unwrap();
             assert_eq!(spec.to_string(), s);
@@ -429,6 +490,9 @@ mod tests {
             "whip?token=",
             "whip?key=0123456789abcdef",
             "whip?",
+            "whip?token=0123456789abcdef&takeover=yes",
+            "whip?token=0123456789abcdef&takeover=true&takeover=false",
+            "whip?token=0123456789abcdef&token=0123456789abcdef",
         ] {
             assert!(bad.parse::<MediaSourceSpec>().is_err(), "{bad}");
         }

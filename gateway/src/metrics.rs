@@ -25,12 +25,26 @@ pub const IN_PROCESS: &str = "in_process";
 
 type GaugeFn = Box<dyn Fn() -> u64 + Send + Sync>;
 
+/// Reads a labelled family: one (label value, value) pair per sample.
+type FamilyFn = Box<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
+
+/// One labelled family: name, help, kind, its one label's name, and how to read it.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricKind,
+    label: &'static str,
+    read: FamilyFn,
+}
+
 /// The gateway's own counters and the gauges other parts register (sessions, viewers).
 #[derive(Default)]
 pub struct Registry {
     io: RwLock<Option<Arc<relay::io::IoStats>>>,
     /// Values read at every scrape: (name, help, counter or gauge, read).
     gauges: RwLock<Vec<(&'static str, &'static str, MetricKind, GaugeFn)>>,
+    /// Labelled families read at every scrape (per stream).
+    families: RwLock<Vec<Family>>,
     tls_reloads_ok: AtomicU64,
     tls_reloads_failed: AtomicU64,
     tls_not_after: AtomicU64,
@@ -80,6 +94,31 @@ impl Registry {
         let mut g = self.gauges.write().unwrap_or_else(|p| p.into_inner());
         g.retain(|(n, _, _, _)| *n != name);
         g.push((name, help, kind, read));
+    }
+
+    /// Exports a family of samples distinguished by one label (`stream`), read at every
+    /// scrape. Label values must come from a bounded set (operator-configured names): each
+    /// distinct value is kept for the life of the process. A later registration of the same
+    /// name replaces the earlier one.
+    pub fn set_family(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        kind: MetricKind,
+        label: &'static str,
+        read: impl Fn() -> Vec<(String, u64)> + Send + Sync + 'static,
+    ) {
+        debug_assert!(valid_name(name), "bad metric name {name:?}");
+        debug_assert!(valid_label(label), "bad label name {label:?}");
+        let mut f = self.families.write().unwrap_or_else(|p| p.into_inner());
+        f.retain(|f| f.name != name);
+        f.push(Family {
+            name,
+            help,
+            kind,
+            label,
+            read: Box::new(read),
+        });
     }
 
     /// Counts a certificate reload; `not_after` is the new certificate's expiry (unix).
@@ -162,8 +201,33 @@ impl Registry {
         for (name, help, kind, read) in gauges.iter() {
             v.push(sample(name, help, *kind, vec![], read()));
         }
+        let families = self.families.read().unwrap_or_else(|p| p.into_inner());
+        for f in families.iter() {
+            for (value_of_label, value) in (f.read)() {
+                let labels = vec![(f.label, intern(&value_of_label))];
+                v.push(sample(f.name, f.help, f.kind, labels, value));
+            }
+        }
         v
     }
+}
+
+/// Label values of families live as long as the process: each distinct one is stored once
+/// (a bounded set: stream names come from the configuration).
+fn intern(s: &str) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static SEEN: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut seen = SEEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(v) = seen.get(s) {
+        return v;
+    }
+    let v: &'static str = Box::leak(s.to_owned().into_boxed_str());
+    seen.insert(v);
+    v
 }
 
 fn is_in_process(v: &str) -> bool {
@@ -364,6 +428,31 @@ pub async fn handler(State(app): State<Arc<App>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn families_are_read_at_every_scrape_with_their_label() {
+        let r = Registry::default();
+        let n = Arc::new(AtomicU64::new(1));
+        let m = n.clone();
+        r.set_family(
+            "x_frames_total",
+            "Frames.",
+            MetricKind::Counter,
+            "stream",
+            move || vec![("a".to_owned(), m.load(Relaxed)), ("b\"".to_owned(), 7)],
+        );
+        let core = relay::core::Stats::default();
+        let text = render(&r.samples(&core));
+        assert!(text.contains("x_frames_total{stream=\"a\"} 1\n"), "{text}");
+        assert!(
+            text.contains("x_frames_total{stream=\"b\\\"\"} 7\n"),
+            "{text}"
+        );
+        n.store(5, Relaxed);
+        let text = render(&r.samples(&core));
+        assert!(text.contains("x_frames_total{stream=\"a\"} 5\n"), "{text}");
+        assert_eq!(text.matches("# TYPE x_frames_total counter").count(), 1);
+    }
 
     #[test]
     fn renders_help_type_and_escapes() {

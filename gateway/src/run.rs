@@ -84,8 +84,12 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
         .clone()
         .or_else(|| media_plan.advertise.clone())
         .unwrap_or_else(|| advertised.to_string());
-    let (video, source_guard) =
-        crate::media_source::start_with(&media_plan.source, media_plan.pull_idle)?;
+    let pull = crate::media::pull::PullOptions::new(
+        media_plan.pull_idle,
+        media_plan.pull_ca_file.as_deref(),
+    )
+    .map_err(|e| anyhow::anyhow!("PULL_CA_FILE: {e}"))?;
+    let (video, source_guard) = crate::media_source::start_with(&media_plan.source, &pull)?;
     // Every stream: `default` from MEDIA_SOURCE, then the named ones.
     let mut entries = vec![crate::streams::StreamEntry::new(
         crate::media::DEFAULT_STREAM,
@@ -93,12 +97,12 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
         &video,
         source_guard.pull_demand(),
     )
-    .with_whip(source_guard.whip())];
+    .with_whip(source_guard.whip())
+    .with_rtp_stats(source_guard.rtp_stats())];
     let mut source_guards = vec![source_guard];
     for named in &media_plan.streams {
-        let (feeds, guard) =
-            crate::media_source::start_with(&named.source, media_plan.pull_idle)
-                .map_err(|e| anyhow::anyhow!("STREAMS: stream {:?}: {e:#}", named.name))?;
+        let (feeds, guard) = crate::media_source::start_with(&named.source, &pull)
+            .map_err(|e| anyhow::anyhow!("STREAMS: stream {:?}: {e:#}", named.name))?;
         entries.push(
             crate::streams::StreamEntry::new(
                 named.name.clone(),
@@ -106,7 +110,8 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
                 &feeds,
                 guard.pull_demand(),
             )
-            .with_whip(guard.whip()),
+            .with_whip(guard.whip())
+            .with_rtp_stats(guard.rtp_stats()),
         );
         source_guards.push(guard);
         tracing::info!(stream = %named.name, source = %named.source.redacted(), "stream configured");
@@ -162,7 +167,7 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
         ice_plan,
         embedded_uris,
         settings.turn_credential_ttl,
-        streams,
+        streams.clone(),
     );
     let app = Arc::new(App::new(
         settings.clone(),
@@ -193,6 +198,7 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
             .set_gauge("gateway_viewers", "Viewers receiving video.", move || {
                 all.iter().map(|(_, f)| f.viewers() as u64).sum()
             });
+        crate::streams::StreamDirectory::export_metrics(&streams, &app.metrics);
     }
     let router = http::router(app.clone(), cors, api_token);
 

@@ -16,9 +16,12 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use crate::media::pull::PullDemand;
+use crate::media::rtp::RtpStats;
 use crate::media::whip::WhipIngest;
 use crate::media::{VideoFeeds, DEFAULT_STREAM};
 use crate::media_source::MediaSourceSpec;
+use crate::metrics::Registry;
+use relay::core::stats::MetricKind;
 
 /// How long after its last frame an ingest stream (RTP) still counts as live: a few
 /// keyframe intervals of a slow encoder, far below a human's "is it on?".
@@ -151,6 +154,10 @@ pub enum StreamRefusal {
     /// The stream exists but its source sends nothing now.
     #[error("stream {0:?} has no active source")]
     NotLive(String),
+    /// A pulled stream's `https://` upstream has a certificate not trusted here (system
+    /// roots, `PULL_CA_FILE`).
+    #[error("stream {0:?}: {1}")]
+    UpstreamUntrusted(String, String),
 }
 
 /// Why a WHIP publisher cannot publish to a stream.
@@ -175,6 +182,8 @@ pub struct StreamEntry {
     pub feeds: VideoFeeds,
     /// Its source as configured, for operators (`rtp://…`, a path, `testsrc`).
     pub source: String,
+    /// The RTP ingest's counters (packets lost), when the source is RTP.
+    pub rtp: Option<Arc<RtpStats>>,
 }
 
 impl StreamEntry {
@@ -190,7 +199,14 @@ impl StreamEntry {
             liveness: Liveness::of(spec, feeds, pull),
             feeds: feeds.clone(),
             source: spec.redacted(),
+            rtp: None,
         }
+    }
+
+    /// The entry of an RTP stream exports its ingest's lost packets.
+    pub fn with_rtp_stats(mut self, rtp: Option<Arc<RtpStats>>) -> Self {
+        self.rtp = rtp;
+        self
     }
 
     /// The entry of a WHIP stream is live while its publisher holds it (`whip`: the
@@ -279,6 +295,10 @@ impl StreamDirectory {
         }
         match demand.ready(PULL_READY_TIMEOUT).await {
             Ok(()) => Ok(()),
+            Err(reason) if reason.starts_with(crate::media::pull::signal::UNTRUSTED) => {
+                tracing::warn!(stream = name, %reason, "pulled stream not available: set PULL_CA_FILE to the upstream's CA");
+                Err(StreamRefusal::UpstreamUntrusted(name.to_owned(), reason))
+            }
             Err(reason) => {
                 tracing::info!(stream = name, %reason, "pulled stream not available");
                 Err(StreamRefusal::NotLive(name.to_owned()))
@@ -307,6 +327,76 @@ impl StreamDirectory {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.streams.iter().map(|e| e.name.as_str())
     }
+
+    /// Exports the per-stream families (`gateway_stream_*{stream}`) of `directory` to
+    /// `metrics`: values are read from the streams' own counters at every scrape.
+    pub fn export_metrics(directory: &Arc<Self>, metrics: &Registry) {
+        use MetricKind::{Counter, Gauge};
+        type Read = fn(&StreamEntry, Instant) -> Option<u64>;
+        let families: [(&'static str, &'static str, MetricKind, Read); 7] = [
+            (
+                "gateway_stream_viewers",
+                "Viewers receiving the stream.",
+                Gauge,
+                |e, _| Some(e.feeds.viewers() as u64),
+            ),
+            (
+                "gateway_stream_live",
+                "1 while the stream's source delivers frames, else 0.",
+                Gauge,
+                |e, now| Some(u64::from(e.liveness.delivering(now))),
+            ),
+            (
+                "gateway_stream_frames_total",
+                "Frames the stream's source delivered (every codec's feed).",
+                Counter,
+                |e, _| Some(e.feeds.frames_published()),
+            ),
+            (
+                "gateway_stream_bytes_total",
+                "Bytes of encoded video the stream's source delivered (its rate is the \
+                 ingest bitrate).",
+                Counter,
+                |e, _| Some(e.feeds.bytes_published()),
+            ),
+            (
+                "gateway_stream_keyframe_requests_total",
+                "Keyframe requests of the stream's viewers (new viewers, PLI/FIR).",
+                Counter,
+                |e, _| Some(e.feeds.keyframe_requests()),
+            ),
+            (
+                "gateway_stream_publishers",
+                "WHIP publishers holding the stream (0 or 1; WHIP streams only).",
+                Gauge,
+                |e, _| match &e.liveness {
+                    Liveness::Published(w) => Some(u64::from(w.has_publisher())),
+                    _ => None,
+                },
+            ),
+            (
+                "gateway_stream_ingest_lost_packets_total",
+                "Ingest packets lost (missing sequence numbers past the jitter buffer; RTP \
+                 streams only).",
+                Counter,
+                |e, _| {
+                    e.rtp
+                        .as_ref()
+                        .map(|r| r.lost.load(std::sync::atomic::Ordering::Relaxed))
+                },
+            ),
+        ];
+        for (name, help, kind, read) in families {
+            let d = directory.clone();
+            metrics.set_family(name, help, kind, "stream", move || {
+                let now = Instant::now();
+                d.streams
+                    .iter()
+                    .filter_map(|e| read(e, now).map(|v| (e.name.clone(), v)))
+                    .collect()
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -324,6 +414,7 @@ mod tests {
             liveness,
             feeds: rtp_feeds(),
             source: "testsrc".to_owned(),
+            rtp: None,
         }
     }
 
@@ -430,7 +521,10 @@ mod tests {
     fn a_whip_stream_is_live_while_a_publisher_holds_it() {
         let feeds = VideoFeeds::new(crate::media::whip::WHIP_CODECS);
         let whip = Arc::new(WhipIngest::new(feeds.clone(), "0123456789abcdef"));
-        let spec = MediaSourceSpec::Whip { token: None };
+        let spec = MediaSourceSpec::Whip {
+            token: None,
+            takeover: false,
+        };
         let d = StreamDirectory::new(
             vec![
                 entry(DEFAULT_STREAM, Liveness::Always),

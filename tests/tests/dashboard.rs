@@ -235,6 +235,13 @@ async fn dashboard_queries_only_exported_metrics_and_labels() {
     let (cert_path, key_path) = TestCert::new(&[TEST_SERVER_NAME]).write_pem_files();
     let cert = cert_path.to_str().unwrap().to_owned();
     let key = key_path.to_str().unwrap().to_owned();
+    // An RTP and a WHIP stream, so every per-stream family exists.
+    let rtp_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cam = format!("cam=rtp://127.0.0.1:{rtp_port}?codec=h264");
     let cli = <gateway::config::Cli as clap::Parser>::try_parse_from([
         "gateway",
         "--turn-listen",
@@ -257,6 +264,10 @@ async fn dashboard_queries_only_exported_metrics_and_labels() {
         &cert,
         "--tls-key",
         &key,
+        "--stream",
+        &cam,
+        "--stream",
+        "pub=whip?token=dashboard-whip-token-0123",
     ])
     .expect("flags");
     let gw = gateway::run::start(cli.settings)

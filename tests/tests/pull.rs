@@ -299,3 +299,82 @@ async fn a_geti_backend_stand_in_is_pulled_once_for_three_viewers() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// An `https://` upstream: the edge pulls from the origin's HTTPS on its TURN port, trusting
+/// the origin's certificate by `PULL_CA_FILE`; an edge without it refuses its viewer with
+/// `502 upstream_untrusted`, naming the certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_is_pulled_when_its_ca_is_trusted() {
+    let cert = gateway_tests::TestCert::new(&["127.0.0.1"]);
+    let (cert_path, key_path) = cert.write_pem_files();
+    let origin_media = gateway_tests::coturn::free_udp_range();
+    let origin = gateway_tests::start_gateway(
+        "pull-https-secret-0123456789",
+        &[
+            "--webrtc-bind-ip",
+            "127.0.0.1",
+            "--webrtc-advertise-ip",
+            "127.0.0.1",
+            "--webrtc-port-range",
+            &origin_media,
+            "--tls-cert",
+            cert_path.to_str().unwrap(),
+            "--tls-key",
+            key_path.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let upstream = format!("cam=whep+https://{}/whep", origin.relay.local_tcp());
+    let edge_with = |ca: Option<String>| {
+        let upstream = upstream.clone();
+        async move {
+            let media = gateway_tests::coturn::free_udp_range();
+            let mut args = vec![
+                "--webrtc-bind-ip".to_owned(),
+                "127.0.0.1".to_owned(),
+                "--webrtc-advertise-ip".to_owned(),
+                "127.0.0.1".to_owned(),
+                "--webrtc-port-range".to_owned(),
+                media,
+                "--stream".to_owned(),
+                upstream,
+            ];
+            if let Some(ca) = ca {
+                args.extend(["--pull-ca-file".to_owned(), ca]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            gateway_tests::start_gateway("pull-https-edge-secret-0123456789", &args).await
+        }
+    };
+
+    // Untrusted: the viewer is told why.
+    let untrusting = edge_with(None).await;
+    let body = json!({ "webrtc_id": "u1", "sdp": gateway_tests::video_offer(), "type": "offer" });
+    let r = gateway_tests::http::request(
+        untrusting.http_addr,
+        "POST",
+        "/api/v1/projects/cam/offer",
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+    .await;
+    r.expect_error(502, "upstream_untrusted");
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("certificate is not trusted")),
+        "{r:?}"
+    );
+    untrusting.shutdown(Duration::from_secs(2)).await;
+
+    // Trusted by PULL_CA_FILE: the viewer decodes the origin's picture.
+    let edge = edge_with(Some(cert_path.to_str().unwrap().to_owned())).await;
+    let mut viewer = Viewer::join_as(edge.http_addr, "cam", "https-1", true).await;
+    let frames = viewer.frames(20, Duration::from_secs(20)).await;
+    assert!(frames.len() >= 20, "got {} frames", frames.len());
+    assert!(decoded_size(&frames).is_some(), "the picture decodes");
+    edge.shutdown(Duration::from_secs(2)).await;
+    origin.shutdown(Duration::from_secs(2)).await;
+    let _ = std::fs::remove_file(&cert_path);
+    let _ = std::fs::remove_file(&key_path);
+}

@@ -185,3 +185,125 @@ async fn unknown_names_play_default_when_configured_or_when_it_is_alone() {
     .to_string();
     assert!(e.contains("MEDIA_SOURCE"), "{e}");
 }
+
+/// The value of `name{stream="<stream>"}` in a `/metrics` body, if exported.
+fn stream_metric(body: &str, name: &str, stream: &str) -> Option<u64> {
+    let prefix = format!("{name}{{stream=\"{stream}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+async fn scrape(addr: SocketAddr) -> String {
+    let r = request(addr, "GET", "/metrics", &[], b"").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    r.body
+}
+
+/// Per-stream metrics move with each stream: a watched test pattern counts its viewer and
+/// its frames, an RTP stream is not live until its sender starts, then counts frames, bytes
+/// and the packets its sender skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_stream_metrics_follow_each_stream() {
+    let rtp_port = free_udp_port();
+    let cam1 = format!("cam1=rtp://127.0.0.1:{rtp_port}?codec=h264");
+    let gw = gateway_tests::start_gateway(SECRET, &["--stream", &cam1, "--stream", "loop=testsrc"])
+        .await;
+    let addr = gw.http_addr;
+
+    let body = scrape(addr).await;
+    for s in ["default", "cam1", "loop"] {
+        for m in [
+            "gateway_stream_viewers",
+            "gateway_stream_live",
+            "gateway_stream_frames_total",
+            "gateway_stream_bytes_total",
+            "gateway_stream_keyframe_requests_total",
+        ] {
+            assert!(stream_metric(&body, m, s).is_some(), "{m}{{{s}}}: {body}");
+        }
+    }
+    assert_eq!(stream_metric(&body, "gateway_stream_live", "cam1"), Some(0));
+    assert_eq!(
+        stream_metric(&body, "gateway_stream_frames_total", "cam1"),
+        Some(0)
+    );
+    assert_eq!(
+        stream_metric(&body, "gateway_stream_ingest_lost_packets_total", "cam1"),
+        Some(0)
+    );
+    // Only RTP streams know their losses; no stream here is WHIP.
+    assert_eq!(
+        stream_metric(&body, "gateway_stream_ingest_lost_packets_total", "loop"),
+        None
+    );
+    assert!(!body.contains("gateway_stream_publishers{"), "{body}");
+
+    // A viewer of `loop`: counted there only, and its frames grow.
+    let mut viewer = gateway_tests::peer::Viewer::join_as(addr, "loop", "m1", true).await;
+    let got = viewer.frames(3, Duration::from_secs(15)).await;
+    assert!(got.len() >= 3, "the viewer got {} frames", got.len());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        let body = scrape(addr).await;
+        if stream_metric(&body, "gateway_stream_viewers", "loop") == Some(1) {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "viewer never counted: {body}");
+        viewer.frames(1, Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        stream_metric(&first, "gateway_stream_viewers", "cam1"),
+        Some(0)
+    );
+    assert_eq!(
+        stream_metric(&first, "gateway_stream_live", "loop"),
+        Some(1)
+    );
+    assert!(stream_metric(&first, "gateway_stream_keyframe_requests_total", "loop") >= Some(1));
+    let frames = stream_metric(&first, "gateway_stream_frames_total", "loop").unwrap();
+    let bytes = stream_metric(&first, "gateway_stream_bytes_total", "loop").unwrap();
+    assert!(
+        frames >= 3 && bytes > frames,
+        "{frames} frames, {bytes} bytes"
+    );
+    viewer.frames(5, Duration::from_secs(10)).await;
+    let later = scrape(addr).await;
+    assert!(stream_metric(&later, "gateway_stream_frames_total", "loop").unwrap() > frames);
+    assert!(stream_metric(&later, "gateway_stream_bytes_total", "loop").unwrap() > bytes);
+
+    // cam1's sender starts, skipping 8 sequence numbers between two keyframes.
+    let sender = UdpSocket::bind("127.0.0.1:0").expect("sender");
+    for (seq, ts) in [(0u16, 0u32), (10, 3000)] {
+        for p in rtp_keyframe(seq, ts) {
+            sender.send_to(&p, ("127.0.0.1", rtp_port)).expect("send");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 2u16;
+    let body = loop {
+        let body = scrape(addr).await;
+        if stream_metric(&body, "gateway_stream_ingest_lost_packets_total", "cam1") >= Some(8)
+            && stream_metric(&body, "gateway_stream_frames_total", "cam1") >= Some(2)
+        {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cam1's ingest never counted: {body}"
+        );
+        // Later keyframes in order push the jitter buffer past the hole.
+        for p in rtp_keyframe(10 + 2 * (n - 1), 3000 * u32::from(n)) {
+            sender.send_to(&p, ("127.0.0.1", rtp_port)).expect("send");
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        stream_metric(&body, "gateway_stream_ingest_lost_packets_total", "cam1"),
+        Some(8),
+        "{body}"
+    );
+    assert_eq!(stream_metric(&body, "gateway_stream_live", "cam1"), Some(1));
+    assert!(stream_metric(&body, "gateway_stream_bytes_total", "cam1") > Some(0));
+}

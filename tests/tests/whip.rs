@@ -494,3 +494,83 @@ async fn the_default_stream_takes_a_whip_publisher_with_audio_and_whep_style_pat
     let r = request(http, "POST", "/whip", &headers, offer.as_bytes()).await;
     assert_eq!(r.status, 201, "{r:?}");
 }
+
+/// `takeover=true`: a second authenticated publisher replaces the live one instead of the
+/// 409. The first one's session ends (its resource is gone), the viewer keeps its session
+/// and decodes the new publisher's picture (another size) from its keyframe on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_publisher_takes_over_a_stream_that_allows_it() {
+    let media = free_udp_range();
+    let cam = format!("cam=whip?token={CAM_TOKEN}&takeover=true");
+    let gw = gateway_tests::start_gateway(
+        SECRET,
+        &[
+            "--webrtc-bind-ip",
+            "127.0.0.1",
+            "--webrtc-advertise-ip",
+            "127.0.0.1",
+            "--webrtc-port-range",
+            &media,
+            "--stream",
+            &cam,
+        ],
+    )
+    .await;
+    let http = gw.http_addr;
+    let first = Publisher::start(http, "/whip/cam", CAM_TOKEN, "h264", "320x240");
+    assert_eq!(first.line("STATUS").await.trim(), "STATUS 201");
+    let first_location = first.line("LOCATION").await;
+    let first_location = first_location.strip_prefix("LOCATION ").unwrap().to_owned();
+    first.line("CONNECTED").await;
+    wait_for("the cam stream delivers frames", || async move {
+        let s = request(http, "GET", "/api/v1/streams", &[], b"")
+            .await
+            .json();
+        s["streams"][1]["live"] == true
+    })
+    .await;
+    let mut viewer = Viewer::join_with(http, "cam", "takeover-viewer", true, false).await;
+    let before = viewer.frames(20, MEDIA_LIMIT).await;
+    assert_eq!(
+        decoded_size(&before),
+        Some(H264_SIZE),
+        "the first publisher"
+    );
+
+    // A wrong token still cannot take anything over.
+    let wrong = Publisher::start(http, "/whip/cam", WHIP_TOKEN, "h264", "640x480");
+    assert!(wrong.line("STATUS").await.starts_with("STATUS 401"));
+
+    let second = Publisher::start(http, "/whip/cam", CAM_TOKEN, "h264", "640x480");
+    assert_eq!(second.line("STATUS").await.trim(), "STATUS 201");
+    second.line("CONNECTED").await;
+    // The first publisher's session is over: its resource is gone.
+    let mut gone = false;
+    for _ in 0..100 {
+        let r = request(http, "DELETE", &first_location, &[], b"").await;
+        if r.status == 404 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the replaced publisher's resource still exists");
+    // The viewer, in the same session, gets the new picture.
+    let deadline = Instant::now() + MEDIA_LIMIT;
+    let mut size = None;
+    while Instant::now() < deadline && size != Some((640, 480)) {
+        let after = viewer.frames(20, Duration::from_secs(5)).await;
+        size = decoded_size(&after);
+    }
+    assert_eq!(
+        size,
+        Some((640, 480)),
+        "the viewer decodes the new publisher"
+    );
+    let s = request(http, "GET", "/api/v1/streams", &[], b"")
+        .await
+        .json();
+    assert_eq!(s["streams"][1]["publisher"], true, "{s}");
+    assert_eq!(s["streams"][1]["source"], "whip", "{s}");
+    gw.shutdown(Duration::from_secs(2)).await;
+}

@@ -108,6 +108,8 @@ pub enum EndReason {
     ConnectTimeout,
     /// DTLS/SRTP or another protocol error; the text is for logs.
     Failed(String),
+    /// A new WHIP publisher took the stream over (`takeover=true`, `WHIP_TAKEOVER`).
+    TakenOver,
 }
 
 /// Notification that a session is gone, for the signaling layer (revoke TURN credentials).
@@ -1222,10 +1224,13 @@ impl Engine {
                 } else if session
                     .ingest
                     .as_ref()
-                    .is_some_and(|i| !i.whip.claim(&session.id))
+                    .is_some_and(|i| !i.whip.takeover() && !i.whip.claim(&session.id))
                 {
                     Err(MediaError::StreamHasPublisher(session.id))
                 } else {
+                    if let Some(ingest) = session.ingest.as_ref().filter(|i| i.whip.takeover()) {
+                        self.take_over(&ingest.whip.clone(), &session.id);
+                    }
                     tracing::debug!(session = %session.id, "media session added");
                     self.sessions.push(*session);
                     let i = self.sessions.len() - 1;
@@ -1442,6 +1447,30 @@ impl Engine {
             Some(reason) => {
                 self.end(i, reason);
                 false
+            }
+        }
+    }
+
+    /// The WHIP publisher `key` takes `whip` over: the session it replaces ends (the
+    /// publisher sees DTLS close), and every viewer of the stream waits for the new
+    /// publisher's keyframe (asked for at once) instead of decoding its frames against the
+    /// old one's references.
+    fn take_over(&mut self, whip: &Arc<crate::media::whip::WhipIngest>, key: &str) {
+        let Some(old) = whip.take_over(key) else {
+            return;
+        };
+        if let Some(i) = self.sessions.iter().position(|s| s.id == old) {
+            tracing::info!(session = %old, new = %key, "WHIP publisher taken over");
+            self.end(i, EndReason::TakenOver);
+        }
+        for feed in whip.feeds().iter() {
+            feed.request_keyframe();
+        }
+        for (f, source) in self.feeds.iter().enumerate() {
+            if whip.feeds().iter().any(|w| w.same_feed(source)) {
+                for s in self.sessions.iter_mut().filter(|s| s.feed == Some(f)) {
+                    s.need_keyframe = true;
+                }
             }
         }
     }

@@ -180,6 +180,15 @@ pub struct VideoSource {
     viewers: Arc<AtomicUsize>,
     /// When the last frame was published: milliseconds after [`epoch`] plus one (0: never).
     last_frame: Arc<AtomicU64>,
+    counters: Arc<FeedCounters>,
+}
+
+/// What a feed has carried since it was made (read by `/metrics`).
+#[derive(Debug, Default)]
+struct FeedCounters {
+    frames: AtomicU64,
+    bytes: AtomicU64,
+    keyframe_requests: AtomicU64,
 }
 
 /// The instant [`VideoSource`]'s frame times count from.
@@ -212,6 +221,7 @@ impl VideoSource {
             keyframe_wanted: Arc::new(AtomicBool::new(false)),
             viewers: Arc::new(AtomicUsize::new(0)),
             last_frame: Arc::new(AtomicU64::new(0)),
+            counters: Arc::default(),
         }
     }
 
@@ -222,6 +232,10 @@ impl VideoSource {
 
     /// Publish a frame to every subscriber. Returns the number of subscribers reached.
     pub fn publish(&self, frame: EncodedFrame) -> usize {
+        self.counters.frames.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes
+            .fetch_add(frame.data.len() as u64, Ordering::Relaxed);
         let ms = Instant::now()
             .saturating_duration_since(epoch())
             .as_millis();
@@ -290,7 +304,30 @@ impl VideoSource {
 
     /// Ask the producer for a keyframe as soon as possible.
     pub fn request_keyframe(&self) {
+        self.counters
+            .keyframe_requests
+            .fetch_add(1, Ordering::Relaxed);
         self.keyframe_wanted.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether `other` is this same feed (a clone of it), not merely one of the same codec.
+    pub fn same_feed(&self, other: &VideoSource) -> bool {
+        Arc::ptr_eq(&self.counters, &other.counters)
+    }
+
+    /// Frames published since the feed was made.
+    pub fn frames_published(&self) -> u64 {
+        self.counters.frames.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of frame data published since the feed was made.
+    pub fn bytes_published(&self) -> u64 {
+        self.counters.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Keyframe requests (new viewers, PLI/FIR) since the feed was made.
+    pub fn keyframe_requests(&self) -> u64 {
+        self.counters.keyframe_requests.load(Ordering::Relaxed)
     }
 
     /// Producer side: returns true (once) if a keyframe was requested since the last call.
@@ -366,6 +403,21 @@ impl VideoFeeds {
     /// When any feed last published a frame, if ever.
     pub fn last_frame(&self) -> Option<Instant> {
         self.feeds.iter().filter_map(VideoSource::last_frame).max()
+    }
+
+    /// Frames published over all feeds.
+    pub fn frames_published(&self) -> u64 {
+        self.feeds.iter().map(VideoSource::frames_published).sum()
+    }
+
+    /// Bytes of frame data published over all feeds.
+    pub fn bytes_published(&self) -> u64 {
+        self.feeds.iter().map(VideoSource::bytes_published).sum()
+    }
+
+    /// Keyframe requests over all feeds.
+    pub fn keyframe_requests(&self) -> u64 {
+        self.feeds.iter().map(VideoSource::keyframe_requests).sum()
     }
 }
 

@@ -29,6 +29,8 @@ pub struct WhipIngest {
     keyframe_requests: AtomicU64,
     /// Frames received from publishers of this stream.
     frames: AtomicU64,
+    /// A new publisher replaces the live one (`takeover=true`, `WHIP_TAKEOVER`).
+    takeover: bool,
 }
 
 impl std::fmt::Debug for WhipIngest {
@@ -50,7 +52,19 @@ impl WhipIngest {
             publisher: Mutex::new(None),
             keyframe_requests: AtomicU64::new(0),
             frames: AtomicU64::new(0),
+            takeover: false,
         }
+    }
+
+    /// A new authenticated publisher takes the stream over from the live one.
+    pub fn with_takeover(mut self, takeover: bool) -> Self {
+        self.takeover = takeover;
+        self
+    }
+
+    /// Whether a new publisher takes the stream over (else it is refused while one holds it).
+    pub fn takeover(&self) -> bool {
+        self.takeover
     }
 
     /// The stream's feeds.
@@ -83,6 +97,16 @@ impl WhipIngest {
                 *slot = Some(key.to_owned());
                 true
             }
+        }
+    }
+
+    /// The media session `key` becomes the stream's publisher; returns the one it replaces
+    /// (whose session the engine then ends), if another held it. Only with [`Self::takeover`].
+    pub fn take_over(&self, key: &str) -> Option<String> {
+        let mut slot = self.slot();
+        match slot.as_deref() {
+            Some(k) if k == key => None,
+            _ => slot.replace(key.to_owned()),
         }
     }
 
@@ -131,6 +155,24 @@ mod tests {
         w.release("a~1");
         assert!(!w.has_publisher());
         assert!(w.claim("b~2"));
+    }
+
+    #[test]
+    fn a_new_publisher_takes_over_and_the_old_one_frees_nothing() {
+        let w =
+            WhipIngest::new(VideoFeeds::new(WHIP_CODECS), "0123456789abcdef").with_takeover(true);
+        assert!(w.takeover());
+        assert_eq!(w.take_over("a~1"), None);
+        assert_eq!(w.take_over("a~1"), None, "the holder again");
+        assert_eq!(w.take_over("b~2").as_deref(), Some("a~1"));
+        w.release("a~1");
+        assert!(
+            w.has_publisher(),
+            "the replaced session's end frees nothing"
+        );
+        assert!(!w.claim("c~3"));
+        w.release("b~2");
+        assert!(!w.has_publisher());
     }
 
     #[test]

@@ -312,6 +312,7 @@ fn end_reason(r: &crate::media::EndReason) -> &'static str {
         IceDisconnected => "ICE consent lost (peer gone)",
         ConnectTimeout => "ICE/DTLS did not connect in time",
         Failed(_) => "DTLS/SRTP failure",
+        TakenOver => "a new WHIP publisher took the stream over",
     }
 }
 

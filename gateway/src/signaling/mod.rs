@@ -180,6 +180,9 @@ pub fn stream_error(e: StreamRefusal) -> ApiError {
         StreamRefusal::NotLive(_) => {
             ApiError::new(StatusCode::CONFLICT, "no_active_source", e.to_string())
         }
+        StreamRefusal::UpstreamUntrusted(..) => {
+            ApiError::new(StatusCode::BAD_GATEWAY, "upstream_untrusted", e.to_string())
+        }
     }
 }
 

@@ -99,7 +99,7 @@ async fn post_to(
         return Ok(unauthorized(&name));
     }
     // Checked again, without a race, when the engine takes the session.
-    if whip.has_publisher() {
+    if whip.has_publisher() && !whip.takeover() {
         return Err(has_publisher(&name));
     }
     let named = whep::session_named(&headers)?;

@@ -51,14 +51,48 @@ impl Drop for PullSource {
     }
 }
 
+/// How pulls run: how long one stays after its last viewer, whom its `https://` upstreams
+/// must be certified by.
+#[derive(Clone)]
+pub struct PullOptions {
+    /// `PULL_IDLE_TIMEOUT`.
+    pub idle: Duration,
+    /// The system's roots plus `PULL_CA_FILE` ([`signal::client_tls`]).
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+impl PullOptions {
+    /// Pulls staying `idle` after their last viewer, trusting the system's roots and the
+    /// certificates of `ca_file` (PEM).
+    pub fn new(idle: Duration, ca_file: Option<&std::path::Path>) -> Result<Self, String> {
+        Ok(Self {
+            idle,
+            tls: signal::client_tls(ca_file)?,
+        })
+    }
+}
+
+impl std::fmt::Debug for PullOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PullOptions")
+            .field("idle", &self.idle)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PullSource {
     /// Starts the pull task for `upstream` into `feeds` (which should have a feed per codec
     /// of [`PULL_CODECS`]). The task connects on demand: from a viewer's request
     /// ([`PullDemand::ready`]) until `idle` after the last viewer left. Must be called
     /// within a tokio runtime.
-    pub fn spawn(upstream: Upstream, feeds: VideoFeeds, idle: Duration) -> Self {
-        let demand = Arc::new(PullDemand::new(idle));
-        let task = tokio::spawn(pull_task(upstream, feeds, demand.clone()));
+    pub fn spawn(upstream: Upstream, feeds: VideoFeeds, options: &PullOptions) -> Self {
+        let demand = Arc::new(PullDemand::new(options.idle));
+        let task = tokio::spawn(pull_task(
+            upstream,
+            feeds,
+            demand.clone(),
+            options.tls.clone(),
+        ));
         PullSource { task, demand }
     }
 
@@ -68,7 +102,12 @@ impl PullSource {
     }
 }
 
-async fn pull_task(upstream: Upstream, feeds: VideoFeeds, demand: Arc<PullDemand>) {
+async fn pull_task(
+    upstream: Upstream,
+    feeds: VideoFeeds,
+    demand: Arc<PullDemand>,
+    tls: Arc<rustls::ClientConfig>,
+) {
     let mut wake = demand.subscribe();
     let mut backoff = MIN_BACKOFF;
     loop {
@@ -86,7 +125,7 @@ async fn pull_task(upstream: Upstream, feeds: VideoFeeds, demand: Arc<PullDemand
         };
         let keep = || demand.wanted(Instant::now(), feeds.viewers());
         tracing::info!(url = %upstream.url, attempt, "pull: connecting to the upstream");
-        let result = session::run(&upstream, &feeds, &webrtc_id, &mut on_live, &keep).await;
+        let result = session::run(&upstream, &feeds, &webrtc_id, &tls, &mut on_live, &keep).await;
         if live_since.is_some() {
             backoff = MIN_BACKOFF;
         }

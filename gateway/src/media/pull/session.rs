@@ -45,7 +45,7 @@ fn media_err(e: impl std::fmt::Display) -> PullError {
 pub struct Upstream {
     /// The offer dialect.
     pub dialect: Dialect,
-    /// The endpoint (`http://…`).
+    /// The endpoint (`http://…` or `https://…`).
     pub url: Uri,
 }
 
@@ -53,7 +53,13 @@ pub struct Upstream {
 async fn local_address_towards(url: &Uri) -> Result<SocketAddr, PullError> {
     let host = url.host().ok_or_else(|| media_err("the URL has no host"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = url.port_u16().unwrap_or(80);
+    let port = url
+        .port_u16()
+        .unwrap_or(if url.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
     let remote = tokio::net::lookup_host((host, port))
         .await
         .map_err(|e| PullError::Signal(SignalError::Unreachable(format!("{host}: {e}"))))?
@@ -79,6 +85,7 @@ pub async fn run(
     upstream: &Upstream,
     feeds: &VideoFeeds,
     webrtc_id: &str,
+    tls: &std::sync::Arc<rustls::ClientConfig>,
     on_live: &mut (dyn FnMut() + Send),
     keep: &(dyn Fn() -> bool + Send + Sync),
 ) -> Result<(), PullError> {
@@ -100,6 +107,7 @@ pub async fn run(
         &upstream.url,
         &offer.to_sdp_string(),
         webrtc_id,
+        tls,
     )
     .await?;
     let sdp = SdpAnswer::from_sdp_string(&answer.sdp)
@@ -111,7 +119,7 @@ pub async fn run(
     let result = receive(&mut rtc, &sock, local, mid, feeds, on_live, keep).await;
     rtc.disconnect();
     if let Some(location) = &answer.location {
-        signal::delete(location).await;
+        signal::delete(location, tls).await;
     }
     result
 }

@@ -6,9 +6,11 @@
 //!   "answer"}`; a backend with no pipeline running says `400 {"detail": "No active
 //!   pipeline."}`, one at capacity `200 {"status": "failed", "meta": {...}}`.
 //!
-//! Plain `http://` only: upstreams this gateway pulls from sit beside it (loopback, a private
-//! network); an `https://` upstream is refused when the setting is read.
+//! `http://` or `https://`: an `https://` upstream's certificate is checked against the
+//! system's roots plus `PULL_CA_FILE` ([`client_tls`]); one not trusted is a
+//! [`SignalError::Untrusted`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
@@ -41,6 +43,9 @@ impl Dialect {
     }
 }
 
+/// How [`SignalError::Untrusted`] reads (a viewer's refusal tells it apart by it).
+pub const UNTRUSTED: &str = "the upstream's certificate is not trusted";
+
 /// What an upstream answered.
 #[derive(Debug)]
 pub struct Answer {
@@ -57,6 +62,10 @@ pub enum SignalError {
     /// The upstream could not be reached or did not answer in time.
     #[error("upstream unreachable: {0}")]
     Unreachable(String),
+    /// The upstream's TLS certificate is not trusted (not issued by a system root nor by
+    /// `PULL_CA_FILE`, or not for its name).
+    #[error("the upstream's certificate is not trusted: {0}")]
+    Untrusted(String),
     /// The upstream answered, but not with an SDP answer (its reason, e.g. Geti's
     /// "No active pipeline.").
     #[error("upstream refused the offer: {0}")]
@@ -70,6 +79,7 @@ pub async fn exchange(
     url: &Uri,
     offer: &str,
     webrtc_id: &str,
+    tls: &Arc<rustls::ClientConfig>,
 ) -> Result<Answer, SignalError> {
     let (content_type, body) = match dialect {
         Dialect::Whep => ("application/sdp", offer.to_owned()),
@@ -85,7 +95,7 @@ pub async fn exchange(
         .header(hyper::header::CONTENT_TYPE, content_type)
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| SignalError::Unreachable(format!("bad request: {e}")))?;
-    let (status, location, body) = send(req).await?;
+    let (status, location, body) = send(req, tls).await?;
     let text = String::from_utf8_lossy(&body).into_owned();
     match dialect {
         Dialect::Whep => {
@@ -120,7 +130,7 @@ pub async fn exchange(
 }
 
 /// Ends a WHEP session (best effort, bounded in time).
-pub async fn delete(location: &Uri) {
+pub async fn delete(location: &Uri, tls: &Arc<rustls::ClientConfig>) {
     let Ok(req) = Request::builder()
         .method(Method::DELETE)
         .uri(location.clone())
@@ -128,18 +138,108 @@ pub async fn delete(location: &Uri) {
     else {
         return;
     };
-    let _ = send(req).await;
+    let _ = send(req, tls).await;
+}
+
+/// The TLS client configuration of pulls: the system's roots plus the certificates of
+/// `ca_file` (PEM, `PULL_CA_FILE`). The error names the file.
+pub fn client_tls(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    if let Some(path) = ca_file {
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: not a PEM certificate file: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no certificate in it", path.display()));
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| format!("{}: a certificate is not usable: {e}", path.display()))?;
+        }
+    } else if added == 0 {
+        tracing::warn!(
+            "no system root certificates found: https:// pulls will fail (set PULL_CA_FILE)"
+        );
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// One request over a new TLS connection to `req`'s host (HTTP/1.1).
+async fn send_https(
+    req: Request<Full<Bytes>>,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<hyper::Response<hyper::body::Incoming>, SignalError> {
+    let unreachable = |e: String| SignalError::Unreachable(e);
+    let host = req
+        .uri()
+        .host()
+        .ok_or_else(|| unreachable("the URL has no host".into()))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = req.uri().port_u16().unwrap_or(443);
+    let name = rustls::pki_types::ServerName::try_from(host.clone())
+        .map_err(|e| unreachable(format!("{host}: {e}")))?;
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| unreachable(format!("{host}:{port}: {e}")))?;
+    let stream = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(
+            |e| match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                Some(rustls::Error::InvalidCertificate(c)) => {
+                    SignalError::Untrusted(format!("{host}:{port}: {c:?}"))
+                }
+                _ => unreachable(format!("TLS with {host}:{port}: {e}")),
+            },
+        )?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = req;
+    // HTTP/1.1 wants the Host header; the URI goes as its path.
+    let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+    if let Some(a) = authority.and_then(|a| hyper::header::HeaderValue::from_str(&a).ok()) {
+        req.headers_mut().insert(hyper::header::HOST, a);
+    }
+    if let Some(pq) = req.uri().path_and_query().cloned() {
+        *req.uri_mut() = Uri::from(pq);
+    }
+    sender
+        .send_request(req)
+        .await
+        .map_err(|e| unreachable(e.to_string()))
 }
 
 async fn send(
     req: Request<Full<Bytes>>,
+    tls: &Arc<rustls::ClientConfig>,
 ) -> Result<(StatusCode, Option<String>, Bytes), SignalError> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let run = async {
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| SignalError::Unreachable(e.to_string()))?;
+        let resp = if req.uri().scheme_str() == Some("https") {
+            send_https(req, tls).await?
+        } else {
+            Client::builder(TokioExecutor::new())
+                .build_http::<Full<Bytes>>()
+                .request(req)
+                .await
+                .map_err(|e| SignalError::Unreachable(e.to_string()))?
+        };
         let status = resp.status();
         let location = resp
             .headers()
@@ -190,6 +290,15 @@ fn absolute(base: &Uri, location: &str) -> Option<Uri> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn untrusted_reads_as_its_prefix() {
+        assert!(SignalError::Untrusted("x".into())
+            .to_string()
+            .starts_with(UNTRUSTED));
+        let pull = super::super::session::PullError::from(SignalError::Untrusted("x".into()));
+        assert!(pull.to_string().starts_with(UNTRUSTED));
+    }
 
     #[test]
     fn reasons_come_from_the_body() {
