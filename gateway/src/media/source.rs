@@ -613,10 +613,21 @@ mod tests {
     fn subscribe_with_gop_is_atomic() {
         const FRAMES: u64 = 20_000;
         let source = VideoSource::with_gop_cache(VideoCodec::Vp8);
+        // The producer goes on past FRAMES until the checker has seen enough (bounded by
+        // time), so a checker thread starved by a loaded machine still gets its chances.
+        let enough = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let producer = {
             let source = source.clone();
+            let enough = enough.clone();
             std::thread::spawn(move || {
-                for n in 0..FRAMES {
+                let until = Instant::now() + Duration::from_secs(20);
+                for n in 0.. {
+                    if n >= FRAMES
+                        && (enough.load(std::sync::atomic::Ordering::Relaxed)
+                            || Instant::now() > until)
+                    {
+                        break;
+                    }
                     // A keyframe every 7 frames.
                     source.publish(frame(n % 7 == 0, 16, n * 3000));
                     std::thread::yield_now();
@@ -625,6 +636,9 @@ mod tests {
         };
         let (mut checked, mut joined) = (0, 0);
         while !producer.is_finished() || checked == 0 {
+            if joined >= 20 {
+                enough.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             let sub = source.subscribe_with_gop();
             let mut live = sub.live;
             let mut seqs: Vec<u64> = sub.cached.iter().map(|p| p.seq).collect();
