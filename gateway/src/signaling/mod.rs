@@ -180,6 +180,11 @@ pub fn stream_error(e: StreamRefusal) -> ApiError {
         StreamRefusal::NotLive(_) => {
             ApiError::new(StatusCode::CONFLICT, "no_active_source", e.to_string())
         }
+        StreamRefusal::PoolFull(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_projects",
+            e.to_string(),
+        ),
     }
 }
 
