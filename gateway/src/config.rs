@@ -928,6 +928,41 @@ mod tests {
     }
 
     #[test]
+    fn upstream_url_is_checked() {
+        use clap::Parser as _;
+        let parse = |args: &[&str]| {
+            let mut all = vec!["gateway"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().settings.upstream()
+        };
+        assert_eq!(parse(&[]).unwrap(), None);
+        assert_eq!(
+            parse(&["--upstream-url", "http://127.0.0.1:9100"])
+                .unwrap()
+                .unwrap()
+                .to_string(),
+            "http://127.0.0.1:9100/"
+        );
+        for bad in [
+            "https://127.0.0.1:9100",
+            "http://127.0.0.1:9100/api",
+            "127.0.0.1:9100",
+            "not a url",
+        ] {
+            let e = parse(&["--upstream-url", bad]).unwrap_err();
+            assert_eq!(e.setting, "UPSTREAM_URL", "{bad}");
+        }
+        let e = parse(&[
+            "--upstream-url",
+            "http://127.0.0.1:9100",
+            "--gateway-mode",
+            "relay",
+        ])
+        .unwrap_err();
+        assert!(e.reason.contains("GATEWAY_MODE"), "{e:?}");
+    }
+
+    #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
     }

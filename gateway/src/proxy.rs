@@ -44,6 +44,7 @@ pub struct ClientTls(pub bool);
 pub struct Proxy {
     base: Uri,
     client: Client<HttpConnector, Body>,
+    head_timeout: Duration,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -99,14 +100,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
 impl Proxy {
     /// A proxy to `base` (`http://host:port/`, checked by [`crate::config::Settings::upstream`]).
     pub fn new(base: Uri) -> Self {
+        Self::with_timeouts(base, CONNECT_TIMEOUT, HEAD_TIMEOUT)
+    }
+
+    /// [`Proxy::new`] with other timeouts (tests).
+    pub fn with_timeouts(base: Uri, connect: Duration, head: Duration) -> Self {
         let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_connect_timeout(Some(connect));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(32)
             .build(connector);
-        Self { base, client }
+        Self {
+            base,
+            client,
+            head_timeout: head,
+        }
     }
 
     /// The upstream's base URL.
@@ -154,7 +164,7 @@ impl Proxy {
         *out.method_mut() = parts.method.clone();
         *out.uri_mut() = uri;
         *out.headers_mut() = headers;
-        let sent = tokio::time::timeout(HEAD_TIMEOUT, self.client.request(out)).await;
+        let sent = tokio::time::timeout(self.head_timeout, self.client.request(out)).await;
         let mut resp = match sent {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => {
@@ -169,7 +179,7 @@ impl Proxy {
                     format!(
                         "the upstream ({}) did not answer within {} s",
                         self.base,
-                        HEAD_TIMEOUT.as_secs()
+                        self.head_timeout.as_secs()
                     ),
                 );
             }
@@ -347,6 +357,45 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "gw.test");
         assert_eq!(h[header::HOST], "127.0.0.1:9100");
+    }
+
+    async fn json_of(resp: Response) -> (StatusCode, serde_json::Value) {
+        use http_body_util::BodyExt;
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_refusing_upstream_is_a_502_and_a_silent_one_a_504() {
+        // A port nothing listens on (bound, then closed): connection refused.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let p = Proxy::new(format!("http://127.0.0.1:{port}/").parse().unwrap());
+        let (status, body) = json_of(p.forward(Request::new(Body::empty())).await).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert_eq!(body["error"], "upstream_unavailable");
+        assert_eq!(p.health().await["status"], "unavailable");
+
+        // One that accepts and never answers: 504 after the head timeout.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = silent.accept().await {
+                held.push(s);
+            }
+        });
+        let p = Proxy::with_timeouts(
+            format!("http://{addr}/").parse().unwrap(),
+            Duration::from_secs(2),
+            Duration::from_millis(300),
+        );
+        let (status, body) = json_of(p.forward(Request::new(Body::empty())).await).await;
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(body["error"], "upstream_timeout");
+        hold.abort();
     }
 
     #[test]
