@@ -11,8 +11,9 @@
 //!   both ways; everything else, status codes included, passes through. `X-Forwarded-For`
 //!   (appended), `X-Forwarded-Proto` and `X-Forwarded-Host` are set; `Host` names the
 //!   upstream.
-//! * Timeouts: [`CONNECT_TIMEOUT`] to connect, [`HEAD_TIMEOUT`] from sending the request to
-//!   the response head (the upload included); none on the response body. An upstream that
+//! * Timeouts: [`CONNECT_TIMEOUT`] to connect, [`HEAD_TIMEOUT`] from the request body's last
+//!   progress (its end, for most requests) to the response head: an upload that keeps moving
+//!   is never cut, a stalled one is; none on the response body. An upstream that
 //!   refuses or is down gets the client a JSON 502 `upstream_unavailable`, one that does not
 //!   answer in time a 504 `upstream_timeout`.
 
@@ -30,7 +31,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 /// Time to open a connection to the upstream.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time from sending a request (its body included) to the upstream's response head.
+/// Time from the request body's last progress (its end) to the upstream's response head.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time the health check gives the upstream.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -160,11 +161,29 @@ impl Proxy {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, proto.clone());
         }
+        let progress = Progress::start();
+        let body = Body::new(ProgressBody {
+            inner: body,
+            progress: progress.clone(),
+        });
         let mut out = axum::http::Request::new(body);
         *out.method_mut() = parts.method.clone();
         *out.uri_mut() = uri;
         *out.headers_mut() = headers;
-        let sent = tokio::time::timeout(self.head_timeout, self.client.request(out)).await;
+        // The head timeout runs from the request body's last progress: a long upload that
+        // keeps moving is no 504, a stalled one (or a silent upstream) is.
+        let sent = {
+            let request = self.client.request(out);
+            tokio::pin!(request);
+            loop {
+                let wait = self.head_timeout.saturating_sub(progress.since());
+                match tokio::time::timeout(wait, &mut request).await {
+                    Ok(r) => break Ok(r),
+                    Err(_) if progress.since() >= self.head_timeout => break Err(()),
+                    Err(_) => continue,
+                }
+            }
+        };
         let mut resp = match sent {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => {
@@ -254,6 +273,56 @@ impl Proxy {
                 "detail": format!("no answer within {} s", HEALTH_TIMEOUT.as_secs()),
             }),
         }
+    }
+}
+
+/// When a request body last moved (a frame passed, or it ended).
+#[derive(Clone)]
+struct Progress(std::sync::Arc<std::sync::Mutex<std::time::Instant>>);
+
+impl Progress {
+    fn start() -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(
+            std::time::Instant::now(),
+        )))
+    }
+
+    fn touch(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+    }
+
+    fn since(&self) -> Duration {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
+    }
+}
+
+/// The client's request body on its way to the upstream, noting its progress.
+struct ProgressBody {
+    inner: Body,
+    progress: Progress,
+}
+
+impl hyper::body::Body for ProgressBody {
+    type Data = hyper::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if polled.is_ready() {
+            self.progress.touch();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
