@@ -467,6 +467,71 @@ mod tests {
         hold.abort();
     }
 
+    #[tokio::test]
+    async fn an_upload_that_keeps_moving_outlasts_the_head_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // An upstream that reads the whole (chunked) body, then answers.
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = up.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = up.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.ends_with(b"0\r\n\r\n") && got.len() < 65_536 {
+                let n = s.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                .await
+                .unwrap();
+            got
+        });
+        /// A body fed piece by piece.
+        struct Trickle(tokio::sync::mpsc::Receiver<hyper::body::Bytes>);
+        impl hyper::body::Body for Trickle {
+            type Data = hyper::body::Bytes;
+            type Error = std::convert::Infallible;
+            fn poll_frame(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>>
+            {
+                self.0
+                    .poll_recv(cx)
+                    .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
+            }
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let body = Trickle(rx);
+        // Ten pieces 100 ms apart: 1 s of upload against a 300 ms head timeout.
+        tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if tx
+                    .send(hyper::body::Bytes::from_static(b"0123456789"))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let p = Proxy::with_timeouts(
+            format!("http://{addr}/").parse().unwrap(),
+            Duration::from_secs(2),
+            Duration::from_millis(300),
+        );
+        let mut req = Request::new(Body::new(body));
+        *req.method_mut() = axum::http::Method::POST;
+        let resp = p.forward(req).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let seen = String::from_utf8_lossy(&server.await.unwrap()).into_owned();
+        assert_eq!(seen.matches("0123456789").count(), 10, "{seen}");
+    }
+
     #[test]
     fn targets_keep_path_and_query() {
         let p = Proxy::new("http://127.0.0.1:9100/".parse().unwrap());
