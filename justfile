@@ -33,10 +33,16 @@ run *ARGS:
     cargo build --release -p gateway
     env {{_env}} ${TURN_SECRET:+COTURN_SECRET=${COTURN_SECRET:-$TURN_SECRET}} ./target/release/gateway {{ARGS}}
 
+# Proxy mode: Geti (or any WebRTC backend) behind one port. The gateway's own HTTP port
+# moves off 9100 (the backend's) unless GATEWAY_HTTP_ADDR says otherwise.
+run-proxy upstream="http://127.0.0.1:9100" *ARGS:
+    cargo build --release -p gateway
+    env {{_env}} UPSTREAM_URL={{upstream}} GATEWAY_HTTP_ADDR=${GATEWAY_HTTP_ADDR:-127.0.0.1:8080} ./target/release/gateway {{ARGS}}
+
 # Build the container image and run it on the host network.
 run-image:
     docker build -f deploy/Dockerfile -t {{image}} .
-    docker run --rm --network host --env-file <(env {{_env}} env | grep -E '^(TURN_|TLS_|WEBRTC_|ICE_SERVERS|STUN_SERVER|COTURN_|GATEWAY_|LOG_FORMAT|MEDIA_SOURCE|SHUTDOWN_TIMEOUT)') {{image}}
+    docker run --rm --network host --env-file <(env {{_env}} env | grep -E '^(TURN_|TLS_|WEBRTC_|ICE_SERVERS|STUN_SERVER|COTURN_|GATEWAY_|LOG_FORMAT|MEDIA_SOURCE|SHUTDOWN_TIMEOUT|UPSTREAM_URL)') {{image}}
 
 # Start the external coturn fallback (deploy/coturn/turnserver.conf) with docker compose.
 run-coturn:

@@ -11,8 +11,9 @@
 #   k8s      deploy/k8s/*.yaml against the Kubernetes OpenAPI JSON schemas shipped in the PyPI
 #            package kubernetes-validate (--strict: unknown fields fail), plus project rules
 #            (probes, securityContext, secretKeyRef, UDP ports = 50000-50050).
-#   compose  deploy/compose.yaml against the compose-spec JSON schema shipped in the PyPI
-#            package check-jsonschema (builtin vendor.compose-spec), plus project rules.
+#   compose  deploy/compose.yaml and deploy/compose.proxy.yaml against the compose-spec JSON
+#            schema shipped in the PyPI package check-jsonschema (builtin vendor.compose-spec),
+#            plus project rules (proxy mode: only 443/tcp published, nothing of the backend).
 #   docker   deploy/Dockerfile parsed: known instructions only, multi-stage, cargo build
 #            --locked, non-root USER, HEALTHCHECK on /health, EXPOSE, setcap; .dockerignore.
 #   coturn   deploy/coturn/turnserver.conf: every option known to `turnserver -h` (Debian
@@ -159,7 +160,7 @@ run "systemd: systemd-analyze security --offline exposure <= 2.0" security_unit
 
 run "systemd: gateway.env.example documents every setting" "$PY" - "$DEPLOY/gateway.env.example" <<'EOF'
 import sys, re
-settings = """GATEWAY_CONFIG GATEWAY_MODE TURN_STATIC_USERS GATEWAY_HTTP_ADDR TURN_LISTEN TURN_UDP_LISTEN TURN_SECRET TURN_REALM TURN_HOST
+settings = """GATEWAY_CONFIG GATEWAY_MODE TURN_STATIC_USERS UPSTREAM_URL GATEWAY_HTTP_ADDR TURN_LISTEN TURN_UDP_LISTEN TURN_SECRET TURN_REALM TURN_HOST
 TURN_CREDENTIAL_TTL TURN_ALLOWED_PEERS TURN_DENIED_PEERS TLS_CERT TLS_KEY MEDIA_SOURCE
 WEBRTC_ADVERTISE_IP WEBRTC_PORT_RANGE ICE_SERVERS STUN_SERVER COTURN_HOST COTURN_PORT
 COTURN_USERNAME COTURN_PASSWORD COTURN_SECRET MAX_VIEWERS SESSION_IDLE_TIMEOUT
@@ -298,6 +299,37 @@ else:
         bad.append("coturn: does not mount ./coturn/turnserver.conf")
     elif not os.path.exists(os.path.join(sys.argv[2], "coturn/turnserver.conf")):
         bad.append("coturn: deploy/coturn/turnserver.conf missing")
+print("\n".join(bad))
+sys.exit(1 if bad else 0)
+EOF
+
+echo "== compose: deploy/compose.proxy.yaml (compose-spec schema)"
+run "compose: schema compose.proxy.yaml" \
+    "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec "$DEPLOY/compose.proxy.yaml"
+run "compose: proxy-mode rules" "$PY" - "$DEPLOY/compose.proxy.yaml" <<'EOF'
+import sys, yaml
+c = yaml.safe_load(open(sys.argv[1]))
+bad = []
+g = c["services"]["gateway"]
+if g.get("ports") != ["443:443/tcp"]:
+    bad.append(f"gateway: only 443/tcp may be published, got {g.get('ports')}")
+env = g.get("environment", {})
+for k in ("TURN_SECRET", "UPSTREAM_URL", "TURN_HOST", "TLS_CERT", "TLS_KEY"):
+    if k not in env:
+        bad.append(f"gateway: {k} not in environment")
+if not str(env.get("UPSTREAM_URL", "")).startswith("http://geti:"):
+    bad.append("gateway: UPSTREAM_URL must name the geti service")
+if g.get("cap_drop") != ["ALL"] or g.get("cap_add") != ["NET_BIND_SERVICE"]:
+    bad.append("gateway: must cap_drop ALL and cap_add only NET_BIND_SERVICE")
+if g.get("read_only") is not True:
+    bad.append("gateway: read_only must be true")
+for name, s in c["services"].items():
+    if name != "gateway" and s.get("ports"):
+        bad.append(f"{name}: publishes ports; only the gateway's 443/tcp may be")
+    if s.get("network_mode") == "host":
+        bad.append(f"{name}: host networking would expose its ports")
+if "geti" not in c["services"]:
+    bad.append("no geti service")
 print("\n".join(bad))
 sys.exit(1 if bad else 0)
 EOF

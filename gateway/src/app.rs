@@ -16,6 +16,8 @@ pub struct App {
     signaling: Option<Arc<crate::signaling::Signaling>>,
     /// Counters and gauges served at `/metrics`.
     pub metrics: crate::metrics::Registry,
+    /// Proxy mode (UPSTREAM_URL): the upstream everything not the gateway's own goes to.
+    proxy: Option<crate::proxy::Proxy>,
 }
 
 impl App {
@@ -30,7 +32,19 @@ impl App {
             relay,
             signaling,
             metrics: crate::metrics::Registry::default(),
+            proxy: None,
         }
+    }
+
+    /// Proxy mode: requests the gateway does not answer go to `proxy`'s upstream.
+    pub fn with_proxy(mut self, proxy: Option<crate::proxy::Proxy>) -> Self {
+        self.proxy = proxy;
+        self
+    }
+
+    /// The upstream proxy, in proxy mode.
+    pub fn proxy(&self) -> Option<&crate::proxy::Proxy> {
+        self.proxy.as_ref()
     }
 
     /// The signaling state, when the media engine runs.

@@ -101,6 +101,16 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_MODE", value_enum, default_value_t = GatewayMode::Media)]
     pub gateway_mode: GatewayMode,
 
+    /// Proxy mode: the web application the gateway fronts (e.g. Geti's backend,
+    /// `http://127.0.0.1:9100`). Every request the gateway does not answer itself is proxied
+    /// to it (bodies streamed, WebSocket and SSE included, `X-Forwarded-*` added); the
+    /// gateway answers /health, /metrics, the ICE config endpoints and each project's offer
+    /// endpoint, by pulling that project's video from the upstream once
+    /// (`offer+UPSTREAM_URL/api/v1/projects/ID/offer`). Its own viewer page moves to
+    /// `/gateway/`. `http://` only, no path.
+    #[arg(long, env = "UPSTREAM_URL", value_name = "URL")]
+    pub upstream_url: Option<String>,
+
     /// Static TURN users, `user:password,…` (the original coturn recipe's
     /// COTURN_USERNAME/COTURN_PASSWORD). Opt-in, for a backend that cannot mint REST
     /// credentials: refused unless TURN_ALLOWED_PEERS is set; they reach only the peers it
@@ -490,6 +500,8 @@ pub struct MediaPlan {
     pub pull_idle: Duration,
     /// PULL_CA_FILE.
     pub pull_ca_file: Option<std::path::PathBuf>,
+    /// UPSTREAM_URL (proxy mode): `http://host:port`, no path.
+    pub upstream: Option<hyper::Uri>,
 }
 
 impl MediaPlan {
@@ -611,6 +623,7 @@ impl Settings {
             stream_fallback: self.stream_fallback,
             pull_idle: Duration::from_secs(self.pull_idle_timeout),
             pull_ca_file: self.pull_ca_file.clone(),
+            upstream: self.upstream()?,
         };
         for (i, a) in self.streams.iter().enumerate() {
             if self.streams.iter().skip(i + 1).any(|b| b.name == a.name) {
@@ -650,6 +663,50 @@ impl Settings {
 }
 
 impl Settings {
+    /// UPSTREAM_URL, checked: `http://HOST[:PORT]` (a trailing `/` allowed), and not with
+    /// GATEWAY_MODE=relay.
+    pub fn upstream(&self) -> Result<Option<hyper::Uri>, SettingError> {
+        let Some(s) = self.upstream_url.as_deref().map(str::trim) else {
+            return Ok(None);
+        };
+        let bad = |reason: String| SettingError {
+            setting: "UPSTREAM_URL",
+            reason,
+        };
+        if self.gateway_mode == GatewayMode::Relay {
+            return Err(bad(
+                "proxy mode needs the media engine: unset UPSTREAM_URL or GATEWAY_MODE=relay"
+                    .into(),
+            ));
+        }
+        let uri: hyper::Uri = s
+            .parse()
+            .map_err(|_| bad(format!("{s:?} is not a URL; e.g. http://127.0.0.1:9100")))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none_or(str::is_empty) {
+            return Err(bad(format!(
+                "{s:?}: the upstream must be an http:// URL with a host, e.g. \
+                 http://127.0.0.1:9100 (it sits beside the gateway)"
+            )));
+        }
+        if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+            return Err(bad(format!(
+                "{s:?}: give the upstream's address without a path (its paths are the \
+                 requests' own)"
+            )));
+        }
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default();
+        hyper::Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query("/")
+            .build()
+            .map(Some)
+            .map_err(|e| bad(e.to_string()))
+    }
+
     /// The secret ring from TURN_SECRET, or `None` when unset. Every secret must be at least
     /// [`MIN_SECRET_BYTES`] long: each minted credential is an offline brute-force oracle for
     /// a weak one.
@@ -888,6 +945,41 @@ mod tests {
         let mut v = vec!["gateway"];
         v.extend_from_slice(args);
         Cli::try_parse_from(v)
+    }
+
+    #[test]
+    fn upstream_url_is_checked() {
+        use clap::Parser as _;
+        let parse = |args: &[&str]| {
+            let mut all = vec!["gateway"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().settings.upstream()
+        };
+        assert_eq!(parse(&[]).unwrap(), None);
+        assert_eq!(
+            parse(&["--upstream-url", "http://127.0.0.1:9100"])
+                .unwrap()
+                .unwrap()
+                .to_string(),
+            "http://127.0.0.1:9100/"
+        );
+        for bad in [
+            "https://127.0.0.1:9100",
+            "http://127.0.0.1:9100/api",
+            "127.0.0.1:9100",
+            "not a url",
+        ] {
+            let e = parse(&["--upstream-url", bad]).unwrap_err();
+            assert_eq!(e.setting, "UPSTREAM_URL", "{bad}");
+        }
+        let e = parse(&[
+            "--upstream-url",
+            "http://127.0.0.1:9100",
+            "--gateway-mode",
+            "relay",
+        ])
+        .unwrap_err();
+        assert!(e.reason.contains("GATEWAY_MODE"), "{e:?}");
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub fn router(
         );
     }
     let relay_only = app.signaling().is_none();
+    let proxy = app.proxy().cloned();
     let mut r = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(crate::metrics::handler))
@@ -45,19 +46,38 @@ pub fn router(
     if !relay_only {
         r = r
             .route("/api/v1/streams", get(streams_list))
-            .merge(crate::web::routes())
+            .merge(if proxy.is_some() {
+                // Proxy mode: the upstream owns `/`; the gateway's page moves.
+                crate::web::routes_under(crate::web::PROXY_PAGE_PREFIX)
+            } else {
+                crate::web::routes()
+            })
             .merge(crate::signaling::routes());
     }
     let r = r
-        .fallback(not_found)
         .layer(axum::Extension(ApiToken(api_token.map(Arc::from))))
         .with_state(app);
+    let Some(proxy) = proxy else {
+        let r = r.fallback(not_found);
+        let r = match cors {
+            Some(c) => r.layer(c),
+            None => r,
+        };
+        // Outermost: the deadline covers every route, CORS preflights included.
+        return r.layer(axum::middleware::from_fn(request_deadline));
+    };
+    // Proxy mode: the gateway's own routes keep their CORS and deadline; everything else
+    // goes to the upstream, which answers its own preflights and has its own timeouts
+    // (see `crate::proxy`): a long upload or an event stream is no 408.
     let r = match cors {
-        Some(c) => r.layer(c),
+        Some(c) => r.route_layer(c),
         None => r,
     };
-    // Outermost: the deadline covers every route, CORS preflights included.
-    r.layer(axum::middleware::from_fn(request_deadline))
+    r.route_layer(axum::middleware::from_fn(request_deadline))
+        .fallback(move |req: axum::extract::Request| {
+            let proxy = proxy.clone();
+            async move { proxy.forward(req).await }
+        })
 }
 
 /// Time a request has, from its complete head to its response head: its body must arrive
@@ -102,12 +122,25 @@ async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
+/// `{"status": "ok", "allocations": N}`; in proxy mode also `"upstream": {...}` (see
+/// [`crate::proxy::Proxy::health`]), and `"status": "degraded"` while the upstream is not ok
+/// (still 200: the gateway itself serves).
 async fn health(State(app): State<Arc<App>>) -> Response {
-    Json(json!({
+    let mut body = json!({
         "status": "ok",
         "allocations": app.relay_shared().allocations(),
-    }))
-    .into_response()
+    });
+    if let Some(p) = app.proxy() {
+        let upstream = p.health().await;
+        let ok = upstream.get("status").and_then(|s| s.as_str()) == Some("ok");
+        if let Some(o) = body.as_object_mut() {
+            if !ok {
+                o.insert("status".into(), "degraded".into());
+            }
+            o.insert("upstream".into(), upstream);
+        }
+    }
+    Json(body).into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -231,6 +264,7 @@ const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 pub fn serve_connection<S>(
     stream: S,
     remote: SocketAddr,
+    tls: bool,
     router: Router,
     limits: &Arc<relay::io::ConnectionLimits>,
 ) where
@@ -249,6 +283,7 @@ pub fn serve_connection<S>(
             &axum::Extension(crate::signaling::ClientAddr(remote)),
             router,
         );
+        let service = tower::Layer::layer(&axum::Extension(crate::proxy::ClientTls(tls)), service);
         let service = TowerToHyperService::new(service);
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         // A client that opens a connection and trickles its request head (slowloris) is
@@ -258,7 +293,8 @@ pub fn serve_connection<S>(
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT);
         let builder = builder.http1_only();
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        // Upgrades (WebSocket) are served: proxy mode passes them to the upstream.
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         tokio::select! {
             r = conn => if let Err(e) = r {
                 tracing::debug!(%remote, error = %e, "HTTP connection ended with an error");
@@ -279,7 +315,7 @@ pub struct HttpHandoff {
 }
 
 impl relay::io::Handoff for HttpHandoff {
-    fn serve(&self, stream: Box<dyn relay::io::IoStream>, remote: SocketAddr, _tls: bool) {
-        serve_connection(stream, remote, self.router.clone(), &self.limits);
+    fn serve(&self, stream: Box<dyn relay::io::IoStream>, remote: SocketAddr, tls: bool) {
+        serve_connection(stream, remote, tls, self.router.clone(), &self.limits);
     }
 }

@@ -74,6 +74,8 @@ pub mod media;
 pub mod media_source;
 pub mod metrics;
 pub mod own_addrs;
+pub mod project_streams;
+pub mod proxy;
 pub mod relay_mode;
 pub mod reload;
 pub mod run;

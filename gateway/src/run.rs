@@ -121,10 +121,22 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
     for e in &entries {
         stream_set.insert(e.name.clone(), e.feeds.clone());
     }
-    let streams = Arc::new(crate::streams::StreamDirectory::new(
-        entries,
-        media_plan.stream_fallback,
-    ));
+    let mut directory = crate::streams::StreamDirectory::new(entries, media_plan.stream_fallback);
+    // Proxy mode: each project id of the upstream is a stream pulled on first use.
+    let proxy = media_plan.upstream.clone().map(crate::proxy::Proxy::new);
+    if let Some(base) = &media_plan.upstream {
+        let projects = Arc::new(crate::project_streams::ProjectStreams::new(
+            base.clone(),
+            pull.clone(),
+            crate::project_streams::MAX_PROJECT_STREAMS,
+        ));
+        for (name, feeds) in projects.engine_streams() {
+            stream_set.insert(name, feeds.clone());
+        }
+        directory = directory.with_projects(projects);
+        tracing::info!(upstream = %base, "proxy mode: requests the gateway does not answer go to the upstream; its viewer page is at /gateway/");
+    }
+    let streams = Arc::new(directory);
     let media = crate::media::MediaEngine::start(media_plan.config(advertised), stream_set.clone())
         .map_err(|e| {
             anyhow::anyhow!(
@@ -169,11 +181,9 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
         settings.turn_credential_ttl,
         streams.clone(),
     );
-    let app = Arc::new(App::new(
-        settings.clone(),
-        shared.clone(),
-        Some(signaling.clone()),
-    ));
+    let app = Arc::new(
+        App::new(settings.clone(), shared.clone(), Some(signaling.clone())).with_proxy(proxy),
+    );
     {
         let r = registry.clone();
         app.metrics.set_gauge(
@@ -264,6 +274,12 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
         serve_http(settings.gateway_http_addr, router, http_limits).await?;
     tracing::info!(%http_addr, uris = ?app.turn_uris(), "gateway ready");
     let ways = WaysIn::new(http_addr, advertised, &host, relay.local_tcp().port());
+    let proxied = app.proxy().is_some();
+    let ways = if proxied {
+        ways.under(crate::web::PROXY_PAGE_PREFIX)
+    } else {
+        ways
+    };
     tracing::info!(url = %ways.viewer, "viewer page: open it in a browser (it shows the path, protocol, bitrate, frame rate and loss)");
     if self_signed {
         tracing::warn!(url = %ways.https, "HTTPS on TURN_LISTEN: the certificate is self-signed, browsers warn (set TLS_CERT/TLS_KEY to a real one)");
@@ -412,7 +428,9 @@ pub(crate) async fn serve_http(
     let http_accept = tokio::spawn(async move {
         loop {
             match listener.accept().await {
-                Ok((s, remote)) => http::serve_connection(s, remote, router.clone(), &http_limits),
+                Ok((s, remote)) => {
+                    http::serve_connection(s, remote, false, router.clone(), &http_limits)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "HTTP accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -447,6 +465,15 @@ pub struct WaysIn {
 }
 
 impl WaysIn {
+    /// The page's URLs with the page under `prefix` (proxy mode).
+    fn under(self, prefix: &str) -> Self {
+        WaysIn {
+            viewer: format!("{}{prefix}/", self.viewer.trim_end_matches('/')),
+            https: format!("{}{prefix}/", self.https.trim_end_matches('/')),
+            whep: self.whep,
+        }
+    }
+
     /// `http_addr` is the bound HTTP address; when it is a wildcard (0.0.0.0, ::) the
     /// advertised address stands in for it, since a wildcard is not something to browse to.
     /// `host` is the name in the certificate and TURN URLs; `tls_port` the bound TURN_LISTEN port.

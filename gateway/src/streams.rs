@@ -158,6 +158,9 @@ pub enum StreamRefusal {
     /// roots, `PULL_CA_FILE`).
     #[error("stream {0:?}: {1}")]
     UpstreamUntrusted(String, String),
+    /// Proxy mode: every project stream is taken (and wanted).
+    #[error("the gateway pulls {0} projects already, all watched; try again later")]
+    PoolFull(usize),
 }
 
 /// Why a WHIP publisher cannot publish to a stream.
@@ -224,13 +227,26 @@ impl StreamEntry {
 pub struct StreamDirectory {
     streams: Vec<StreamEntry>,
     fallback: StreamFallback,
+    /// Proxy mode: every other name is a project id of the upstream.
+    projects: Option<Arc<crate::project_streams::ProjectStreams>>,
 }
 
 impl StreamDirectory {
     /// A directory of `streams` (`default` among them), resolving unknown names by
     /// `fallback` once named streams exist.
     pub fn new(streams: Vec<StreamEntry>, fallback: StreamFallback) -> Self {
-        Self { streams, fallback }
+        Self {
+            streams,
+            fallback,
+            projects: None,
+        }
+    }
+
+    /// Proxy mode: a name that is no configured stream is a project id of the upstream,
+    /// played from `projects` (no fallback to `default`).
+    pub fn with_projects(mut self, projects: Arc<crate::project_streams::ProjectStreams>) -> Self {
+        self.projects = Some(projects);
+        self
     }
 
     /// For operators (`GET /api/v1/streams`): each stream's name, source, codecs, whether
@@ -254,15 +270,26 @@ impl StreamDirectory {
                 v
             })
             .collect();
-        serde_json::json!({ "streams": list, "fallback": match self.fallback {
+        let mut v = serde_json::json!({ "streams": list, "fallback": match self.fallback {
             StreamFallback::None => "none",
             StreamFallback::Default => "default",
-        } })
+        } });
+        if let (Some(p), Some(o)) = (&self.projects, v.as_object_mut()) {
+            o.insert("proxy".into(), p.describe(now));
+        }
+        v
     }
 
     /// The stream `requested` plays (`None`: the caller named none, e.g. `POST /whep`).
     pub fn resolve(&self, requested: Option<&str>, now: Instant) -> Result<&str, StreamRefusal> {
         let requested = requested.unwrap_or(DEFAULT_STREAM);
+        if let Some(projects) = &self.projects {
+            if self.find(requested).is_none() && valid_stream_name(requested) {
+                return projects
+                    .assign(requested, now)
+                    .map_err(|full| StreamRefusal::PoolFull(full.0));
+            }
+        }
         let found = self.find(requested).or_else(|| {
             let alone = self.streams.iter().all(|e| e.name == DEFAULT_STREAM);
             (alone || self.fallback == StreamFallback::Default)
@@ -282,18 +309,32 @@ impl StreamDirectory {
     /// connects (or stays connected) and this waits for its first frame; the upstream's
     /// refusal is a [`StreamRefusal::NotLive`]. Other streams are ready at once.
     pub async fn ready(&self, name: &str) -> Result<(), StreamRefusal> {
-        let Some(StreamEntry {
-            liveness: Liveness::OnRequest(feeds, demand),
-            ..
-        }) = self.find(name)
-        else {
-            return Ok(());
+        let (feeds, demand) = match self.find(name) {
+            Some(StreamEntry {
+                liveness: Liveness::OnRequest(feeds, demand),
+                ..
+            }) => (feeds.clone(), demand.clone()),
+            Some(_) => return Ok(()),
+            None => match self.projects.as_ref().and_then(|p| p.pull_of(name)) {
+                Some(pull) => pull,
+                None => return Ok(()),
+            },
         };
-        if delivering(feeds, Instant::now()) {
+        // A project slot may still show its previous project's last frames: only a live
+        // pull counts.
+        if delivering(&feeds, Instant::now())
+            && demand.status() == crate::media::pull::PullStatus::Live
+        {
             demand.request(Instant::now());
             return Ok(());
         }
-        match demand.ready(PULL_READY_TIMEOUT).await {
+        let ready = demand.ready(PULL_READY_TIMEOUT).await;
+        if let Some(p) = &self.projects {
+            if self.find(name).is_none() && !p.still_holds(name, &demand) {
+                return Err(StreamRefusal::NotLive(name.to_owned()));
+            }
+        }
+        match ready {
             Ok(()) => Ok(()),
             Err(reason) if reason.starts_with(crate::media::pull::signal::UNTRUSTED) => {
                 tracing::warn!(stream = name, %reason, "pulled stream not available: set PULL_CA_FILE to the upstream's CA");

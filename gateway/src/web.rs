@@ -34,6 +34,43 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
 }
 
+/// Where the page lives in proxy mode (UPSTREAM_URL), since the upstream owns `/`.
+pub const PROXY_PAGE_PREFIX: &str = "/gateway";
+
+/// The page and its script under `prefix` (`/gateway/`, `/gateway/viewer.js`), for proxy
+/// mode; `prefix` without its slash redirects to the page.
+pub fn routes_under<S: Clone + Send + Sync + 'static>(prefix: &'static str) -> Router<S> {
+    let page = format!("{prefix}/");
+    Router::new()
+        .route(
+            prefix,
+            get(move || async move { axum::response::Redirect::to(&format!("{prefix}/")) }),
+        )
+        .route(&page, get(move || async move { index_under(prefix) }))
+        .route(
+            &format!("{prefix}/index.html"),
+            get(move || async move { index_under(prefix) }),
+        )
+        .route(&format!("{prefix}/viewer.js"), get(viewer_js))
+}
+
+fn index_under(prefix: &str) -> Response {
+    let html = INDEX_HTML.replace(
+        r#"<script src="/viewer.js"></script>"#,
+        &format!(r#"<script src="{prefix}/viewer.js"></script>"#),
+    );
+    (
+        [
+            (CONTENT_TYPE, "text/html; charset=utf-8"),
+            (CACHE_CONTROL, "no-cache"),
+            (X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (HeaderName::from_static("content-security-policy"), CSP),
+        ],
+        html,
+    )
+        .into_response()
+}
+
 async fn index() -> Response {
     static_file("text/html; charset=utf-8", INDEX_HTML)
 }

@@ -5,6 +5,18 @@ Endpoints (as Geti's backend answers them):
   GET  /api/v1/system/webrtc/config          {"iceServers": []}
   POST /api/v1/projects/{id}/offer           {"webrtc_id","sdp","type"} -> {"sdp","type":"answer"}
                                              400 {"detail": "No active pipeline."} while inactive
+  GET  /health                               {"status": "ok"}
+  GET  /                                     the web application's page (HTML, with the
+                                             cross-origin isolation headers Geti's UI sends)
+  GET  /api/v1/projects                      a JSON API endpoint: the projects, the active one
+  POST /api/v1/upload                        counts the body's bytes as they arrive (read in
+                                             64 KiB pieces, never held): {"bytes": N}
+  GET  /api/v1/events                        server-sent events: 3 events, 200 ms apart
+  GET  /api/v1/ws                            WebSocket echo (text and binary messages)
+With --project UUID only that project's offers are answered (the active project); others get
+400 {"detail": "No active pipeline."} too, counted in /test/stats "refusals".
+Requests (but /test/*) are counted in /test/stats "requests", the last one's Host and
+X-Forwarded-* headers in "forwarded".
 Test controls (not Geti's):
   POST /test/pipeline?active=1|0             start or stop the pipeline
   GET  /test/stats                           {"offers", "peers_open", "peers_total",
@@ -18,7 +30,10 @@ Prints "LISTENING <port>" once serving. Stops on SIGTERM/SIGINT or after --lifet
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import json
+import struct
 import signal
 import sys
 
@@ -56,16 +71,31 @@ class MovingBar(VideoStreamTrack):
         return frame
 
 
+PAGE = b"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Geti stand-in</title></head>
+<body><h1 id="app">Geti stand-in</h1><p>The web application the gateway fronts.</p></body></html>
+"""
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+MAX_WS_MESSAGE = 1 << 20
+
+
 class Backend:
-    def __init__(self, active):
+    def __init__(self, active, project=None):
         self.active = active
+        self.project = project
+        self.refusals = 0
+        self.requests = 0
+        self.forwarded = {}
+        self.uploaded = 0
         self.offers = 0
         self.peers = set()
         self.total = 0
         self.keyframe_requests = 0
 
-    async def offer(self, body):
-        if not self.active:
+    async def offer(self, project, body):
+        if not self.active or (self.project is not None and project != self.project):
+            self.refusals += 1
             return 400, {"detail": "No active pipeline."}
         try:
             req = json.loads(body)
@@ -113,6 +143,68 @@ class Backend:
         self.peers.clear()
 
 
+async def read_upload(reader, length):
+    """Reads and counts `length` bytes in pieces (an upload is never held in memory)."""
+    left, total = length, 0
+    while left > 0:
+        piece = await asyncio.wait_for(reader.read(min(left, 1 << 16)), 30)
+        if not piece:
+            raise asyncio.IncompleteReadError(b"", left)
+        total += len(piece)
+        left -= len(piece)
+    return total
+
+
+async def websocket_echo(headers, reader, writer):
+    """RFC 6455 server: the handshake, then every text/binary message echoed, pings answered."""
+    key = headers.get("sec-websocket-key", "").encode()
+    accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest()).decode()
+    writer.write(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+    )
+    await writer.drain()
+    while True:
+        b0, b1 = await asyncio.wait_for(reader.readexactly(2), 60)
+        opcode, masked, n = b0 & 0x0F, b1 & 0x80, b1 & 0x7F
+        if n == 126:
+            (n,) = struct.unpack("!H", await reader.readexactly(2))
+        elif n == 127:
+            (n,) = struct.unpack("!Q", await reader.readexactly(8))
+        if n > MAX_WS_MESSAGE or not masked:
+            return
+        mask = await reader.readexactly(4)
+        data = bytes(c ^ mask[i % 4] for i, c in enumerate(await reader.readexactly(n)))
+        if opcode == 0x8:
+            writer.write(bytes([0x88, 0]))
+            await writer.drain()
+            return
+        reply = {0x1: 0x1, 0x2: 0x2, 0x9: 0xA}.get(opcode)
+        if reply is None:
+            continue
+        head = bytes([0x80 | reply])
+        if len(data) < 126:
+            head += bytes([len(data)])
+        elif len(data) < 1 << 16:
+            head += bytes([126]) + struct.pack("!H", len(data))
+        else:
+            head += bytes([127]) + struct.pack("!Q", len(data))
+        writer.write(head + data)
+        await writer.drain()
+
+
+def respond(writer, status, doc, content_type="application/json", extra=""):
+    payload = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 422: "Unprocessable"}.get(
+        status, "Error"
+    )
+    writer.write(
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n{extra}"
+        f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+        + payload
+    )
+
+
 async def handle(backend, reader, writer):
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
@@ -124,12 +216,57 @@ async def handle(backend, reader, writer):
                 k, v = line.split(":", 1)
                 headers[k.strip().lower()] = v.strip()
         length = int(headers.get("content-length", "0"))
+        path, _, query = target.partition("?")
+        if not path.startswith("/test/"):
+            backend.requests += 1
+            backend.forwarded = {
+                k: v for k, v in headers.items() if k.startswith("x-forwarded-") or k == "host"
+            }
+        if method == "POST" and path == "/api/v1/upload":
+            n = await read_upload(reader, length)
+            backend.uploaded += n
+            respond(writer, 200, {"bytes": n})
+            await writer.drain()
+            return
+        if method == "GET" and path == "/api/v1/ws":
+            if headers.get("upgrade", "").lower() != "websocket":
+                respond(writer, 400, {"detail": "a WebSocket upgrade is expected"})
+                await writer.drain()
+                return
+            await websocket_echo(headers, reader, writer)
+            return
+        if method == "GET" and path == "/api/v1/events":
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                b"Cache-Control: no-cache\r\nConnection: close\r\n\r\n"
+            )
+            for i in range(3):
+                writer.write(f"data: event {i}\n\n".encode())
+                await writer.drain()
+                await asyncio.sleep(0.2)
+            return
         if length > 1 << 20:
             raise ValueError("body too large")
         body = await asyncio.wait_for(reader.readexactly(length), 10) if length else b""
-        path, _, query = target.partition("?")
         parts = path.strip("/").split("/")
-        if method == "GET" and path == "/api/v1/system/webrtc/config":
+        if method == "GET" and path == "/":
+            respond(
+                writer,
+                200,
+                PAGE,
+                "text/html; charset=utf-8",
+                "Cross-Origin-Opener-Policy: same-origin\r\n"
+                "Cross-Origin-Embedder-Policy: require-corp\r\nCache-Control: no-store\r\n",
+            )
+            await writer.drain()
+            return
+        if method == "GET" and path == "/health":
+            status, doc = 200, {"status": "ok"}
+        elif method == "GET" and path == "/api/v1/projects":
+            status, doc = 200, {
+                "projects": [{"id": backend.project or "any", "active": backend.active}]
+            }
+        elif method == "GET" and path == "/api/v1/system/webrtc/config":
             status, doc = 200, {"iceServers": []}
         elif (
             method == "POST"
@@ -137,7 +274,7 @@ async def handle(backend, reader, writer):
             and parts[:3] == ["api", "v1", "projects"]
             and parts[4] == "offer"
         ):
-            status, doc = await backend.offer(body)
+            status, doc = await backend.offer(parts[3], body)
         elif method == "POST" and path == "/test/pipeline":
             if "active=1" in query:
                 backend.active = True
@@ -150,18 +287,14 @@ async def handle(backend, reader, writer):
                 "peers_open": len(backend.peers),
                 "peers_total": backend.total,
                 "keyframe_requests": backend.keyframe_requests,
+                "refusals": backend.refusals,
+                "requests": backend.requests,
+                "uploaded": backend.uploaded,
+                "forwarded": backend.forwarded,
             }
         else:
             status, doc = 404, {"detail": "Not Found"}
-        payload = json.dumps(doc).encode()
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 422: "Unprocessable"}.get(
-            status, "Error"
-        )
-        writer.write(
-            f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
-            + payload
-        )
+        respond(writer, status, doc)
         await writer.drain()
     except (asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError, ConnectionError):
         pass
@@ -174,8 +307,9 @@ async def main():
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--inactive", action="store_true", help="start with no pipeline")
     ap.add_argument("--lifetime", type=float, default=300.0)
+    ap.add_argument("--project", help="the active project's id (default: every id)")
     args = ap.parse_args()
-    backend = Backend(active=not args.inactive)
+    backend = Backend(active=not args.inactive, project=args.project)
     server = await asyncio.start_server(
         lambda r, w: handle(backend, r, w), "127.0.0.1", args.port
     )

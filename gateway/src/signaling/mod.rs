@@ -183,6 +183,11 @@ pub fn stream_error(e: StreamRefusal) -> ApiError {
         StreamRefusal::UpstreamUntrusted(..) => {
             ApiError::new(StatusCode::BAD_GATEWAY, "upstream_untrusted", e.to_string())
         }
+        StreamRefusal::PoolFull(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_projects",
+            e.to_string(),
+        ),
     }
 }
 

@@ -148,6 +148,9 @@ async fn pull_task(
                     other => other.to_string(),
                 };
                 demand.set(PullStatus::Failed { attempt, reason });
+                // Our own report is no wake-up: without this the backoff below ends at
+                // once and a refusing upstream is asked again in a tight loop.
+                wake.borrow_and_update();
             }
         }
         // Jitter: gateways pulling one upstream do not come back in lockstep. A viewer's
