@@ -126,7 +126,7 @@ fuzz_target!(|data: &[u8]| {
     let remote = SocketAddr::from(([192, 0, 2, 1], 40000));
     let out = s.rt.block_on(async {
         let (mut client, server_side) = tokio::io::duplex(64 * 1024);
-        gateway::http::serve_connection(server_side, remote, s.router.clone(), &s.limits);
+        gateway::http::serve_connection(server_side, remote, false, s.router.clone(), &s.limits);
         let io = async {
             client.write_all(data).await?;
             client.shutdown().await?;
