@@ -428,13 +428,7 @@ impl MediaHandle {
             sent_upto: 0,
             next: Instant::now(),
         };
-        let (reply, rx) = oneshot::channel();
-        self.command(Command::Add {
-            session: Box::new(session),
-            reply,
-        })
-        .await?;
-        rx.await.map_err(|_| MediaError::EngineStopped)??;
+        self.add_session(session).await?;
         Ok(answer)
     }
 
@@ -487,14 +481,20 @@ impl MediaHandle {
             sent_upto: 0,
             next: Instant::now(),
         };
+        self.add_session(session).await?;
+        Ok(answer)
+    }
+
+    /// Hands a new session (viewer or publisher) to the engine task and waits until it is
+    /// in place.
+    async fn add_session(&self, session: Session) -> Result<(), MediaError> {
         let (reply, rx) = oneshot::channel();
         self.command(Command::Add {
             session: Box::new(session),
             reply,
         })
         .await?;
-        rx.await.map_err(|_| MediaError::EngineStopped)??;
-        Ok(answer)
+        rx.await.map_err(|_| MediaError::EngineStopped)?
     }
 
     /// Add a trickled remote ICE candidate (`candidate:...`, with or without `a=`).
