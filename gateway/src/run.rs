@@ -416,7 +416,7 @@ pub(crate) async fn serve_http(
     router: axum::Router,
     http_limits: Arc<relay::io::ConnectionLimits>,
 ) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+    let listener = relay::io::bind_tcp(addr).map_err(|e| {
         anyhow::anyhow!(crate::bind_hint::explain(
             "GATEWAY_HTTP_ADDR",
             Proto::Tcp,

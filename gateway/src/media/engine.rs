@@ -398,36 +398,21 @@ impl MediaHandle {
             .map_err(|_| MediaError::EngineStopped)?;
         let shared = self.shared.clone();
         let offer_sdp = offer_sdp.to_owned();
+        // The session (its `Rtc` is ~10 KB) is built and boxed on the blocking pool: what
+        // this future holds across its awaits stays small, and so do the HTTP handlers'
+        // futures, which are allocated whole when a request arrives, before its body.
         let work = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            answer_offer(&shared, &stream_feeds, &offer_sdp)
+            let (a, answer) = answer_offer(&shared, &stream_feeds, &offer_sdp)?;
+            let role = Role::Viewer {
+                video: (a.mid, a.pt),
+                feed: a.feed,
+            };
+            Ok::<_, MediaError>((Session::new(session_id, a.rtc, a.ice, role), answer))
         });
-        let (answered, answer) = work
+        let (session, answer) = work
             .await
             .map_err(|_| MediaError::MalformedSdp("offer rejected (internal error)".into()))??;
-
-        let Answered {
-            rtc,
-            mid,
-            pt,
-            feed,
-            ice,
-        } = answered;
-        let session = Session {
-            id: session_id,
-            rtc,
-            video: Some((mid, pt)),
-            feed: Some(feed),
-            ingest: None,
-            ice,
-            trickled: 0,
-            created: Instant::now(),
-            connected: false,
-            need_keyframe: true,
-            gop_pending: false,
-            sent_upto: 0,
-            next: Instant::now(),
-        };
         self.add_session(session).await?;
         Ok(answer)
     }
@@ -456,44 +441,27 @@ impl MediaHandle {
         let offer_sdp = offer_sdp.to_owned();
         let work = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            answer_publish(&shared, &offer_sdp)
-        });
-        let (rtc, mid, ice, answer) = work
-            .await
-            .map_err(|_| MediaError::MalformedSdp("offer rejected (internal error)".into()))??;
-        let session = Session {
-            id: session_id,
-            rtc,
-            video: None,
-            feed: None,
-            ingest: Some(Box::new(Ingest {
+            let (rtc, mid, ice, answer) = answer_publish(&shared, &offer_sdp)?;
+            let role = Role::Publisher(Box::new(Ingest {
                 whip,
                 mid,
                 need_keyframe: true,
                 pacer: KeyframePacer::new(),
-            })),
-            ice,
-            trickled: 0,
-            created: Instant::now(),
-            connected: false,
-            need_keyframe: false,
-            gop_pending: false,
-            sent_upto: 0,
-            next: Instant::now(),
-        };
+            }));
+            Ok::<_, MediaError>((Session::new(session_id, rtc, ice, role), answer))
+        });
+        let (session, answer) = work
+            .await
+            .map_err(|_| MediaError::MalformedSdp("offer rejected (internal error)".into()))??;
         self.add_session(session).await?;
         Ok(answer)
     }
 
     /// Hands a new session (viewer or publisher) to the engine task and waits until it is
     /// in place.
-    async fn add_session(&self, session: Session) -> Result<(), MediaError> {
+    async fn add_session(&self, session: Box<Session>) -> Result<(), MediaError> {
         let (reply, rx) = oneshot::channel();
-        self.command(Command::Add {
-            session: Box::new(session),
-            reply,
-        })
-        .await?;
+        self.command(Command::Add { session, reply }).await?;
         rx.await.map_err(|_| MediaError::EngineStopped)?
     }
 
@@ -1135,7 +1103,44 @@ struct Ingest {
 /// How often a publisher's session looks at its viewers' keyframe requests.
 const KEYFRAME_POLL: Duration = Duration::from_millis(100);
 
+/// What a new session does: send a feed to a viewer, or receive a publisher's video.
+enum Role {
+    Viewer {
+        /// Mid and payload type to send the video with.
+        video: (Mid, Pt),
+        /// The feed (codec) sent, in [`Engine::feeds`].
+        feed: usize,
+    },
+    Publisher(Box<Ingest>),
+}
+
 impl Session {
+    /// A new session, boxed where it is built: its `Rtc` is large, and the futures that
+    /// hand it to the engine should not carry it inline.
+    fn new(id: String, rtc: Rtc, ice: IceState, role: Role) -> Box<Self> {
+        let now = Instant::now();
+        let (video, feed, ingest) = match role {
+            Role::Viewer { video, feed } => (Some(video), Some(feed), None),
+            Role::Publisher(ingest) => (None, None, Some(ingest)),
+        };
+        Box::new(Session {
+            id,
+            rtc,
+            // A viewer waits for a keyframe; a publisher sends nothing.
+            need_keyframe: video.is_some(),
+            video,
+            feed,
+            ingest,
+            ice,
+            trickled: 0,
+            created: now,
+            connected: false,
+            gop_pending: false,
+            sent_upto: 0,
+            next: now,
+        })
+    }
+
     fn wake_at(&self, connect_timeout: Duration) -> Instant {
         let t = if self.connected {
             self.next

@@ -12,6 +12,27 @@ use super::outbox::ClientStream;
 use super::{stream, Context, IoStats, Prefixed};
 use crate::core::{BadInput, Transport};
 
+/// Connections the kernel queues for a listener before the accept loop takes them.
+///
+/// The usual default (128) overflows when a burst of clients connects at once (a page
+/// load, viewers reconnecting after a restart, thousands of connections under attack):
+/// the kernel then drops SYNs and each dropped client waits a full second to retry. The
+/// kernel caps this at `net.core.somaxconn` (4096 on current Linux).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener on `addr` as servers do: `SO_REUSEADDR` (a restart does not wait
+/// for old connections in TIME_WAIT) and a [`LISTEN_BACKLOG`] deep accept queue.
+pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// A byte stream the shell hands off: plain TCP or decrypted TLS.
 pub trait IoStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> IoStream for T {}
@@ -215,6 +236,28 @@ fn invalid(msg: String) -> std::io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A burst of connections larger than the usual default backlog (128) completes at once
+    /// even before the accept loop takes any: with 128, the 130th waited a second for the
+    /// kernel to retry its dropped SYN.
+    #[tokio::test]
+    async fn a_connection_burst_queues_without_drops() {
+        let listener = bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut held = Vec::new();
+        for i in 0..600 {
+            let c = tokio::time::timeout(
+                std::time::Duration::from_millis(500),
+                TcpStream::connect(addr),
+            )
+            .await;
+            match c {
+                Ok(Ok(c)) => held.push(c),
+                other => panic!("connection {i} of the burst: {other:?}"),
+            }
+        }
+        drop(listener);
+    }
 
     #[test]
     fn sniffs_first_bytes() {

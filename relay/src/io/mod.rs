@@ -20,7 +20,7 @@ mod udp;
 
 pub use inprocess::{InProcessRoutes, LocalMedia, MediaDatagram};
 pub use limits::{ConnectionLimits, ConnectionSlot, Refused};
-pub use listener::{sniff, Handoff, IoStream, Sniffed};
+pub use listener::{bind_tcp, sniff, Handoff, IoStream, Sniffed, LISTEN_BACKLOG};
 pub use ports::PortRange;
 pub use prefixed::Prefixed;
 pub use stats::IoStats;
@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -185,7 +185,7 @@ impl RelayServer {
         tls: Option<TlsConfig>,
         handoff: Option<Arc<dyn Handoff>>,
     ) -> std::io::Result<Self> {
-        let tcp = TcpListener::bind(config.listen).await.map_err(|e| {
+        let tcp = bind_tcp(config.listen).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
                 format!("cannot listen on TCP {}: {e}", config.listen),
