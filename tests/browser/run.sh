@@ -7,7 +7,7 @@
 # diagnosis names it.
 #
 #   tests/browser/run.sh              all scenarios
-#   tests/browser/run.sh 1 3 5        only these scenarios (1..6, f1..f3, g1, t1, t2, ff1, ff2, d1, w1)
+#   tests/browser/run.sh 1 3 5        only these scenarios (1..6, f1..f3, g1, t1, t2, ff1, ff2, d1, w1, p1, r1)
 #
 # The long watches (g1: 130 s+ with its own gateway on its defaults; t1: 6 min with its own
 # gateway and TURN_CREDENTIAL_TTL=30) run in the background, each in its own firewalled
@@ -352,7 +352,7 @@ scenario() {
   local sname=$1
   say "scenario $sname"
   if run_browser "$2" "$sname" "$3"; then
-    sed 's/^/    /' "$work/$sname.out" | grep -E 'coturn log:|timeline|after [0-9]+ (ms|s) more|selected pair|page #stats|video pixels|screenshot|WHEP|after DELETE|allocations \(|TIMING' || true
+    sed 's/^/    /' "$work/$sname.out" | grep -E 'coturn log:|timeline|after [0-9]+ (ms|s) more|selected pair|page #stats|video pixels|screenshot|WHEP|after DELETE|allocations \(|TIMING| STEP [0-9]' || true
     record "$sname" 1 "$(grep -Eo 'ice_connected=[^ ]+ first_frame=[^ ]+' "$work/$sname.out" | tail -1)"
   else
     sed 's/^/    /' "$work/$sname.out"
@@ -528,6 +528,71 @@ if want w1; then
   fi
   kill "$pub_pid" 2>/dev/null || true
   wait "$pub_pid" 2>/dev/null || true
+  stop_gateway
+fi
+
+# The Geti stand-in (aiortc, Geti's endpoints) serving the Geti UI's connection logic as its own
+# web application at `/`, its pipeline active for one project id. start_standin LABEL [args...]
+# [-- env...]: its port in $standin_port, PID in $standin_pid, output in $work/standin-LABEL.out.
+standin_pid=""
+standin_port=""
+project_id=$(python3 -c 'import uuid; print(uuid.uuid4())')
+start_standin() {
+  local label=$1
+  shift
+  local args=() envs=()
+  while (($#)); do
+    if [[ $1 == -- ]]; then shift; envs=("$@"); break; fi
+    args+=("$1")
+    shift
+  done
+  env "${envs[@]}" "$venv/bin/python" "$root/tests/standins/geti_backend.py" --ui "$here/geti" \
+    --project "$project_id" --lifetime 240 "${args[@]}" >"$work/standin-$label.out" 2>&1 &
+  standin_pid=$!
+  pids+=("$standin_pid")
+  for _ in $(seq 1 150); do # up to 15 s (aiortc imports slowly)
+    standin_port=$(grep -Eo '^LISTENING [0-9]+' "$work/standin-$label.out" | cut -d' ' -f2 || true)
+    [[ -n "$standin_port" ]] && return 0
+    kill -0 "$standin_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  cat "$work/standin-$label.out" >&2
+  die "the Geti stand-in ($label) did not start"
+}
+stop_standin() {
+  [[ -n "$standin_pid" ]] || return 0
+  kill "$standin_pid" 2>/dev/null || true
+  wait "$standin_pid" 2>/dev/null || true
+  standin_pid=""
+}
+
+# Gateway F: Geti behind one port. The stand-in listens on loopback only; the gateway in proxy
+# mode (UPSTREAM_URL) fronts it on 443. Chromium in the UDP-blocked namespace opens
+# https://gateway.test/ (the stand-in's page, through the gateway): API, upload, WebSocket and
+# SSE through the gateway, two viewers through the embedded relay from one pull, a wrong
+# project id refused by the stand-in itself.
+if want p1; then
+  start_standin proxy
+  start_gateway proxy server UPSTREAM_URL="http://127.0.0.1:$standin_port"
+  script=backend.mjs limit=150 scenario "p1-proxy-geti-one-port" "$ns" \
+    "\"mode\":\"proxy\",\"url\":\"https://$host_name/?project=$project_id\",\"protocol\":\"tcp,tls\""
+  stop_gateway
+  stop_standin
+fi
+
+# Gateway G: replacing coturn in Geti's own recipe. The gateway in relay-only mode with the
+# recipe's static user and the stand-in's (loopback) media addresses allowed; the stand-in
+# configured exactly as the recipe configures Geti (COTURN_HOST/PORT=443/USERNAME/PASSWORD),
+# its page on its own port on the host side. Chromium in the UDP-blocked namespace plays over
+# TURN/TCP on 443; the stand-in's aiortc allocates on the gateway with the same user.
+if want r1; then
+  start_gateway relayonly server GATEWAY_MODE=relay TURN_STATIC_USERS="user:password" \
+    TURN_ALLOWED_PEERS="127.0.0.1/32"
+  start_standin relay --host "$host_ip" --port 9200 -- COTURN_HOST="$host_ip" COTURN_PORT=443 \
+    COTURN_USERNAME=user COTURN_PASSWORD=password
+  script=backend.mjs limit=150 scenario "r1-relay-only-geti-coturn-recipe" "$ns" \
+    "\"mode\":\"relay\",\"url\":\"http://$host_ip:9200/?project=$project_id\",\"protocol\":\"tcp\""
+  stop_standin
   stop_gateway
 fi
 

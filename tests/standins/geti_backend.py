@@ -2,12 +2,18 @@
 shapes, serving a moving VP8 picture.
 
 Endpoints (as Geti's backend answers them):
-  GET  /api/v1/system/webrtc/config          {"iceServers": []}
+  GET  /api/v1/system/webrtc/config          {"iceServers": [...]}: as Geti computes them from
+                                             COTURN_HOST, COTURN_PORT (3478), COTURN_USERNAME
+                                             ("user"), COTURN_PASSWORD ("password") and
+                                             STUN_SERVER in the environment (none set: []);
+                                             its own RTCPeerConnections use the same list
   POST /api/v1/projects/{id}/offer           {"webrtc_id","sdp","type"} -> {"sdp","type":"answer"}
                                              400 {"detail": "No active pipeline."} while inactive
   GET  /health                               {"status": "ok"}
   GET  /                                     the web application's page (HTML, with the
-                                             cross-origin isolation headers Geti's UI sends)
+                                             cross-origin isolation headers Geti's UI sends);
+                                             with --ui DIR, DIR/index.html, and DIR's other
+                                             files at /<name> (the Geti UI's connection logic)
   GET  /api/v1/projects                      a JSON API endpoint: the projects, the active one
   POST /api/v1/upload                        counts the body's bytes as they arrive (read in
                                              64 KiB pieces, never held): {"bytes": N}
@@ -20,16 +26,20 @@ X-Forwarded-* headers in "forwarded".
 Test controls (not Geti's):
   POST /test/pipeline?active=1|0             start or stop the pipeline
   GET  /test/stats                           {"offers", "peers_open", "peers_total",
-                                              "keyframe_requests" (PLI/FIR received)}
+                                              "keyframe_requests" (PLI/FIR received),
+                                              "relay_candidates" (relayed candidates in its
+                                              answers: its own TURN allocations)}
 
 The webrtc_id is whatever the client sends (Geti files connections by it and does not know it
-in advance). Host candidates are loopback only: tests send traffic nowhere else.
+in advance). Host candidates are loopback only: tests send traffic nowhere else. HTTP listens
+on --host (127.0.0.1 unless a test's own namespace address is given).
 
 Prints "LISTENING <port>" once serving. Stops on SIGTERM/SIGINT or after --lifetime seconds.
 """
 
 import argparse
 import asyncio
+import os
 import base64
 import hashlib
 import json
@@ -39,7 +49,14 @@ import sys
 
 import aioice.ice
 import av
-from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription, VideoStreamTrack
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+    VideoStreamTrack,
+)
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
 
 # Loopback only: aioice would otherwise offer every interface address of the machine.
@@ -76,13 +93,36 @@ PAGE = b"""<!doctype html>
 <body><h1 id="app">Geti stand-in</h1><p>The web application the gateway fronts.</p></body></html>
 """
 
+UI_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
+
+
+def ice_servers_from_env():
+    """Geti's settings.ice_servers: one TURN/TCP entry from COTURN_*, one STUN entry."""
+    servers = []
+    host = os.environ.get("COTURN_HOST")
+    if host:
+        servers.append(
+            {
+                "urls": f"turn:{host}:{os.environ.get('COTURN_PORT', '3478')}?transport=tcp",
+                "username": os.environ.get("COTURN_USERNAME", "user"),
+                "credential": os.environ.get("COTURN_PASSWORD", "password"),
+            }
+        )
+    if os.environ.get("STUN_SERVER"):
+        servers.append({"urls": os.environ["STUN_SERVER"]})
+    return servers
+
+
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_WS_MESSAGE = 1 << 20
 
 
 class Backend:
-    def __init__(self, active, project=None):
+    def __init__(self, active, project=None, ui=None):
         self.active = active
+        self.ui = ui
+        self.ice_servers = ice_servers_from_env()
+        self.relay_candidates = 0
         self.project = project
         self.refusals = 0
         self.requests = 0
@@ -103,7 +143,8 @@ class Backend:
         except (ValueError, KeyError, TypeError):
             return 422, {"detail": "webrtc_id and sdp are required"}
         self.offers += 1
-        pc = RTCPeerConnection()
+        config = RTCConfiguration(iceServers=[RTCIceServer(**s) for s in self.ice_servers])
+        pc = RTCPeerConnection(configuration=config)
         self.peers.add(pc)
         self.total += 1
 
@@ -121,7 +162,12 @@ class Backend:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
-        print(f"OFFER webrtc_id={webrtc_id} peers={len(self.peers)}", flush=True)
+        relayed = pc.localDescription.sdp.count(" typ relay")
+        self.relay_candidates += relayed
+        print(
+            f"OFFER webrtc_id={webrtc_id} peers={len(self.peers)} relay_candidates={relayed}",
+            flush=True,
+        )
         return 200, {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
 
     def count_keyframe_requests(self, sender):
@@ -193,6 +239,17 @@ async def websocket_echo(headers, reader, writer):
         await writer.drain()
 
 
+def ui_path(ui, path):
+    """The file of the --ui directory `path` names (`/` is index.html), or None."""
+    if ui is None:
+        return None
+    name = "index.html" if path == "/" else path.lstrip("/")
+    if "/" in name or name.startswith(".") or os.path.splitext(name)[1] not in UI_TYPES:
+        return None
+    full = os.path.join(ui, name)
+    return full if os.path.isfile(full) else None
+
+
 def respond(writer, status, doc, content_type="application/json", extra=""):
     payload = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
     reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 422: "Unprocessable"}.get(
@@ -249,12 +306,18 @@ async def handle(backend, reader, writer):
             raise ValueError("body too large")
         body = await asyncio.wait_for(reader.readexactly(length), 10) if length else b""
         parts = path.strip("/").split("/")
-        if method == "GET" and path == "/":
+        ui_file = ui_path(backend.ui, path) if method == "GET" else None
+        if ui_file is not None or (method == "GET" and path == "/"):
+            if ui_file is not None:
+                with open(ui_file, "rb") as f:
+                    page, ctype = f.read(), UI_TYPES[os.path.splitext(ui_file)[1]]
+            else:
+                page, ctype = PAGE, UI_TYPES[".html"]
             respond(
                 writer,
                 200,
-                PAGE,
-                "text/html; charset=utf-8",
+                page,
+                ctype,
                 "Cross-Origin-Opener-Policy: same-origin\r\n"
                 "Cross-Origin-Embedder-Policy: require-corp\r\nCache-Control: no-store\r\n",
             )
@@ -267,7 +330,7 @@ async def handle(backend, reader, writer):
                 "projects": [{"id": backend.project or "any", "active": backend.active}]
             }
         elif method == "GET" and path == "/api/v1/system/webrtc/config":
-            status, doc = 200, {"iceServers": []}
+            status, doc = 200, {"iceServers": backend.ice_servers}
         elif (
             method == "POST"
             and len(parts) == 5
@@ -287,6 +350,7 @@ async def handle(backend, reader, writer):
                 "peers_open": len(backend.peers),
                 "peers_total": backend.total,
                 "keyframe_requests": backend.keyframe_requests,
+                "relay_candidates": backend.relay_candidates,
                 "refusals": backend.refusals,
                 "requests": backend.requests,
                 "uploaded": backend.uploaded,
@@ -308,10 +372,12 @@ async def main():
     ap.add_argument("--inactive", action="store_true", help="start with no pipeline")
     ap.add_argument("--lifetime", type=float, default=300.0)
     ap.add_argument("--project", help="the active project's id (default: every id)")
+    ap.add_argument("--host", default="127.0.0.1", help="HTTP listen address")
+    ap.add_argument("--ui", help="a directory whose index.html (and files) the backend serves")
     args = ap.parse_args()
-    backend = Backend(active=not args.inactive, project=args.project)
+    backend = Backend(active=not args.inactive, project=args.project, ui=args.ui)
     server = await asyncio.start_server(
-        lambda r, w: handle(backend, r, w), "127.0.0.1", args.port
+        lambda r, w: handle(backend, r, w), args.host, args.port
     )
     port = server.sockets[0].getsockname()[1]
     print(f"LISTENING {port}", flush=True)

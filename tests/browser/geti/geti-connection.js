@@ -3,7 +3,9 @@
 // video.component.tsx in open-edge-platform/geti-instant-learn), rewritten for a plain page so
 // the test drives exactly that behaviour against the gateway:
 //
-// - one id per connection object (crypto.randomUUID), sent as `webrtc_id`, reused on every
+// - one id per connection object (a UUID v4 as the `uuid` package makes it: the native
+//   crypto.randomUUID where the page is a secure context, else from crypto.getRandomValues, so
+//   a page on plain http://host:9100 works too), sent as `webrtc_id`, reused on every
 //   Stop -> Start of that object;
 // - GET /api/v1/system/webrtc/config, of which only `iceServers` is read (never `sessionId`);
 //   any error there means "no ICE servers";
@@ -28,10 +30,19 @@
   const GATHERING_LIMIT_MS = 5000;
   const CLOSE_DELAY_MS = 500;
 
+  function uuidv4() {
+    if (typeof crypto.randomUUID === "function") return crypto.randomUUID();
+    const b = crypto.getRandomValues(new Uint8Array(16));
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    const h = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+  }
+
   class StreamConnection {
     constructor() {
       this.pc = null;
-      this.webrtcId = crypto.randomUUID();
+      this.webrtcId = uuidv4();
       this.status = "idle";
       this.listeners = [];
       this.slowTimer = undefined;
