@@ -202,3 +202,138 @@ fn doctor_checks_the_coturn_named_by_flags_and_reports_the_wrong_secret() {
         "{doc:#}"
     );
 }
+
+/// The flags every mode test shares: loopback listeners on free ports, JSON report.
+fn mode_flags(extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "--turn-listen".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--gateway-http-addr".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--webrtc-port-range".into(),
+        free_udp_range(),
+        "--webrtc-bind-ip".into(),
+        "127.0.0.1".into(),
+        "--webrtc-advertise-ip".into(),
+        "127.0.0.1".into(),
+    ];
+    v.extend(extra.iter().map(|s| (*s).to_owned()));
+    v.extend(["doctor".into(), "--json".into()]);
+    v
+}
+
+fn check_named<'a>(doc: &'a serde_json::Value, prefix: &str) -> &'a serde_json::Value {
+    doc["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
+        .unwrap_or_else(|| panic!("no check named {prefix}…:\n{doc:#}"))
+}
+
+/// A minimal upstream on loopback for `n` requests: `/health` 200, the offer path 422 (as
+/// Geti answers an empty offer for a project id that is not a UUID), anything else 404. The
+/// request lines it saw come back from the join handle.
+fn upstream(n: usize) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let h = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for _ in 0..n {
+            let (s, _) = l.accept().expect("accept");
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            let mut r = BufReader::new(s);
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let mut len = 0usize;
+            loop {
+                let mut h = String::new();
+                r.read_line(&mut h).unwrap();
+                if h.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            let status = if line.starts_with("GET /health ") {
+                "200 OK"
+            } else if line.contains("/api/v1/projects/") && line.contains("/offer ") {
+                "422 Unprocessable Entity"
+            } else {
+                "404 Not Found"
+            };
+            let mut s = r.into_inner();
+            write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\
+                 Connection: close\r\n\r\n{{}}"
+            )
+            .unwrap();
+            seen.push(line.trim().to_owned());
+        }
+        seen
+    });
+    (port, h)
+}
+
+#[test]
+fn doctor_checks_proxy_modes_upstream_and_its_offer_endpoint() {
+    let (port, seen) = upstream(2);
+    let url = format!("http://127.0.0.1:{port}");
+    let run = doctor(&mode_flags(&["--upstream-url", &url]));
+    let doc: serde_json::Value = serde_json::from_str(run.stdout.trim()).expect("JSON");
+    assert_eq!(check_named(&doc, "UPSTREAM_URL")["status"], "ok", "{doc:#}");
+    let offer = check_named(&doc, "upstream offer endpoint");
+    assert_eq!(offer["status"], "ok", "{doc:#}");
+    assert!(offer["detail"].as_str().unwrap().contains("422"), "{doc:#}");
+    let seen = seen.join().unwrap();
+    assert_eq!(seen[0], "GET /health HTTP/1.1");
+    assert!(seen[1].starts_with("POST /api/v1/projects/"), "{seen:?}");
+
+    // The upstream down: a failed check naming UPSTREAM_URL, and doctor fails.
+    let closed = free_port();
+    let run = doctor(&mode_flags(&[
+        "--upstream-url",
+        &format!("http://127.0.0.1:{closed}"),
+    ]));
+    assert!(!run.ok, "{}", run.stdout);
+    let doc: serde_json::Value = serde_json::from_str(run.stdout.trim()).expect("JSON");
+    let up = check_named(&doc, "UPSTREAM_URL");
+    assert_eq!(up["status"], "fail", "{doc:#}");
+    assert!(
+        up["detail"].as_str().unwrap().contains("cannot reach"),
+        "{doc:#}"
+    );
+}
+
+#[test]
+fn doctor_allocates_with_relay_only_modes_static_users() {
+    // No gateway runs: the doctor starts a relay with these settings, and the static user's
+    // Allocate succeeds with its password; the allow list is reported.
+    let run = doctor(&mode_flags(&[
+        "--gateway-mode",
+        "relay",
+        "--turn-static-users",
+        "user:password",
+        "--turn-allowed-peers",
+        "127.0.0.1/32",
+    ]));
+    let doc: serde_json::Value = serde_json::from_str(run.stdout.trim()).expect("JSON");
+    let user = check_named(&doc, "static user \"user\"");
+    assert_eq!(user["status"], "ok", "{doc:#}");
+    assert!(
+        user["detail"].as_str().unwrap().contains("Allocate"),
+        "{doc:#}"
+    );
+    let peers = check_named(&doc, "TURN_ALLOWED_PEERS");
+    assert_eq!(peers["status"], "ok", "{doc:#}");
+    assert!(
+        peers["detail"].as_str().unwrap().contains("127.0.0.1/32"),
+        "{doc:#}"
+    );
+}

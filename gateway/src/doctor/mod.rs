@@ -15,11 +15,14 @@
 //! - [`external`]: each external TURN server (COTURN_*, `turn:`/`turns:` entries of
 //!   ICE_SERVERS) allocates with minted or static credentials;
 //! - [`self_loop`]: a forced-relay loop through the embedded relay (Allocate,
-//!   CreatePermission, Send, Data).
+//!   CreatePermission, Send, Data);
+//! - [`modes`]: proxy mode's upstream and its offer endpoint; relay-only mode's static
+//!   users (each allocates) and allow list.
 
 pub mod advertised;
 pub mod certificate;
 pub mod external;
+pub mod modes;
 pub mod ports;
 pub mod self_loop;
 mod turn;
@@ -197,7 +200,11 @@ pub async fn run(settings: &Settings, format: Format, out: &mut dyn std::io::Wri
 /// Every check, in order, through `net`.
 pub(crate) async fn check_plan<N>(plan: &Plan, net: &N, r: &mut Report<'_>)
 where
-    N: ports::Binder + advertised::Stun + external::TurnProbe + self_loop::LoopRunner,
+    N: ports::Binder
+        + advertised::Stun
+        + external::TurnProbe
+        + self_loop::LoopRunner
+        + modes::ModeProbe,
 {
     let live = ports::check(plan, net, r).await;
     advertised::check(&plan.media, net, r).await;
@@ -209,6 +216,7 @@ where
     );
     external::check(&plan.ice, relay::io::unix_now(), net, r).await;
     self_loop::check(plan, live, relay::io::unix_now(), net, r).await;
+    modes::check(plan, live, net, r).await;
 }
 
 fn unix_now_i64() -> i64 {

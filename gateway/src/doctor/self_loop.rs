@@ -117,25 +117,8 @@ impl LoopRunner for System {
         let target = if live {
             reachable(plan.io.listen)
         } else {
-            let shared = relay::core::Shared::new(
-                relay::core::Config {
-                    realm: plan.relay.realm.clone(),
-                    ..Default::default()
-                },
-                ring.clone(),
-                plan.policy.clone(),
-                relay::core::NonceKey::random(),
-            );
             // The peer stands in for the gateway's own media address, which the policy admits.
-            shared.set_internal_peers(vec![peer_addr]);
-            let io = relay::io::IoConfig {
-                listen: plan.io.listen,
-                relay_ipv4: Some(IpAddr::from([127, 0, 0, 1])),
-                ..Default::default()
-            };
-            let server = relay::io::RelayServer::start(shared, io, None, None)
-                .await
-                .map_err(|e| format!("cannot start the relay on TURN_LISTEN: {e}"))?;
+            let server = own_relay(plan, ring, vec![peer_addr]).await?;
             let a = reachable(server.local_tcp());
             own = Some(server);
             a
@@ -163,6 +146,74 @@ impl LoopRunner for System {
             .map(|relayed| LoopOutcome { target, relayed })
             .map_err(|e| format!("{e} (relay at {target})"))
     }
+}
+
+/// A relay on TURN_LISTEN with these settings' realm, secret, peer policy and static users,
+/// for checks run while no gateway is.
+async fn own_relay(
+    plan: &Plan,
+    ring: &SecretRing,
+    internal_peers: Vec<SocketAddr>,
+) -> Result<relay::io::RelayServer, String> {
+    let shared = relay::core::Shared::new(
+        relay::core::Config {
+            realm: plan.relay.realm.clone(),
+            ..Default::default()
+        },
+        ring.clone(),
+        plan.policy.clone(),
+        relay::core::NonceKey::random(),
+    );
+    shared.set_internal_peers(internal_peers);
+    shared.set_static_users(plan.static_users.clone());
+    let io = relay::io::IoConfig {
+        listen: plan.io.listen,
+        relay_ipv4: Some(IpAddr::from([127, 0, 0, 1])),
+        ..Default::default()
+    };
+    relay::io::RelayServer::start(shared, io, None, None)
+        .await
+        .map_err(|e| format!("cannot start the relay on TURN_LISTEN: {e}"))
+}
+
+/// Allocate (then Release) over TCP with `user` and `password` (a static user) on the
+/// running gateway (`live`) or on a relay started here from `plan`; the relayed address.
+pub(crate) async fn allocate_only(
+    plan: &Plan,
+    live: bool,
+    user: &str,
+    password: &str,
+) -> Result<SocketAddr, String> {
+    let mut own = None;
+    let target = if live {
+        reachable(plan.io.listen)
+    } else {
+        let ring = plan.secrets.clone().map_or_else(
+            || SecretRing::parse(&format!("doctor-{:032x}", rand::random::<u128>())),
+            Ok,
+        );
+        let server = own_relay(plan, &ring.map_err(|e| e.to_string())?, Vec::new()).await?;
+        let a = reachable(server.local_tcp());
+        own = Some(server);
+        a
+    };
+    let run = async {
+        let tcp = tokio::time::timeout(WAIT, TcpStream::connect(target))
+            .await
+            .map_err(|_| "connection timed out".to_owned())?
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let mut c = turn::Client::new(tcp, user, password, WAIT);
+        let a = c.allocate().await.map_err(|e| e.to_string())?;
+        c.release().await;
+        c.close().await;
+        Ok::<_, String>(a.relayed)
+    };
+    let result = run.await;
+    if let Some(mut server) = own {
+        server.begin_shutdown();
+        let _ = tokio::time::timeout(Duration::from_secs(2), server.drained()).await;
+    }
+    result.map_err(|e| format!("{e} (relay at {target})"))
 }
 
 async fn exchange(
