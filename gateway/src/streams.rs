@@ -158,6 +158,10 @@ pub enum StreamRefusal {
     /// roots, `PULL_CA_FILE`).
     #[error("stream {0:?}: {1}")]
     UpstreamUntrusted(String, String),
+    /// A pulled stream's upstream refused the offer with this answer of its own (a 4xx),
+    /// which proxy mode hands the viewer as is.
+    #[error("stream {0:?}: the upstream refused the offer ({status})", status = .1.status)]
+    UpstreamRefused(String, crate::media::pull::UpstreamAnswer),
     /// Proxy mode: every project stream is taken (and wanted).
     #[error("the gateway pulls {0} projects already, all watched; try again later")]
     PoolFull(usize),
@@ -329,20 +333,27 @@ impl StreamDirectory {
             return Ok(());
         }
         let ready = demand.ready(PULL_READY_TIMEOUT).await;
-        if let Some(p) = &self.projects {
-            if self.find(name).is_none() && !p.still_holds(name, &demand) {
-                return Err(StreamRefusal::NotLive(name.to_owned()));
-            }
-        }
+        // A project slot given to another project meanwhile does not carry this one (a
+        // refusal is still this project's: a refused slot is freed at once).
+        let given_away = self
+            .projects
+            .as_ref()
+            .is_some_and(|p| self.find(name).is_none() && !p.still_holds(name, &demand));
         match ready {
+            Ok(()) if given_away => Err(StreamRefusal::NotLive(name.to_owned())),
             Ok(()) => Ok(()),
-            Err(reason) if reason.starts_with(crate::media::pull::signal::UNTRUSTED) => {
+            Err(r) if r.reason.starts_with(crate::media::pull::signal::UNTRUSTED) => {
+                let reason = r.reason;
                 tracing::warn!(stream = name, %reason, "pulled stream not available: set PULL_CA_FILE to the upstream's CA");
                 Err(StreamRefusal::UpstreamUntrusted(name.to_owned(), reason))
             }
-            Err(reason) => {
-                tracing::info!(stream = name, %reason, "pulled stream not available");
-                Err(StreamRefusal::NotLive(name.to_owned()))
+            Err(r) => {
+                let reason = r.reason;
+                tracing::info!(stream = name, %reason, own_answer = r.answer.is_some(), "pulled stream not available");
+                match r.answer {
+                    Some(a) => Err(StreamRefusal::UpstreamRefused(name.to_owned(), a)),
+                    None => Err(StreamRefusal::NotLive(name.to_owned())),
+                }
             }
         }
     }

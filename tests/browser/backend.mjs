@@ -254,7 +254,9 @@ try {
     try {
       body = JSON.parse(wrong.body);
     } catch {}
-    step(6, wrong.status === 400 && body && body.detail === "No active pipeline." && refusals >= 1, `a wrong project id -> ${wrong.status} ${wrong.body} (refusals counted by the backend: ${refusals})`);
+    // The backend's own words (Geti's), passed through as it gave them.
+    const expected = `Project ID ${wrongProject} does not match the active pipeline's project ID.`;
+    step(6, wrong.status === 400 && body && body.detail === expected && refusals >= 1, `a wrong project id -> ${wrong.status} ${wrong.body} (refusals counted by the backend: ${refusals})`);
   } else {
     const offers = after.offers - before.offers;
     const relayed = after.relay_candidates - before.relay_candidates;

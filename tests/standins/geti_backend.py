@@ -20,7 +20,8 @@ Endpoints (as Geti's backend answers them):
   GET  /api/v1/events                        server-sent events: 3 events, 200 ms apart
   GET  /api/v1/ws                            WebSocket echo (text and binary messages)
 With --project UUID only that project's offers are answered (the active project); others get
-400 {"detail": "No active pipeline."} too, counted in /test/stats "refusals".
+what Geti answers them, 400 {"detail": "Project ID <id> does not match the active pipeline's
+project ID."}; refusals are counted in /test/stats "refusals".
 Requests (but /test/*) are counted in /test/stats "requests", the last one's Host and
 X-Forwarded-* headers in "forwarded".
 Test controls (not Geti's):
@@ -134,9 +135,14 @@ class Backend:
         self.keyframe_requests = 0
 
     async def offer(self, project, body):
-        if not self.active or (self.project is not None and project != self.project):
+        if not self.active:
             self.refusals += 1
             return 400, {"detail": "No active pipeline."}
+        if self.project is not None and project != self.project:
+            self.refusals += 1
+            return 400, {
+                "detail": f"Project ID {project} does not match the active pipeline's project ID."
+            }
         try:
             req = json.loads(body)
             sdp, kind, webrtc_id = req["sdp"], req.get("type", "offer"), req["webrtc_id"]

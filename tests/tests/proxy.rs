@@ -392,7 +392,11 @@ async fn geti_behind_one_port() {
     )
     .await;
     assert_eq!(r.status, 400, "{r:?}");
-    assert_eq!(r.json(), json!({ "detail": "No active pipeline." }));
+    // Geti's own words for it, passed through (not the gateway's "No active pipeline.").
+    assert_eq!(
+        r.json(),
+        json!({ "detail": "Project ID 0000-not-the-project does not match the active pipeline's project ID." })
+    );
     let stats = standin_stats(up_port).await;
     assert!(
         stats["refusals"].as_u64().unwrap() > refusals,

@@ -177,7 +177,7 @@ pub fn stream_error(e: StreamRefusal) -> ApiError {
         StreamRefusal::Unknown(_) => {
             ApiError::new(StatusCode::NOT_FOUND, "unknown_stream", e.to_string())
         }
-        StreamRefusal::NotLive(_) => {
+        StreamRefusal::NotLive(_) | StreamRefusal::UpstreamRefused(..) => {
             ApiError::new(StatusCode::CONFLICT, "no_active_source", e.to_string())
         }
         StreamRefusal::UpstreamUntrusted(..) => {

@@ -76,6 +76,22 @@ pub(super) async fn offer(
     };
     let stream = match resolved {
         Ok(s) => s,
+        // Proxy mode: the backend's own refusal, as it gave it (status, type and body).
+        Err(StreamRefusal::UpstreamRefused(_, answer)) => {
+            let mut resp = (
+                StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_REQUEST),
+                answer.body,
+            )
+                .into_response();
+            if let Some(v) = answer
+                .content_type
+                .and_then(|t| axum::http::HeaderValue::from_str(&t).ok())
+            {
+                resp.headers_mut()
+                    .insert(axum::http::header::CONTENT_TYPE, v);
+            }
+            return Ok(resp);
+        }
         Err(StreamRefusal::NotLive(_)) => {
             let body = Json(json!({ "detail": "No active pipeline." }));
             return Ok((StatusCode::BAD_REQUEST, body).into_response());

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::signal::UpstreamAnswer;
+
 /// What the pull is doing, as the viewers' side sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PullStatus {
@@ -25,7 +27,27 @@ pub enum PullStatus {
         attempt: u64,
         /// Why.
         reason: String,
+        /// The upstream's own answer, when it refused the offer with a 4xx.
+        answer: Option<UpstreamAnswer>,
     },
+}
+
+/// Why a viewer's request gets no pulled stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRefusal {
+    /// The upstream's reason (or ours).
+    pub reason: String,
+    /// The upstream's own answer, to pass on as is (a 4xx refusal of the offer).
+    pub answer: Option<UpstreamAnswer>,
+}
+
+impl PullRefusal {
+    fn ours(reason: &str) -> Self {
+        Self {
+            reason: reason.to_owned(),
+            answer: None,
+        }
+    }
 }
 
 /// Shared between the pull task and the viewers' requests.
@@ -95,8 +117,8 @@ impl PullDemand {
     }
 
     /// For a viewer's request: asks for the stream and waits (at most `limit`) until the
-    /// pull delivers (`Ok`) or an attempt made after this request fails (`Err(reason)`).
-    pub async fn ready(&self, limit: Duration) -> Result<(), String> {
+    /// pull delivers (`Ok`) or an attempt made after this request fails.
+    pub async fn ready(&self, limit: Duration) -> Result<(), PullRefusal> {
         let mut rx = self.subscribe();
         let asked_at = *self.attempts.lock().unwrap_or_else(|p| p.into_inner());
         self.request(Instant::now());
@@ -104,19 +126,26 @@ impl PullDemand {
             loop {
                 match &*rx.borrow_and_update() {
                     PullStatus::Live => return Ok(()),
-                    PullStatus::Failed { attempt, reason } if *attempt > asked_at => {
-                        return Err(reason.clone())
+                    PullStatus::Failed {
+                        attempt,
+                        reason,
+                        answer,
+                    } if *attempt > asked_at => {
+                        return Err(PullRefusal {
+                            reason: reason.clone(),
+                            answer: answer.clone(),
+                        })
                     }
                     _ => {}
                 }
                 if rx.changed().await.is_err() {
-                    return Err("the pull stopped".to_owned());
+                    return Err(PullRefusal::ours("the pull stopped"));
                 }
             }
         };
         tokio::time::timeout(limit, wait)
             .await
-            .unwrap_or_else(|_| Err("the upstream sent nothing in time".to_owned()))
+            .unwrap_or_else(|_| Err(PullRefusal::ours("the upstream sent nothing in time")))
     }
 }
 
@@ -152,6 +181,7 @@ mod tests {
         d.set(PullStatus::Failed {
             attempt: a,
             reason: "old".into(),
+            answer: None,
         });
         let waiter = {
             let d = d.clone();
@@ -159,11 +189,23 @@ mod tests {
         };
         tokio::task::yield_now().await;
         let b = d.attempt_started();
+        let answer = UpstreamAnswer {
+            status: 400,
+            content_type: Some("application/json".into()),
+            body: r#"{"detail":"No active pipeline."}"#.into(),
+        };
         d.set(PullStatus::Failed {
             attempt: b,
             reason: "No active pipeline.".into(),
+            answer: Some(answer.clone()),
         });
-        assert_eq!(waiter.await.unwrap(), Err("No active pipeline.".to_owned()));
+        assert_eq!(
+            waiter.await.unwrap(),
+            Err(PullRefusal {
+                reason: "No active pipeline.".into(),
+                answer: Some(answer)
+            })
+        );
         d.set(PullStatus::Live);
         assert_eq!(d.ready(Duration::from_secs(1)).await, Ok(()));
         d.set(PullStatus::Idle);

@@ -24,9 +24,9 @@ pub mod signal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use demand::{PullDemand, PullStatus};
+pub use demand::{PullDemand, PullRefusal, PullStatus};
 pub use session::{PullError, Upstream};
-pub use signal::{Dialect, SignalError};
+pub use signal::{Dialect, SignalError, UpstreamAnswer};
 
 use super::{VideoCodec, VideoFeeds};
 
@@ -143,11 +143,15 @@ async fn pull_task(
                     error = %e,
                     "pull: upstream session failed; retrying while viewers want it"
                 );
-                let reason = match &e {
-                    PullError::Signal(SignalError::Refused(r)) => r.clone(),
-                    other => other.to_string(),
+                let (reason, answer) = match &e {
+                    PullError::Signal(SignalError::Refused(r, a)) => (r.clone(), a.clone()),
+                    other => (other.to_string(), None),
                 };
-                demand.set(PullStatus::Failed { attempt, reason });
+                demand.set(PullStatus::Failed {
+                    attempt,
+                    reason,
+                    answer,
+                });
                 // Our own report is no wake-up: without this the backoff below ends at
                 // once and a refusing upstream is asked again in a tight loop.
                 wake.borrow_and_update();

@@ -67,9 +67,22 @@ pub enum SignalError {
     #[error("the upstream's certificate is not trusted: {0}")]
     Untrusted(String),
     /// The upstream answered, but not with an SDP answer (its reason, e.g. Geti's
-    /// "No active pipeline.").
+    /// "No active pipeline."), and its own answer when it was a client error (4xx).
     #[error("upstream refused the offer: {0}")]
-    Refused(String),
+    Refused(String, Option<UpstreamAnswer>),
+}
+
+/// An upstream's own answer to an offer it refused (a 4xx), kept whole so that proxy mode
+/// can hand a viewer exactly what the backend said (Geti: 400 `{"detail": "Project ID …
+/// does not match the active pipeline's project ID."}`, 422 for a malformed id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamAnswer {
+    /// Its status code.
+    pub status: u16,
+    /// Its `Content-Type`, if any.
+    pub content_type: Option<String>,
+    /// Its body (at most the bound on an answer's size).
+    pub body: Bytes,
 }
 
 /// Sends `offer` to `url` in `dialect` and returns the answer. `webrtc_id` is the id a Geti
@@ -95,15 +108,20 @@ pub async fn exchange(
         .header(hyper::header::CONTENT_TYPE, content_type)
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| SignalError::Unreachable(format!("bad request: {e}")))?;
-    let (status, location, body) = send(req, tls).await?;
+    let (status, location, answer_type, body) = send(req, tls).await?;
     let text = String::from_utf8_lossy(&body).into_owned();
+    let own = status.is_client_error().then(|| UpstreamAnswer {
+        status: status.as_u16(),
+        content_type: answer_type,
+        body: body.clone(),
+    });
     match dialect {
         Dialect::Whep => {
             if status != StatusCode::CREATED && status != StatusCode::OK {
-                return Err(SignalError::Refused(format!(
-                    "{status}: {}",
-                    reason_of(&text)
-                )));
+                return Err(SignalError::Refused(
+                    format!("{status}: {}", reason_of(&text)),
+                    own,
+                ));
             }
             let location = location.and_then(|l| absolute(url, &l));
             Ok(Answer {
@@ -112,18 +130,24 @@ pub async fn exchange(
             })
         }
         Dialect::GetiOffer => {
-            let json: serde_json::Value = serde_json::from_str(&text).map_err(|_| {
-                SignalError::Refused(format!("{status}: not a JSON answer: {}", reason_of(&text)))
-            })?;
+            let json: serde_json::Value = match serde_json::from_str(&text) {
+                Ok(j) => j,
+                Err(_) => {
+                    return Err(SignalError::Refused(
+                        format!("{status}: not a JSON answer: {}", reason_of(&text)),
+                        own,
+                    ))
+                }
+            };
             match json.get("sdp").and_then(|s| s.as_str()) {
                 Some(sdp) if status.is_success() => Ok(Answer {
                     sdp: sdp.to_owned(),
                     location: None,
                 }),
-                _ => Err(SignalError::Refused(format!(
-                    "{status}: {}",
-                    reason_of(&text)
-                ))),
+                _ => Err(SignalError::Refused(
+                    format!("{status}: {}", reason_of(&text)),
+                    own,
+                )),
             }
         }
     }
@@ -226,10 +250,11 @@ async fn send_https(
         .map_err(|e| unreachable(e.to_string()))
 }
 
+/// Sends `req`; the answer's status, `Location`, `Content-Type` and body (bounded).
 async fn send(
     req: Request<Full<Bytes>>,
     tls: &Arc<rustls::ClientConfig>,
-) -> Result<(StatusCode, Option<String>, Bytes), SignalError> {
+) -> Result<(StatusCode, Option<String>, Option<String>, Bytes), SignalError> {
     let run = async {
         let resp = if req.uri().scheme_str() == Some("https") {
             send_https(req, tls).await?
@@ -246,12 +271,17 @@ async fn send(
             .get(hyper::header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let content_type = resp
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
             .collect()
             .await
             .map_err(|e| SignalError::Unreachable(format!("reading the answer: {e}")))?
             .to_bytes();
-        Ok((status, location, body))
+        Ok((status, location, content_type, body))
     };
     tokio::time::timeout(EXCHANGE_TIMEOUT, run)
         .await
