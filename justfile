@@ -39,6 +39,13 @@ run-proxy upstream="http://127.0.0.1:9100" *ARGS:
     cargo build --release -p gateway
     env {{_env}} UPSTREAM_URL={{upstream}} GATEWAY_HTTP_ADDR=${GATEWAY_HTTP_ADDR:-127.0.0.1:8080} ./target/release/gateway {{ARGS}}
 
+# Relay-only mode: the gateway in coturn's place in the original recipe (Geti keeps
+# COTURN_HOST/COTURN_PORT=443/COTURN_USERNAME/COTURN_PASSWORD). `peers` must name the backend's
+# media address and ports (TURN_ALLOWED_PEERS); `users` is the recipe's static user.
+run-relay peers users="user:password" *ARGS:
+    cargo build --release -p gateway
+    env {{_env}} GATEWAY_MODE=relay TURN_STATIC_USERS={{users}} TURN_ALLOWED_PEERS={{peers}} ./target/release/gateway {{ARGS}}
+
 # Build the container image and run it on the host network.
 run-image:
     docker build -f deploy/Dockerfile -t {{image}} .

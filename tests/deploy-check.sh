@@ -334,6 +334,32 @@ print("\n".join(bad))
 sys.exit(1 if bad else 0)
 EOF
 
+echo "== compose: deploy/compose.relay.yaml (compose-spec schema)"
+run "compose: schema compose.relay.yaml" \
+    "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec "$DEPLOY/compose.relay.yaml"
+run "compose: relay-only rules" "$PY" - "$DEPLOY/compose.relay.yaml" <<'EOF'
+import sys, yaml
+c = yaml.safe_load(open(sys.argv[1]))
+bad = []
+g = c["services"]["gateway"]
+if g.get("ports") != ["443:443/tcp"]:
+    bad.append(f"gateway: only 443/tcp may be published, got {g.get('ports')}")
+env = g.get("environment", {})
+if env.get("GATEWAY_MODE") != "relay":
+    bad.append("gateway: GATEWAY_MODE must be relay")
+for k in ("TURN_STATIC_USERS", "TURN_ALLOWED_PEERS", "TURN_HOST", "TLS_CERT", "TLS_KEY"):
+    if k not in env:
+        bad.append(f"gateway: {k} not in environment")
+if "?" not in str(env.get("TURN_ALLOWED_PEERS", "")):
+    bad.append("gateway: TURN_ALLOWED_PEERS must be required (${VAR:?...}), never defaulted")
+if g.get("cap_drop") != ["ALL"] or g.get("cap_add") != ["NET_BIND_SERVICE"]:
+    bad.append("gateway: must cap_drop ALL and cap_add only NET_BIND_SERVICE")
+if g.get("read_only") is not True:
+    bad.append("gateway: read_only must be true")
+print("\n".join(bad))
+sys.exit(1 if bad else 0)
+EOF
+
 echo "== docker: deploy/Dockerfile, .dockerignore"
 run "docker: Dockerfile rules" "$PY" - "$DEPLOY/Dockerfile" <<'EOF'
 import sys, re, shlex
@@ -504,7 +530,11 @@ else
         esac
     done
     for r in $recipes; do
-        run "justfile: just --dry-run $r" "${J[@]}" --dry-run "$r"
+        case $r in
+            run-relay) args=(127.0.0.1/32) ;; # its one required argument
+            *) args=() ;;
+        esac
+        run "justfile: just --dry-run $r" "${J[@]}" --dry-run "$r" "${args[@]}"
     done
     # dry_run_has 'WANT...' -- ARGS: a dry run of ARGS prints every WANT.
     dry_run_has() {
@@ -534,6 +564,11 @@ else
     run "justfile: all four variables (run-image)" dry_run_has \
         "env WEBRTC_ADVERTISE_IP=203.0.113.7 STUN_SERVER=stun.l.google.com:19302 COTURN_HOST=203.0.113.7 COTURN_PORT=3479  env" \
         -- webrtc-advertise-ip=203.0.113.7 enable-stun=true enable-coturn=true coturn-port=3479 run-image
+    run "justfile: run-proxy names the upstream" dry_run_has \
+        "UPSTREAM_URL=http://10.0.0.5:9100 " -- run-proxy http://10.0.0.5:9100
+    run "justfile: run-relay is relay-only mode with the static user and the peers" dry_run_has \
+        "GATEWAY_MODE=relay TURN_STATIC_USERS=user:password TURN_ALLOWED_PEERS=10.0.0.5:50000-50050 " \
+        -- run-relay 10.0.0.5:50000-50050
     run "justfile: recipe arguments pass through" dry_run_has \
         "./target/release/gateway --help" -- run --help
     run "justfile: an unknown variable is refused" bash -c \
