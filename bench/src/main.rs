@@ -81,6 +81,9 @@ struct Plan {
     viewers_only: bool,
     /// `--rtp-join`: only the RTP join part, printed (no report written).
     rtp_join_only: bool,
+    /// Only the video-like relay load (step 7), both servers, for a quiet measurement or a
+    /// profiler attached to the printed PIDs.
+    video_only: bool,
     /// Allocation counts of the video-like relay load (each a 1,200-byte packet every 5-10
     /// ms each way); `--full` adds 4,000.
     video_allocs: Vec<usize>,
@@ -110,6 +113,7 @@ impl Plan {
             soak_setup: None,
             viewers_only: false,
             rtp_join_only: false,
+            video_only: false,
             video_allocs: vec![100, 1000],
             video_step: Duration::from_secs(10),
             uclient_repeat: None,
@@ -155,6 +159,7 @@ impl Plan {
                 }
                 "--viewers" => plan.viewers_only = true,
                 "--rtp-join" => plan.rtp_join_only = true,
+                "--video" => plan.video_only = true,
                 "--soak-setup" => {
                     let mut next = || args.next().context("--soak-setup SERVER COUNT ROUNDS");
                     let kind = Kind::from_arg(&next()?).context("--soak-setup")?;
@@ -171,6 +176,7 @@ impl Plan {
                          --soak-setup SERVER COUNT ROUNDS         TLS set-up rate with server and bench CPU\n  \
                          --viewers                                only the viewers-per-core part\n  \
                          --rtp-join                               only the RTP join part (needs ffmpeg)\n  \
+                         --video                                  only the video-like relay load, both servers\n  \
                          --uclient-repeat SERVER N                turnutils_uclient at video-like load (40 allocations\n  \
                                                                   x 200 packets/s each way), N runs over TCP and TLS\n\
                          --full: the video-like relay load also at 4,000 allocations.\n\
@@ -390,6 +396,32 @@ async fn run(mut plan: Plan, server_core: Option<usize>) -> anyhow::Result<()> {
         outcome.report(&mut results, &mut notes);
         for n in notes {
             eprintln!("{n}");
+        }
+        return Ok(());
+    }
+    if plan.video_only {
+        let probe_peer = EchoPeers::start(1).await?;
+        let mut servers = HashMap::new();
+        for k in [Kind::Gateway, Kind::Coturn] {
+            let s = Server::start(k, &common, 0).await?;
+            eprintln!("video: {} pid {} ready", k.name(), s.pid());
+            servers.insert(k, s);
+        }
+        let (mut results, mut notes) = (Results::default(), Vec::new());
+        let order = [Kind::Gateway, Kind::Coturn];
+        video_load(
+            &servers,
+            order,
+            &peers,
+            &probe_peer,
+            &plan,
+            &mut results,
+            &mut notes,
+            start,
+        )
+        .await;
+        for n in notes {
+            eprintln!("video: {n}");
         }
         return Ok(());
     }
