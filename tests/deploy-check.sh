@@ -303,22 +303,35 @@ print("\n".join(bad))
 sys.exit(1 if bad else 0)
 EOF
 
-echo "== compose: deploy/compose.proxy.yaml (compose-spec schema)"
-run "compose: schema compose.proxy.yaml" \
-    "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec "$DEPLOY/compose.proxy.yaml"
-run "compose: proxy-mode rules" "$PY" - "$DEPLOY/compose.proxy.yaml" <<'EOF'
+# The two one-port compose files (proxy mode, relay-only mode) share their rules: only the
+# gateway's 443/tcp published, its settings present, least privilege; each adds its mode's.
+one_port_rules() { # FILE MODE
+    "$PY" - "$1" "$2" <<'EOF'
 import sys, yaml
 c = yaml.safe_load(open(sys.argv[1]))
+mode = sys.argv[2]
 bad = []
 g = c["services"]["gateway"]
 if g.get("ports") != ["443:443/tcp"]:
     bad.append(f"gateway: only 443/tcp may be published, got {g.get('ports')}")
 env = g.get("environment", {})
-for k in ("TURN_SECRET", "UPSTREAM_URL", "TURN_HOST", "TLS_CERT", "TLS_KEY"):
+required = {
+    "proxy": ("TURN_SECRET", "UPSTREAM_URL", "TURN_HOST", "TLS_CERT", "TLS_KEY"),
+    "relay": ("TURN_STATIC_USERS", "TURN_ALLOWED_PEERS", "TURN_HOST", "TLS_CERT", "TLS_KEY"),
+}[mode]
+for k in required:
     if k not in env:
         bad.append(f"gateway: {k} not in environment")
-if not str(env.get("UPSTREAM_URL", "")).startswith("http://geti:"):
-    bad.append("gateway: UPSTREAM_URL must name the geti service")
+if mode == "proxy":
+    if not str(env.get("UPSTREAM_URL", "")).startswith("http://geti:"):
+        bad.append("gateway: UPSTREAM_URL must name the geti service")
+    if "geti" not in c["services"]:
+        bad.append("no geti service")
+else:
+    if env.get("GATEWAY_MODE") != "relay":
+        bad.append("gateway: GATEWAY_MODE must be relay")
+    if "?" not in str(env.get("TURN_ALLOWED_PEERS", "")):
+        bad.append("gateway: TURN_ALLOWED_PEERS must be required (${VAR:?...}), never defaulted")
 if g.get("cap_drop") != ["ALL"] or g.get("cap_add") != ["NET_BIND_SERVICE"]:
     bad.append("gateway: must cap_drop ALL and cap_add only NET_BIND_SERVICE")
 if g.get("read_only") is not True:
@@ -328,37 +341,17 @@ for name, s in c["services"].items():
         bad.append(f"{name}: publishes ports; only the gateway's 443/tcp may be")
     if s.get("network_mode") == "host":
         bad.append(f"{name}: host networking would expose its ports")
-if "geti" not in c["services"]:
-    bad.append("no geti service")
 print("\n".join(bad))
 sys.exit(1 if bad else 0)
 EOF
-
-echo "== compose: deploy/compose.relay.yaml (compose-spec schema)"
-run "compose: schema compose.relay.yaml" \
-    "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec "$DEPLOY/compose.relay.yaml"
-run "compose: relay-only rules" "$PY" - "$DEPLOY/compose.relay.yaml" <<'EOF'
-import sys, yaml
-c = yaml.safe_load(open(sys.argv[1]))
-bad = []
-g = c["services"]["gateway"]
-if g.get("ports") != ["443:443/tcp"]:
-    bad.append(f"gateway: only 443/tcp may be published, got {g.get('ports')}")
-env = g.get("environment", {})
-if env.get("GATEWAY_MODE") != "relay":
-    bad.append("gateway: GATEWAY_MODE must be relay")
-for k in ("TURN_STATIC_USERS", "TURN_ALLOWED_PEERS", "TURN_HOST", "TLS_CERT", "TLS_KEY"):
-    if k not in env:
-        bad.append(f"gateway: {k} not in environment")
-if "?" not in str(env.get("TURN_ALLOWED_PEERS", "")):
-    bad.append("gateway: TURN_ALLOWED_PEERS must be required (${VAR:?...}), never defaulted")
-if g.get("cap_drop") != ["ALL"] or g.get("cap_add") != ["NET_BIND_SERVICE"]:
-    bad.append("gateway: must cap_drop ALL and cap_add only NET_BIND_SERVICE")
-if g.get("read_only") is not True:
-    bad.append("gateway: read_only must be true")
-print("\n".join(bad))
-sys.exit(1 if bad else 0)
-EOF
+}
+for f in proxy:proxy-mode relay:relay-only; do
+    mode=${f%%:*} label=${f#*:}
+    echo "== compose: deploy/compose.$mode.yaml (compose-spec schema)"
+    run "compose: schema compose.$mode.yaml" \
+        "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec "$DEPLOY/compose.$mode.yaml"
+    run "compose: $label rules" one_port_rules "$DEPLOY/compose.$mode.yaml" "$mode"
+done
 
 echo "== docker: deploy/Dockerfile, .dockerignore"
 run "docker: Dockerfile rules" "$PY" - "$DEPLOY/Dockerfile" <<'EOF'
