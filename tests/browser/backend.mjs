@@ -16,12 +16,9 @@
 //   node backend.mjs '<json options>'     (run.sh builds them)
 //
 // Prints `STEP …` lines, `TIMING …`, `RESULT NAME PASS|FAIL …`; on failure a DIAGNOSIS.
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 import fs from "node:fs";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
 
-const here = path.dirname(fileURLToPath(import.meta.url));
 const opts = JSON.parse(process.argv[2] || "{}");
 const {
   name,
@@ -48,27 +45,7 @@ const step = (n, ok, text) => {
   if (!ok) failures.push(`step ${n}: ${text}`);
 };
 
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: "/usr/bin/chromium",
-  headless: true,
-  ignoreHTTPSErrors: false,
-  viewport: { width: 800, height: 500 },
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-    "--disable-background-timer-throttling",
-    "--disable-renderer-backgrounding",
-    "--disable-backgrounding-occluded-windows",
-    `--host-resolver-rules=MAP ${hostName} ${hostIp}`,
-  ],
-});
-await context.addInitScript({ content: fs.readFileSync(path.join(here, "instrument.js"), "utf8") });
+const context = await launchChromium({ userDataDir, hostName, hostIp });
 const consoleLines = [];
 const pages = [];
 

@@ -14,7 +14,7 @@
 //      again within replayMs.
 // Prints `STEP …` lines, `RESULT g1-… PASS|FAIL …`, and on failure a DIAGNOSIS with the offer
 // answers, the client's events, the connections' states and the gateway's log for the ids.
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -40,28 +40,7 @@ const failures = [];
 const t0 = Date.now();
 const secs = () => `${((Date.now() - t0) / 1000).toFixed(1)}s`;
 
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: "/usr/bin/chromium",
-  headless: true,
-  ignoreHTTPSErrors: false,
-  viewport: { width: 800, height: 500 },
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-    // A page watched for minutes in a headless window must not be throttled as a hidden tab.
-    "--disable-background-timer-throttling",
-    "--disable-renderer-backgrounding",
-    "--disable-backgrounding-occluded-windows",
-    `--host-resolver-rules=MAP ${hostName} ${hostIp}`,
-  ],
-});
-await context.addInitScript({ content: fs.readFileSync(path.join(here, "instrument.js"), "utf8") });
+const context = await launchChromium({ userDataDir, hostName, hostIp });
 // Only the test page's own files come from disk; every other request goes to the gateway.
 await context.route(`https://${hostName}/geti/**`, async (route) => {
   const u = new URL(route.request().url());

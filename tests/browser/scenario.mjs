@@ -7,7 +7,7 @@
 // Prints `TIMING …` and `RESULT <name> PASS|FAIL …`; on failure a `DIAGNOSIS` block (gathered
 // candidates, candidate errors, ICE/DTLS states, the gateway's and coturn's log lines for the
 // session) and `HINT:` lines saying what to fix. Exit status 0 only on PASS.
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
@@ -49,28 +49,7 @@ const failures = [];
 const hints = [];
 const extraDiag = [];
 
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: "/usr/bin/chromium",
-  headless: true,
-  ignoreHTTPSErrors: false,
-  viewport: { width: 1000, height: 700 },
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-    "--disable-background-timer-throttling",
-    "--disable-renderer-backgrounding",
-    "--disable-backgrounding-occluded-windows",
-    `--host-resolver-rules=MAP ${hostName} ${hostIp}`,
-  ],
-});
-const instrument = fs.readFileSync(path.join(here, "instrument.js"), "utf8");
-await context.addInitScript({ content: instrument });
+const context = await launchChromium({ userDataDir, hostName, hostIp, viewport: { width: 1000, height: 700 } });
 const page = context.pages()[0] || (await context.newPage());
 const consoleLines = [];
 page.on("console", (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
