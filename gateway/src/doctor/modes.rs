@@ -25,7 +25,7 @@ const PROBE_OFFER_PATH: &str = "/api/v1/projects/gateway-doctor-probe/offer";
 
 /// Talking to the upstream and to the relay (real, or a fake in tests).
 pub(crate) trait ModeProbe {
-    /// `method` `url` with `body` (JSON when given); the status and up to 4 KB of the body.
+    /// `method` `url` with `body` (JSON when given); the answer's status.
     async fn http(&self, method: Method, url: &str, body: Option<&str>) -> Result<u16, String>;
     /// Allocate (then Release) with a static user's name and password, against the running
     /// gateway (`live`) or a relay started from `plan`; the relayed address.
@@ -105,16 +105,11 @@ async fn check_upstream(base: &str, net: &impl ModeProbe, r: &mut Report<'_>) {
     }
 }
 
-/// `user:password` pairs of TURN_STATIC_USERS as given (the plan keeps only keys).
-fn static_pairs(list: &str) -> Vec<(&str, &str)> {
-    list.split(',')
-        .filter_map(|p| p.trim().split_once(':'))
-        .collect()
-}
-
 async fn check_static_users(plan: &Plan, live: bool, net: &impl ModeProbe, r: &mut Report<'_>) {
     let list = plan.settings.turn_static_users.as_deref().unwrap_or("");
-    let pairs = static_pairs(list);
+    let pairs: Vec<(&str, &str)> = relay::core::StaticUsers::entries(list)
+        .filter_map(|(_, e)| e)
+        .collect();
     if pairs.is_empty() {
         r.add(
             Status::Ok,

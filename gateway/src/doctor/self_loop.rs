@@ -198,11 +198,7 @@ pub(crate) async fn allocate_only(
         a
     };
     let run = async {
-        let tcp = tokio::time::timeout(WAIT, TcpStream::connect(target))
-            .await
-            .map_err(|_| "connection timed out".to_owned())?
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        let mut c = turn::Client::new(tcp, user, password, WAIT);
+        let mut c = connect(target, user, password).await?;
         let a = c.allocate().await.map_err(|e| e.to_string())?;
         c.release().await;
         c.close().await;
@@ -216,6 +212,19 @@ pub(crate) async fn allocate_only(
     result.map_err(|e| format!("{e} (relay at {target})"))
 }
 
+/// A TURN client over TCP to `target` with these credentials, connected within [`WAIT`].
+async fn connect(
+    target: SocketAddr,
+    user: &str,
+    password: &str,
+) -> Result<turn::Client<TcpStream>, String> {
+    let tcp = tokio::time::timeout(WAIT, TcpStream::connect(target))
+        .await
+        .map_err(|_| "connection timed out".to_owned())?
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    Ok(turn::Client::new(tcp, user, password, WAIT))
+}
+
 async fn exchange(
     target: SocketAddr,
     user: &str,
@@ -224,11 +233,7 @@ async fn exchange(
     peer_addr: SocketAddr,
     data_path: bool,
 ) -> Result<Option<SocketAddr>, String> {
-    let tcp = tokio::time::timeout(WAIT, TcpStream::connect(target))
-        .await
-        .map_err(|_| "connection timed out".to_owned())?
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    let mut c = turn::Client::new(tcp, user, pass, WAIT);
+    let mut c = connect(target, user, pass).await?;
     let a = c
         .allocate()
         .await

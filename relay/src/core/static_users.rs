@@ -57,15 +57,8 @@ impl StaticUsers {
     /// list is no static user.
     pub fn parse(list: &str, realm: &str) -> Result<Self, StaticUsersError> {
         let mut users: Vec<(String, IntegrityKey)> = Vec::new();
-        for (i, entry) in list.split(',').map(str::trim).enumerate() {
-            if entry.is_empty() {
-                continue;
-            }
-            let n = i + 1;
-            let (name, password) = entry
-                .split_once(':')
-                .filter(|(u, p)| !u.is_empty() && !p.is_empty())
-                .ok_or(StaticUsersError::Malformed(n))?;
+        for (n, entry) in Self::entries(list) {
+            let (name, password) = entry.ok_or(StaticUsersError::Malformed(n))?;
             if name.len() > 128 || name.chars().any(char::is_control) {
                 return Err(StaticUsersError::BadName(n));
             }
@@ -81,6 +74,23 @@ impl StaticUsers {
             users.push((name.to_owned(), key));
         }
         Ok(Self { users })
+    }
+
+    /// The entries of a TURN_STATIC_USERS list as written, numbered from 1 (empty entries
+    /// skipped): `user` and `password`, or `None` for an entry that is not `user:password`.
+    /// [`StaticUsers::parse`] keeps only keys; this is for a client that needs the password
+    /// (the doctor allocating as each user).
+    pub fn entries(list: &str) -> impl Iterator<Item = (usize, Option<(&str, &str)>)> {
+        list.split(',')
+            .map(str::trim)
+            .enumerate()
+            .filter(|(_, e)| !e.is_empty())
+            .map(|(i, e)| {
+                let pair = e
+                    .split_once(':')
+                    .filter(|(u, p)| !u.is_empty() && !p.is_empty());
+                (i + 1, pair)
+            })
     }
 
     /// Whether there is none.
