@@ -1,17 +1,18 @@
-//! Moves a [`Session`]'s bytes over TCP or TLS: connect, the 401 → signed Allocate dance,
-//! CreatePermission / ChannelBind. Every wait is bounded.
+//! Connects to a server over TCP or TLS and sets up allocations with the relay's own TURN
+//! client: the 401 → signed Allocate dance, CreatePermission / ChannelBind. Every wait is
+//! bounded.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _};
-use relay::framer::{Frame, Framer};
+use anyhow::{anyhow, Context as _};
+use relay::framer::Framer;
 use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::proto::{Answer, Request, Session};
+use relay::client::Connection;
 
 /// Bound on every control-plane wait.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -154,11 +155,10 @@ pub async fn connect(target: &Target, transport: Transport) -> anyhow::Result<Bo
         .map_err(|_| anyhow!("connecting to {addr} timed out"))?
 }
 
-/// One client connection with its session.
+/// One client connection: the relay's own TURN client ([`relay::client::Connection`], the
+/// one the doctor and the tests use) over the bench's stream.
 pub struct Conn {
-    pub stream: Box<dyn Stream>,
-    pub framer: Framer,
-    session: Session,
+    turn: Connection<Box<dyn Stream>>,
     /// The relayed address, after [`Conn::allocate`].
     pub relayed: Option<SocketAddr>,
 }
@@ -171,88 +171,55 @@ impl Conn {
         user: &str,
     ) -> anyhow::Result<Self> {
         let cred = secret.mint(user, unix_now(), 3600)?;
-        Ok(Self {
+        Ok(Self::with_credentials(
             stream,
-            framer: Framer::new(),
-            session: Session::new(cred.username, cred.password),
-            relayed: None,
-        })
+            &cred.username,
+            &cred.password,
+        ))
     }
 
     /// Wraps a connected stream with a credential handed out by someone else (the
     /// gateway's signaling API mints one per viewer session).
-    pub fn with_credentials(stream: Box<dyn Stream>, username: String, password: String) -> Self {
+    pub fn with_credentials(stream: Box<dyn Stream>, username: &str, password: &str) -> Self {
         Self {
-            stream,
-            framer: Framer::new(),
-            session: Session::new(username, password),
+            turn: Connection::with_credentials(stream, username, password, TIMEOUT),
             relayed: None,
         }
     }
 
-    /// Sends `req` and waits for its answer (ChannelData arriving meanwhile is dropped).
-    pub async fn transact(&mut self, req: Request) -> anyhow::Result<Answer> {
-        let bytes = self.session.request(req)?;
-        let fut = async {
-            self.stream.write_all(&bytes).await?;
-            self.stream.flush().await?;
-            loop {
-                while let Some(frame) = self.framer.next_frame()? {
-                    if let Frame::Stun(b) = frame {
-                        if let Some(a) = self.session.on_stun(b)? {
-                            return Ok(a);
-                        }
-                    }
-                }
-                let n = self.stream.read(self.framer.read_buf()).await?;
-                if n == 0 {
-                    bail!("connection closed by the server");
-                }
-                self.framer.commit(n);
-            }
-        };
-        tokio::time::timeout(TIMEOUT, fut)
-            .await
-            .map_err(|_| anyhow!("no answer to {req:?} within {TIMEOUT:?}"))?
+    /// An unsigned Allocate, as a client's first contact: a server that is up answers 401.
+    pub async fn first_contact(&mut self) -> anyhow::Result<Option<u16>> {
+        let reply = self
+            .turn
+            .allocate_unauthenticated(stun_types::AddressFamily::IPV4)
+            .await?;
+        Ok(reply.error().map(|e| e.code))
     }
 
-    /// A signed request, retried once on 438 (stale nonce); error codes become errors.
-    async fn signed(&mut self, req: Request) -> anyhow::Result<Option<SocketAddr>> {
-        let mut answer = self.transact(req).await?;
-        if matches!(answer, Answer::Error(438)) {
-            answer = self.transact(req).await?;
-        }
-        match answer {
-            Answer::Ok(a) => Ok(a),
-            Answer::Error(code) => bail!("{req:?} refused with {code}"),
-        }
-    }
-
-    /// Unauthenticated Allocate (expects 401 with realm and nonce), then the signed one.
+    /// Unauthenticated Allocate (401 with realm and nonce), then the signed one.
     pub async fn allocate(&mut self) -> anyhow::Result<SocketAddr> {
-        match self.transact(Request::Allocate).await? {
-            Answer::Error(401) if self.session.can_sign() => {}
-            Answer::Error(code) => {
-                bail!("first Allocate answered {code}, expected 401 with a nonce")
-            }
-            Answer::Ok(_) => bail!("Allocate granted without credentials"),
-        }
-        let relayed = self
-            .signed(Request::Allocate)
-            .await?
-            .context("Allocate success without XOR-RELAYED-ADDRESS")?;
+        let relayed = self.turn.allocate().await?.relayed;
         self.relayed = Some(relayed);
         Ok(relayed)
     }
 
     pub async fn create_permission(&mut self, peer: SocketAddr) -> anyhow::Result<()> {
-        self.signed(Request::CreatePermission(peer)).await.map(drop)
+        self.turn
+            .create_permission(peer)
+            .await
+            .with_context(|| format!("CreatePermission for {peer}"))
     }
 
     pub async fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> anyhow::Result<()> {
-        self.signed(Request::ChannelBind(channel, peer))
+        self.turn
+            .channel_bind(channel, peer)
             .await
-            .map(drop)
+            .with_context(|| format!("ChannelBind {channel:#x} to {peer}"))
+    }
+
+    /// The stream and the framer with whatever it buffered, for the data path.
+    pub fn into_parts(self) -> (Box<dyn Stream>, Framer) {
+        self.turn.into_parts()
     }
 }
 

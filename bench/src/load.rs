@@ -214,7 +214,7 @@ impl Mesh {
             let mut c = Conn::new(stream, &target.secret, &format!("mesh{i}"))?;
             c.allocate().await.context("Allocate")?;
             c.channel_bind(CHANNEL, peer).await.context("ChannelBind")?;
-            let Conn { stream, framer, .. } = c;
+            let (stream, framer) = c.into_parts();
             let (rd, wr) = tokio::io::split(stream);
             writers.push(wr);
             readers.push(tokio::spawn(read_loop(rd, framer, counters.clone())));

@@ -39,7 +39,6 @@ mod conn;
 mod cpu;
 mod load;
 mod plots;
-mod proto;
 mod report;
 mod rtp_join;
 mod servers;

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 
 use crate::conn::{self, Target, Transport};
-use crate::proto::{Answer, Request};
 
 /// PIDs of live children, for the signal handler and the panic hook.
 static PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
@@ -285,9 +284,9 @@ impl Server {
                 let probe = async {
                     let s = conn::connect(&self.target, transport).await?;
                     let mut c = conn::Conn::new(s, &self.target.secret, "ready")?;
-                    match c.transact(Request::Allocate).await? {
-                        Answer::Error(401) => Ok(()),
-                        a => Err(anyhow!("unexpected answer {a:?}")),
+                    match c.first_contact().await? {
+                        Some(401) => Ok(()),
+                        a => Err(anyhow!("unexpected answer {a:?} to an unsigned Allocate")),
                     }
                 };
                 match tokio::time::timeout(Duration::from_secs(2), probe).await {

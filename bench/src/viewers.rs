@@ -421,7 +421,7 @@ async fn join(ctx: &Ctx) -> anyhow::Result<Joined> {
     let mut target = ctx.target.clone();
     target.tls = relay;
     let stream = conn::connect(&target, Transport::Tls).await?;
-    let mut turn = Conn::with_credentials(stream, user, cred);
+    let mut turn = Conn::with_credentials(stream, &user, &cred);
     let relayed = turn.allocate().await?;
 
     let mut rtc = RtcConfig::new()
@@ -473,7 +473,7 @@ async fn join(ctx: &Ctx) -> anyhow::Result<Joined> {
     if peers.is_empty() {
         bail!("the answer has no candidates");
     }
-    let Conn { stream, framer, .. } = turn;
+    let (stream, framer) = turn.into_parts();
     Ok(Joined {
         rtc,
         stream,

@@ -19,6 +19,8 @@ use gateway_tests::{
     connect, eventually, http_get, rest_password, test_io_config, unix_now, TestCert, TestRelay,
     TurnClient, UdpEcho, Via, TEST_SERVER_NAME,
 };
+use relay::client::{Received, Step};
+use relay::framer::Frame;
 use stun_types::AddressFamily;
 use turn_types::message::{ALLOCATE, CREATE_PERMISSION};
 
@@ -765,14 +767,14 @@ async fn coalesced_and_fragmented_writes_are_framed() {
         }
 
         // A signed Refresh written one byte at a time, then a ChannelData split in two.
-        let (req, _) = c
+        let req = c
             .build_request(
                 turn_types::message::REFRESH,
                 &[Attr::Lifetime(600)],
                 Auth::LongTerm,
             )
             .unwrap();
-        for b in &req {
+        for b in &req.bytes {
             c.send_raw(std::slice::from_ref(b)).await.unwrap();
         }
         let mut cd = Vec::new();
@@ -975,12 +977,9 @@ async fn udp_transact(sock: &tokio::net::UdpSocket, to: SocketAddr, req: &[u8]) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_garbage_creates_no_clients_and_sources_are_capped() {
     use relay::core::BadInput;
-    use stun_types::attribute::{Nonce, Realm, Username, XorMappedAddress};
-    use stun_types::message::{
-        IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageWriteVec, BINDING,
-    };
+    use stun_types::attribute::XorMappedAddress;
+    use stun_types::message::{Message, MessageWriteVec, BINDING};
     use stun_types::prelude::*;
-    use turn_types::attribute::{RequestedTransport, XorRelayedAddress};
 
     const CAP: u32 = 20;
     let io = relay::io::IoConfig {
@@ -1068,38 +1067,25 @@ async fn udp_garbage_creates_no_clients_and_sources_are_capped() {
     let m = Message::from_bytes(&r).unwrap();
     assert_eq!(m.attribute::<XorMappedAddress>().unwrap().addr(tid), me);
     let cred = relay.mint("udp-user");
-    let allocate = |creds: Option<(&str, &str)>| {
-        let mut w = Message::builder_request(turn_types::message::ALLOCATE, MessageWriteVec::new());
-        w.add_attribute(&RequestedTransport::new(RequestedTransport::UDP))
-            .unwrap();
-        if let Some((realm, nonce)) = creds {
-            w.add_attribute(&Username::new(&cred.username).unwrap())
-                .unwrap();
-            w.add_attribute(&Realm::new(realm).unwrap()).unwrap();
-            w.add_attribute(&Nonce::new(nonce).unwrap()).unwrap();
-            let key = LongTermKeyCredentials::new(
-                cred.username.clone(),
-                cred.password.clone(),
-                realm.to_owned(),
-            );
-            w.add_message_integrity(&key.into(), IntegrityAlgorithm::Sha1)
-                .unwrap();
-        }
-        w.add_fingerprint().unwrap();
-        w.finish()
+    // The one TURN client's sans-I/O session, its bytes carried in datagrams.
+    let mut session = relay::client::Session::with_credentials(&cred.username, &cred.password);
+    let attrs = [Attr::RequestedTransport(17)];
+    let out = session.request(ALLOCATE, &attrs, Auth::None).unwrap();
+    let r = udp_transact(&c, udp, &out.bytes).await;
+    let reply = match session.receive(Frame::Stun(&r), Some(&out)).unwrap() {
+        Received::Reply(reply) => reply,
+        other => panic!("no response to the Allocate: {other:?}"),
     };
-    let r = udp_transact(&c, udp, &allocate(None)).await;
-    let m = Message::from_bytes(&r).unwrap();
-    let realm = m.attribute::<Realm>().unwrap().realm().to_owned();
-    let nonce = m.attribute::<Nonce>().unwrap().nonce().to_owned();
-    let req = allocate(Some((&realm, &nonce)));
-    let tid = Message::from_bytes(&req).unwrap().transaction_id();
-    let r = udp_transact(&c, udp, &req).await;
-    let m = Message::from_bytes(&r).unwrap();
-    let relayed = m
-        .attribute::<XorRelayedAddress>()
-        .unwrap_or_else(|e| panic!("Allocate over UDP failed ({e}): {m}"))
-        .addr(tid);
+    assert_eq!(reply.error().map(|e| e.code), Some(401));
+    assert!(matches!(session.after(Auth::None, reply, 0), Step::Retry));
+    let out = session.request(ALLOCATE, &attrs, Auth::LongTerm).unwrap();
+    let r = udp_transact(&c, udp, &out.bytes).await;
+    let relayed = match session.receive(Frame::Stun(&r), Some(&out)).unwrap() {
+        Received::Reply(reply) => reply
+            .relayed()
+            .unwrap_or_else(|| panic!("Allocate over UDP failed: {}", reply.message())),
+        other => panic!("no response to the Allocate: {other:?}"),
+    };
     assert_eq!(relayed.ip(), localhost());
     assert_eq!(stats.udp_clients.load(Relaxed), u64::from(CAP) + 1);
 }

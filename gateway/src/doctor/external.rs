@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 
-use super::turn::{self, TurnFailure};
+use super::turn;
 use super::{Report, Status, System, WAIT};
 use crate::signaling::ice_servers::{IceServerPlan, ServerOrigin, TurnTarget};
 
@@ -115,12 +115,9 @@ async fn allocate_over<S: turn::Stream>(
     user: &str,
     pass: &str,
 ) -> Result<turn::Allocated, ProbeError> {
-    let mut c = turn::Client::new(s, user, pass, WAIT);
+    let mut c = turn::Client::with_credentials(s, user, pass, WAIT);
     let a = c.allocate().await.map_err(|e| ProbeError {
-        code: match &e {
-            TurnFailure::Error { code, .. } => Some(*code),
-            _ => None,
-        },
+        code: e.code(),
         message: e.to_string(),
     })?;
     c.release().await;
@@ -264,6 +261,7 @@ mod tests {
                 Ok(turn::Allocated {
                     relayed: "192.0.2.3:50000".parse().unwrap(),
                     mapped: Some("198.51.100.1:4000".parse().unwrap()),
+                    lifetime: 600,
                 })
             } else {
                 Err(ProbeError {

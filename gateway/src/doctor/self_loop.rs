@@ -222,7 +222,7 @@ async fn connect(
         .await
         .map_err(|_| "connection timed out".to_owned())?
         .map_err(|e| format!("cannot connect: {e}"))?;
-    Ok(turn::Client::new(tcp, user, password, WAIT))
+    Ok(turn::Client::with_credentials(tcp, user, password, WAIT))
 }
 
 async fn exchange(
@@ -262,11 +262,11 @@ async fn exchange(
         .await
         .map_err(|e| e.to_string())?;
     let (p, data) = c
-        .recv_data()
+        .recv_data(WAIT)
         .await
         .map_err(|e| format!("no Data indication back from the relay: {e}"))?;
-    if p != peer_addr || data != b"pong" {
-        return Err(format!("unexpected Data indication from {p}"));
+    if p != relay::client::Origin::Peer(peer_addr) || data != b"pong" {
+        return Err(format!("unexpected relayed data ({p:?})"));
     }
     c.release().await;
     c.close().await;

@@ -8,7 +8,7 @@ use auth::SecretRing;
 use rand::{Rng, SeedableRng};
 use stun_types::attribute::{
     AttributeStaticType, AttributeType, AttributeWrite, ErrorCode, Fingerprint, MessageIntegrity,
-    Nonce, RawAttribute, Realm, Software, UnknownAttributes, Username, XorMappedAddress,
+    Nonce, RawAttribute, Realm, Software, UnknownAttributes, XorMappedAddress,
 };
 use stun_types::message::{
     IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageClass, MessageType, MessageWrite,
@@ -257,30 +257,34 @@ impl H {
     }
 }
 
+/// A request forged with the one TURN client's builder ([`crate::client::Session`]).
 fn build(
     method: Method,
     tid: TransactionId,
     attrs: &Attrs,
     creds: Option<(&str, &str, &str)>,
 ) -> Vec<u8> {
-    let mut w = Message::builder(
-        MessageType::from_class_method(MessageClass::Request, method),
-        tid,
-        MessageWriteVec::new(),
-    );
-    for a in attrs {
-        w.add_attribute(a.as_ref()).unwrap();
-    }
+    let mut session = crate::client::Session::new();
     if let Some((u, p, n)) = creds {
-        w.add_attribute(&Username::new(u).unwrap()).unwrap();
-        w.add_attribute(&Realm::new(REALM).unwrap()).unwrap();
-        w.add_attribute(&Nonce::new(n).unwrap()).unwrap();
-        let key = LongTermKeyCredentials::new(u.into(), p.into(), REALM.into());
-        w.add_message_integrity(&key.into(), IntegrityAlgorithm::Sha1)
-            .unwrap();
+        session.set_credentials(u, p);
+        session.set_realm(REALM);
+        session.set_nonce(n);
     }
-    w.add_fingerprint().unwrap();
-    w.finish()
+    let auth = if creds.is_some() {
+        crate::client::Auth::LongTerm
+    } else {
+        crate::client::Auth::None
+    };
+    session
+        .request_with(method, tid, auth, |w, _| {
+            for a in attrs {
+                w.add_attribute(a.as_ref())
+                    .map_err(|e| crate::client::ClientError::Protocol(e.to_string()))?;
+            }
+            Ok(())
+        })
+        .unwrap()
+        .bytes
 }
 
 fn indication(method: Method, attrs: impl Fn(TransactionId) -> Attrs) -> Vec<u8> {
