@@ -37,6 +37,7 @@
 
 mod conn;
 mod cpu;
+mod http;
 mod load;
 mod plots;
 mod report;

@@ -32,10 +32,10 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, RtcConfig};
 use tokio::net::{TcpStream, UdpSocket};
 
+use crate::http::http;
 use crate::load::percentile;
 use crate::report::{fmt, Better, Results};
 use crate::servers::{self, ChildGuard, Common, Kind};
-use crate::viewers::http;
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// The sender's keyframe interval, in frames at 30 fps: 10 s.
