@@ -1,65 +1,59 @@
-//! The bench's HTTP/1.1 client for the servers' JSON APIs: one exchange per connection,
-//! bounded in time and size.
+//! The bench's HTTP/1.1 client for the servers' JSON APIs (the gateway's, Janus's):
+//! hyper's client, each exchange bounded in time and size. Connections are kept alive and
+//! reused, as a browser's would be.
 
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use anyhow::{anyhow, Context as _};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
 
 /// Bound on every HTTP exchange.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest HTTP response read.
-const MAX_RESPONSE: u64 = 1 << 20;
+const MAX_RESPONSE: usize = 1 << 20;
 
-/// One HTTP/1.1 exchange (`Connection: close`), bounded in time and size; returns the
-/// status and the body.
+fn client() -> &'static Client<HttpConnector, Full<Bytes>> {
+    static CLIENT: OnceLock<Client<HttpConnector, Full<Bytes>>> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Client::builder(TokioExecutor::new()).build(connector)
+    })
+}
+
+/// One HTTP/1.1 exchange, bounded in time and size; returns the status and the body.
 pub async fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,
     body: Option<&str>,
 ) -> anyhow::Result<(u16, String)> {
-    let body = body.unwrap_or("");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let raw = tokio::time::timeout(HTTP_TIMEOUT, async {
-        let mut s = TcpStream::connect(addr).await?;
-        s.write_all(req.as_bytes()).await?;
-        let mut raw = Vec::new();
-        (&mut s).take(MAX_RESPONSE).read_to_end(&mut raw).await?;
-        std::io::Result::Ok(raw)
-    })
-    .await
-    .map_err(|_| anyhow!("{method} {path}: no response within {HTTP_TIMEOUT:?}"))?
-    .with_context(|| format!("{method} {path}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, rest) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("{method} {path}: no end of the response head"))?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("{method} {path}: bad status line"))?;
-    let header = |name: &str| {
-        head.lines().skip(1).find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("accept", "application/json")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
+        .with_context(|| format!("{method} {path}: building the request"))?;
+    let exchange = async {
+        let resp = client().request(req).await?;
+        let status = resp.status().as_u16();
+        let body = Limited::new(resp.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| anyhow!("reading the body: {e}"))?
+            .to_bytes();
+        anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
     };
-    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        bail!("{method} {path}: chunked response (not expected from the API)");
-    }
-    let body = match header("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        Some(n) => rest.get(..n).unwrap_or(rest),
-        None => rest,
-    };
-    Ok((status, body.to_owned()))
+    tokio::time::timeout(HTTP_TIMEOUT, exchange)
+        .await
+        .map_err(|_| anyhow!("{method} {path}: no response within {HTTP_TIMEOUT:?}"))?
+        .with_context(|| format!("{method} {path} to {addr}"))
 }
 
 /// The first 200 characters of a body, for error messages.

@@ -35,10 +35,13 @@
     clippy::string_slice
 )]
 
+mod clip;
 mod conn;
 mod cpu;
 mod http;
+mod janus;
 mod load;
+mod netns;
 mod plots;
 mod report;
 mod rtp_join;
@@ -77,8 +80,11 @@ struct Plan {
     /// `--soak-setup SERVER COUNT ROUNDS`: TLS set-up of COUNT allocations, ROUNDS times,
     /// with the server's and the bench's CPU per round (is the server the limit?).
     soak_setup: Option<(Kind, usize, u64)>,
-    /// `--viewers`: only the viewers-per-core part, printed (no report written).
+    /// `--viewers`: only the viewers-per-core part over TURN/TLS, printed (no report
+    /// written).
     viewers_only: bool,
+    /// `--janus`: only the direct-UDP viewers of the gateway and Janus, printed.
+    janus_only: bool,
     /// `--rtp-join`: only the RTP join part, printed (no report written).
     rtp_join_only: bool,
     /// Only the video-like relay load (step 7), both servers, for a quiet measurement or a
@@ -112,6 +118,7 @@ impl Plan {
             soak: None,
             soak_setup: None,
             viewers_only: false,
+            janus_only: false,
             rtp_join_only: false,
             video_only: false,
             video_allocs: vec![100, 1000],
@@ -158,6 +165,7 @@ impl Plan {
                     ));
                 }
                 "--viewers" => plan.viewers_only = true,
+                "--janus" => plan.janus_only = true,
                 "--rtp-join" => plan.rtp_join_only = true,
                 "--video" => plan.video_only = true,
                 "--soak-setup" => {
@@ -174,7 +182,9 @@ impl Plan {
                          Diagnostics (no report; attach a profiler to the printed PID):\n  \
                          --soak SERVER tcp|tls ALLOCS RATE SECS   steady relay load, one line per second\n  \
                          --soak-setup SERVER COUNT ROUNDS         TLS set-up rate with server and bench CPU\n  \
-                         --viewers                                only the viewers-per-core part\n  \
+                         --viewers                                only the viewers-per-core part (TURN/TLS)\n  \
+                         --janus                                  only the direct-UDP viewers, gateway and Janus\n  \
+                                                                  (needs root for a network namespace, and janus)\n  \
                          --rtp-join                               only the RTP join part (needs ffmpeg)\n  \
                          --video                                  only the video-like relay load, both servers\n  \
                          --uclient-repeat SERVER N                turnutils_uclient at video-like load (40 allocations\n  \
@@ -425,12 +435,16 @@ async fn run(mut plan: Plan, server_core: Option<usize>) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    if plan.viewers_only {
-        let outcome = viewers::run(&common, &viewers::Plan::new(plan.quick), start).await;
+    if plan.viewers_only || plan.janus_only {
+        let paths: &[viewers::Path] = if plan.janus_only {
+            &[viewers::Path::GatewayDirect, viewers::Path::JanusDirect]
+        } else {
+            &[viewers::Path::GatewayTurnTls]
+        };
         let (mut results, mut notes) = (Results::default(), Vec::new());
-        outcome.report(&mut results, &mut notes);
+        viewer_parts(&common, plan.quick, paths, start, &mut results, &mut notes).await;
         for n in notes {
-            eprintln!("viewers: {n}");
+            eprintln!("{n}");
         }
         return Ok(());
     }
@@ -675,9 +689,20 @@ async fn run(mut plan: Plan, server_core: Option<usize>) -> anyhow::Result<()> {
         drop(servers);
     }
 
-    // 5. Viewers per gateway core (gateway only, once).
-    let outcome = viewers::run(&common, &viewers::Plan::new(plan.quick), start).await;
-    outcome.report(&mut results, &mut notes);
+    // 5. Viewers per core: the gateway over TURN/TLS; the gateway and Janus over direct UDP.
+    let outcomes = viewer_parts(
+        &common,
+        plan.quick,
+        &[
+            viewers::Path::GatewayTurnTls,
+            viewers::Path::GatewayDirect,
+            viewers::Path::JanusDirect,
+        ],
+        start,
+        &mut results,
+        &mut notes,
+    )
+    .await;
     log(start, "  viewers done");
 
     // 6. First frame of a late viewer of an RTP stream with a 10 s keyframe interval.
@@ -696,8 +721,10 @@ async fn run(mut plan: Plan, server_core: Option<usize>) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).ok();
     }
     // The charts beside the report, before it, so that it names only those written.
-    let (charts, chart_notes) =
-        plots::write_all(&plots::charts(&results, &plan.allocs, &outcome), &plan.out);
+    let (charts, chart_notes) = plots::write_all(
+        &plots::charts(&results, &plan.allocs, outcomes.first()),
+        &plan.out,
+    );
     for n in &chart_notes {
         eprintln!("warning: {n}");
     }
@@ -898,4 +925,31 @@ async fn video_load(
             }
         }
     }
+}
+
+/// The viewer parts of `paths`, one after the other, on one encoded clip; their outcomes
+/// in the same order (none when the clip could not be made).
+async fn viewer_parts(
+    common: &Common,
+    quick: bool,
+    paths: &[viewers::Path],
+    start: Instant,
+    results: &mut Results,
+    notes: &mut Vec<String>,
+) -> Vec<viewers::Outcome> {
+    let clip = match clip::Clip::encode(&common.dir) {
+        Ok(c) => c,
+        Err(e) => {
+            notes.push(format!("viewers: not measured: {e:#}"));
+            return Vec::new();
+        }
+    };
+    let plan = viewers::Plan::new(quick);
+    let mut outcomes = Vec::new();
+    for &path in paths {
+        let outcome = viewers::run(common, &plan, path, &clip, start).await;
+        outcome.report(results, notes);
+        outcomes.push(outcome);
+    }
+    outcomes
 }

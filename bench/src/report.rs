@@ -48,6 +48,23 @@ pub fn median(v: &[f64]) -> f64 {
 
 impl Results {
     pub fn add(&mut self, name: &str, unit: &'static str, better: Better, kind: Kind, value: f64) {
+        self.add_to(name, unit, better, kind == Kind::Gateway, value);
+    }
+
+    /// A figure of the peer the row names (the table's second column: coturn for the relay
+    /// rows, Janus for the media-server comparison).
+    pub fn add_peer(&mut self, name: &str, unit: &'static str, better: Better, value: f64) {
+        self.add_to(name, unit, better, false, value);
+    }
+
+    fn add_to(
+        &mut self,
+        name: &str,
+        unit: &'static str,
+        better: Better,
+        gateway: bool,
+        value: f64,
+    ) {
         let i = match self.rows.iter().position(|r| r.name == name) {
             Some(i) => i,
             None => {
@@ -62,9 +79,10 @@ impl Results {
             }
         };
         let row = &mut self.rows[i];
-        match kind {
-            Kind::Gateway => row.gateway.push(value),
-            Kind::Coturn => row.coturn.push(value),
+        if gateway {
+            row.gateway.push(value);
+        } else {
+            row.coturn.push(value);
         }
     }
 

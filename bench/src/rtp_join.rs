@@ -142,7 +142,7 @@ fn ffmpeg_command(dest: SocketAddr, secs: u64) -> Command {
 }
 
 /// Polls (bounded) until `/health` answers and the `default` stream is live.
-async fn wait_live(
+pub(crate) async fn wait_live(
     http_addr: SocketAddr,
     gateway: &mut ChildGuard,
     log: &PathBuf,

@@ -163,8 +163,22 @@ impl Common {
         http: &str,
         log: &Path,
     ) -> anyhow::Result<Command> {
+        self.gateway_command_in(None, turn, http, log)
+    }
+
+    /// [`Common::gateway_command`], run inside `ns` when given.
+    pub fn gateway_command_in(
+        &self,
+        ns: Option<&crate::netns::Netns>,
+        turn: SocketAddr,
+        http: &str,
+        log: &Path,
+    ) -> anyhow::Result<Command> {
         let logf = std::fs::File::create(log)?;
-        let mut cmd = crate::cpu::command_on(self.server_core, self.gateway_bin.as_os_str());
+        let mut cmd = match ns {
+            Some(ns) => ns.command(self.server_core, self.gateway_bin.as_os_str()),
+            None => crate::cpu::command_on(self.server_core, self.gateway_bin.as_os_str()),
+        };
         cmd.env_clear();
         if let Some(path) = std::env::var_os("PATH") {
             cmd.env("PATH", path);

@@ -1,11 +1,12 @@
 //! Counting what a viewer receives: RTP sequence numbers per SSRC (from the clear RTP
 //! header), frames, bytes.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
 
 /// At most this many SSRCs are tracked per viewer (video and its RTX stream).
-pub(super) const MAX_SSRCS: usize = 8;
+const MAX_SSRCS: usize = 8;
 
 /// SSRC and sequence number of an RTP packet (RFC 7983 first byte 128..=191, and not RTCP:
 /// RFC 5761 second byte 192..=223).
@@ -90,6 +91,55 @@ pub(super) struct Snap {
     pub(super) expected: u64,
     pub(super) received: u64,
     pub(super) bytes: u64,
+}
+
+/// One viewer's RTP counting: sequence numbers per SSRC, published into its [`Stats`].
+#[derive(Default)]
+pub(super) struct Counter {
+    tracks: HashMap<u32, Track>,
+    rtp: u64,
+    bytes: u64,
+}
+
+impl Counter {
+    /// Counts `p` if it is RTP (a clear header: no decryption needed).
+    pub(super) fn on_datagram(&mut self, p: &[u8]) {
+        let Some((ssrc, seq)) = rtp_header(p) else {
+            return;
+        };
+        if let Some(t) = self.tracks.get_mut(&ssrc) {
+            t.on(seq);
+        } else if self.tracks.len() < MAX_SSRCS {
+            self.tracks.insert(ssrc, Track::new(seq));
+        }
+        self.rtp += 1;
+        self.bytes += p.len() as u64;
+    }
+
+    /// Publishes what was counted since the last call.
+    pub(super) fn publish(&mut self, stats: &Stats) {
+        if self.rtp == 0 {
+            return;
+        }
+        let expected = self.tracks.values().map(Track::expected).sum();
+        let received = self.tracks.values().map(|t| t.received).sum();
+        stats.expected.store(expected, Relaxed);
+        stats.received.store(received, Relaxed);
+        stats.bytes.fetch_add(self.bytes, Relaxed);
+        self.rtp = 0;
+        self.bytes = 0;
+    }
+}
+
+impl Stats {
+    /// A complete frame arrived, `since_start` after the viewer's start.
+    pub(super) fn on_frame(&self, since_start: std::time::Duration) {
+        self.frames.fetch_add(1, Relaxed);
+        if self.ttff().is_none() {
+            let us = since_start.as_micros().clamp(1, u128::from(u64::MAX));
+            self.ttff_us.store(us as u64, Relaxed);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,17 @@
-//! Item 5 of the bench, gateway only (coturn has no media engine): how many viewers of the
-//! built-in 1 Mbit/s H.264 test pattern one gateway core serves through its embedded relay
-//! over TURN/TLS with under 1 % RTP loss, and how long a viewer waits for its first frame.
+//! Items 5 and 7 of the bench: how many viewers of a 1 Mbit/s H.264 stream one media-server
+//! core serves with under 1 % RTP loss and every first frame within 1 s, and how long a
+//! viewer waits for that first frame. Three paths ([`Path`]), each its own ramp:
 //!
-//! Every step starts a fresh gateway on loopback, pinned to the servers' core (see
-//! `cpu.rs`), and N viewers in this process (kept off that core), at most [`Plan::join_concurrency`] joining at a
-//! time. A viewer does what a relay-only browser does (as `tests/tests/relay_only_media.rs`):
+//! * the gateway through its embedded relay over TURN/TLS (gateway only: coturn has no
+//!   media engine);
+//! * the gateway over direct UDP, and Janus (its streaming plugin) over direct UDP: the
+//!   comparison with a media server that users run for the same job.
+//!
+//! Every server gets the same H.264 RTP ([`crate::clip`]: encoded once, streamed by ffmpeg
+//! in real time, copied). Every step starts a fresh server pinned to the servers' core (see
+//! `cpu.rs`) and N viewers in this process (kept off that core), starting at a steady rate
+//! ([`Plan::join_rate`]), at most [`Plan::join_concurrency`] joining at a time. A TURN/TLS
+//! viewer does what a relay-only browser does (as `tests/tests/relay_only_media.rs`):
 //!
 //! ```text
 //! GET /api/v1/webrtc/config ─▶ sessionId + turns: URL + credential minted for it
@@ -14,10 +21,16 @@
 //! str0m datagrams ⇄ ChannelData on the TLS connection, until the step ends
 //! ```
 //!
-//! Time to first frame runs from the viewer's start (before the config request) to its
+//! A direct viewer is str0m with a host candidate on a UDP socket of its own, reaching the
+//! server in the bench's network namespace ([`crate::netns`]; Janus offers no loopback
+//! candidate): the gateway answers its offer (the Geti client's request), Janus offers and
+//! it answers ([`crate::janus`]). Every viewer decrypts and depacketizes every packet (no
+//! sampling): the load generator's own CPU is in the notes, and a step it saturated says so.
+//!
+//! Time to first frame runs from the viewer's start (before its first request) to its
 //! first complete frame (`Event::MediaData`). Loss is counted from the RTP sequence numbers
-//! of the datagrams the relay delivers (the RTP header is clear text in SRTP), per SSRC, as
-//! gaps against packets received, before str0m's NACK/RTX repair.
+//! of the datagrams that arrive (the RTP header is clear text in SRTP), per SSRC, as gaps
+//! against packets received, before str0m's NACK/RTX repair.
 //!
 //! Figures only: nothing here asserts a timing; a step that fails is recorded as such.
 
@@ -29,14 +42,17 @@ use anyhow::anyhow;
 use tokio::sync::{watch, Semaphore};
 
 mod count;
+mod direct;
 mod server;
 mod turn;
 
 use count::{Snap, Stats};
-use server::Gateway;
+use server::MediaServer;
 
+use crate::clip::Clip;
 use crate::conn::Target;
 use crate::load::percentile;
+use crate::netns::Netns;
 use crate::report::{fmt, Better, Results};
 use crate::servers::{self, Common, Kind};
 
@@ -57,6 +73,45 @@ const MAX_LOSS: f64 = 0.01;
 const MIN_FPS_SHARE: f64 = 0.8;
 /// Prefix of every table row of this part.
 const ROW: &str = "viewers of the 1 Mbit/s test pattern, 1 gateway core, TURN/TLS";
+/// Prefix of every table row of the direct-UDP comparison (gateway and Janus columns).
+pub const ROW_DIRECT: &str =
+    "viewers of the 1 Mbit/s test pattern, 1 core, direct UDP (peer: Janus)";
+/// Every first frame must come within this for a step to pass.
+const MAX_TTFF: Duration = Duration::from_secs(1);
+
+/// Which server the viewers watch, and how they reach it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// The gateway, through its embedded relay over TURN/TLS (on loopback).
+    GatewayTurnTls,
+    /// The gateway over direct UDP (in the bench's network namespace).
+    GatewayDirect,
+    /// Janus's streaming plugin over direct UDP (in the namespace).
+    JanusDirect,
+}
+
+impl Path {
+    /// The server, as the notes name it.
+    fn server(self) -> &'static str {
+        match self {
+            Path::GatewayTurnTls | Path::GatewayDirect => "gateway",
+            Path::JanusDirect => "Janus",
+        }
+    }
+
+    /// The prefix of the notes' lines.
+    fn label(self) -> &'static str {
+        match self {
+            Path::GatewayTurnTls => "viewers",
+            Path::GatewayDirect => "viewers, gateway direct UDP",
+            Path::JanusDirect => "viewers, Janus direct UDP",
+        }
+    }
+
+    fn in_namespace(self) -> bool {
+        self != Path::GatewayTurnTls
+    }
+}
 
 /// How this part runs.
 #[derive(Debug, Clone)]
@@ -79,6 +134,8 @@ pub struct Plan {
     bisect: usize,
     /// Viewers joining at the same time.
     join_concurrency: usize,
+    /// Viewers starting per second, at most (a steady rate, not all at once).
+    join_rate: f64,
 }
 
 impl Plan {
@@ -102,19 +159,21 @@ impl Plan {
                 factor: 4,
                 bisect: 0,
                 join_concurrency: 32,
+                join_rate: 200.0,
             }
         } else {
             Plan {
                 quick,
-                budget: Duration::from_secs(85),
+                budget: Duration::from_secs(150),
                 window: Duration::from_secs(2),
                 settle: Duration::from_millis(500),
-                max_viewers: 1024,
+                max_viewers: 2048,
                 fast_factor: 4,
                 fast_until: 64,
                 factor: 2,
                 bisect: 3,
                 join_concurrency: 32,
+                join_rate: 100.0,
             }
         }
     }
@@ -122,30 +181,65 @@ impl Plan {
 
 /// What every viewer of a step shares.
 pub(super) struct Ctx {
+    pub(super) path: Path,
+    /// The gateway's HTTP API, or Janus's.
     pub(super) http: SocketAddr,
     pub(super) turn: SocketAddr,
-    pub(super) target: Target,
+    /// How to reach the relay over TLS (TURN/TLS path only).
+    pub(super) target: Option<Target>,
+    /// Where the server's media comes from, and where the viewers' sockets are.
+    pub(super) server_ip: IpAddr,
+    pub(super) client_ip: IpAddr,
 }
 
-/// One viewer: waits for a join slot, joins, receives until `stop`.
+/// A viewer past signaling.
+enum Joined {
+    Turn(turn::Joined),
+    Direct(direct::Joined),
+}
+
+/// Signaling (and TURN set-up) for one viewer of `ctx.path`.
+async fn join(ctx: &Ctx, id: usize) -> anyhow::Result<Joined> {
+    Ok(match ctx.path {
+        Path::GatewayTurnTls => Joined::Turn(turn::join(ctx).await?),
+        Path::GatewayDirect => {
+            Joined::Direct(direct::join_gateway(ctx.http, ctx.client_ip, ctx.server_ip, id).await?)
+        }
+        Path::JanusDirect => {
+            let (watch, offer) = crate::janus::Watch::begin(ctx.http).await?;
+            let (joined, answer) =
+                direct::answer_offer(&offer, ctx.client_ip, ctx.server_ip).await?;
+            watch.start(&answer).await?;
+            Joined::Direct(joined)
+        }
+    })
+}
+
+/// One viewer: waits for its start time and a join slot, joins, receives until `stop`.
 async fn viewer(
     ctx: Arc<Ctx>,
+    id: usize,
+    at: Instant,
     stats: Arc<Stats>,
     gate: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) {
     let permit = tokio::select! {
-        p = gate.acquire_owned() => p.ok(),
+        p = async {
+            tokio::time::sleep_until(at.into()).await;
+            gate.acquire_owned().await
+        } => p.ok(),
         _ = stop.changed() => return,
     };
     let start = Instant::now();
     let result = async {
-        let joined = tokio::time::timeout(FIRST_FRAME_TIMEOUT, turn::join(&ctx))
+        let joined = tokio::time::timeout(FIRST_FRAME_TIMEOUT, join(&ctx, id))
             .await
-            .map_err(|_| {
-                anyhow!("signaling and TURN set-up took over {FIRST_FRAME_TIMEOUT:?}")
-            })??;
-        joined.pump(start, &stats, &mut stop, permit).await
+            .map_err(|_| anyhow!("signaling and set-up took over {FIRST_FRAME_TIMEOUT:?}"))??;
+        match joined {
+            Joined::Turn(j) => j.pump(start, &stats, &mut stop, permit).await,
+            Joined::Direct(j) => j.pump(start, &stats, &mut stop, permit).await,
+        }
     };
     if let Err(e) = result.await {
         let _ = stats.failed.set(format!("{e:#}"));
@@ -230,6 +324,13 @@ impl StepResult {
             format!("{} viewers received no RTP in the window", self.stalled)
         } else if self.expected == 0 {
             "no RTP counted in the window".to_owned()
+        } else if self.ttff_ms(100.0) > MAX_TTFF.as_secs_f64() * 1000.0 {
+            format!(
+                "a first frame took {} ms (p50 {} ms), over {} ms",
+                fmt(self.ttff_ms(100.0)),
+                fmt(self.ttff_ms(50.0)),
+                MAX_TTFF.as_millis()
+            )
         } else if self.loss() >= MAX_LOSS {
             format!("RTP loss {:.2} %", self.loss() * 100.0)
         } else if fps_base.is_some_and(|b| self.fps < MIN_FPS_SHARE * b) {
@@ -253,7 +354,7 @@ impl StepResult {
         let window = if self.measured {
             format!(
                 "loss {loss} % of {exp} RTP packets; {fps:.1} frames/s and {mbps:.2} Mbit/s per \
-                 viewer; gateway CPU {g:.0} % of its core, bench CPU {b:.0} % of a core",
+                 viewer; server CPU {g:.0} % of its core, bench CPU {b:.0} % of a core",
                 loss = if self.expected == 0 {
                     "n/a".into()
                 } else {
@@ -269,7 +370,7 @@ impl StepResult {
             "no receiving window (the step failed while joining)".into()
         };
         format!(
-            "{n} viewers: {j}/{n} joined in {js:.1} s (gateway CPU {jg:.0} %, bench CPU {jb:.0} \
+            "{n} viewers: {j}/{n} joined in {js:.1} s (server CPU {jg:.0} %, bench CPU {jb:.0} \
              % meanwhile); {window}; time to first frame p50 {p50} ms, max {max} ms; step took \
              {secs:.1} s; {v}",
             n = self.n,
@@ -285,20 +386,24 @@ impl StepResult {
     }
 }
 
-/// Runs one step of `n` viewers on a fresh gateway, ending by `deadline` at the latest.
-async fn step(
-    common: &Common,
-    plan: &Plan,
-    n: usize,
-    serial: usize,
-    deadline: Instant,
-) -> StepResult {
+/// What a part's steps share: the server path, the clip, the namespace.
+struct Part<'a> {
+    common: &'a Common,
+    plan: &'a Plan,
+    path: Path,
+    clip: &'a Clip,
+    ns: Option<&'a Netns>,
+}
+
+/// Runs one step of `n` viewers on a fresh server, ending by `deadline` at the latest.
+async fn step(part: &Part<'_>, n: usize, serial: usize, deadline: Instant) -> StepResult {
+    let plan = part.plan;
     let t_step = Instant::now();
     let mut r = StepResult {
         n,
         ..StepResult::default()
     };
-    let gw = match Gateway::start(common, serial).await {
+    let gw = match MediaServer::start(part.common, part.path, part.clip, part.ns, serial).await {
         Ok(g) => g,
         Err(e) => {
             r.error = Some(format!("{e:#}").replace('\n', " / "));
@@ -307,19 +412,31 @@ async fn step(
         }
     };
     let ctx = Arc::new(Ctx {
+        path: part.path,
         http: gw.http,
         turn: gw.turn,
         target: gw.target.clone(),
+        server_ip: gw.ip,
+        client_ip: if part.ns.is_some() {
+            crate::netns::CLIENT_IP
+        } else {
+            LOOPBACK
+        },
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let gate = Arc::new(Semaphore::new(plan.join_concurrency.max(1)));
     let stats: Vec<Arc<Stats>> = (0..n).map(|_| Arc::new(Stats::default())).collect();
     let join_start = Instant::now();
+    let spacing = Duration::from_secs_f64(1.0 / plan.join_rate.max(1.0));
     let mut tasks: Vec<_> = stats
         .iter()
-        .map(|s| {
+        .enumerate()
+        .map(|(i, s)| {
+            let at = join_start + spacing * u32::try_from(i).unwrap_or(u32::MAX);
             tokio::spawn(viewer(
                 ctx.clone(),
+                i,
+                at,
                 s.clone(),
                 gate.clone(),
                 stop_rx.clone(),
@@ -440,22 +557,62 @@ pub struct ViewerPoint {
 
 /// Everything this part measured.
 pub struct Outcome {
+    path: Path,
     steps: Vec<StepResult>,
     notes: Vec<String>,
 }
 
 /// Ramps the viewer count (×factor while steps pass), then bisects, within the plan's
 /// time budget; every step on a fresh gateway.
-pub async fn run(common: &Common, plan: &Plan, log_start: Instant) -> Outcome {
+pub async fn run(
+    common: &Common,
+    plan: &Plan,
+    path: Path,
+    clip: &Clip,
+    log_start: Instant,
+) -> Outcome {
+    let label = path.label();
+    let skipped = |why: String| Outcome {
+        path,
+        steps: Vec::new(),
+        notes: vec![format!("{label}: not measured: {why}")],
+    };
+    if path == Path::JanusDirect {
+        if let Err(why) = crate::janus::available() {
+            return skipped(why);
+        }
+    }
+    let ns = if path.in_namespace() {
+        match Netns::create() {
+            Ok(ns) => Some(ns),
+            Err(e) => return skipped(format!("{e:#}")),
+        }
+    } else {
+        None
+    };
+    let part = Part {
+        common,
+        plan,
+        path,
+        clip,
+        ns: ns.as_ref(),
+    };
     let begin = Instant::now();
     let deadline = begin + plan.budget;
     let mut notes = Vec::new();
+    if path == Path::JanusDirect {
+        notes.push(format!(
+            "{label}: {} (Debian package), streaming plugin with one RTP mountpoint, HTTP \
+             transport, full ICE, one event loop, in the bench's network namespace",
+            crate::janus::available().unwrap_or_default()
+        ));
+    }
     if common.server_core.is_none() {
-        notes.push(
-            "viewers: the gateway ran UNPINNED (one core, or no taskset): it shared the cores \
-             with the load generator, so the figure is not per core"
-                .to_owned(),
-        );
+        notes.push(format!(
+            "{label}: the {} ran UNPINNED (one core, or no taskset): it shared the cores \
+             with the load generator, so the figure is not per core",
+            path.server()
+        ));
     }
     let mut steps: Vec<StepResult> = Vec::new();
     let mut lo: Option<usize> = None;
@@ -479,12 +636,12 @@ pub async fn run(common: &Common, plan: &Plan, log_start: Instant) -> Outcome {
             ));
             break;
         }
-        let mut r = step(common, plan, n, round, deadline).await;
+        let mut r = step(&part, n, round, deadline).await;
         r.judge(if n == 1 { None } else { fps_base });
         if n == 1 && r.passed {
             fps_base = Some(r.fps);
         }
-        crate::log(log_start, format!("  {}", r.line()));
+        crate::log(log_start, format!("  {label}: {}", r.line()));
         let (passed, error) = (r.passed, r.error.clone());
         steps.push(r);
         if let Some(e) = error {
@@ -517,9 +674,9 @@ pub async fn run(common: &Common, plan: &Plan, log_start: Instant) -> Outcome {
     notes.insert(
         0,
         format!(
-            "viewers: {} run: ramp ×{} from 1{} up to {} viewers, then {}; {} \
-             join at a time, all within {:.0} s + {:.0} ms per viewer; {:.1} s window after \
-             {:.1} s; the whole part bounded to {:.0} s",
+            "{label}: {} run: ramp ×{} from 1{} up to {} viewers, then {}; {:.0} start per \
+             second, at most {} joining at a time, all within {:.0} s + {:.0} ms per viewer; \
+             {:.1} s window after {:.1} s; the whole part bounded to {:.0} s",
             if plan.quick { "quick" } else { "full" },
             plan.fast_factor,
             if plan.fast_until < plan.max_viewers {
@@ -533,6 +690,7 @@ pub async fn run(common: &Common, plan: &Plan, log_start: Instant) -> Outcome {
             } else {
                 format!("up to {} bisections", plan.bisect)
             },
+            plan.join_rate,
             plan.join_concurrency,
             JOIN_BASE.as_secs_f64(),
             JOIN_PER_VIEWER.as_secs_f64() * 1000.0,
@@ -543,16 +701,16 @@ pub async fn run(common: &Common, plan: &Plan, log_start: Instant) -> Outcome {
     );
     if let Some(why) = stopped {
         notes.push(format!(
-            "viewers: the search stopped early: {why}; the figure may be a lower bound"
+            "{label}: the search stopped early: {why}; the figure may be a lower bound"
         ));
     }
     if hi.is_none() && lo == Some(plan.max_viewers) {
         notes.push(format!(
-            "viewers: every step up to the cap of {} passed; the figure is a lower bound",
+            "{label}: every step up to the cap of {} passed; the figure is a lower bound",
             plan.max_viewers
         ));
     }
-    Outcome { steps, notes }
+    Outcome { path, steps, notes }
 }
 
 /// Steps of the ramp: up to and including the first failure.
@@ -591,17 +749,29 @@ impl Outcome {
     pub fn report(&self, results: &mut Results, notes: &mut Vec<String>) {
         let best = self.best();
         let single = self.steps.iter().find(|s| s.n == 1 && s.joined == 1);
+        let (row, gateway) = match self.path {
+            Path::GatewayTurnTls => (ROW, true),
+            Path::GatewayDirect => (ROW_DIRECT, true),
+            Path::JanusDirect => (ROW_DIRECT, false),
+        };
+        let label = self.path.label();
+        let server = self.path.server();
         let mut add = |what: &str, unit: &'static str, better: Better, v: f64| {
-            results.add(&format!("{ROW}: {what}"), unit, better, Kind::Gateway, v);
+            let name = format!("{row}: {what}");
+            if gateway {
+                results.add(&name, unit, better, Kind::Gateway, v);
+            } else {
+                results.add_peer(&name, unit, better, v);
+            }
         };
         add(
-            "most viewers with RTP loss < 1 %",
+            "most viewers with RTP loss < 1 % and every first frame within 1 s",
             "viewers",
             Better::Higher,
             best.map_or(f64::NAN, |b| b.n as f64),
         );
         add(
-            "gateway CPU at that count",
+            "server CPU at that count",
             "% of a core",
             Better::Lower,
             best.map_or(f64::NAN, |b| b.gateway_cpu * 100.0),
@@ -642,22 +812,20 @@ impl Outcome {
         notes.extend(self.notes.iter().cloned());
         if let Some(b) = best.filter(|b| b.mbps < 0.8) {
             notes.push(format!(
-                "viewers: the test pattern's encoder targets 1 Mbit/s, but the simple pattern came \
-                 out at {:.2} Mbit/s of RTP per viewer: the viewer count is for streams of that \
-                 rate, not of a full 1 Mbit/s",
+                "{label}: the clip is encoded at 1 Mbit/s, but the viewers received {:.2} \
+                 Mbit/s of RTP each: the viewer count is for streams of that rate",
                 b.mbps
             ));
         }
         for s in &self.steps {
-            notes.push(format!("viewers step: {}", s.line()));
+            notes.push(format!("{label} step: {}", s.line()));
         }
         match best {
-            None => notes.push(
-                "viewers: no step passed, so there is no viewer figure (see the steps above)"
-                    .into(),
-            ),
+            None => notes.push(format!(
+                "{label}: no step passed, so there is no viewer figure (see the steps above)"
+            )),
             Some(b) if b.ttff_us.len() < 20 => notes.push(format!(
-                "viewers: time to first frame p99 needs at least 20 viewers in the passing step \
+                "{label}: time to first frame p99 needs at least 20 viewers in the passing step \
                  (had {})",
                 b.ttff_us.len()
             )),
@@ -679,17 +847,17 @@ impl Outcome {
             };
             let limit = if g >= 0.9 {
                 format!(
-                    "the gateway's core was saturated ({:.0} % of it; the load generator used \
+                    "the {server}'s core was saturated ({:.0} % of it; the load generator used \
                      {:.0} % of a core)",
                     g * 100.0,
                     b * 100.0
                 )
             } else if b >= 0.9 {
                 format!(
-                    "the gateway used only {:.0} % of its core while the load generator (this \
-                     process: {} str0m clients doing TLS, DTLS, SRTP and H.264 depacketizing) \
-                     used {:.0} % of a core on a {}-core machine: the load generator, not the \
-                     gateway, is the likely limit, and the figure a lower bound",
+                    "the {server} used only {:.0} % of its core while the load generator (this \
+                     process: {} str0m clients doing DTLS, SRTP and H.264 depacketizing) used \
+                     {:.0} % of a core on a {}-core machine: the load generator, not the \
+                     {server}, is the likely limit, and the figure a lower bound",
                     g * 100.0,
                     f.n,
                     b * 100.0,
@@ -697,14 +865,14 @@ impl Outcome {
                 )
             } else {
                 format!(
-                    "neither the gateway ({:.0} % of its core) nor the load generator ({:.0} % \
+                    "neither the {server} ({:.0} % of its core) nor the load generator ({:.0} % \
                      of a core) was saturated",
                     g * 100.0,
                     b * 100.0
                 )
             };
             notes.push(format!(
-                "viewers: the first failing step ({} viewers: {}) — {limit}",
+                "{label}: the first failing step ({} viewers: {}) — {limit}",
                 f.n, f.verdict
             ));
         }

@@ -1,9 +1,7 @@
 //! A viewer whose only ICE candidate is a TURN/TLS allocation on the gateway's embedded
 //! relay, as a relay-only browser.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context as _};
@@ -16,7 +14,7 @@ use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
-use super::count::{rtp_header, Stats, Track, MAX_SSRCS};
+use super::count::{Counter, Stats};
 use super::{Ctx, FIRST_FRAME_TIMEOUT, LOOPBACK};
 use crate::conn::{self, Conn, Stream, Transport};
 use crate::http::{http, snippet};
@@ -93,7 +91,10 @@ pub(super) async fn join(ctx: &Ctx) -> anyhow::Result<Joined> {
     let (user, cred, port) = turns_entry(&cfg)?;
     // The URL names TURN_HOST (the bench certificate's name); "DNS" says 127.0.0.1.
     let relay = SocketAddr::new(LOOPBACK, if port == 0 { ctx.turn.port() } else { port });
-    let mut target = ctx.target.clone();
+    let mut target = ctx
+        .target
+        .clone()
+        .context("no TLS settings for the relay")?;
     target.tls = relay;
     let stream = conn::connect(&target, Transport::Tls).await?;
     let mut turn = Conn::with_credentials(stream, &user, &cred);
@@ -169,7 +170,7 @@ impl Joined {
         mut permit: Option<OwnedSemaphorePermit>,
     ) -> anyhow::Result<()> {
         let first_deadline = start + FIRST_FRAME_TIMEOUT;
-        let mut tracks: HashMap<u32, Track> = HashMap::new();
+        let mut counter = Counter::default();
         let mut out = Vec::with_capacity(4096);
         loop {
             let next = loop {
@@ -184,11 +185,7 @@ impl Joined {
                         }
                     }
                     Output::Event(Event::MediaData(_)) => {
-                        stats.frames.fetch_add(1, Relaxed);
-                        if stats.ttff().is_none() {
-                            let us = start.elapsed().as_micros().clamp(1, u128::from(u64::MAX));
-                            stats.ttff_us.store(us as u64, Relaxed);
-                        }
+                        stats.on_frame(start.elapsed());
                         // The next viewer may start joining.
                         drop(permit.take());
                     }
@@ -232,7 +229,7 @@ impl Joined {
                     bail!("the relay closed the connection");
                 }
                 self.framer.commit(n);
-                self.on_frames(&mut tracks, stats)?;
+                self.on_frames(&mut counter, stats)?;
             }
             // Timers run even while data keeps arriving.
             let now = Instant::now();
@@ -245,9 +242,8 @@ impl Joined {
     }
 
     /// Feeds every complete ChannelData frame to str0m as a datagram from its channel's peer.
-    fn on_frames(&mut self, tracks: &mut HashMap<u32, Track>, stats: &Stats) -> anyhow::Result<()> {
+    fn on_frames(&mut self, counter: &mut Counter, stats: &Stats) -> anyhow::Result<()> {
         let now = Instant::now();
-        let (mut rtp, mut bytes) = (0u64, 0u64);
         while let Some(frame) = self
             .framer
             .next_frame()
@@ -259,15 +255,7 @@ impl Joined {
             let Some(&(_, source)) = self.peers.iter().find(|(c, _)| *c == ch) else {
                 continue;
             };
-            if let Some((ssrc, seq)) = rtp_header(p) {
-                if let Some(t) = tracks.get_mut(&ssrc) {
-                    t.on(seq);
-                } else if tracks.len() < MAX_SSRCS {
-                    tracks.insert(ssrc, Track::new(seq));
-                }
-                rtp += 1;
-                bytes += p.len() as u64;
-            }
+            counter.on_datagram(p);
             let Ok(contents) = p.try_into() else {
                 continue;
             };
@@ -286,13 +274,7 @@ impl Joined {
                     .map_err(|e| anyhow!("str0m: {e}"))?;
             }
         }
-        if rtp > 0 {
-            let expected = tracks.values().map(Track::expected).sum();
-            let received = tracks.values().map(|t| t.received).sum();
-            stats.expected.store(expected, Relaxed);
-            stats.received.store(received, Relaxed);
-            stats.bytes.fetch_add(bytes, Relaxed);
-        }
+        counter.publish(stats);
         Ok(())
     }
 }
