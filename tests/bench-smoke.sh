@@ -24,7 +24,7 @@ fi
 
 fail() { echo "bench-smoke: $*" >&2; cat "$out" >&2; exit 1; }
 
-grep -q '^| figure | unit | better | gateway | coturn | gateway / coturn |' "$out" || fail "no results table"
+grep -q '^| figure | unit | better | gateway | peer | gateway / peer |' "$out" || fail "no results table"
 # Each figure row has a value for both servers: gateway and coturn columns are numbers.
 num='[0-9][0-9,.]*'
 for row in "TURN/TCP, 1 alloc: relayed packets" "TURN/TLS, 1 alloc: relayed packets" \
@@ -37,6 +37,13 @@ for row in "viewers of the 1 Mbit/s test pattern, 1 gateway core, TURN/TLS: most
            "viewers of the 1 Mbit/s test pattern, 1 gateway core, TURN/TLS: time to first frame, 1 viewer"; do
   grep -Eq "^\| ${row}[^|]* \| [^|]+ \| [^|]+ \| ${num} \| n/a \| n/a \|$" "$out" \
     || fail "row '$row' lacks the gateway's figure"
+done
+# Viewers over direct UDP, the gateway against Janus (Debian's janus, streaming plugin): a
+# number in both columns.
+for row in "viewers of the 1 Mbit/s test pattern, 1 core, direct UDP \\(peer: Janus\\): most viewers" \
+           "viewers of the 1 Mbit/s test pattern, 1 core, direct UDP \\(peer: Janus\\): server CPU at that count"; do
+  grep -Eq "^\| ${row}[^|]* \| [^|]+ \| [^|]+ \| ${num} \| ${num} \| ${num}× \|$" "$out" \
+    || fail "row '$row' lacks figures for the gateway and Janus"
 done
 # The RTP join part (a sender with a 10 s keyframe interval, viewers joining late): figures
 # for the gateway, n/a for coturn.

@@ -251,7 +251,11 @@ pub fn markdown(
         "- Run: {plan}; took {:.0} s\n\n",
         took.as_secs_f64()
     ));
-    s.push_str("| figure | unit | better | gateway | coturn | gateway / coturn |\n|---|---|---|---:|---:|---:|\n");
+    s.push_str(
+        "The peer is coturn in every row except those that say `(peer: Janus)`, where it is Janus \
+         (coturn has no media engine; the gateway-only rows have no peer).\n\n",
+    );
+    s.push_str("| figure | unit | better | gateway | peer | gateway / peer |\n|---|---|---|---:|---:|---:|\n");
     for r in &results.rows {
         let (g, c) = (median(&r.gateway), median(&r.coturn));
         s.push_str(&format!(
@@ -290,19 +294,27 @@ pub fn markdown(
          - *added one-way latency*: while 10 allocations carry half of the server's own highest rate, a \
          probe allocation and a direct UDP socket each send 1,000 timestamped packets/s to an echo peer of \
          their own; (probe round trip through the relay − direct UDP round trip) / 2, per percentile.\n\
-         - *viewers of the 1 Mbit/s test pattern* (gateway only; coturn has no media): a fresh gateway per step, \
-         pinned to one core (`taskset -c`, the core the servers use), streams its built-in H.264 test pattern to N str0m clients \
-         in the bench process whose only ICE candidate is a TURN/TLS allocation on the embedded relay \
-         (config request, Allocate, offer/answer, ChannelBind, DTLS/SRTP through ChannelData), a few \
-         joining at a time. After the joins, a window of a few seconds counts RTP sequence-number gaps \
-         against packets received, per viewer and SSRC, summed (before NACK repair). A step passes when \
-         every viewer got a first frame within a join bound that grows with N, loss is under 1 % and the \
-         mean frame rate is at least 80 % of the one-viewer step's; the count ramps, then bisects, within \
-         a time bound (the plan, every step and what limited the ramp are in the notes). The encoder \
-         targets 1 Mbit/s; what each viewer really received is its own row. *Time to first frame* runs \
-         from a viewer's start (before its config request) to its first complete frame. *Gateway CPU* is \
-         its /proc/PID/stat time over the window, per cent of its one core (the bench's own CPU is in the \
-         notes).\n\
+         - *viewers of the 1 Mbit/s test pattern*: every media server gets the same H.264 RTP: ffmpeg's \
+         `testsrc2` (640x480, 30 fps, libx264 baseline, 1 Mbit/s, a keyframe every 0.5 s) encoded once per \
+         run and streamed in real time by ffmpeg without re-encoding. A fresh server per step, pinned to one \
+         core (`taskset -c`, the core the servers use), streams it to N str0m clients in the bench process, \
+         which start at a steady rate (100 per second, 200 in the quick run), at most 32 joining at a time. \
+         *TURN/TLS* (gateway only; coturn has no media): each client's only ICE candidate is a TURN/TLS \
+         allocation on the embedded relay (config request, Allocate, offer/answer, ChannelBind, DTLS/SRTP \
+         through ChannelData), all on loopback. *Direct UDP (peer: Janus)*: each client has one host \
+         candidate on a UDP socket of its own; the server runs in a network namespace the bench creates, \
+         reached through a veth pair (Janus never offers a loopback candidate, so both servers run there \
+         and pay the same path); the gateway answers the client's offer on its Geti-style endpoint, Janus \
+         1.1.2 (Debian's package: streaming plugin, one RTP mountpoint, HTTP API, full ICE, one event \
+         loop, nothing else loaded) offers on `watch` and the client answers. Every client decrypts and \
+         depacketizes every packet (no sampling); its CPU is in the notes. After the joins, a window of a \
+         few seconds counts RTP sequence-number gaps against packets received, per viewer and SSRC, summed \
+         (before NACK repair). A step passes when every viewer got a first frame within a join bound that \
+         grows with N, 95 % of them within 1 s, loss is under 1 % and the mean frame rate is at least 80 % \
+         of the one-viewer step's; the count ramps, then bisects, within a time bound (the plan, every step \
+         and what limited the ramp are in the notes). *Time to first frame* runs from a viewer's start \
+         (before its first request) to its first complete frame. *Server CPU* is the server's \
+         /proc/PID/stat time over the window, per cent of its one core.\n\
          - *time to first frame for a new viewer of an RTP stream whose keyframes come every 10 s* (gateway \
          only): a fresh gateway (pinned as above) ingests RTP on loopback (`MEDIA_SOURCE=rtp://:PORT`) from \
          ffmpeg (libx264 baseline, 640x480 at 30 fps, 1 Mbit/s, `-g 300`, no scene-cut keyframes: one \

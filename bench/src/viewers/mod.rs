@@ -76,8 +76,12 @@ const ROW: &str = "viewers of the 1 Mbit/s test pattern, 1 gateway core, TURN/TL
 /// Prefix of every table row of the direct-UDP comparison (gateway and Janus columns).
 pub const ROW_DIRECT: &str =
     "viewers of the 1 Mbit/s test pattern, 1 core, direct UDP (peer: Janus)";
-/// Every first frame must come within this for a step to pass.
+/// The first frames must come within this for a step to pass...
 const MAX_TTFF: Duration = Duration::from_secs(1);
+/// ...at this percentile. Not the maximum: one lost handshake datagram costs a viewer a
+/// one-second retransmission timer however idle the server is, and a maximum made the
+/// figure jump by a third between identical runs.
+const TTFF_PERCENTILE: f64 = 95.0;
 
 /// Which server the viewers watch, and how they reach it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -324,11 +328,12 @@ impl StepResult {
             format!("{} viewers received no RTP in the window", self.stalled)
         } else if self.expected == 0 {
             "no RTP counted in the window".to_owned()
-        } else if self.ttff_ms(100.0) > MAX_TTFF.as_secs_f64() * 1000.0 {
+        } else if self.ttff_ms(TTFF_PERCENTILE) > MAX_TTFF.as_secs_f64() * 1000.0 {
             format!(
-                "a first frame took {} ms (p50 {} ms), over {} ms",
-                fmt(self.ttff_ms(100.0)),
+                "time to first frame p{TTFF_PERCENTILE:.0} {} ms (p50 {} ms, max {} ms), over {} ms",
+                fmt(self.ttff_ms(TTFF_PERCENTILE)),
                 fmt(self.ttff_ms(50.0)),
+                fmt(self.ttff_ms(100.0)),
                 MAX_TTFF.as_millis()
             )
         } else if self.loss() >= MAX_LOSS {
@@ -765,7 +770,7 @@ impl Outcome {
             }
         };
         add(
-            "most viewers with RTP loss < 1 % and every first frame within 1 s",
+            "most viewers with RTP loss < 1 % and 95 % of first frames within 1 s",
             "viewers",
             Better::Higher,
             best.map_or(f64::NAN, |b| b.n as f64),
