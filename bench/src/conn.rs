@@ -217,6 +217,12 @@ impl Conn {
             .with_context(|| format!("ChannelBind {channel:#x} to {peer}"))
     }
 
+    /// Relayed data that arrived during the control exchanges (see
+    /// [`Connection::take_received`]).
+    pub fn take_received(&mut self) -> Vec<(relay::client::Origin, Vec<u8>)> {
+        self.turn.take_received()
+    }
+
     /// The stream and the framer with whatever it buffered, for the data path.
     pub fn into_parts(self) -> (Box<dyn Stream>, Framer) {
         self.turn.into_parts()

@@ -22,7 +22,9 @@ fn client() -> &'static Client<HttpConnector, Full<Bytes>> {
     CLIENT.get_or_init(|| {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        Client::builder(TokioExecutor::new()).build(connector)
+        Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(connector)
     })
 }
 

@@ -18,6 +18,7 @@ use super::count::{Counter, Stats};
 use super::{Ctx, FIRST_FRAME_TIMEOUT, LOOPBACK};
 use crate::conn::{self, Conn, Stream, Transport};
 use crate::http::{http, snippet};
+use relay::client::Origin;
 
 /// First channel number bound (RFC 8656: 0x4000..=0x4FFF).
 const FIRST_CHANNEL: u16 = 0x4000;
@@ -74,6 +75,9 @@ pub(super) struct Joined {
     relayed: SocketAddr,
     /// (channel, peer) per answer candidate.
     peers: Vec<(u16, SocketAddr)>,
+    /// Datagrams (peer, bytes) relayed while the permissions and channels were set up:
+    /// the server's first ICE checks and DTLS flight, which a browser would not drop.
+    early: Vec<(SocketAddr, Vec<u8>)>,
 }
 
 /// Signaling and TURN: config, Allocate over TLS, offer/answer, permissions and channels.
@@ -149,6 +153,17 @@ pub(super) async fn join(ctx: &Ctx) -> anyhow::Result<Joined> {
     if peers.is_empty() {
         bail!("the answer has no candidates");
     }
+    let early = turn
+        .take_received()
+        .into_iter()
+        .filter_map(|(origin, data)| {
+            let from = match origin {
+                Origin::Peer(a) => a,
+                Origin::Channel(ch) => peers.iter().find(|(c, _)| *c == ch)?.1,
+            };
+            Some((from, data))
+        })
+        .collect();
     let (stream, framer) = turn.into_parts();
     Ok(Joined {
         rtc,
@@ -156,6 +171,7 @@ pub(super) async fn join(ctx: &Ctx) -> anyhow::Result<Joined> {
         framer,
         relayed,
         peers,
+        early,
     })
 }
 
@@ -172,26 +188,26 @@ impl Joined {
         let first_deadline = start + FIRST_FRAME_TIMEOUT;
         let mut counter = Counter::default();
         let mut out = Vec::with_capacity(4096);
+        let mut sink = Sink {
+            out: &mut out,
+            stats,
+            start,
+            permit: &mut permit,
+        };
+        for (source, data) in std::mem::take(&mut self.early) {
+            counter.on_datagram(&data);
+            receive(&mut self.rtc, self.relayed, source, &data)?;
+            drain(&mut self.rtc, &self.peers, &mut sink)?;
+        }
+        counter.publish(stats);
         loop {
-            let next = loop {
-                match self.rtc.poll_output().map_err(|e| anyhow!("str0m: {e}"))? {
-                    Output::Timeout(t) => break t,
-                    Output::Transmit(t) => {
-                        // Only the bound peers are ever named by the answer; anything else
-                        // is dropped (it would need a permission).
-                        if let Some((ch, _)) = self.peers.iter().find(|(_, a)| *a == t.destination)
-                        {
-                            write_channel_data(&mut out, *ch, &t.contents, true);
-                        }
-                    }
-                    Output::Event(Event::MediaData(_)) => {
-                        stats.on_frame(start.elapsed());
-                        // The next viewer may start joining.
-                        drop(permit.take());
-                    }
-                    Output::Event(_) => {}
-                }
+            let mut sink = Sink {
+                out: &mut out,
+                stats,
+                start,
+                permit: &mut permit,
             };
+            let next = drain(&mut self.rtc, &self.peers, &mut sink)?;
             if !out.is_empty() {
                 let write = async {
                     self.stream.write_all(&out).await?;
@@ -229,7 +245,13 @@ impl Joined {
                     bail!("the relay closed the connection");
                 }
                 self.framer.commit(n);
-                self.on_frames(&mut counter, stats)?;
+                let mut sink = Sink {
+                    out: &mut out,
+                    stats,
+                    start,
+                    permit: &mut permit,
+                };
+                self.on_frames(&mut counter, &mut sink)?;
             }
             // Timers run even while data keeps arriving.
             let now = Instant::now();
@@ -241,9 +263,12 @@ impl Joined {
         }
     }
 
-    /// Feeds every complete ChannelData frame to str0m as a datagram from its channel's peer.
-    fn on_frames(&mut self, counter: &mut Counter, stats: &Stats) -> anyhow::Result<()> {
-        let now = Instant::now();
+    /// Feeds every complete ChannelData frame to str0m as a datagram from its channel's
+    /// peer, draining str0m's output after each one (str0m's contract: a DTLS Finished and
+    /// the first SRTP packets often come in one read, and the keys exist only once the
+    /// output after the Finished is polled; fed back to back, the packets were dropped and
+    /// the viewer waited ~2 s for a decodable frame).
+    fn on_frames(&mut self, counter: &mut Counter, sink: &mut Sink<'_>) -> anyhow::Result<()> {
         while let Some(frame) = self
             .framer
             .next_frame()
@@ -256,25 +281,69 @@ impl Joined {
                 continue;
             };
             counter.on_datagram(p);
-            let Ok(contents) = p.try_into() else {
-                continue;
-            };
-            let input = Input::Receive(
-                now,
-                Receive {
-                    proto: Protocol::Udp,
-                    source,
-                    destination: self.relayed,
-                    contents,
-                },
-            );
-            if self.rtc.accepts(&input) {
-                self.rtc
-                    .handle_input(input)
-                    .map_err(|e| anyhow!("str0m: {e}"))?;
-            }
+            receive(&mut self.rtc, self.relayed, source, p)?;
+            drain(&mut self.rtc, &self.peers, sink)?;
         }
-        counter.publish(stats);
+        counter.publish(sink.stats);
         Ok(())
     }
+}
+
+/// Where str0m's output goes: ChannelData to write, frames to count.
+struct Sink<'a> {
+    out: &'a mut Vec<u8>,
+    stats: &'a Stats,
+    start: Instant,
+    /// The join permit, given back at the first frame (the next viewer may start joining).
+    permit: &'a mut Option<OwnedSemaphorePermit>,
+}
+
+/// Polls str0m until it has nothing more to say; returns when it next wants the time.
+fn drain(
+    rtc: &mut Rtc,
+    peers: &[(u16, SocketAddr)],
+    sink: &mut Sink<'_>,
+) -> anyhow::Result<Instant> {
+    loop {
+        match rtc.poll_output().map_err(|e| anyhow!("str0m: {e}"))? {
+            Output::Timeout(t) => return Ok(t),
+            Output::Transmit(t) => {
+                // Only the bound peers are ever named by the answer; anything else is dropped
+                // (it would need a permission).
+                if let Some((ch, _)) = peers.iter().find(|(_, a)| *a == t.destination) {
+                    write_channel_data(sink.out, *ch, &t.contents, true);
+                }
+            }
+            Output::Event(Event::MediaData(_)) => {
+                sink.stats.on_frame(sink.start.elapsed());
+                drop(sink.permit.take());
+            }
+            Output::Event(_) => {}
+        }
+    }
+}
+
+/// Hands str0m one datagram from `source`, received on the relayed address.
+fn receive(
+    rtc: &mut Rtc,
+    relayed: SocketAddr,
+    source: SocketAddr,
+    data: &[u8],
+) -> anyhow::Result<()> {
+    let Ok(contents) = data.try_into() else {
+        return Ok(());
+    };
+    let input = Input::Receive(
+        Instant::now(),
+        Receive {
+            proto: Protocol::Udp,
+            source,
+            destination: relayed,
+            contents,
+        },
+    );
+    if rtc.accepts(&input) {
+        rtc.handle_input(input).map_err(|e| anyhow!("str0m: {e}"))?;
+    }
+    Ok(())
 }

@@ -99,8 +99,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// The stream and the framer with whatever it buffered, for a caller that moves relayed
     /// data itself once the control exchanges are done (the benchmark's load generators).
+    /// Take the data that arrived during those exchanges first ([`Connection::take_received`]).
     pub fn into_parts(self) -> (S, Framer) {
         (self.stream, self.framer)
+    }
+
+    /// The relayed data that arrived while requests were waiting for their responses, oldest
+    /// first (a peer may start sending the moment its permission exists: a WebRTC peer's
+    /// first DTLS flight often comes during the ChannelBind that follows).
+    pub fn take_received(&mut self) -> Vec<(Origin, Vec<u8>)> {
+        self.queued.drain(..).collect()
     }
 
     /// Builds a request without sending it (see [`Session::request`]).
