@@ -42,6 +42,10 @@ impl Clip {
             .args(["-tune", "zerolatency", "-b:v", "1M", "-maxrate", "1M"])
             .args(["-bufsize", "1M", "-g", &GOP_FRAMES.to_string()])
             .args(["-keyint_min", &GOP_FRAMES.to_string(), "-sc_threshold", "0"])
+            // SPS and PPS before every keyframe, inside the stream: a server that joins a
+            // viewer at a keyframe needs them in band (the RTP muxer sends them only in its
+            // SDP otherwise).
+            .args(["-x264-params", "repeat-headers=1"])
             .arg(&path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -60,7 +64,9 @@ impl Clip {
         cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
             .args(["-stream_loop", "-1", "-i"])
             .arg(&self.path)
-            .args(["-an", "-c:v", "copy", "-bsf:v", "h264_mp4toannexb"])
+            // No explicit `h264_mp4toannexb`: the RTP muxer converts by itself, and the
+            // explicit filter ends the stream at the first loop ("packet sent after an EOF").
+            .args(["-an", "-c:v", "copy"])
             .args(["-payload_type", &PAYLOAD_TYPE.to_string()])
             .args(["-f", "rtp"])
             .arg(format!("rtp://{dest}?pkt_size={}", RTP_PAYLOAD + 12))
