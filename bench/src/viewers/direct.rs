@@ -1,7 +1,7 @@
 //! A viewer over direct UDP: str0m (full ICE, recvonly H.264) with one host candidate on
 //! its own socket, as a browser on the server's network. The signaling is the server's
 //! own: the gateway answers the viewer's offer on its Geti-style endpoint; Janus's
-//! streaming plugin makes the offer and the viewer answers ([`super::janus`]).
+//! streaming plugin makes the offer and the viewer answers ([`crate::janus`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
