@@ -24,13 +24,11 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{anyhow, bail};
 use serde_json::Value;
-use str0m::change::SdpAnswer;
-use str0m::media::{Direction, MediaKind};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, RtcConfig};
-use tokio::net::{TcpStream, UdpSocket};
+use str0m::{Event, Input, Output};
+use tokio::net::TcpStream;
 
 use crate::http::http;
 use crate::load::percentile;
@@ -194,45 +192,14 @@ const LIVE_STEP: u64 = 1000;
 /// Geti-style endpoint and receives until its first live frame.
 async fn viewer(http_addr: SocketAddr, id: usize) -> anyhow::Result<Joined> {
     let start = Instant::now();
-    let sock = UdpSocket::bind((LOOPBACK, 0)).await?;
-    let local = sock.local_addr()?;
-    let mut rtc = RtcConfig::new()
-        .set_ice_lite(false)
-        .clear_codecs()
-        .enable_h264(true)
-        .build(Instant::now());
-    rtc.add_local_candidate(Candidate::host(local, "udp").map_err(|e| anyhow!("{e}"))?);
-    let mut api = rtc.sdp_api();
-    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-    let (offer, pending) = api.apply().context("str0m made no offer")?;
-    let body = serde_json::json!({
-        "webrtc_id": format!("rtp-join-{id}"),
-        "sdp": offer.to_sdp_string(),
-        "type": "offer",
-    })
-    .to_string();
-    let (status, answer) = http(
+    let (mut rtc, sock, local) = crate::viewers::direct::join_gateway(
         http_addr,
-        "POST",
-        "/api/v1/projects/default/offer",
-        Some(&body),
+        LOOPBACK,
+        LOOPBACK,
+        &format!("rtp-join-{id}"),
     )
-    .await?;
-    if status != 200 {
-        bail!(
-            "offer answered {status}: {}",
-            answer.chars().take(200).collect::<String>()
-        );
-    }
-    let answer: Value = serde_json::from_str(&answer).context("the answer is not JSON")?;
-    let sdp = answer
-        .get("sdp")
-        .and_then(Value::as_str)
-        .context("no sdp in the answer")?;
-    let parsed = SdpAnswer::from_sdp_string(sdp).map_err(|e| anyhow!("answer SDP: {e}"))?;
-    rtc.sdp_api()
-        .accept_answer(pending, parsed)
-        .map_err(|e| anyhow!("applying the answer: {e}"))?;
+    .await?
+    .into_parts();
     let deadline = start + FIRST_FRAME_TIMEOUT;
     let mut buf = vec![0u8; 2048];
     // First frame: (elapsed, keyframe); last frame: (elapsed, RTP time).

@@ -23,7 +23,7 @@ use crate::http::{http, snippet};
 const MAX_DATAGRAM: usize = 2048;
 
 /// A viewer past signaling: its WebRTC state and its socket.
-pub(super) struct Joined {
+pub(crate) struct Joined {
     rtc: Rtc,
     sock: UdpSocket,
     local: SocketAddr,
@@ -46,18 +46,18 @@ async fn client(local_ip: IpAddr) -> anyhow::Result<(Rtc, UdpSocket, SocketAddr)
 
 /// The gateway: the viewer offers to `/api/v1/projects/default/offer` (the Geti client's
 /// request, its own `webrtc_id`), the gateway answers.
-pub(super) async fn join_gateway(
+pub(crate) async fn join_gateway(
     http_addr: SocketAddr,
     local_ip: IpAddr,
     server_ip: IpAddr,
-    id: usize,
+    webrtc_id: &str,
 ) -> anyhow::Result<Joined> {
     let (mut rtc, sock, local) = client(local_ip).await?;
     let mut api = rtc.sdp_api();
     api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
     let (offer, pending) = api.apply().context("str0m made no offer")?;
     let body = serde_json::json!({
-        "webrtc_id": format!("bench-direct-{id}"),
+        "webrtc_id": webrtc_id,
         "sdp": offer.to_sdp_string(),
         "type": "offer",
     })
@@ -113,6 +113,12 @@ pub(super) async fn answer_offer(
 }
 
 impl Joined {
+    /// The str0m client, its socket and the socket's address, for a caller with a receive
+    /// loop of its own (the RTP join part).
+    pub(crate) fn into_parts(self) -> (Rtc, UdpSocket, SocketAddr) {
+        (self.rtc, self.sock, self.local)
+    }
+
     /// Moves str0m's datagrams until `stop`, counting frames and RTP sequence numbers into
     /// `stats`. The join permit is given back at the first frame.
     pub(super) async fn pump(

@@ -42,7 +42,7 @@ use anyhow::anyhow;
 use tokio::sync::{watch, Semaphore};
 
 mod count;
-mod direct;
+pub(crate) mod direct;
 mod server;
 mod turn;
 
@@ -206,9 +206,15 @@ enum Joined {
 async fn join(ctx: &Ctx, id: usize) -> anyhow::Result<Joined> {
     Ok(match ctx.path {
         Path::GatewayTurnTls => Joined::Turn(turn::join(ctx).await?),
-        Path::GatewayDirect => {
-            Joined::Direct(direct::join_gateway(ctx.http, ctx.client_ip, ctx.server_ip, id).await?)
-        }
+        Path::GatewayDirect => Joined::Direct(
+            direct::join_gateway(
+                ctx.http,
+                ctx.client_ip,
+                ctx.server_ip,
+                &format!("bench-direct-{id}"),
+            )
+            .await?,
+        ),
         Path::JanusDirect => {
             let (watch, offer) = crate::janus::Watch::begin(ctx.http).await?;
             let (joined, answer) =
