@@ -6,18 +6,14 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context as _};
-use serde_json::Value;
-use str0m::change::{SdpAnswer, SdpOffer};
-use str0m::media::{Direction, MediaKind};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use anyhow::{anyhow, Context as _};
+use str0m::change::SdpOffer;
+use str0m::{Candidate, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
+use super::client::{feed, new_rtc, offer_to_gateway, run_timers, Progress};
 use super::count::{Counter, Stats};
-use super::FIRST_FRAME_TIMEOUT;
-use crate::http::{http, snippet};
 
 /// Largest datagram read.
 const MAX_DATAGRAM: usize = 2048;
@@ -35,12 +31,7 @@ pub(crate) struct Joined {
 async fn client(local_ip: IpAddr) -> anyhow::Result<(Rtc, UdpSocket, SocketAddr)> {
     let sock = UdpSocket::bind((local_ip, 0)).await?;
     let local = sock.local_addr()?;
-    let mut rtc = RtcConfig::new()
-        .set_ice_lite(false)
-        .clear_codecs()
-        .enable_h264(true)
-        .build(Instant::now());
-    rtc.add_local_candidate(Candidate::host(local, "udp").map_err(|e| anyhow!("{e}"))?);
+    let rtc = new_rtc(Candidate::host(local, "udp").map_err(|e| anyhow!("{e}"))?);
     Ok((rtc, sock, local))
 }
 
@@ -53,34 +44,7 @@ pub(crate) async fn join_gateway(
     webrtc_id: &str,
 ) -> anyhow::Result<Joined> {
     let (mut rtc, sock, local) = client(local_ip).await?;
-    let mut api = rtc.sdp_api();
-    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-    let (offer, pending) = api.apply().context("str0m made no offer")?;
-    let body = serde_json::json!({
-        "webrtc_id": webrtc_id,
-        "sdp": offer.to_sdp_string(),
-        "type": "offer",
-    })
-    .to_string();
-    let (status, answer) = http(
-        http_addr,
-        "POST",
-        "/api/v1/projects/default/offer",
-        Some(&body),
-    )
-    .await?;
-    if status != 200 {
-        bail!("offer answered {status}: {}", snippet(&answer));
-    }
-    let answer: Value = serde_json::from_str(&answer).context("the answer is not JSON")?;
-    let sdp = answer
-        .get("sdp")
-        .and_then(Value::as_str)
-        .context("no sdp in the answer")?;
-    let parsed = SdpAnswer::from_sdp_string(sdp).map_err(|e| anyhow!("answer SDP: {e}"))?;
-    rtc.sdp_api()
-        .accept_answer(pending, parsed)
-        .map_err(|e| anyhow!("applying the answer: {e}"))?;
+    offer_to_gateway(&mut rtc, http_addr, "default", webrtc_id).await?;
     Ok(Joined {
         rtc,
         sock,
@@ -126,44 +90,28 @@ impl Joined {
         start: Instant,
         stats: &Stats,
         stop: &mut watch::Receiver<bool>,
-        mut permit: Option<OwnedSemaphorePermit>,
+        permit: Option<OwnedSemaphorePermit>,
     ) -> anyhow::Result<()> {
-        let first_deadline = start + FIRST_FRAME_TIMEOUT;
+        let mut progress = Progress::new(stats, start, permit);
         let mut counter = Counter::default();
         let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut sends: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
         loop {
-            let next = loop {
-                match self.rtc.poll_output().map_err(|e| anyhow!("str0m: {e}"))? {
-                    Output::Timeout(t) => break t,
-                    Output::Transmit(t) => {
-                        // Only to the server: an SDP could name any address.
-                        if t.destination.ip() == self.server_ip {
-                            let _ = self.sock.send_to(&t.contents, t.destination).await;
-                        }
-                    }
-                    Output::Event(Event::MediaData(_)) => {
-                        stats.on_frame(start.elapsed());
-                        drop(permit.take());
-                    }
-                    Output::Event(_) => {}
+            let server_ip = self.server_ip;
+            let next = progress.drain(&mut self.rtc, |to, data| {
+                // Only to the server: an SDP could name any address.
+                if to.ip() == server_ip {
+                    sends.push((to, data.to_vec()));
                 }
-            };
+            })?;
+            for (to, data) in sends.drain(..) {
+                let _ = self.sock.send_to(&data, to).await;
+            }
             if *stop.borrow() {
                 return Ok(());
             }
-            let first_pending = stats.ttff().is_none();
-            if first_pending && Instant::now() >= first_deadline {
-                bail!("no frame within {FIRST_FRAME_TIMEOUT:?} of the viewer's start");
-            }
-            if !self.rtc.is_alive() {
-                bail!("the WebRTC session closed");
-            }
-            let wake = if first_pending {
-                next.min(first_deadline)
-            } else {
-                next
-            };
-            let input = tokio::select! {
+            let wake = progress.wake(&self.rtc, next)?;
+            tokio::select! {
                 r = self.sock.recv_from(&mut buf) => {
                     let (n, source) = r.context("receiving")?;
                     let p = buf.get(..n).unwrap_or_default();
@@ -172,32 +120,12 @@ impl Joined {
                     }
                     counter.on_datagram(p);
                     counter.publish(stats);
-                    let Ok(contents) = p.try_into() else { continue };
-                    Input::Receive(Instant::now(), Receive {
-                        proto: Protocol::Udp,
-                        source,
-                        destination: self.local,
-                        contents,
-                    })
+                    feed(&mut self.rtc, self.local, source, p)?;
                 }
-                _ = tokio::time::sleep_until(wake.into()) => Input::Timeout(Instant::now()),
+                _ = tokio::time::sleep_until(wake.into()) => {}
                 _ = stop.changed() => return Ok(()),
             };
-            if let Input::Receive(..) = &input {
-                if !self.rtc.accepts(&input) {
-                    continue;
-                }
-            }
-            self.rtc
-                .handle_input(input)
-                .map_err(|e| anyhow!("str0m: {e}"))?;
-            // Timers run even while data keeps arriving.
-            let now = Instant::now();
-            if now >= next {
-                self.rtc
-                    .handle_input(Input::Timeout(now))
-                    .map_err(|e| anyhow!("str0m: {e}"))?;
-            }
+            run_timers(&mut self.rtc, next)?;
         }
     }
 }

@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use tokio::sync::{watch, Semaphore};
 
+mod client;
 mod count;
 pub(crate) mod direct;
 mod server;

@@ -7,15 +7,13 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context as _};
 use relay::framer::write_channel_data;
 use serde_json::Value;
-use str0m::change::SdpAnswer;
-use str0m::media::{Direction, MediaKind};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, Rtc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
+use super::client::{feed, new_rtc, offer_to_gateway, run_timers, Progress};
 use super::count::{Counter, Stats};
-use super::{Ctx, FIRST_FRAME_TIMEOUT, LOOPBACK};
+use super::{Ctx, LOOPBACK};
 use crate::conn::{self, Conn, Stream, Transport};
 use crate::http::{http, snippet};
 use relay::client::Origin;
@@ -104,43 +102,11 @@ pub(super) async fn join(ctx: &Ctx) -> anyhow::Result<Joined> {
     let mut turn = Conn::with_credentials(stream, &user, &cred);
     let relayed = turn.allocate().await?;
 
-    let mut rtc = RtcConfig::new()
-        .set_ice_lite(false)
-        .clear_codecs()
-        .enable_h264(true)
-        .build(Instant::now());
     let cand = Candidate::relayed(relayed, SocketAddr::new(LOOPBACK, 0), "udp")
         .map_err(|e| anyhow!("relayed candidate {relayed}: {e}"))?;
-    rtc.add_local_candidate(cand);
-    let mut api = rtc.sdp_api();
-    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-    let (offer, pending) = api.apply().context("str0m made no offer")?;
-    let body = serde_json::json!({
-        "webrtc_id": session,
-        "sdp": offer.to_sdp_string(),
-        "type": "offer",
-    })
-    .to_string();
-    let (status, answer) = http(
-        ctx.http,
-        "POST",
-        "/api/v1/projects/bench/offer",
-        Some(&body),
-    )
-    .await?;
-    if status != 200 {
-        bail!("offer answered {status}: {}", snippet(&answer));
-    }
-    let answer: Value = serde_json::from_str(&answer).context("the answer is not JSON")?;
-    let sdp = answer
-        .get("sdp")
-        .and_then(Value::as_str)
-        .context("no sdp in the answer")?;
-    let remote = candidates(sdp);
-    let parsed = SdpAnswer::from_sdp_string(sdp).map_err(|e| anyhow!("answer SDP: {e}"))?;
-    rtc.sdp_api()
-        .accept_answer(pending, parsed)
-        .map_err(|e| anyhow!("applying the answer: {e}"))?;
+    let mut rtc = new_rtc(cand);
+    let answer = offer_to_gateway(&mut rtc, ctx.http, "bench", &session).await?;
+    let remote = candidates(&answer);
     let mut peers = Vec::new();
     for (ch, addr) in (FIRST_CHANNEL..).zip(remote.into_iter().take(MAX_PEERS)) {
         if !addr.ip().is_loopback() {
@@ -183,31 +149,23 @@ impl Joined {
         start: Instant,
         stats: &Stats,
         stop: &mut watch::Receiver<bool>,
-        mut permit: Option<OwnedSemaphorePermit>,
+        permit: Option<OwnedSemaphorePermit>,
     ) -> anyhow::Result<()> {
-        let first_deadline = start + FIRST_FRAME_TIMEOUT;
+        let mut progress = Progress::new(stats, start, permit);
         let mut counter = Counter::default();
         let mut out = Vec::with_capacity(4096);
-        let mut sink = Sink {
-            out: &mut out,
-            stats,
-            start,
-            permit: &mut permit,
-        };
         for (source, data) in std::mem::take(&mut self.early) {
             counter.on_datagram(&data);
-            receive(&mut self.rtc, self.relayed, source, &data)?;
-            drain(&mut self.rtc, &self.peers, &mut sink)?;
+            feed(&mut self.rtc, self.relayed, source, &data)?;
+            progress.drain(&mut self.rtc, |to, d| {
+                to_channel(&self.peers, &mut out, to, d)
+            })?;
         }
         counter.publish(stats);
         loop {
-            let mut sink = Sink {
-                out: &mut out,
-                stats,
-                start,
-                permit: &mut permit,
-            };
-            let next = drain(&mut self.rtc, &self.peers, &mut sink)?;
+            let next = progress.drain(&mut self.rtc, |to, d| {
+                to_channel(&self.peers, &mut out, to, d)
+            })?;
             if !out.is_empty() {
                 let write = async {
                     self.stream.write_all(&out).await?;
@@ -222,18 +180,7 @@ impl Joined {
             if *stop.borrow() {
                 return Ok(());
             }
-            let first_pending = stats.ttff().is_none();
-            if first_pending && Instant::now() >= first_deadline {
-                bail!("no frame within {FIRST_FRAME_TIMEOUT:?} of the viewer's start");
-            }
-            if !self.rtc.is_alive() {
-                bail!("the WebRTC session closed");
-            }
-            let wake = if first_pending {
-                next.min(first_deadline)
-            } else {
-                next
-            };
+            let wake = progress.wake(&self.rtc, next)?;
             let read = tokio::select! {
                 r = self.stream.read(self.framer.read_buf()) => Some(r),
                 _ = tokio::time::sleep_until(wake.into()) => None,
@@ -245,30 +192,22 @@ impl Joined {
                     bail!("the relay closed the connection");
                 }
                 self.framer.commit(n);
-                let mut sink = Sink {
-                    out: &mut out,
-                    stats,
-                    start,
-                    permit: &mut permit,
-                };
-                self.on_frames(&mut counter, &mut sink)?;
+                self.on_frames(&mut counter, &mut progress, &mut out)?;
             }
-            // Timers run even while data keeps arriving.
-            let now = Instant::now();
-            if now >= next {
-                self.rtc
-                    .handle_input(Input::Timeout(now))
-                    .map_err(|e| anyhow!("str0m: {e}"))?;
-            }
+            run_timers(&mut self.rtc, next)?;
         }
     }
 
     /// Feeds every complete ChannelData frame to str0m as a datagram from its channel's
-    /// peer, draining str0m's output after each one (str0m's contract: a DTLS Finished and
-    /// the first SRTP packets often come in one read, and the keys exist only once the
-    /// output after the Finished is polled; fed back to back, the packets were dropped and
-    /// the viewer waited ~2 s for a decodable frame).
-    fn on_frames(&mut self, counter: &mut Counter, sink: &mut Sink<'_>) -> anyhow::Result<()> {
+    /// peer, draining str0m's output after each one (fed back to back, the SRTP packets
+    /// that share a read with the DTLS Finished were dropped and the viewer waited ~2 s for
+    /// a decodable frame).
+    fn on_frames(
+        &mut self,
+        counter: &mut Counter,
+        progress: &mut Progress<'_>,
+        out: &mut Vec<u8>,
+    ) -> anyhow::Result<()> {
         while let Some(frame) = self
             .framer
             .next_frame()
@@ -281,69 +220,18 @@ impl Joined {
                 continue;
             };
             counter.on_datagram(p);
-            receive(&mut self.rtc, self.relayed, source, p)?;
-            drain(&mut self.rtc, &self.peers, sink)?;
+            feed(&mut self.rtc, self.relayed, source, p)?;
+            progress.drain(&mut self.rtc, |to, d| to_channel(&self.peers, out, to, d))?;
         }
-        counter.publish(sink.stats);
+        counter.publish(progress.stats);
         Ok(())
     }
 }
 
-/// Where str0m's output goes: ChannelData to write, frames to count.
-struct Sink<'a> {
-    out: &'a mut Vec<u8>,
-    stats: &'a Stats,
-    start: Instant,
-    /// The join permit, given back at the first frame (the next viewer may start joining).
-    permit: &'a mut Option<OwnedSemaphorePermit>,
-}
-
-/// Polls str0m until it has nothing more to say; returns when it next wants the time.
-fn drain(
-    rtc: &mut Rtc,
-    peers: &[(u16, SocketAddr)],
-    sink: &mut Sink<'_>,
-) -> anyhow::Result<Instant> {
-    loop {
-        match rtc.poll_output().map_err(|e| anyhow!("str0m: {e}"))? {
-            Output::Timeout(t) => return Ok(t),
-            Output::Transmit(t) => {
-                // Only the bound peers are ever named by the answer; anything else is dropped
-                // (it would need a permission).
-                if let Some((ch, _)) = peers.iter().find(|(_, a)| *a == t.destination) {
-                    write_channel_data(sink.out, *ch, &t.contents, true);
-                }
-            }
-            Output::Event(Event::MediaData(_)) => {
-                sink.stats.on_frame(sink.start.elapsed());
-                drop(sink.permit.take());
-            }
-            Output::Event(_) => {}
-        }
+/// ChannelData of `data` for `to` into `out`. Only the bound peers are ever named by the
+/// answer; anything else is dropped (it would need a permission).
+fn to_channel(peers: &[(u16, SocketAddr)], out: &mut Vec<u8>, to: SocketAddr, data: &[u8]) {
+    if let Some((ch, _)) = peers.iter().find(|(_, a)| *a == to) {
+        write_channel_data(out, *ch, data, true);
     }
-}
-
-/// Hands str0m one datagram from `source`, received on the relayed address.
-fn receive(
-    rtc: &mut Rtc,
-    relayed: SocketAddr,
-    source: SocketAddr,
-    data: &[u8],
-) -> anyhow::Result<()> {
-    let Ok(contents) = data.try_into() else {
-        return Ok(());
-    };
-    let input = Input::Receive(
-        Instant::now(),
-        Receive {
-            proto: Protocol::Udp,
-            source,
-            destination: relayed,
-            contents,
-        },
-    );
-    if rtc.accepts(&input) {
-        rtc.handle_input(input).map_err(|e| anyhow!("str0m: {e}"))?;
-    }
-    Ok(())
 }
