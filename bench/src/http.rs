@@ -1,6 +1,6 @@
 //! The bench's HTTP/1.1 client for the servers' JSON APIs (the gateway's, Janus's):
-//! hyper's client, each exchange bounded in time and size. Connections are kept alive and
-//! reused, as a browser's would be.
+//! hyper's client, each exchange bounded in time and size, each on a connection of its own
+//! (as the bench's hand-written client did; idle connections are not kept).
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;

@@ -208,9 +208,7 @@ impl Janus {
     }
 
     fn log_tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(10)..].join("\n")
+        servers::tail(&self.log, 10)
     }
 }
 

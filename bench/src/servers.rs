@@ -230,6 +230,13 @@ pub struct Server {
 
 pub const REALM: &str = "bench";
 
+/// The last `lines` lines of a child's log file, for an error message ("" if unreadable).
+pub fn tail(log: &Path, lines: usize) -> String {
+    let s = std::fs::read_to_string(log).unwrap_or_default();
+    let all: Vec<&str> = s.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -319,9 +326,7 @@ impl Server {
     }
 
     pub fn log_tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        tail(&self.log, 20)
     }
 
     /// User + system CPU seconds of the whole process (all threads).

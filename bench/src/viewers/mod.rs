@@ -589,11 +589,14 @@ pub async fn run(
         steps: Vec::new(),
         notes: vec![format!("{label}: not measured: {why}")],
     };
-    if path == Path::JanusDirect {
-        if let Err(why) = crate::janus::available() {
-            return skipped(why);
+    let janus_version = if path == Path::JanusDirect {
+        match crate::janus::available() {
+            Ok(v) => Some(v),
+            Err(why) => return skipped(why),
         }
-    }
+    } else {
+        None
+    };
     let ns = if path.in_namespace() {
         match Netns::create() {
             Ok(ns) => Some(ns),
@@ -612,11 +615,11 @@ pub async fn run(
     let begin = Instant::now();
     let deadline = begin + plan.budget;
     let mut notes = Vec::new();
-    if path == Path::JanusDirect {
+    if let Some(version) = janus_version {
         notes.push(format!(
             "{label}: {} (Debian package), streaming plugin with one RTP mountpoint, HTTP \
              transport, full ICE, one event loop, in the bench's network namespace",
-            crate::janus::available().unwrap_or_default()
+            version
         ));
     }
     if common.server_core.is_none() {

@@ -132,9 +132,7 @@ impl MediaServer {
         let Process::Gateway { log, .. } = &self.process else {
             return String::new();
         };
-        let s = std::fs::read_to_string(log).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(10)..].join("\n")
+        servers::tail(log, 10)
     }
 
     pub(super) fn cpu_seconds(&self) -> f64 {

@@ -67,16 +67,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         c
     }
 
-    /// The protocol state (credentials, realm, nonce).
-    pub fn session(&self) -> &Session {
-        &self.session
-    }
-
-    /// The protocol state, to change credentials or the nonce.
-    pub fn session_mut(&mut self) -> &mut Session {
-        &mut self.session
-    }
-
     /// Sets the credentials used by [`Auth::LongTerm`].
     pub fn set_credentials(&mut self, username: &str, password: &str) {
         self.session.set_credentials(username, password);
