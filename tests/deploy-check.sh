@@ -8,12 +8,18 @@
 #            systemd only warns about unknown keys and bad values), required hardening
 #            directives present, `systemd-analyze security --offline` exposure <= 2.0;
 #            deploy/gateway.env.example documents every setting.
-#   k8s      deploy/k8s/*.yaml against the Kubernetes OpenAPI JSON schemas shipped in the PyPI
-#            package kubernetes-validate (--strict: unknown fields fail), plus project rules
-#            (probes, securityContext, secretKeyRef, UDP ports = 50000-50050).
-#   compose  deploy/compose.yaml and deploy/compose.proxy.yaml against the compose-spec JSON
-#            schema shipped in the PyPI package check-jsonschema (builtin vendor.compose-spec),
-#            plus project rules (proxy mode: only 443/tcp published, nothing of the backend).
+#   k8s      deploy/k8s/*.yaml and deploy/k8s/cluster/*.yaml against the Kubernetes OpenAPI JSON
+#            schemas shipped in the PyPI package kubernetes-validate (--strict: unknown fields
+#            fail), plus project rules (probes, securityContext, secretKeyRef, UDP ports =
+#            50000-50050; cluster mode: the edge DaemonSet's CLUSTER_* settings from the downward
+#            API and hostNetwork, a non-root Valkey/Redis StatefulSet with ping probes, a PVC
+#            template and in-cluster Services only).
+#   compose  deploy/compose.yaml, compose.proxy.yaml, compose.relay.yaml and compose.cluster.yaml
+#            against the compose-spec JSON schema shipped in the PyPI package check-jsonschema
+#            (builtin vendor.compose-spec), plus project rules (proxy mode: only 443/tcp
+#            published, nothing of the backend; cluster mode: 3 gateway nodes with distinct
+#            CLUSTER_NODE_ID, their own 1:1 published ports and one shared TURN_SECRET, one
+#            unpublished Redis they wait for).
 #   docker   deploy/Dockerfile parsed: known instructions only, multi-stage, cargo build
 #            --locked, non-root USER, HEALTHCHECK on /health, EXPOSE, setcap; .dockerignore.
 #   coturn   deploy/coturn/turnserver.conf: every option known to `turnserver -h` (Debian
@@ -165,26 +171,32 @@ TURN_CREDENTIAL_TTL TURN_ALLOWED_PEERS TURN_DENIED_PEERS TLS_CERT TLS_KEY MEDIA_
 WEBRTC_ADVERTISE_IP WEBRTC_PORT_RANGE ICE_SERVERS STUN_SERVER COTURN_HOST COTURN_PORT
 COTURN_USERNAME COTURN_PASSWORD COTURN_SECRET MAX_VIEWERS SESSION_IDLE_TIMEOUT
 SESSION_PENDING_MAX SESSION_PENDING_PER_SOURCE TURN_UNBOUND_ALLOCATION_LIFETIME
-CORS_ORIGINS""".split()
+CORS_ORIGINS CLUSTER_REDIS_URL CLUSTER_NODE_ID CLUSTER_PEER_URL CLUSTER_TOKEN""".split()
 text = open(sys.argv[1]).read()
 keys = set(re.findall(r"^#?([A-Z][A-Z0-9_]*)=", text, re.M))
 bad = [f"{k} not documented" for k in settings if k not in keys]
 bad += [f"{k}: not a known setting" for k in sorted(keys - set(settings) - {"LOG_FORMAT", "RUST_LOG"})]
-active = re.findall(r"^(TURN_SECRET|COTURN_SECRET)=(.*)$", text, re.M)
+active = re.findall(r"^(TURN_SECRET|COTURN_SECRET|CLUSTER_TOKEN)=(.*)$", text, re.M)
 bad += [f"{k} is set to a placeholder in the example" for k, v in active if v.strip()]
 print("\n".join(bad))
 sys.exit(1 if bad else 0)
 EOF
 
-echo "== k8s: deploy/k8s (Kubernetes $K8S_VERSION schemas, strict)"
-for f in "$DEPLOY"/k8s/*.yaml; do
+echo "== k8s: deploy/k8s, deploy/k8s/cluster (Kubernetes $K8S_VERSION schemas, strict)"
+# Every manifest file of both kustomize directories, one by one (no kustomize needed): the
+# default set in deploy/k8s and the cluster-mode set in deploy/k8s/cluster.
+for f in "$DEPLOY"/k8s/*.yaml "$DEPLOY"/k8s/cluster/*.yaml; do
     case "$(basename "$f")" in kustomization.yaml) continue ;; esac
-    run "k8s: schema $(basename "$f")" \
+    run "k8s: schema ${f#"$DEPLOY/k8s/"}" \
         "$VENV/bin/kubernetes-validate" --strict --no-warn --quiet -k "$K8S_VERSION" "$f"
 done
-run "k8s: project rules" "$PY" - "$DEPLOY/k8s" <<'EOF'
-import sys, os, glob, yaml
-d = sys.argv[1]
+# k8s_rules DIR SET: the project rules of one kustomize directory; SET is default (deploy/k8s)
+# or cluster (deploy/k8s/cluster). Shared: a comment at the top of every file, no namespace,
+# the kustomization's resources exist, the gateway pod's least privilege, probes and secret.
+k8s_rules() {
+    "$PY" - "$@" <<'EOF'
+import sys, os, glob, re, yaml
+d, which = sys.argv[1], sys.argv[2]
 bad = []
 docs = {}
 for f in sorted(glob.glob(os.path.join(d, "*.yaml"))):
@@ -201,6 +213,12 @@ kust = yaml.safe_load(open(os.path.join(d, "kustomization.yaml")))
 for r in kust["resources"]:
     if not os.path.exists(os.path.join(d, r)):
         bad.append(f"kustomization.yaml: missing resource {r}")
+if which == "cluster":
+    # Everything here belongs to the one set: a manifest left out of `resources` is a mistake.
+    for f in sorted(glob.glob(os.path.join(d, "*.yaml"))):
+        b = os.path.basename(f)
+        if b != "kustomization.yaml" and b not in kust["resources"]:
+            bad.append(f"kustomization.yaml: {b} is not in resources")
 
 def check_pod(name, spec, host_network):
     if spec.get("hostNetwork", False) != host_network:
@@ -230,6 +248,127 @@ def check_pod(name, spec, host_network):
     if env.get("WEBRTC_PORT_RANGE", {}).get("value", "50000-50050") != "50000-50050":
         bad.append(f"{name}: WEBRTC_PORT_RANGE differs from the media Service")
 
+def cluster_rules():
+    kust_text = open(os.path.join(d, "kustomization.yaml")).read()
+    if "external" not in kust_text.lower() or "CLUSTER_REDIS_URL" not in kust_text:
+        bad.append("kustomization.yaml: no comment on using an external Redis (CLUSTER_REDIS_URL)")
+    if ("DaemonSet", "gateway-cluster") not in docs:
+        bad.append("no DaemonSet gateway-cluster")
+        return
+    f, ds = docs[("DaemonSet", "gateway-cluster")]
+    name = os.path.basename(f)
+    spec = ds["spec"]["template"]["spec"]
+    check_pod(name, spec, True)
+    if spec.get("nodeSelector", {}).get("gateway.example.com/edge") != "true":
+        bad.append(f'{name}: nodeSelector must be gateway.example.com/edge: "true"')
+    if spec.get("dnsPolicy") != "ClusterFirstWithHostNet":
+        bad.append(f"{name}: dnsPolicy must be ClusterFirstWithHostNet (hostNetwork pods "
+                   "resolve Service names only with it)")
+    envl = spec["containers"][0].get("env", [])
+    env = {e["name"]: e for e in envl}
+    seen = set()
+    for e in envl:  # $(VAR) only expands to variables defined earlier in the list
+        for ref in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", str(e.get("value", ""))):
+            if ref not in seen:
+                bad.append(f"{name}: {e['name']} refers to $({ref}) before it is defined")
+        seen.add(e["name"])
+    def field(n):
+        return env.get(n, {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+    def value(n):
+        return str(env.get(n, {}).get("value", ""))
+    host_ip = {n for n in env if field(n) == "status.hostIP"}
+    node_name = {n for n in env if field(n) == "spec.nodeName"}
+    if field("CLUSTER_NODE_ID") != "spec.nodeName":
+        bad.append(f"{name}: CLUSTER_NODE_ID must come from fieldRef spec.nodeName")
+    url = value("CLUSTER_REDIS_URL")
+    m = re.fullmatch(r"rediss?://(?:[^@/]*@)?([^:/@]+)(?::(\d+))?(?:/(\d+))?", url)
+    if "secretKeyRef" in env.get("CLUSTER_REDIS_URL", {}).get("valueFrom", {}):
+        pass  # a URL with a password, from a Secret (checked with the other secretKeyRefs)
+    elif not m:
+        bad.append(f"{name}: CLUSTER_REDIS_URL {url!r} is not redis://HOST:PORT[/DB]")
+    elif "." not in m.group(1):  # a Service of this set
+        host, port = m.group(1), int(m.group(2) or 6379)
+        svc = docs.get(("Service", host))
+        if not svc:
+            bad.append(f"{name}: CLUSTER_REDIS_URL names Service {host}, not defined here")
+        elif port not in [p["port"] for p in svc[1]["spec"]["ports"]]:
+            bad.append(f"{name}: Service {host} has no port {port}")
+    http_port = int((value("GATEWAY_HTTP_ADDR") or "0.0.0.0:9100").rpartition(":")[2])
+    m = re.fullmatch(r"http://\$\((\w+)\):(\d+)", value("CLUSTER_PEER_URL"))
+    if not m or m.group(1) not in host_ip or int(m.group(2)) != http_port:
+        bad.append(f"{name}: CLUSTER_PEER_URL must be http://$(<status.hostIP>):{http_port}")
+    m = re.fullmatch(r"\$\((\w+)\)", value("WEBRTC_ADVERTISE_IP"))
+    if not m or m.group(1) not in host_ip:
+        bad.append(f"{name}: WEBRTC_ADVERTISE_IP must be $(<status.hostIP>)")
+    if not any(f"$({v})" in value("TURN_HOST") for v in node_name):
+        bad.append(f"{name}: TURN_HOST must be a per-node name built from spec.nodeName")
+    if "whip" in value("STREAMS") and "WHIP_TOKEN" not in env:
+        bad.append(f"{name}: STREAMS has a whip stream but WHIP_TOKEN is not set")
+    secrets = {n: set(doc.get("stringData") or {}) | set(doc.get("data") or {})
+               for (kind, n), (_, doc) in docs.items() if kind == "Secret"}
+    for e in envl:
+        ref = e.get("valueFrom", {}).get("secretKeyRef")
+        if not ref:
+            continue
+        if ref["name"] not in secrets:
+            bad.append(f"{name}: {e['name']} names Secret {ref['name']}, not defined here")
+        elif ref["key"] not in secrets[ref["name"]] and not ref.get("optional"):
+            bad.append(f"{name}: {e['name']}: Secret {ref['name']} has no key {ref['key']}")
+
+    sts = [(f, doc) for (kind, _), (f, doc) in docs.items() if kind == "StatefulSet"]
+    if len(sts) != 1:
+        bad.append(f"want one Redis StatefulSet, got {len(sts)}")
+        return
+    f, st = sts[0]
+    name = os.path.basename(f)
+    if st["spec"].get("replicas") != 1:
+        bad.append(f"{name}: replicas must be 1")
+    ps = st["spec"]["template"]["spec"]
+    c = ps["containers"][0]
+    image = c.get("image", "")
+    cli = ("valkey-cli" if image.startswith("valkey/valkey:")
+           else "redis-cli" if image.startswith("redis:") else None)
+    if not cli:
+        bad.append(f"{name}: image {image!r} is neither valkey/valkey: nor redis:")
+    for probe in ("livenessProbe", "readinessProbe"):
+        cmd = " ".join(c.get(probe, {}).get("exec", {}).get("command", []))
+        if not cli or f"{cli} ping" not in cmd:
+            bad.append(f"{name}: {probe} must exec '{cli} ping'")
+    psc, sc = ps.get("securityContext", {}), c.get("securityContext", {})
+    if not (psc.get("runAsNonRoot") or sc.get("runAsNonRoot")):
+        bad.append(f"{name}: runAsNonRoot not set")
+    if not (psc.get("runAsUser") or sc.get("runAsUser")):
+        bad.append(f"{name}: no non-zero runAsUser (the image's entrypoint would start as root)")
+    if sc.get("readOnlyRootFilesystem") is not True:
+        bad.append(f"{name}: readOnlyRootFilesystem not true")
+    if sc.get("allowPrivilegeEscalation") is not False:
+        bad.append(f"{name}: allowPrivilegeEscalation not false")
+    caps = sc.get("capabilities", {})
+    if caps.get("drop") != ["ALL"] or caps.get("add"):
+        bad.append(f"{name}: capabilities must drop ALL and add none")
+    claims = [v["metadata"]["name"] for v in st["spec"].get("volumeClaimTemplates", [])]
+    mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+    if not claims:
+        bad.append(f"{name}: no volumeClaimTemplates")
+    elif not any(mounts.get(v) == "/data" for v in claims):
+        bad.append(f"{name}: no volume claim mounted at /data")
+    headless = docs.get(("Service", st["spec"].get("serviceName")))
+    if not headless or headless[1]["spec"].get("clusterIP") != "None":
+        bad.append(f"{name}: serviceName must name a headless Service (clusterIP: None) here")
+    labels = st["spec"]["template"]["metadata"]["labels"]
+    for (kind, n), (f, doc) in docs.items():
+        if kind != "Service":
+            continue
+        if doc["spec"].get("type", "ClusterIP") != "ClusterIP":
+            bad.append(f"Service {n}: type {doc['spec']['type']} exposes Redis outside the cluster")
+        if any(labels.get(k) != v for k, v in doc["spec"].get("selector", {}).items()):
+            bad.append(f"Service {n}: selector does not match the StatefulSet's pods")
+
+if which == "cluster":
+    cluster_rules()
+    print("\n".join(bad))
+    sys.exit(1 if bad else 0)
+
 f, dep = docs[("Deployment", "gateway")]
 check_pod("deployment.yaml", dep["spec"]["template"]["spec"], False)
 f, ds = docs[("DaemonSet", "gateway-edge")]
@@ -256,6 +395,9 @@ for s in (svc, media):
 print("\n".join(bad))
 sys.exit(1 if bad else 0)
 EOF
+}
+run "k8s: project rules" k8s_rules "$DEPLOY/k8s" default
+run "k8s: cluster rules (DaemonSet on edge nodes, Redis StatefulSet)" k8s_rules "$DEPLOY/k8s/cluster" cluster
 
 echo "== compose: deploy/compose.yaml (compose-spec schema)"
 run "compose: schema compose.yaml" \
@@ -299,6 +441,118 @@ else:
         bad.append("coturn: does not mount ./coturn/turnserver.conf")
     elif not os.path.exists(os.path.join(sys.argv[2], "coturn/turnserver.conf")):
         bad.append("coturn: deploy/coturn/turnserver.conf missing")
+print("\n".join(bad))
+sys.exit(1 if bad else 0)
+EOF
+
+echo "== compose: deploy/compose.cluster.yaml (compose-spec schema)"
+run "compose: schema compose.cluster.yaml" \
+    "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec "$DEPLOY/compose.cluster.yaml"
+run "compose: cluster rules (3 gateway nodes, one Redis)" "$PY" - "$DEPLOY/compose.cluster.yaml" <<'EOF'
+import sys, re, yaml
+c = yaml.safe_load(open(sys.argv[1]))  # resolves the file's YAML merge keys (<<: *gateway)
+bad = []
+services = c["services"]
+nodes = {n: s for n, s in services.items()
+         if isinstance(s.get("environment"), dict) and "CLUSTER_NODE_ID" in s["environment"]}
+redis = [n for n, s in services.items()
+         if str(s.get("image", "")).startswith(("redis:", "valkey/valkey:"))]
+if len(nodes) != 3:
+    bad.append(f"want 3 gateway services with CLUSTER_NODE_ID, got {sorted(nodes)}")
+if set(services) - set(nodes) - set(redis):
+    bad.append(f"services neither gateway node nor Redis: {sorted(set(services) - set(nodes) - set(redis))}")
+if len(redis) != 1:
+    bad.append(f"want one redis service (image redis: or valkey/valkey:), got {redis}")
+    redis_name = None
+else:
+    redis_name = redis[0]
+    r = services[redis_name]
+    cli = "valkey-cli" if r["image"].startswith("valkey/") else "redis-cli"
+    if f"{cli} ping" not in " ".join(r.get("healthcheck", {}).get("test", [])):
+        bad.append(f"{redis_name}: healthcheck must run '{cli} ping'")
+    if r.get("ports"):
+        bad.append(f"{redis_name}: publishes ports (it has no password)")
+    if r.get("network_mode") == "host":
+        bad.append(f"{redis_name}: host networking would expose it")
+    if str(r.get("user", "0")).split(":")[0] in ("0", "root", ""):
+        bad.append(f"{redis_name}: must run as a non-root user")
+    if r.get("read_only") is not True or r.get("cap_drop") != ["ALL"] or r.get("cap_add"):
+        bad.append(f"{redis_name}: must be read_only with cap_drop ALL and no cap_add")
+
+def rng(s):  # "50000-50015" or "9100" -> (lo, hi)
+    lo, _, hi = str(s).partition("-")
+    return int(lo), int(hi or lo)
+
+def ports_of(svc):  # short syntax "HOST:CONTAINER/proto" -> [(host range, container range, proto)]
+    out = []
+    for p in svc.get("ports", []):
+        m = re.fullmatch(r"(?:[\d.]+:)?([\d-]+):([\d-]+)(?:/(tcp|udp))?", str(p))
+        if not m:
+            bad.append(f"port {p!r}: use the short syntax HOST:CONTAINER/PROTO")
+            continue
+        out.append((rng(m.group(1)), rng(m.group(2)), m.group(3) or "tcp"))
+    return out
+
+def port_of(addr, default):
+    return int(str(addr or f"0.0.0.0:{default}").rpartition(":")[2])
+
+ids, secrets, used, media = {}, set(), {}, []
+for n, s in sorted(nodes.items()):
+    env = s["environment"]
+    node_id = str(env["CLUSTER_NODE_ID"])
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", node_id):
+        bad.append(f"{n}: CLUSTER_NODE_ID {node_id!r} is not 1-64 of A-Z a-z 0-9 - _ .")
+    if node_id in ids:
+        bad.append(f"{n}: CLUSTER_NODE_ID {node_id!r} is also {ids[node_id]}'s")
+    ids[node_id] = n
+    url = str(env.get("CLUSTER_REDIS_URL", ""))
+    m = re.fullmatch(r"rediss?://([^:/@]+)(?::\d+)?(?:/\d+)?", url)
+    if not m or m.group(1) != redis_name:
+        bad.append(f"{n}: CLUSTER_REDIS_URL {url!r} must be redis://{redis_name}:PORT[/DB]")
+    if (s.get("depends_on") or {}).get(redis_name, {}).get("condition") != "service_healthy":
+        bad.append(f"{n}: must depend on {redis_name} with condition service_healthy")
+    http = port_of(env.get("GATEWAY_HTTP_ADDR"), 9100)
+    turn = port_of(env.get("TURN_LISTEN"), 443)
+    if env.get("CLUSTER_PEER_URL") != f"http://{n}:{http}":
+        bad.append(f"{n}: CLUSTER_PEER_URL must be http://{n}:{http}, got {env.get('CLUSTER_PEER_URL')!r}")
+    secret = str(env.get("TURN_SECRET", ""))
+    if ":?" not in secret:
+        bad.append(f"{n}: TURN_SECRET must be required (${{TURN_SECRET:?...}}), never defaulted")
+    secrets.add(secret)
+    if not env.get("TURN_HOST"):
+        bad.append(f"{n}: TURN_HOST not set")
+    if "whip" in str(env.get("STREAMS", "")) and not env.get("WHIP_TOKEN"):
+        bad.append(f"{n}: STREAMS has a whip stream but WHIP_TOKEN is not set")
+    if s.get("cap_drop") != ["ALL"] or s.get("cap_add") != ["NET_BIND_SERVICE"]:
+        bad.append(f"{n}: must cap_drop ALL and cap_add only NET_BIND_SERVICE")
+    if s.get("read_only") is not True:
+        bad.append(f"{n}: read_only must be true")
+    if "/health" not in " ".join(s.get("healthcheck", {}).get("test", [])):
+        bad.append(f"{n}: no healthcheck on /health")
+    ps = ports_of(s)
+    for hostr, contr, proto in ps:
+        clash = sorted({used[(q, proto)] for q in range(hostr[0], hostr[1] + 1) if (q, proto) in used})
+        if clash:
+            bad.append(f"{n}: host ports {hostr[0]}-{hostr[1]}/{proto} overlap {', '.join(clash)}'s")
+        used.update({(q, proto): n for q in range(hostr[0], hostr[1] + 1)})
+    lo, hi = rng(str(env.get("WEBRTC_PORT_RANGE", "50000-50050")))
+    media.append((lo, hi, n))
+    # Port numbers the gateway writes into turn: URLs and ICE candidates: published 1:1.
+    if ((lo, hi), (lo, hi), "udp") not in ps:
+        bad.append(f"{n}: media range {lo}-{hi}/udp not published 1:1")
+    if ((turn, turn), (turn, turn), "tcp") not in ps:
+        bad.append(f"{n}: TURN_LISTEN port {turn}/tcp not published 1:1")
+    if not any(contr == (http, http) and proto == "tcp" for _, contr, proto in ps):
+        bad.append(f"{n}: HTTP port {http}/tcp not published")
+    eph = str(s.get("sysctls", {}).get("net.ipv4.ip_local_port_range", ""))
+    try:
+        elo, ehi = map(int, eph.split())
+        if not (ehi < lo or elo > hi):
+            bad.append(f"{n}: ip_local_port_range {eph!r} overlaps the media range")
+    except ValueError:
+        bad.append(f"{n}: sysctl net.ipv4.ip_local_port_range missing or malformed")
+if len(secrets) > 1:
+    bad.append("TURN_SECRET differs between the nodes; cluster mode needs one shared secret")
 print("\n".join(bad))
 sys.exit(1 if bad else 0)
 EOF
