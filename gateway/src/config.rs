@@ -407,6 +407,36 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_timeout: u64,
 
+    /// Cluster mode: several gateways as one service, sharing a node registry, the
+    /// directory of each live stream's origin node and session revocations through this
+    /// Valkey/Redis (`redis://HOST:PORT[/DB]`, `rediss://` for TLS). A node asked for a
+    /// stream another node holds pulls it from there, once per node. Unset: a single node
+    /// that needs no Redis. Needs TURN_SECRET, the same on every node.
+    #[arg(
+        long,
+        env = "CLUSTER_REDIS_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub cluster_redis_url: Option<String>,
+
+    /// Cluster mode: this node's id (1 to 64 of `A-Z a-z 0-9 - _ .`), unique in the
+    /// cluster. Default: the host name.
+    #[arg(long, env = "CLUSTER_NODE_ID", value_name = "ID")]
+    pub cluster_node_id: Option<String>,
+
+    /// Cluster mode: the URL sibling nodes reach this node's HTTP API at (their pulls of
+    /// its streams go there). Default: `http://` + GATEWAY_HTTP_ADDR's address (the
+    /// advertised media address when it is 0.0.0.0) and port.
+    #[arg(long, env = "CLUSTER_PEER_URL", value_name = "URL")]
+    pub cluster_peer_url: Option<String>,
+
+    /// Cluster mode: the token nodes present to each other when one pulls a stream from
+    /// another (at least 16 characters, the same on every node). Default: derived from the
+    /// first TURN_SECRET (set it explicitly while rotating TURN_SECRET).
+    #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: Option<String>,
+
     /// Log format: `text` (human-readable) or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -456,6 +486,8 @@ pub struct Plan {
     pub modes: Modes,
     /// TURN_STATIC_USERS (keys made for TURN_REALM); empty unless opted in.
     pub static_users: relay::core::StaticUsers,
+    /// CLUSTER_*; `None`: a single node.
+    pub cluster: Option<crate::cluster::ClusterPlan>,
 }
 
 /// GATEWAY_MODE.
@@ -639,6 +671,7 @@ impl Settings {
             max_pending_per_source: self.session_pending_per_source as usize,
             idle: Duration::from_secs(self.session_idle_timeout),
         };
+        let cluster = self.cluster(secrets.as_ref())?;
         Ok(Plan {
             settings: self.clone(),
             secrets,
@@ -653,6 +686,7 @@ impl Settings {
             cors,
             tls,
             static_users: self.static_users()?,
+            cluster,
             modes: Modes {
                 relay_only: self.gateway_mode == GatewayMode::Relay,
                 turn_embedded: self.turn_embedded,
@@ -663,6 +697,31 @@ impl Settings {
 }
 
 impl Settings {
+    /// CLUSTER_*, checked (`secrets`: TURN_SECRET's ring, which cluster mode needs).
+    fn cluster(
+        &self,
+        secrets: Option<&auth::SecretRing>,
+    ) -> Result<Option<crate::cluster::ClusterPlan>, SettingError> {
+        let Some(url) = self.cluster_redis_url.as_deref().map(str::trim) else {
+            return Ok(None);
+        };
+        if self.gateway_mode == GatewayMode::Relay {
+            return Err(SettingError {
+                setting: "CLUSTER_REDIS_URL",
+                reason: "cluster mode needs the media engine (GATEWAY_MODE=media)".into(),
+            });
+        }
+        crate::cluster::ClusterPlan::new(
+            url,
+            self.cluster_node_id.as_deref(),
+            self.cluster_peer_url.as_deref(),
+            self.cluster_token.as_deref(),
+            secrets,
+        )
+        .map(Some)
+        .map_err(|(setting, reason)| SettingError { setting, reason })
+    }
+
     /// UPSTREAM_URL, checked: `http://HOST[:PORT]` (a trailing `/` allowed), and not with
     /// GATEWAY_MODE=relay.
     pub fn upstream(&self) -> Result<Option<hyper::Uri>, SettingError> {

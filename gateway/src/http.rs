@@ -46,6 +46,7 @@ pub fn router(
     if !relay_only {
         r = r
             .route("/api/v1/streams", get(streams_list))
+            .route("/api/v1/cluster", get(cluster_view))
             .merge(if proxy.is_some() {
                 // Proxy mode: the upstream owns `/`; the gateway's page moves.
                 crate::web::routes_under(crate::web::PROXY_PAGE_PREFIX)
@@ -198,6 +199,37 @@ async fn turn_credentials(
         }))
         .into_response(),
         Err(e) => error(StatusCode::BAD_REQUEST, "bad_username", e.to_string()),
+    }
+}
+
+/// `GET /api/v1/cluster`: the cluster's nodes, where each stream lives, the siblings'
+/// pulls this node serves and its own pulls. Needs `Authorization: Bearer <API_TOKEN>`
+/// (404 without API_TOKEN: it names internal addresses); 404 outside cluster mode.
+async fn cluster_view(
+    State(app): State<Arc<App>>,
+    axum::Extension(ApiToken(token)): axum::Extension<ApiToken>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let Some(token) = token else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "GET /api/v1/cluster needs API_TOKEN to be set (and sent as `Authorization: Bearer`)",
+        );
+    };
+    if !bearer_matches(&headers, &token) {
+        return unauthorized();
+    }
+    match app.signaling().and_then(|s| s.streams().cluster()) {
+        Some(pulls) => {
+            let mine = pulls.describe(std::time::Instant::now());
+            Json(pulls.cluster().describe(mine)).into_response()
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            "not_clustered",
+            "this gateway is a single node (CLUSTER_REDIS_URL is not set)",
+        ),
     }
 }
 

@@ -65,6 +65,7 @@
 pub mod advertise;
 pub mod app;
 pub mod bind_hint;
+pub mod cluster;
 pub mod config;
 pub mod config_file;
 pub mod doctor;
@@ -76,6 +77,7 @@ pub mod metrics;
 pub mod own_addrs;
 pub mod project_streams;
 pub mod proxy;
+pub mod pull_pool;
 pub mod relay_mode;
 pub mod reload;
 pub mod run;

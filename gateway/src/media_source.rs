@@ -250,6 +250,7 @@ impl FromStr for MediaSourceSpec {
             return Ok(MediaSourceSpec::Pull(crate::media::pull::Upstream {
                 dialect,
                 url,
+                peer: None,
             }));
         }
         if s.contains("://") {

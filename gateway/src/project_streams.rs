@@ -8,50 +8,35 @@
 //! wanted for `PULL_IDLE_TIMEOUT` (no viewer, no request) is free again. The
 //! [`crate::streams::StreamDirectory`] owns the pool: names resolve there.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
-use crate::media::pull::{
-    Dialect, PullDemand, PullOptions, PullSource, PullStatus, Upstream, PULL_CODECS,
-};
+use crate::media::pull::{Dialect, PullDemand, PullOptions, Upstream};
 use crate::media::VideoFeeds;
+pub use crate::pull_pool::PoolFull;
+use crate::pull_pool::PullPool;
 
 /// Projects pulled at once, at most.
 pub const MAX_PROJECT_STREAMS: usize = 64;
 
-/// The prefix of the slots' engine stream names (`~` is no stream name's character, so a
-/// slot never shadows a configured stream).
-const SLOT_PREFIX: &str = "upstream~";
-
-/// A project's pull in a slot.
-struct Held {
-    project: String,
-    pull: PullSource,
-}
+/// The prefix of the slots' engine stream names (`upstream~N`).
+const SLOT_PREFIX: &str = "upstream";
 
 /// The pool of project streams.
 pub struct ProjectStreams {
     /// `http://host:port` of the upstream.
     base: hyper::Uri,
-    /// PULL_IDLE_TIMEOUT and the TLS roots of the pulls.
-    pull: PullOptions,
-    names: Vec<String>,
-    feeds: Vec<VideoFeeds>,
-    slots: Mutex<Vec<Option<Held>>>,
+    pool: PullPool,
 }
 
 impl std::fmt::Debug for ProjectStreams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProjectStreams")
             .field("base", &self.base)
-            .field("slots", &self.names.len())
+            .field("slots", &self.pool.capacity())
             .finish()
     }
 }
-
-/// Why no slot could be had.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolFull(pub usize);
 
 impl ProjectStreams {
     /// A pool of `slots` streams pulling from `base` (`http://host:port`), each kept
@@ -59,16 +44,13 @@ impl ProjectStreams {
     pub fn new(base: hyper::Uri, pull: PullOptions, slots: usize) -> Self {
         Self {
             base,
-            pull,
-            names: (0..slots).map(|i| format!("{SLOT_PREFIX}{i}")).collect(),
-            feeds: (0..slots).map(|_| VideoFeeds::new(PULL_CODECS)).collect(),
-            slots: Mutex::new((0..slots).map(|_| None).collect()),
+            pool: PullPool::new(SLOT_PREFIX, pull, slots),
         }
     }
 
     /// The engine's streams of the pool (name, feeds).
     pub fn engine_streams(&self) -> impl Iterator<Item = (&str, &VideoFeeds)> {
-        self.names.iter().map(String::as_str).zip(self.feeds.iter())
+        self.pool.engine_streams()
     }
 
     /// The upstream's offer endpoint of `project`.
@@ -83,99 +65,47 @@ impl ProjectStreams {
     }
 
     /// The slot name playing `project` (a valid stream name: it goes into a URL path),
-    /// taking a free slot (or one idle long enough) on first use; the request counts as
-    /// demand, so the slot is not taken back before its first viewer could come. Must run
-    /// within a tokio runtime (a new pull's task starts here).
+    /// taking a free slot (or one idle long enough) on first use. Must run within a tokio
+    /// runtime (a new pull's task starts here).
     pub fn assign(&self, project: &str, now: Instant) -> Result<&str, PoolFull> {
-        let full = PoolFull(self.names.len());
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let mine = slots.iter().zip(&self.names).find_map(|(s, name)| {
-            let h = s.as_ref().filter(|h| h.project == project)?;
-            h.pull.demand().request(now);
-            Some(name.as_str())
-        });
-        if let Some(name) = mine {
-            return Ok(name);
-        }
-        // Free: empty or nobody wanted it for PULL_IDLE_TIMEOUT; else one the upstream
-        // refused with nobody watching (a request for a wrong project id holds no slot long).
-        let viewers: Vec<usize> = self.feeds.iter().map(VideoFeeds::viewers).collect();
-        let free = slots
-            .iter()
-            .zip(&viewers)
-            .position(|(s, v)| s.as_ref().is_none_or(|h| !h.pull.demand().wanted(now, *v)))
-            .or_else(|| {
-                slots.iter().zip(&viewers).position(|(s, v)| {
-                    s.as_ref().is_some_and(|h| {
-                        *v == 0 && matches!(h.pull.demand().status(), PullStatus::Failed { .. })
-                    })
-                })
-            });
-        let (Some(slot), Some(name), Some(feeds)) = (
-            free.and_then(|i| slots.get_mut(i)),
-            free.and_then(|i| self.names.get(i)),
-            free.and_then(|i| self.feeds.get(i)),
-        ) else {
-            return Err(full);
-        };
-        let Some(url) = self.offer_url(project) else {
-            return Err(full);
-        };
-        if let Some(old) = slot.as_ref() {
-            tracing::info!(project = %old.project, "proxy: idle project stream dropped");
-        }
-        tracing::info!(project, %url, stream = %name, "proxy: pulling the project's video from the upstream");
-        let pull = PullSource::spawn(
-            Upstream {
+        self.pool.assign(project, now, || {
+            let url = self.offer_url(project)?;
+            tracing::info!(project, %url, "proxy: pulling the project's video from the upstream");
+            Some(Upstream {
                 dialect: Dialect::GetiOffer,
                 url,
-            },
-            feeds.clone(),
-            &self.pull,
-        );
-        pull.demand().request(now);
-        *slot = Some(Held {
-            project: project.to_owned(),
-            pull,
-        });
-        Ok(name)
+                peer: None,
+            })
+        })
     }
 
     /// The feeds and demand of the slot named `name` while a project holds it.
     pub fn pull_of(&self, name: &str) -> Option<(VideoFeeds, Arc<PullDemand>)> {
-        let i = self.names.iter().position(|n| n == name)?;
-        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let held = slots.get(i)?.as_ref()?;
-        Some((self.feeds.get(i)?.clone(), held.pull.demand().clone()))
+        self.pool.pull_of(name)
     }
 
     /// Whether the slot named `name` still holds the pull of `demand` (a slot may have
     /// gone to another project while a request waited).
     pub fn still_holds(&self, name: &str, demand: &Arc<PullDemand>) -> bool {
-        self.pull_of(name)
-            .is_some_and(|(_, d)| Arc::ptr_eq(&d, demand))
+        self.pool.still_holds(name, demand)
     }
 
     /// For operators: each held slot's project, stream and viewers.
     pub fn describe(&self, now: Instant) -> serde_json::Value {
-        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let list: Vec<serde_json::Value> = slots
-            .iter()
-            .zip(self.names.iter().zip(&self.feeds))
-            .filter_map(|(s, (name, feeds))| {
-                let h = s.as_ref()?;
-                let live = feeds.last_frame().is_some_and(|t| {
-                    now.saturating_duration_since(t) <= crate::streams::LIVE_GRACE
-                });
-                Some(serde_json::json!({
-                    "project": h.project,
-                    "stream": name,
-                    "live": live,
-                    "viewers": feeds.viewers(),
-                }))
+        let list: Vec<serde_json::Value> = self
+            .pool
+            .held(now)
+            .into_iter()
+            .map(|h| {
+                serde_json::json!({
+                    "project": h.key,
+                    "stream": h.stream,
+                    "live": h.live,
+                    "viewers": h.viewers,
+                })
             })
             .collect();
-        serde_json::json!({ "upstream": self.base.to_string(), "max": self.names.len(), "projects": list })
+        serde_json::json!({ "upstream": self.base.to_string(), "max": self.pool.capacity(), "projects": list })
     }
 }
 

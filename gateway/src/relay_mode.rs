@@ -91,5 +91,6 @@ pub(crate) async fn start(
         tls: tls_config,
         reloader,
         http_accept,
+        cluster: None,
     })
 }

@@ -29,6 +29,8 @@ pub struct Running {
     pub reloader: Option<Arc<crate::reload::Reloader>>,
     /// The plain-HTTP accept loop (aborted on shutdown).
     pub http_accept: tokio::task::JoinHandle<()>,
+    /// Cluster mode: this node's part (it leaves the cluster on shutdown).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Validates `settings` ([`Settings::plan`]), binds every port and starts serving.
@@ -53,6 +55,7 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
         tls: tls_files,
         modes,
         static_users,
+        cluster: cluster_plan,
     } = plan;
     if modes.relay_only {
         return crate::relay_mode::start(
@@ -136,6 +139,23 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
         directory = directory.with_projects(projects);
         tracing::info!(upstream = %base, "proxy mode: requests the gateway does not answer go to the upstream; its viewer page is at /gateway/");
     }
+    // Cluster mode: streams whose origin is another node are pulled from it.
+    let cluster = match cluster_plan {
+        Some(plan) => {
+            let cluster = crate::cluster::Cluster::new(plan)?;
+            let pulls = Arc::new(crate::cluster::pulls::ClusterPulls::new(
+                cluster.clone(),
+                pull.clone(),
+                crate::cluster::pulls::MAX_CLUSTER_PULLS,
+            ));
+            for (name, feeds) in pulls.engine_streams() {
+                stream_set.insert(name, feeds.clone());
+            }
+            directory = directory.with_cluster(pulls);
+            Some(cluster)
+        }
+        None => None,
+    };
     let streams = Arc::new(directory);
     let media = crate::media::MediaEngine::start(media_plan.config(advertised), stream_set.clone())
         .map_err(|e| {
@@ -272,6 +292,27 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
 
     let (http_addr, http_accept) =
         serve_http(settings.gateway_http_addr, router, http_limits).await?;
+    if let Some(c) = &cluster {
+        let peer_url = c.plan().peer_url_for(http_addr, advertised);
+        tracing::info!(node = %c.node_id(), %peer_url, turn_host = %host, "cluster node: siblings pull this node's streams at its peer URL");
+        c.export_metrics(&app.metrics);
+        c.start(cluster_local(
+            crate::cluster::NodeRecord {
+                id: c.node_id().to_owned(),
+                peer_url,
+                media_ip: advertised,
+                media_ports: (media_plan.ports.min, media_plan.ports.max),
+                turn_host: host.clone(),
+                viewers: 0,
+                allocations: 0,
+                cpu_percent: 0.0,
+                started_unix: relay::io::unix_now(),
+            },
+            &streams,
+            &stream_set,
+            &registry,
+        ));
+    }
     tracing::info!(%http_addr, uris = ?app.turn_uris(), "gateway ready");
     let ways = WaysIn::new(http_addr, advertised, &host, relay.local_tcp().port());
     let proxied = app.proxy().is_some();
@@ -299,7 +340,42 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
         tls: tls_config,
         reloader,
         http_accept,
+        cluster,
     })
+}
+
+/// What the cluster heartbeat reads of this node: its load, the streams it is the origin
+/// of, whether a session lives.
+fn cluster_local(
+    record: crate::cluster::NodeRecord,
+    streams: &Arc<crate::streams::StreamDirectory>,
+    all: &crate::media::StreamSet,
+    registry: &Arc<crate::session::Registry>,
+) -> crate::cluster::Local {
+    let (all, relay) = (all.clone(), registry.relay().clone());
+    let cpu = std::sync::Mutex::new((std::time::Instant::now(), crate::cluster::cpu_time()));
+    let (s, r) = (streams.clone(), registry.clone());
+    crate::cluster::Local {
+        record: Box::new(move || {
+            let mut last = cpu.lock().unwrap_or_else(|p| p.into_inner());
+            let (now, used) = (std::time::Instant::now(), crate::cluster::cpu_time());
+            let wall = now.saturating_duration_since(last.0).as_secs_f64();
+            let busy = used.saturating_sub(last.1).as_secs_f64();
+            *last = (now, used);
+            crate::cluster::NodeRecord {
+                viewers: all.iter().map(|(_, f)| f.viewers() as u64).sum(),
+                allocations: u64::from(relay.allocations()),
+                cpu_percent: if wall > 0.0 {
+                    (busy / wall * 1000.0).round() / 10.0
+                } else {
+                    0.0
+                },
+                ..record.clone()
+            }
+        }),
+        origins: Box::new(move || s.origins(std::time::Instant::now())),
+        session_live: Box::new(move |id| r.contains(id)),
+    }
 }
 
 /// TURN_SECRET's ring, or a random secret for this run (with a warning) when unset.

@@ -30,6 +30,9 @@ impl Running {
             "shutting down: no new connections; ending TURN sessions"
         );
         self.http_accept.abort();
+        if let Some(c) = &self.cluster {
+            c.leave().await;
+        }
         self.relay.begin_shutdown();
         let drained = tokio::time::timeout(timeout, self.relay.drained())
             .await

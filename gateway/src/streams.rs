@@ -162,8 +162,8 @@ pub enum StreamRefusal {
     /// which proxy mode hands the viewer as is.
     #[error("stream {0:?}: the upstream refused the offer ({status})", status = .1.status)]
     UpstreamRefused(String, crate::media::pull::UpstreamAnswer),
-    /// Proxy mode: every project stream is taken (and wanted).
-    #[error("the gateway pulls {0} projects already, all watched; try again later")]
+    /// Proxy mode or cluster mode: every pull slot is taken (and wanted).
+    #[error("the gateway pulls {0} streams already, all watched; try again later")]
     PoolFull(usize),
 }
 
@@ -233,6 +233,8 @@ pub struct StreamDirectory {
     fallback: StreamFallback,
     /// Proxy mode: every other name is a project id of the upstream.
     projects: Option<Arc<crate::project_streams::ProjectStreams>>,
+    /// Cluster mode: a stream not live here whose origin is another node is pulled from it.
+    cluster: Option<Arc<crate::cluster::pulls::ClusterPulls>>,
 }
 
 impl StreamDirectory {
@@ -243,7 +245,37 @@ impl StreamDirectory {
             streams,
             fallback,
             projects: None,
+            cluster: None,
         }
+    }
+
+    /// Cluster mode: a name not live here that another node is the origin of plays that
+    /// node's stream, pulled once ([`crate::cluster::pulls`]).
+    pub fn with_cluster(mut self, pulls: Arc<crate::cluster::pulls::ClusterPulls>) -> Self {
+        self.cluster = Some(pulls);
+        self
+    }
+
+    /// The cluster's pulls, in cluster mode.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::pulls::ClusterPulls>> {
+        self.cluster.as_ref()
+    }
+
+    /// The streams this node is the origin of at `now`: live and fed here (a WHIP
+    /// publisher, an RTP sender, a configured pull), not the test pattern or a file, which
+    /// every node configured with them plays itself.
+    pub fn origins(&self, now: Instant) -> Vec<String> {
+        self.streams
+            .iter()
+            .filter(|e| match &e.liveness {
+                Liveness::Always => false,
+                // From the publisher's offer on: a second publisher elsewhere is refused
+                // before its first frame too.
+                Liveness::Published(w) => w.has_publisher(),
+                other => other.delivering(now),
+            })
+            .map(|e| e.name.clone())
+            .collect()
     }
 
     /// Proxy mode: a name that is no configured stream is a project id of the upstream,
@@ -286,7 +318,36 @@ impl StreamDirectory {
 
     /// The stream `requested` plays (`None`: the caller named none, e.g. `POST /whep`).
     pub fn resolve(&self, requested: Option<&str>, now: Instant) -> Result<&str, StreamRefusal> {
+        self.resolve_in(requested, now, true)
+    }
+
+    /// As [`StreamDirectory::resolve`], from this node's own streams only: a sibling
+    /// node's pull is never served by pulling from a third node (no loops).
+    pub fn resolve_local(
+        &self,
+        requested: Option<&str>,
+        now: Instant,
+    ) -> Result<&str, StreamRefusal> {
+        self.resolve_in(requested, now, false)
+    }
+
+    fn resolve_in(
+        &self,
+        requested: Option<&str>,
+        now: Instant,
+        cross_node: bool,
+    ) -> Result<&str, StreamRefusal> {
         let requested = requested.unwrap_or(DEFAULT_STREAM);
+        if let Some(pulls) = self.cluster.as_ref().filter(|_| cross_node) {
+            let live_here = self
+                .find(requested)
+                .is_some_and(|e| e.liveness.is_live(now));
+            if !live_here && valid_stream_name(requested) {
+                if let Some(slot) = pulls.assign(requested, now) {
+                    return slot.map_err(|full| StreamRefusal::PoolFull(full.0));
+                }
+            }
+        }
         if let Some(projects) = &self.projects {
             if self.find(requested).is_none() && valid_stream_name(requested) {
                 return projects
@@ -319,7 +380,12 @@ impl StreamDirectory {
                 ..
             }) => (feeds.clone(), demand.clone()),
             Some(_) => return Ok(()),
-            None => match self.projects.as_ref().and_then(|p| p.pull_of(name)) {
+            None => match self
+                .projects
+                .as_ref()
+                .and_then(|p| p.pull_of(name))
+                .or_else(|| self.cluster.as_ref().and_then(|c| c.pull_of(name)))
+            {
                 Some(pull) => pull,
                 None => return Ok(()),
             },
@@ -335,10 +401,15 @@ impl StreamDirectory {
         let ready = demand.ready(PULL_READY_TIMEOUT).await;
         // A project slot given to another project meanwhile does not carry this one (a
         // refusal is still this project's: a refused slot is freed at once).
-        let given_away = self
-            .projects
-            .as_ref()
-            .is_some_and(|p| self.find(name).is_none() && !p.still_holds(name, &demand));
+        let given_away = self.find(name).is_none()
+            && self
+                .projects
+                .as_ref()
+                .is_none_or(|p| !p.still_holds(name, &demand))
+            && self
+                .cluster
+                .as_ref()
+                .is_none_or(|c| !c.still_holds(name, &demand));
         match ready {
             Ok(()) if given_away => Err(StreamRefusal::NotLive(name.to_owned())),
             Ok(()) => Ok(()),

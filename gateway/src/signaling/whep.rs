@@ -61,11 +61,28 @@ async fn post_to(
     sdp: String,
 ) -> Result<Response, ApiError> {
     let sig = super::state(&app)?;
-    let stream = sig
-        .streams()
-        .resolve(stream.as_deref(), std::time::Instant::now())
-        .map_err(super::stream_error)?
-        .to_owned();
+    // Cluster mode: a sibling node's pull (cluster token and node id) plays this node's
+    // own streams only.
+    let sibling = match sig.streams().cluster() {
+        Some(p) => p
+            .cluster()
+            .sibling_of(
+                headers
+                    .get(crate::media::pull::PeerAuth::NODE_HEADER)
+                    .and_then(|v| v.to_str().ok()),
+                super::whip::bearer(&headers),
+            )
+            .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()))?,
+        None => None,
+    };
+    let now = std::time::Instant::now();
+    let directory = sig.streams();
+    let stream = match &sibling {
+        Some(_) => directory.resolve_local(stream.as_deref(), now),
+        None => directory.resolve(stream.as_deref(), now),
+    }
+    .map_err(super::stream_error)?
+    .to_owned();
     sig.streams()
         .ready(&stream)
         .await
@@ -76,6 +93,9 @@ async fn post_to(
         .await
     {
         Ok(a) => {
+            if let (Some(node), Some(p)) = (&sibling, sig.streams().cluster()) {
+                p.cluster().note_served(&a.session, &stream, node);
+            }
             let location = format!("/whep/{}", a.session);
             created(sig, a, &location)
         }

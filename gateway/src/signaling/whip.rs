@@ -54,7 +54,7 @@ fn whip_error(e: WhipRefusal) -> ApiError {
 }
 
 /// The token of an `Authorization: Bearer <token>` header.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -103,10 +103,25 @@ async fn post_to(
         return Err(has_publisher(&name));
     }
     let named = whep::session_named(&headers)?;
+    // Cluster mode: one origin per stream in the whole cluster.
+    let cluster = sig.streams().cluster().map(|p| p.cluster().clone());
+    if let Some(c) = &cluster {
+        if let Err(holder) = c.claim(&name).await {
+            tracing::info!(stream = %name, %holder, "WHIP publisher refused: another node is the stream's origin");
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "stream_has_publisher",
+                format!("stream {name:?} already has a live publisher on cluster node {holder:?}; DELETE its resource first"),
+            ));
+        }
+    }
     let ip = peer.map(|p| p.0 .0.ip());
     match sig.registry().publish(whip, named, &sdp, ip).await {
         Ok(a) => {
             tracing::info!(stream = %name, session = %a.session, "WHIP publisher accepted");
+            if let Some(c) = &cluster {
+                c.poke();
+            }
             let location = format!("/whip/{name}/{}", a.session);
             whep::created(sig, a, &location)
         }

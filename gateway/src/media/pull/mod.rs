@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 pub use demand::{PullDemand, PullRefusal, PullStatus};
 pub use session::{PullError, Upstream};
-pub use signal::{Dialect, SignalError, UpstreamAnswer};
+pub use signal::{Dialect, PeerAuth, SignalError, UpstreamAnswer};
 
 use super::{VideoCodec, VideoFeeds};
 

@@ -13,6 +13,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, RtcConfig};
 use tokio::net::UdpSocket;
 
+use super::signal::PeerAuth;
 use super::signal::{self, Dialect, SignalError};
 use crate::media::keyframe::KeyframePacer;
 use crate::media::{EncodedFrame, VideoCodec, VideoFeeds};
@@ -47,6 +48,8 @@ pub struct Upstream {
     pub dialect: Dialect,
     /// The endpoint (`http://…` or `https://…`).
     pub url: Uri,
+    /// A sibling gateway node's pull presents itself (see [`PeerAuth`]).
+    pub peer: Option<PeerAuth>,
 }
 
 /// The local address that routes to `url`'s host: our one host candidate.
@@ -107,6 +110,7 @@ pub async fn run(
         &upstream.url,
         &offer.to_sdp_string(),
         webrtc_id,
+        upstream.peer.as_ref(),
         tls,
     )
     .await?;

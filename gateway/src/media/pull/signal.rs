@@ -85,13 +85,39 @@ pub struct UpstreamAnswer {
     pub body: Bytes,
 }
 
+/// How a gateway node's pull presents itself to a sibling node (cluster mode): the
+/// cluster's shared token as `Authorization: Bearer`, and its node id as
+/// [`PeerAuth::NODE_HEADER`]. The sibling then serves only what it holds itself and counts
+/// the pull as that node's.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PeerAuth {
+    /// The pulling node's id.
+    pub node: String,
+    /// The cluster token (a secret: never printed).
+    pub token: String,
+}
+
+impl PeerAuth {
+    /// The header naming the pulling node.
+    pub const NODE_HEADER: &'static str = "x-gateway-node";
+}
+
+impl std::fmt::Debug for PeerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerAuth")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Sends `offer` to `url` in `dialect` and returns the answer. `webrtc_id` is the id a Geti
-/// backend files the connection under.
+/// backend files the connection under; `peer`, how a sibling node's pull presents itself.
 pub async fn exchange(
     dialect: Dialect,
     url: &Uri,
     offer: &str,
     webrtc_id: &str,
+    peer: Option<&PeerAuth>,
     tls: &Arc<rustls::ClientConfig>,
 ) -> Result<Answer, SignalError> {
     let (content_type, body) = match dialect {
@@ -102,10 +128,16 @@ pub async fn exchange(
                 .to_string(),
         ),
     };
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(Method::POST)
         .uri(url.clone())
-        .header(hyper::header::CONTENT_TYPE, content_type)
+        .header(hyper::header::CONTENT_TYPE, content_type);
+    if let Some(p) = peer {
+        req = req
+            .header(hyper::header::AUTHORIZATION, format!("Bearer {}", p.token))
+            .header(PeerAuth::NODE_HEADER, p.node.as_str());
+    }
+    let req = req
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| SignalError::Unreachable(format!("bad request: {e}")))?;
     let (status, location, answer_type, body) = send(req, tls).await?;

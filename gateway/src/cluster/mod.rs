@@ -1,0 +1,396 @@
+//! Several gateways as one service (`CLUSTER_REDIS_URL`), with Valkey/Redis as the shared
+//! state.
+//!
+//! ```text
+//!            Redis: gateway:node:{id} (record, TTL)   gateway:stream:{name} (origin, TTL)
+//!              ▲ heartbeat: write own, read all ▲
+//!   node n1 ───┘                                └─── node n2
+//!   WHIP publisher ─▶ cam (origin) ◀──WHEP pull (cluster token)── cluster~0 ─▶ viewers of cam
+//! ```
+//!
+//! * [`node`]: the record a node publishes and the settings of cluster mode.
+//! * [`view`]: the last snapshot of nodes and origins, read by requests without touching
+//!   Redis (sans-I/O).
+//! * [`store`]: the Redis shell (heartbeat, claims, leaving).
+//! * [`pulls`]: an edge node's pulls of streams whose origin is another node, one per
+//!   stream however many viewers, dropped after the last viewer.
+//!
+//! A node asked for a stream it does not hold live pulls it from the origin node the
+//! directory names, over WHEP, presenting the cluster token and its id; the origin serves
+//! such a pull only from what it holds itself (never pulling further: no loops) and lists
+//! it in `/api/v1/cluster`. Losing Redis stops nothing a node serves: requests read the
+//! last snapshot, pulls talk node to node, and the heartbeat retries (the log says so once).
+
+pub mod node;
+pub mod pulls;
+pub mod store;
+pub mod view;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use subtle::ConstantTimeEq as _;
+use tokio::sync::Notify;
+
+pub use node::{ClusterPlan, NodeRecord};
+use store::{Claim, Store, HEARTBEAT, REDIS_TIMEOUT};
+use view::View;
+
+use crate::media::pull::PeerAuth;
+
+/// Siblings' pulls an origin keeps track of, at most (each is a session, which the
+/// registry bounds too).
+const MAX_SERVED: usize = 4096;
+
+/// What the heartbeat asks the rest of the gateway.
+pub struct Local {
+    /// This node's record as of now.
+    pub record: Box<dyn Fn() -> NodeRecord + Send + Sync>,
+    /// The streams this node is the origin of now (live, fed here: a publisher, an RTP
+    /// sender, a configured pull).
+    pub origins: Box<dyn Fn() -> Vec<String> + Send + Sync>,
+    /// Whether a session is still live (to forget siblings' pulls that ended).
+    pub session_live: Box<dyn Fn(&str) -> bool + Send + Sync>,
+}
+
+/// A sibling's pull this node serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Served {
+    stream: String,
+    node: String,
+}
+
+/// Why a sibling's request is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerRefusal {
+    /// It names a node but does not hold the cluster token.
+    #[error("a request naming a cluster node needs the cluster token as `Authorization: Bearer`")]
+    BadToken,
+    /// Its node id is not one.
+    #[error("{0:?} is not a node id")]
+    BadNode(String),
+}
+
+/// One node's part in the cluster. See the module docs.
+pub struct Cluster {
+    plan: ClusterPlan,
+    store: Store,
+    view: Mutex<View>,
+    wake: Notify,
+    redis_up: AtomicBool,
+    /// Session id → the sibling's pull it is.
+    served: Mutex<BTreeMap<String, Served>>,
+    claimed: tokio::sync::Mutex<BTreeSet<String>>,
+    local: std::sync::OnceLock<Local>,
+}
+
+impl Cluster {
+    /// This node's part, not yet started ([`Cluster::start`]).
+    pub fn new(plan: ClusterPlan) -> anyhow::Result<Arc<Self>> {
+        let store = Store::new(&plan.redis_url)
+            .map_err(|e| anyhow::anyhow!("CLUSTER_REDIS_URL: {:?}", e.kind()))?;
+        Ok(Arc::new(Self {
+            view: Mutex::new(View::new(&plan.node_id)),
+            plan,
+            store,
+            wake: Notify::new(),
+            redis_up: AtomicBool::new(false),
+            served: Mutex::new(BTreeMap::new()),
+            claimed: tokio::sync::Mutex::new(BTreeSet::new()),
+            local: std::sync::OnceLock::new(),
+        }))
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.plan.node_id
+    }
+
+    /// The settings.
+    pub fn plan(&self) -> &ClusterPlan {
+        &self.plan
+    }
+
+    fn view(&self) -> MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts the heartbeat with what it asks of the gateway (once; later calls do
+    /// nothing). The task holds the cluster weakly and stops with it.
+    pub fn start(self: &Arc<Self>, local: Local) {
+        if self.local.set(local).is_err() {
+            return;
+        }
+        tracing::info!(node = %self.plan.node_id, "cluster mode: joining through Redis");
+        tokio::spawn(heartbeat_task(Arc::downgrade(self)));
+    }
+
+    /// Makes the heartbeat run now (a stream just got its source).
+    pub fn poke(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Whether the last heartbeat reached Redis.
+    pub fn redis_up(&self) -> bool {
+        self.redis_up.load(Ordering::Relaxed)
+    }
+
+    /// The node `stream` is pulled from, when another live node is its origin.
+    pub fn origin_elsewhere(&self, stream: &str) -> Option<NodeRecord> {
+        self.view().origin_elsewhere(stream).cloned()
+    }
+
+    /// The other live nodes as of the last heartbeat.
+    pub fn siblings(&self) -> Vec<NodeRecord> {
+        self.view().siblings().cloned().collect()
+    }
+
+    /// How this node's pulls present themselves to a sibling.
+    pub fn peer_auth(&self) -> PeerAuth {
+        PeerAuth {
+            node: self.plan.node_id.clone(),
+            token: self.plan.token.clone(),
+        }
+    }
+
+    /// A request's sibling node: `Ok(None)` when it names none (`X-Gateway-Node`), the
+    /// node when it also holds the cluster token (compared in constant time).
+    pub fn sibling_of(
+        &self,
+        node: Option<&str>,
+        bearer: Option<&str>,
+    ) -> Result<Option<String>, PeerRefusal> {
+        let Some(node) = node else { return Ok(None) };
+        let ok = bearer.is_some_and(|b| bool::from(b.as_bytes().ct_eq(self.plan.token.as_bytes())));
+        if !ok {
+            return Err(PeerRefusal::BadToken);
+        }
+        if !node::valid_node_id(node) {
+            return Err(PeerRefusal::BadNode(node.chars().take(80).collect()));
+        }
+        Ok(Some(node.to_owned()))
+    }
+
+    /// Notes that `session` is `node`'s pull of `stream` (for `/api/v1/cluster`).
+    pub fn note_served(&self, session: &str, stream: &str, node: &str) {
+        let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        if served.len() >= MAX_SERVED {
+            if let Some(first) = served.keys().next().cloned() {
+                served.remove(&first);
+            }
+        }
+        served.insert(
+            session.to_owned(),
+            Served {
+                stream: stream.to_owned(),
+                node: node.to_owned(),
+            },
+        );
+        tracing::info!(node, stream, "serving a sibling node's pull");
+    }
+
+    /// Siblings' pulls served now: (stream, node) per live session.
+    pub fn served(&self) -> Vec<(String, String)> {
+        let live = self.local.get().map(|l| &l.session_live);
+        let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        served.retain(|id, _| live.is_some_and(|f| f(id)));
+        served
+            .values()
+            .map(|s| (s.stream.clone(), s.node.clone()))
+            .collect()
+    }
+
+    /// A WHIP publisher wants `stream`: `Err(holder)` when another node is its origin
+    /// (refused like a second publisher). Without Redis the publisher is taken (this node
+    /// serves what it has) and the heartbeat settles the claim when Redis is back.
+    pub async fn claim(&self, stream: &str) -> Result<(), String> {
+        match tokio::time::timeout(REDIS_TIMEOUT, self.store.claim(stream, &self.plan.node_id))
+            .await
+        {
+            Ok(Ok(Claim::Held)) => {
+                self.claimed.lock().await.insert(stream.to_owned());
+                Ok(())
+            }
+            Ok(Ok(Claim::HeldBy(holder))) => Err(holder),
+            _ => {
+                // The last snapshot decides.
+                match self.origin_elsewhere(stream) {
+                    Some(n) => Err(n.id),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// This node leaves (SIGTERM): its record and claims go now, so siblings stop sending
+    /// viewers' pulls here at once rather than at the TTL. Bounded in time.
+    pub async fn leave(&self) {
+        let claimed = self.claimed.lock().await.clone();
+        match tokio::time::timeout(
+            REDIS_TIMEOUT,
+            self.store.leave(&self.plan.node_id, &claimed),
+        )
+        .await
+        {
+            Ok(Ok(())) => tracing::info!(node = %self.plan.node_id, "left the cluster"),
+            _ => {
+                tracing::warn!(node = %self.plan.node_id, "could not reach Redis to leave the cluster; siblings forget this node at its TTL")
+            }
+        }
+    }
+
+    /// For operators (`/api/v1/cluster`): the nodes, where each stream lives, the
+    /// siblings' pulls this node serves and its own pulls (`pulls`).
+    pub fn describe(&self, pulls: serde_json::Value) -> serde_json::Value {
+        let (nodes, origins, age) = {
+            let v = self.view();
+            let nodes: Vec<serde_json::Value> = v
+                .nodes()
+                .map(|n| {
+                    serde_json::json!({
+                        "id": n.id,
+                        "self": n.id == self.plan.node_id,
+                        "peer_url": n.peer_url,
+                        "media": format!("{}:{}-{}", n.media_ip, n.media_ports.0, n.media_ports.1),
+                        "turn_host": n.turn_host,
+                        "viewers": n.viewers,
+                        "allocations": n.allocations,
+                        "cpu_percent": n.cpu_percent,
+                        "started_unix": n.started_unix,
+                    })
+                })
+                .collect();
+            let origins: Vec<serde_json::Value> = v
+                .origins()
+                .map(|(s, n)| serde_json::json!({ "stream": s, "origin": n }))
+                .collect();
+            let age = v.refreshed().map(|t| t.elapsed().as_millis() as u64);
+            (nodes, origins, age)
+        };
+        let served: Vec<serde_json::Value> = self
+            .served()
+            .into_iter()
+            .map(|(stream, node)| serde_json::json!({ "stream": stream, "node": node }))
+            .collect();
+        serde_json::json!({
+            "node": self.plan.node_id,
+            "redis": if self.redis_up() { "up" } else { "unreachable" },
+            "directory_age_ms": age,
+            "nodes": nodes,
+            "streams": origins,
+            "serving": served,
+            "pulling": pulls,
+        })
+    }
+
+    /// Exports the cluster's gauges (labels: node ids only).
+    pub fn export_metrics(self: &Arc<Self>, metrics: &crate::metrics::Registry) {
+        use relay::core::stats::MetricKind::Gauge;
+        let c = self.clone();
+        metrics.set_gauge(
+            "gateway_cluster_redis_up",
+            "1 while the last cluster heartbeat reached Redis, else 0.",
+            move || u64::from(c.redis_up()),
+        );
+        let c = self.clone();
+        metrics.set_family(
+            "gateway_cluster_node_viewers",
+            "Viewers of each live cluster node, as its last heartbeat said.",
+            Gauge,
+            "node",
+            move || {
+                c.view()
+                    .nodes()
+                    .map(|n| (n.id.clone(), n.viewers))
+                    .collect()
+            },
+        );
+        let c = self.clone();
+        metrics.set_family(
+            "gateway_cluster_pulls_served",
+            "Streams this node serves to each sibling node's pull.",
+            Gauge,
+            "node",
+            move || {
+                let mut per: BTreeMap<String, u64> = BTreeMap::new();
+                for (_, node) in c.served() {
+                    *per.entry(node).or_default() += 1;
+                }
+                per.into_iter().collect()
+            },
+        );
+    }
+}
+
+/// Renews this node's record and claims, reads the others', until the cluster is dropped.
+async fn heartbeat_task(weak: Weak<Cluster>) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned_conflicts: BTreeSet<(String, String)> = BTreeSet::new();
+    // Redis's loss is said once, not every heartbeat.
+    let mut down_said = false;
+    loop {
+        {
+            let Some(c) = weak.upgrade() else { return };
+            let wake = async { c.wake.notified().await };
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = wake => {}
+            }
+        }
+        let Some(c) = weak.upgrade() else { return };
+        let Some(local) = c.local.get() else { return };
+        let record = (local.record)();
+        let live = (local.origins)();
+        let mut claimed = c.claimed.lock().await;
+        let result = tokio::time::timeout(
+            HEARTBEAT + REDIS_TIMEOUT,
+            c.store.heartbeat(&record, &live, &mut claimed),
+        )
+        .await;
+        drop(claimed);
+        match result {
+            Ok(Ok(snapshot)) => {
+                down_said = false;
+                if !c.redis_up.swap(true, Ordering::Relaxed) {
+                    tracing::info!(node = %record.id, nodes = snapshot.nodes.len(), "cluster: Redis reached; directory shared");
+                }
+                for conflict in &snapshot.conflicts {
+                    if warned_conflicts.insert(conflict.clone()) {
+                        tracing::warn!(stream = %conflict.0, holder = %conflict.1, "cluster: this stream has a source here, but another node is its origin; viewers elsewhere are sent there");
+                    }
+                }
+                c.view()
+                    .refresh(snapshot.nodes, snapshot.origins, Instant::now());
+            }
+            Ok(Err(_)) | Err(_) => {
+                let why = match &result {
+                    Ok(Err(e)) => format!("{:?}", e.kind()),
+                    _ => "timed out".to_owned(),
+                };
+                c.redis_up.store(false, Ordering::Relaxed);
+                if !down_said {
+                    down_said = true;
+                    tracing::warn!(error = %why, "cluster: Redis unreachable; serving the sessions and streams this node has, cross-node pulls use the last directory; retrying every {}s", HEARTBEAT.as_secs());
+                }
+            }
+        }
+    }
+}
+
+/// Process CPU time, for the node's load.
+pub(crate) fn cpu_time() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(u) => {
+            let t = |tv: nix::sys::time::TimeVal| {
+                Duration::from_secs(tv.tv_sec().max(0) as u64)
+                    + Duration::from_micros(tv.tv_usec().max(0) as u64)
+            };
+            t(u.user_time()) + t(u.system_time())
+        }
+        Err(_) => Duration::ZERO,
+    }
+}

@@ -1,0 +1,510 @@
+//! Several gateways as one service: a real `redis-server` and three `gateway` processes on
+//! loopback (127.0.0.2, 127.0.0.3, 127.0.0.4), each its own node with its own TURN host
+//! name. An aiortc publisher pushes `cam` by WHIP to node 1; a second publisher on node 2 is
+//! refused; viewers on nodes 2 and 3 (one relay-only over TURN/TLS on node 3) decode the
+//! publisher's picture; node 1 serves exactly one pull per edge node. Then node 2 is killed
+//! (node 3's viewers keep video, node 2's viewers reconnect to node 3, the directory forgets
+//! node 2 within its TTL), Redis is stopped for 30 s (every viewer keeps video), and when the
+//! viewers leave the pulls stop.
+// An integration test: a panic here is a failed test, which is what it should be.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
+
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gateway_tests::coturn::{free_udp_range, gateway_bin};
+use gateway_tests::http::request;
+use gateway_tests::peer::{decoded_size, relayed_viewer, wait_for, Viewer};
+use gateway_tests::{free_tcp_port, TestCert};
+use serde_json::Value;
+use tokio::io::AsyncBufReadExt;
+
+const SECRET: &str = "cluster-test-secret-0123456789";
+const WHIP_TOKEN: &str = "cluster-whip-token-0123456789";
+const API_TOKEN: &str = "cluster-api-token-0123456789";
+const SIZE: (usize, usize) = (320, 240);
+const MEDIA_LIMIT: Duration = Duration::from_secs(20);
+/// A node's record lives this long without a heartbeat (gateway::cluster::store).
+const NODE_TTL: Duration = gateway::cluster::store::NODE_TTL;
+const HEARTBEAT: Duration = gateway::cluster::store::HEARTBEAT;
+
+/// A `redis-server` on loopback, no persistence; killed on drop.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = free_tcp_port();
+        let dir =
+            std::env::temp_dir().join(format!("gw-cluster-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = Redis {
+            child: None,
+            port,
+            dir,
+        };
+        r.run();
+        r
+    }
+
+    /// Starts (again) on the same port, and waits until it answers PING.
+    fn run(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server (Debian package redis-server; ./tests/run installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.pong() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn pong(&self) -> bool {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One gateway node: a `gateway` process on 127.0.0.{n+1}, killed on drop. Its log goes to
+/// a file, shown when the test fails.
+struct Node {
+    id: String,
+    child: Option<Child>,
+    http: SocketAddr,
+    turn: SocketAddr,
+    log: std::path::PathBuf,
+}
+
+impl Node {
+    fn start(n: u8, redis: &Redis, cert: &TestCert) -> Node {
+        let ip = format!("127.0.0.{}", n + 1);
+        let id = format!("n{n}");
+        let (cert_path, key_path) = cert.write_pem_files();
+        let http: SocketAddr = format!("{ip}:{}", free_tcp_port()).parse().unwrap();
+        let turn: SocketAddr = format!("{ip}:{}", free_tcp_port()).parse().unwrap();
+        let log = std::env::temp_dir().join(format!("gw-cluster-{}-{id}.log", std::process::id()));
+        let child = Command::new(gateway_bin())
+            .env("GATEWAY_HTTP_ADDR", http.to_string())
+            .env("TURN_LISTEN", turn.to_string())
+            .env("TURN_SECRET", SECRET)
+            .env("TURN_HOST", format!("{id}.turn.test"))
+            .env("TLS_CERT", &cert_path)
+            .env("TLS_KEY", &key_path)
+            .env("WEBRTC_BIND_IP", &ip)
+            .env("WEBRTC_ADVERTISE_IP", &ip)
+            .env("WEBRTC_PORT_RANGE", free_udp_range())
+            .env("STREAMS", "cam=whip")
+            .env("WHIP_TOKEN", WHIP_TOKEN)
+            .env("API_TOKEN", API_TOKEN)
+            .env("PULL_IDLE_TIMEOUT", "2")
+            .env("CLUSTER_REDIS_URL", redis.url())
+            .env("CLUSTER_NODE_ID", &id)
+            .env("RUST_LOG", "gateway=info,str0m=warn")
+            .env_remove("STUN_SERVER")
+            .env_remove("ICE_SERVERS")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn gateway");
+        Node {
+            id,
+            child: Some(child),
+            http,
+            turn,
+            log,
+        }
+    }
+
+    async fn ready(&self) {
+        let http = self.http;
+        wait_for(&format!("{} answers /health", self.id), || async move {
+            tokio::net::TcpStream::connect(http).await.is_ok()
+                && request(http, "GET", "/health", &[], b"").await.status == 200
+        })
+        .await;
+    }
+
+    /// `GET /api/v1/cluster` on this node.
+    async fn cluster(&self) -> Value {
+        let bearer = format!("Bearer {API_TOKEN}");
+        let r = request(
+            self.http,
+            "GET",
+            "/api/v1/cluster",
+            &[("Authorization", &bearer)],
+            b"",
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}: {r:?}", self.id);
+        r.json()
+    }
+
+    /// SIGKILL: no goodbye to Redis, no DELETE to anyone.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- {} log ----\n{}", self.id, self.log_tail());
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// An aiortc WHIP publisher (tests/standins/whip_publisher.py), killed on drop.
+struct Publisher {
+    _child: tokio::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Publisher {
+    fn start(http: SocketAddr, path: &str) -> Publisher {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let python = root.join(".venv-aiortc/bin/python");
+        assert!(
+            python.exists(),
+            "{} is missing: ./tests/run creates it",
+            python.display()
+        );
+        let mut child = tokio::process::Command::new(python)
+            .arg(root.join("standins/whip_publisher.py"))
+            .args(["--url", &format!("http://{http}{path}")])
+            .args([
+                "--token", WHIP_TOKEN, "--codec", "h264", "--size", "320x240",
+            ])
+            .args(["--lifetime", "400"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("publisher starts");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().expect("stdout");
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            let mut out = tokio::io::BufReader::new(out).lines();
+            while let Ok(Some(l)) = out.next_line().await {
+                sink.lock().unwrap().push(l);
+            }
+        });
+        Publisher {
+            _child: child,
+            lines,
+        }
+    }
+
+    async fn line(&self, prefix: &str) -> String {
+        let mut found = None;
+        wait_for(&format!("publisher reports {prefix:?}"), || {
+            found = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.starts_with(prefix))
+                .cloned();
+            std::future::ready(found.is_some())
+        })
+        .await;
+        found.unwrap()
+    }
+}
+
+/// Node ids in a `/api/v1/cluster` answer.
+fn node_ids(c: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = c["nodes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// How many pulls of `cam` the answer says this node serves to `node`.
+fn serving(c: &Value, node: &str) -> usize {
+    c["serving"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|s| s["node"] == node && s["stream"] == "cam")
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The origin of `cam` in the answer.
+fn origin(c: &Value) -> Option<String> {
+    c["streams"]
+        .as_array()?
+        .iter()
+        .find(|s| s["stream"] == "cam")
+        .and_then(|s| s["origin"].as_str().map(str::to_owned))
+}
+
+fn assert_picture(who: &str, frames: &[(bool, Vec<u8>)]) {
+    assert!(frames.len() >= 20, "{who} got {} frames", frames.len());
+    assert_eq!(
+        decoded_size(frames),
+        Some(SIZE),
+        "{who}: the publisher's picture"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_serve_one_published_stream_and_survive_a_node_and_redis() {
+    let cert = TestCert::new(&["n1.turn.test", "n2.turn.test", "n3.turn.test"]);
+    let mut redis = Redis::start();
+    let n1 = Node::start(1, &redis, &cert);
+    let mut n2 = Node::start(2, &redis, &cert);
+    let n3 = Node::start(3, &redis, &cert);
+    for n in [&n1, &n2, &n3] {
+        n.ready().await;
+    }
+    wait_for("every node sees three nodes", || async {
+        let mut all = true;
+        for n in [&n1, &n2, &n3] {
+            all &= node_ids(&n.cluster().await) == ["n1", "n2", "n3"];
+        }
+        all
+    })
+    .await;
+    let c1 = n1.cluster().await;
+    assert_eq!(c1["node"], "n1");
+    assert_eq!(c1["redis"], "up");
+    let me = c1["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "n1")
+        .unwrap()
+        .clone();
+    assert_eq!(me["turn_host"], "n1.turn.test", "{me}");
+    assert_eq!(me["peer_url"], format!("http://{}", n1.http), "{me}");
+
+    // Each node's sessions name its own TURN host.
+    for n in [&n1, &n2, &n3] {
+        let cfg = request(n.http, "GET", "/api/v1/webrtc/config", &[], b"")
+            .await
+            .json();
+        assert!(
+            cfg.to_string()
+                .contains(&format!("turns:{}.turn.test:", n.id)),
+            "{}: {cfg}",
+            n.id
+        );
+    }
+
+    // The publisher on node 1; a second one on node 2 is refused like a second publisher.
+    let publisher = Publisher::start(n1.http, "/whip/cam");
+    assert_eq!(publisher.line("STATUS").await.trim(), "STATUS 201");
+    publisher.line("CONNECTED").await;
+    wait_for("node 2 knows node 1 is cam's origin", || async {
+        origin(&n2.cluster().await).as_deref() == Some("n1")
+    })
+    .await;
+    let second = Publisher::start(n2.http, "/whip/cam");
+    let status = second.line("STATUS").await;
+    assert!(
+        status.starts_with("STATUS 409") && status.contains("stream_has_publisher"),
+        "{status}"
+    );
+    assert!(status.contains("n1"), "names the origin node: {status}");
+    drop(second);
+
+    // Viewers: two over UDP on node 2 (one pull for both), one over UDP and one relay-only
+    // over TURN/TLS on node 3.
+    let mut v2a = Viewer::join_with(n2.http, "cam", "geti-2a", true, true).await;
+    let mut v2b = Viewer::join_with(n2.http, "cam", "geti-2b", true, true).await;
+    let mut v3 = Viewer::join_with(n3.http, "cam", "geti-3", true, true).await;
+    let mut v3r = relayed_viewer(n3.http, n3.turn, &cert.cert_der, "cam", true).await;
+    let (f2a, f2b, f3, got3r) = tokio::join!(
+        v2a.frames(30, MEDIA_LIMIT),
+        v2b.frames(30, MEDIA_LIMIT),
+        v3.frames(30, MEDIA_LIMIT),
+        v3r.pump(MEDIA_LIMIT, |p| p.frames.len() >= 30),
+    );
+    assert_picture("node 2 viewer a", &f2a);
+    assert_picture("node 2 viewer b", &f2b);
+    assert_picture("node 3 UDP viewer", &f3);
+    assert!(
+        got3r,
+        "node 3 relayed viewer got {} frames",
+        v3r.frames.len()
+    );
+    assert_picture("node 3 relayed viewer", &v3r.frames);
+    assert!(v3r.dtls_connected, "through the relay");
+    let c1 = n1.cluster().await;
+    assert_eq!(
+        serving(&c1, "n2"),
+        1,
+        "one pull for node 2's two viewers: {c1}"
+    );
+    assert_eq!(
+        serving(&c1, "n3"),
+        1,
+        "one pull for node 3's two viewers: {c1}"
+    );
+    let pulling = n2.cluster().await["pulling"].clone();
+    assert_eq!(pulling.as_array().map(Vec::len), Some(1), "{pulling}");
+    assert_eq!(pulling[0]["origin"], "n1", "{pulling}");
+    assert_eq!(pulling[0]["viewers"], 2, "{pulling}");
+
+    // Node 2 dies. Node 3's viewers keep video; node 2's viewers come back on node 3.
+    n2.kill();
+    let killed = Instant::now();
+    drop((v2a, v2b));
+    let (f3, got3r) = tokio::join!(
+        v3.frames(30, MEDIA_LIMIT),
+        v3r.pump(MEDIA_LIMIT, |p| p.frames.len() >= 60),
+    );
+    assert!(
+        f3.len() >= 30,
+        "node 3's UDP viewer after node 2 died: {} frames",
+        f3.len()
+    );
+    assert!(
+        got3r,
+        "node 3's relayed viewer after node 2 died: {} frames",
+        v3r.frames.len()
+    );
+    let mut back_a = Viewer::join_with(n3.http, "cam", "geti-2a", true, true).await;
+    let mut back_b = Viewer::join_with(n3.http, "cam", "geti-2b", true, true).await;
+    let (fa, fb) = tokio::join!(
+        back_a.frames(30, MEDIA_LIMIT),
+        back_b.frames(30, MEDIA_LIMIT)
+    );
+    assert_picture("node 2's viewer a, reconnected to node 3", &fa);
+    assert_picture("node 2's viewer b, reconnected to node 3", &fb);
+    wait_for("the directory forgets node 2", || async {
+        node_ids(&n1.cluster().await) == ["n1", "n3"]
+            && node_ids(&n3.cluster().await) == ["n1", "n3"]
+    })
+    .await;
+    let forgot = killed.elapsed();
+    assert!(
+        forgot <= NODE_TTL + HEARTBEAT + Duration::from_secs(2),
+        "node 2 forgotten {forgot:?} after it died (TTL {NODE_TTL:?})"
+    );
+    let c1 = n1.cluster().await;
+    assert_eq!(
+        serving(&c1, "n3"),
+        1,
+        "still one pull for node 3's four viewers: {c1}"
+    );
+
+    // Redis stops for 30 s: every viewer keeps video all along (5 s windows).
+    redis.stop();
+    let stopped = Instant::now();
+    while stopped.elapsed() < Duration::from_secs(30) {
+        let window = Duration::from_secs(5);
+        let before = v3r.frames.len();
+        let (f3, fa, fb, _) = tokio::join!(
+            v3.frames(usize::MAX, window),
+            back_a.frames(usize::MAX, window),
+            back_b.frames(usize::MAX, window),
+            v3r.pump(window, |_| false),
+        );
+        let at = stopped.elapsed().as_secs();
+        for (who, n) in [
+            ("UDP", f3.len()),
+            ("a", fa.len()),
+            ("b", fb.len()),
+            ("relayed", v3r.frames.len() - before),
+        ] {
+            assert!(
+                n >= 20,
+                "Redis down {at} s: node 3 viewer {who} got {n} frames in 5 s"
+            );
+        }
+    }
+    let c1 = n1.cluster().await;
+    assert_eq!(c1["redis"], "unreachable", "{c1}");
+    redis.run();
+    wait_for("the nodes register again once Redis is back", || async {
+        let c = n1.cluster().await;
+        c["redis"] == "up" && node_ids(&c) == ["n1", "n3"] && origin(&c).as_deref() == Some("n1")
+    })
+    .await;
+
+    // The viewers leave: the edge ends their sessions (ICE consent), the pull closes after
+    // PULL_IDLE_TIMEOUT and the origin serves no pull.
+    drop((v3, v3r, back_a, back_b));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (c1, c3) = (n1.cluster().await, n3.cluster().await);
+        let running = c3["pulling"]
+            .as_array()
+            .map(|a| a.iter().filter(|p| p["running"] == true).count())
+            .unwrap_or(0);
+        if serving(&c1, "n3") == 0 && serving(&c1, "n2") == 0 && running == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pulls still up 90 s after the viewers left: {c1} {c3}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(publisher);
+}
