@@ -296,6 +296,7 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
         let peer_url = c.plan().peer_url_for(http_addr, advertised);
         tracing::info!(node = %c.node_id(), %peer_url, turn_host = %host, "cluster node: siblings pull this node's streams at its peer URL");
         c.export_metrics(&app.metrics);
+        registry.join(c.clone());
         c.start(cluster_local(
             crate::cluster::NodeRecord {
                 id: c.node_id().to_owned(),
@@ -344,6 +345,14 @@ pub async fn start_plan(plan: Plan) -> anyhow::Result<Running> {
     })
 }
 
+fn sibling_list(relay: &relay::core::Shared) -> Vec<String> {
+    relay
+        .sibling_peers()
+        .iter()
+        .map(|s| format!("{}:{}-{}", s.ip, s.first, s.last))
+        .collect()
+}
+
 /// What the cluster heartbeat reads of this node: its load, the streams it is the origin
 /// of, whether a session lives.
 fn cluster_local(
@@ -354,7 +363,12 @@ fn cluster_local(
 ) -> crate::cluster::Local {
     let (all, relay) = (all.clone(), registry.relay().clone());
     let cpu = std::sync::Mutex::new((std::time::Instant::now(), crate::cluster::cpu_time()));
-    let (s, r) = (streams.clone(), registry.clone());
+    let (s, r, w, p) = (
+        streams.clone(),
+        registry.clone(),
+        registry.relay().clone(),
+        registry.relay().clone(),
+    );
     crate::cluster::Local {
         record: Box::new(move || {
             let mut last = cpu.lock().unwrap_or_else(|p| p.into_inner());
@@ -375,6 +389,16 @@ fn cluster_local(
         }),
         origins: Box::new(move || s.origins(std::time::Instant::now())),
         session_live: Box::new(move |id| r.contains(id)),
+        wake: Box::new(move |id| {
+            if w.wake_user(id) {
+                tracing::info!(session = %id, "cluster: a sibling ended this session; closing its allocations here");
+            }
+        }),
+        set_siblings: Box::new(move |siblings| {
+            if p.set_sibling_peers(siblings) {
+                tracing::info!(siblings = ?sibling_list(&p), "cluster: the relay admits the sibling nodes' media as peers");
+            }
+        }),
     }
 }
 

@@ -344,6 +344,22 @@ pub async fn relayed_viewer(
     stream: &str,
     h264: bool,
 ) -> RelayedPeer {
+    relayed_viewer_as(http, relay, cert_der, stream, h264, None)
+        .await
+        .0
+}
+
+/// As [`relayed_viewer`], offering with `webrtc_id` as its id when given (as Geti's UI does:
+/// its own UUID, never the session's id), so the offer binds to its session by the relay
+/// candidate alone. Returns the viewer and its session's id.
+pub async fn relayed_viewer_as(
+    http: SocketAddr,
+    relay: SocketAddr,
+    cert_der: &rustls::pki_types::CertificateDer<'static>,
+    stream: &str,
+    h264: bool,
+    webrtc_id: Option<&str>,
+) -> (RelayedPeer, String) {
     let cfg = request(http, "GET", "/api/v1/webrtc/config", &[], b"")
         .await
         .json();
@@ -374,7 +390,7 @@ pub async fn relayed_viewer(
         .await
         .expect("Allocate with the minted credential");
     let (rtc, offer, pending) = relay_only_client(alloc.relayed, turn_local, h264);
-    let body = json!({ "webrtc_id": session, "sdp": offer, "type": "offer" });
+    let body = json!({ "webrtc_id": webrtc_id.unwrap_or(&session), "sdp": offer, "type": "offer" });
     let r = request(
         http,
         "POST",
@@ -396,5 +412,5 @@ pub async fn relayed_viewer(
     for (addr, _) in candidates(&answer) {
         peer.bind(addr).await;
     }
-    peer
+    (peer, session)
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use gateway_tests::coturn::{free_udp_range, gateway_bin};
 use gateway_tests::http::request;
-use gateway_tests::peer::{decoded_size, relayed_viewer, wait_for, Viewer};
+use gateway_tests::peer::{decoded_size, relayed_viewer, relayed_viewer_as, wait_for, Viewer};
 use gateway_tests::{free_tcp_port, TestCert};
 use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
@@ -119,7 +119,13 @@ struct Node {
 }
 
 impl Node {
+    /// Node `n`, its sessions' TURN URLs naming `n{n}.turn.test`.
     fn start(n: u8, redis: &Redis, cert: &TestCert) -> Node {
+        Node::start_named(n, redis, cert, &format!("n{n}.turn.test"))
+    }
+
+    /// Node `n`, its sessions' TURN URLs naming `turn_host`.
+    fn start_named(n: u8, redis: &Redis, cert: &TestCert, turn_host: &str) -> Node {
         let ip = format!("127.0.0.{}", n + 1);
         let id = format!("n{n}");
         let (cert_path, key_path) = cert.write_pem_files();
@@ -130,7 +136,9 @@ impl Node {
             .env("GATEWAY_HTTP_ADDR", http.to_string())
             .env("TURN_LISTEN", turn.to_string())
             .env("TURN_SECRET", SECRET)
-            .env("TURN_HOST", format!("{id}.turn.test"))
+            .env("TURN_HOST", turn_host)
+            // Each node's relay sockets on its own address (the ports of one range).
+            .env("TURN_RELAY_IP", &ip)
             .env("TLS_CERT", &cert_path)
             .env("TLS_KEY", &key_path)
             .env("WEBRTC_BIND_IP", &ip)
@@ -188,6 +196,14 @@ impl Node {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// A counter or gauge of this node's `/metrics`.
+    async fn metric(&self, name: &str) -> u64 {
+        let text = request(self.http, "GET", "/metrics", &[], b"").await.body;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{}: no {name} in /metrics", self.id))
     }
 
     fn log_tail(&self) -> String {
@@ -507,4 +523,100 @@ async fn three_nodes_serve_one_published_stream_and_survive_a_node_and_redis() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     drop(publisher);
+}
+
+/// An L4 load balancer in front of the nodes' TURN ports: one address (one TURNS name),
+/// each new TCP connection forwarded to the next node in turn.
+struct Forwarder {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Forwarder {
+    async fn start(targets: Vec<SocketAddr>) -> Forwarder {
+        let listener = tokio::net::TcpListener::bind("127.0.0.5:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut next = 0usize;
+            while let Ok((mut down, _)) = listener.accept().await {
+                let target = targets[next % targets.len()];
+                next += 1;
+                tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+            }
+        });
+        Forwarder { addr, task }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_one_turn_name_an_allocation_on_another_node_reaches_its_session() {
+    let cert = TestCert::new(&["turn.test"]);
+    let redis = Redis::start();
+    let n1 = Node::start_named(1, &redis, &cert, "turn.test");
+    let n2 = Node::start_named(2, &redis, &cert, "turn.test");
+    let n3 = Node::start_named(3, &redis, &cert, "turn.test");
+    for n in [&n1, &n2, &n3] {
+        n.ready().await;
+    }
+    wait_for("node 2 sees three nodes", || async {
+        node_ids(&n2.cluster().await) == ["n1", "n2", "n3"]
+    })
+    .await;
+    // One TURNS name for the three nodes; the first connection goes to node 2.
+    let lb = Forwarder::start(vec![n2.turn, n3.turn, n1.turn]).await;
+
+    // A viewer of node 1 (its session there) whose allocation lands on node 2; it offers
+    // as Geti's UI does, with its own id: node 1 binds the offer to the session by the
+    // relay candidate, which node 2 told it of.
+    let (mut viewer, session) = relayed_viewer_as(
+        n1.http,
+        lb.addr,
+        &cert.cert_der,
+        "default",
+        true,
+        Some("6f1c0e1a-2b7d-4c1e-9a43-1f0a6b2c3d4e"),
+    )
+    .await;
+    let got = viewer.pump(MEDIA_LIMIT, |p| p.frames.len() >= 30).await;
+    assert!(
+        got,
+        "the viewer got {} frames through node 2",
+        viewer.frames.len()
+    );
+    assert!(viewer.dtls_connected);
+    assert_eq!(
+        n2.metric("turn_allocations_active").await,
+        1,
+        "the allocation is on node 2"
+    );
+    assert_eq!(n1.metric("turn_allocations_active").await, 0);
+    // The relay on node 2 admits node 1's media, and only that: not node 1's HTTP API.
+    assert!(
+        viewer.turn.create_permission(n1.http).await.is_err(),
+        "a sibling's other ports are no peers"
+    );
+
+    // The session ends on its node: the allocation on node 2 closes within a second.
+    let bye = request(n1.http, "DELETE", &format!("/whep/{session}"), &[], b"").await;
+    assert_eq!(bye.status, 200, "{bye:?}");
+    let ended = Instant::now();
+    while n2.metric("turn_allocations_active").await > 0 {
+        assert!(
+            ended.elapsed() < Duration::from_secs(1),
+            "node 2 still holds the allocation {:?} after the session ended on node 1",
+            ended.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(lb);
 }

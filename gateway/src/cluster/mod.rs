@@ -23,6 +23,7 @@
 
 pub mod node;
 pub mod pulls;
+pub mod sessions;
 pub mod store;
 pub mod view;
 
@@ -40,6 +41,10 @@ use view::View;
 
 use crate::media::pull::PeerAuth;
 
+/// Session messages waiting to be published, at most (beyond, they are dropped: a sibling
+/// then learns the session's end from the media's, later).
+const OUTBOX: usize = 4096;
+
 /// Siblings' pulls an origin keeps track of, at most (each is a session, which the
 /// registry bounds too).
 const MAX_SERVED: usize = 4096;
@@ -53,6 +58,10 @@ pub struct Local {
     pub origins: Box<dyn Fn() -> Vec<String> + Send + Sync>,
     /// Whether a session is still live (to forget siblings' pulls that ended).
     pub session_live: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    /// A sibling's session ended: wake this node's allocations of it (they close).
+    pub wake: Box<dyn Fn(&str) + Send + Sync>,
+    /// The sibling nodes' media changed: the relay admits them as peers.
+    pub set_siblings: Box<dyn Fn(Vec<relay::core::SiblingMedia>) + Send + Sync>,
 }
 
 /// A sibling's pull this node serves.
@@ -84,6 +93,12 @@ pub struct Cluster {
     served: Mutex<BTreeMap<String, Served>>,
     claimed: tokio::sync::Mutex<BTreeSet<String>>,
     local: std::sync::OnceLock<Local>,
+    /// Sessions across nodes ([`sessions`]).
+    book: Mutex<sessions::SessionBook>,
+    outbox: tokio::sync::mpsc::Sender<String>,
+    outbox_rx: Mutex<Option<tokio::sync::mpsc::Receiver<String>>>,
+    /// Notified when a sibling tells of an allocation of one of this node's sessions.
+    allocations_heard: Arc<Notify>,
 }
 
 impl Cluster {
@@ -91,7 +106,12 @@ impl Cluster {
     pub fn new(plan: ClusterPlan) -> anyhow::Result<Arc<Self>> {
         let store = Store::new(&plan.redis_url)
             .map_err(|e| anyhow::anyhow!("CLUSTER_REDIS_URL: {:?}", e.kind()))?;
+        let (outbox, outbox_rx) = tokio::sync::mpsc::channel(OUTBOX);
         Ok(Arc::new(Self {
+            book: Mutex::new(sessions::SessionBook::default()),
+            outbox,
+            outbox_rx: Mutex::new(Some(outbox_rx)),
+            allocations_heard: Arc::new(Notify::new()),
             view: Mutex::new(View::new(&plan.node_id)),
             plan,
             store,
@@ -125,6 +145,26 @@ impl Cluster {
         }
         tracing::info!(node = %self.plan.node_id, "cluster mode: joining through Redis");
         tokio::spawn(heartbeat_task(Arc::downgrade(self)));
+        tokio::spawn(subscribe_task(Arc::downgrade(self)));
+        let rx = self
+            .outbox_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(rx) = rx {
+            tokio::spawn(publish_task(Arc::downgrade(self), rx));
+        }
+    }
+
+    fn book(&self) -> MutexGuard<'_, sessions::SessionBook> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a session message for the siblings (dropped when the queue is full).
+    fn announce(&self, m: sessions::Message) {
+        if self.outbox.try_send(m.encode()).is_err() {
+            tracing::debug!("cluster: session message dropped (queue full or Redis gone)");
+        }
     }
 
     /// Makes the heartbeat run now (a stream just got its source).
@@ -324,6 +364,97 @@ impl Cluster {
     }
 }
 
+impl crate::session::Siblings for Cluster {
+    fn standing(&self, user: &str) -> relay::core::Standing {
+        self.book().standing(user, Instant::now())
+    }
+
+    fn user_of_relayed(&self, relayed: std::net::SocketAddr) -> Option<String> {
+        self.book().user_of_relayed(relayed, Instant::now())
+    }
+
+    fn offered(&self, session: &str) {
+        let m = self
+            .book()
+            .offered(&self.plan.node_id, session, Instant::now());
+        self.announce(m);
+    }
+
+    fn ended(&self, session: &str) {
+        let m = self
+            .book()
+            .ended(&self.plan.node_id, session, Instant::now());
+        if let Some(m) = m {
+            self.announce(m);
+        }
+    }
+
+    fn allocated(&self, user: &str, relayed: std::net::SocketAddr) {
+        self.announce(sessions::Message::Alloc {
+            node: self.plan.node_id.clone(),
+            session: user.to_owned(),
+            relayed,
+        });
+    }
+
+    fn allocations_heard(&self) -> Arc<Notify> {
+        self.allocations_heard.clone()
+    }
+}
+
+/// Publishes this node's session messages, in order.
+async fn publish_task(weak: Weak<Cluster>, mut rx: tokio::sync::mpsc::Receiver<String>) {
+    let mut down_said = false;
+    while let Some(m) = rx.recv().await {
+        let Some(c) = weak.upgrade() else { return };
+        let sent =
+            tokio::time::timeout(REDIS_TIMEOUT, c.store.publish(sessions::CHANNEL, &m)).await;
+        match sent {
+            Ok(Ok(())) => down_said = false,
+            _ if !down_said => {
+                down_said = true;
+                tracing::warn!("cluster: a session message could not reach Redis; siblings learn of this node's session ends when Redis is back or from the media");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Hears the siblings' session messages: a session that ended elsewhere closes its
+/// allocations here within the message's delivery. Resubscribes after a loss.
+async fn subscribe_task(weak: Weak<Cluster>) {
+    use futures_util::StreamExt as _;
+    loop {
+        let subscribed = {
+            let Some(c) = weak.upgrade() else { return };
+            tokio::time::timeout(REDIS_TIMEOUT, c.store.subscribe(sessions::CHANNEL)).await
+        };
+        if let Ok(Ok(mut pubsub)) = subscribed {
+            let mut messages = pubsub.on_message();
+            while let Some(msg) = messages.next().await {
+                let Some(c) = weak.upgrade() else { return };
+                let Some(local) = c.local.get() else { continue };
+                let parsed = std::str::from_utf8(msg.get_payload_bytes())
+                    .ok()
+                    .and_then(sessions::Message::parse);
+                let Some(m) = parsed.filter(|m| m.node() != c.plan.node_id) else {
+                    continue;
+                };
+                let alloc = matches!(m, sessions::Message::Alloc { .. });
+                let wake = c.book().receive(m, &*local.session_live, Instant::now());
+                if let Some(session) = wake {
+                    (local.wake)(&session);
+                }
+                if alloc {
+                    c.allocations_heard.notify_waiters();
+                }
+            }
+        }
+        // Lost (or never had) the subscription: the heartbeat says Redis is gone; retry.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// Renews this node's record and claims, reads the others', until the cluster is dropped.
 async fn heartbeat_task(weak: Weak<Cluster>) {
     let mut tick = tokio::time::interval(HEARTBEAT);
@@ -362,6 +493,17 @@ async fn heartbeat_task(weak: Weak<Cluster>) {
                         tracing::warn!(stream = %conflict.0, holder = %conflict.1, "cluster: this stream has a source here, but another node is its origin; viewers elsewhere are sent there");
                     }
                 }
+                let siblings = snapshot
+                    .nodes
+                    .iter()
+                    .filter(|n| n.id != record.id)
+                    .map(|n| relay::core::SiblingMedia {
+                        ip: n.media_ip,
+                        first: n.media_ports.0,
+                        last: n.media_ports.1,
+                    })
+                    .collect();
+                (local.set_siblings)(siblings);
                 c.view()
                     .refresh(snapshot.nodes, snapshot.origins, Instant::now());
             }

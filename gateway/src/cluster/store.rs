@@ -54,6 +54,7 @@ pub enum Claim {
 
 /// One node's connection to Redis (reconnecting by itself).
 pub struct Store {
+    client: redis::Client,
     conn: ConnectionManager,
     claim: redis::Script,
     release: redis::Script,
@@ -80,7 +81,8 @@ impl Store {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
         Ok(Self {
-            conn: ConnectionManager::new_lazy_with_config(client, config)?,
+            conn: ConnectionManager::new_lazy_with_config(client.clone(), config)?,
+            client,
             claim: redis::Script::new(CLAIM),
             release: redis::Script::new(RELEASE),
         })
@@ -159,6 +161,23 @@ impl Store {
         }
         snapshot.origins = self.read_prefix(STREAM_PREFIX, MAX_STREAMS).await?;
         Ok(snapshot)
+    }
+
+    /// Publishes `message` on `channel`.
+    pub async fn publish(&self, channel: &str, message: &str) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(message)
+            .exec_async(&mut conn)
+            .await
+    }
+
+    /// A subscription to `channel` (its own connection).
+    pub async fn subscribe(&self, channel: &str) -> redis::RedisResult<redis::aio::PubSub> {
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        Ok(pubsub)
     }
 
     /// This node leaves: its record and its claims go at once (not at their TTL).

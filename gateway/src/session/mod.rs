@@ -24,5 +24,5 @@ pub mod registry;
 pub mod table;
 
 pub use id::{is_session_id, new_id, valid_id, Source, SESSION_PREFIX};
-pub use registry::{OfferError, Registry};
+pub use registry::{OfferError, Registry, Siblings};
 pub use table::{Binding, Limits, TableError};

@@ -45,7 +45,34 @@ pub struct Registry {
     table: Mutex<SessionTable>,
     relay: Arc<RelayShared>,
     media: MediaHandle,
+    /// Cluster mode: the sibling nodes' view of sessions ([`Siblings`]).
+    siblings: std::sync::OnceLock<Arc<dyn Siblings>>,
 }
+
+/// What the registry tells, and asks, the other nodes of a gateway cluster: a session id
+/// not live here may be a sibling's, whose allocations land here behind a shared TURNS
+/// name. Implemented by [`crate::cluster::Cluster`]; calls must not block.
+pub trait Siblings: Send + Sync {
+    /// The standing of `user`, a session id not live on this node.
+    fn standing(&self, user: &str) -> Standing;
+    /// The session of this node that a sibling's allocation at `relayed` belongs to.
+    fn user_of_relayed(&self, relayed: SocketAddr) -> Option<String>;
+    /// A session of this node offered.
+    fn offered(&self, session: &str);
+    /// A session of this node ended.
+    fn ended(&self, session: &str);
+    /// This node's relay holds an allocation of `user` (a session id not live here) at
+    /// `relayed`.
+    fn allocated(&self, user: &str, relayed: SocketAddr);
+    /// Notified whenever a sibling tells of an allocation of one of this node's sessions
+    /// (an offer may come before the news of its relay candidate's allocation).
+    fn allocations_heard(&self) -> Arc<tokio::sync::Notify>;
+}
+
+/// How long an offer whose relay candidates are no allocation known here waits to hear of
+/// them from a sibling node (cluster mode): pub/sub delivers in about a millisecond, a
+/// browser offers right after its allocation succeeded.
+const SIBLING_ALLOCATION_WAIT: Duration = Duration::from_millis(500);
 
 /// What the relay sees of the registry: whether a TURN user is a live session.
 struct Directory(Weak<Registry>);
@@ -57,7 +84,23 @@ impl UserDirectory for Directory {
         }
         match self.0.upgrade() {
             Some(r) if r.table().contains(user) => Standing::Live,
-            _ => Standing::Ended,
+            Some(r) => r
+                .siblings
+                .get()
+                .map_or(Standing::Ended, |s| s.standing(user)),
+            None => Standing::Ended,
+        }
+    }
+
+    fn allocated(&self, user: &str, relayed: SocketAddr) {
+        if !is_session_id(user) {
+            return;
+        }
+        let Some(r) = self.0.upgrade() else { return };
+        if let Some(s) = r.siblings.get() {
+            if !r.table().contains(user) {
+                s.allocated(user, relayed);
+            }
         }
     }
 }
@@ -75,7 +118,14 @@ impl Registry {
             table: Mutex::new(SessionTable::new(limits)),
             relay: make_relay(Arc::new(Directory(weak.clone()))),
             media,
+            siblings: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Cluster mode: sessions are known to, and from, the sibling nodes (once; later
+    /// calls do nothing).
+    pub fn join(&self, siblings: Arc<dyn Siblings>) {
+        let _ = self.siblings.set(siblings);
     }
 
     fn table(&self) -> MutexGuard<'_, SessionTable> {
@@ -161,9 +211,7 @@ impl Registry {
         sdp: &str,
         ip: Option<IpAddr>,
     ) -> Result<Answered, OfferError> {
-        let candidate_users = relay_candidates(sdp)
-            .filter_map(|a| self.relay.user_of_relayed(a))
-            .collect();
+        let candidate_users = self.candidate_users(sdp).await;
         let req = OfferRequest {
             named,
             client_ids,
@@ -202,6 +250,9 @@ impl Registry {
         match answer {
             Ok(answer) => {
                 self.table().finish_offer(&plan.media, true, Instant::now());
+                if let Some(s) = self.siblings.get() {
+                    s.offered(&plan.session);
+                }
                 match &role {
                     Role::Viewer(stream) => {
                         tracing::info!(session = %plan.session, stream, binding = ?plan.binding, "session offered")
@@ -228,6 +279,43 @@ impl Registry {
         }
     }
 
+    /// The users whose allocations hold the relay candidates of `sdp`: this node's relay
+    /// knows its own; in cluster mode a sibling's allocation of one of this node's sessions
+    /// is told by the sibling, waited for a moment when not heard of yet.
+    async fn candidate_users(&self, sdp: &str) -> Vec<String> {
+        let relayed: Vec<SocketAddr> = relay_candidates(sdp).collect();
+        let find = |s: Option<&Arc<dyn Siblings>>| -> (Vec<String>, bool) {
+            let mut missing = false;
+            let users = relayed
+                .iter()
+                .filter_map(|a| {
+                    let u = self
+                        .relay
+                        .user_of_relayed(*a)
+                        .or_else(|| s.and_then(|s| s.user_of_relayed(*a)));
+                    missing |= u.is_none();
+                    u
+                })
+                .collect();
+            (users, missing)
+        };
+        let Some(siblings) = self.siblings.get() else {
+            return find(None).0;
+        };
+        let heard = siblings.allocations_heard();
+        let deadline = tokio::time::Instant::now() + SIBLING_ALLOCATION_WAIT;
+        loop {
+            let news = heard.notified();
+            let (users, missing) = find(Some(siblings));
+            if !users.is_empty() || !missing {
+                return users;
+            }
+            if tokio::time::timeout_at(deadline, news).await.is_err() {
+                return users;
+            }
+        }
+    }
+
     /// Ends `id` (WHEP DELETE by the holder of its id, shutdown). Returns whether it was
     /// live.
     pub fn end(&self, id: &str, reason: &'static str) -> bool {
@@ -245,6 +333,9 @@ impl Registry {
     /// waking its connections closes its allocations; its media session is closed.
     fn finish(&self, e: Ended) {
         let had_allocations = self.relay.wake_user(&e.id);
+        if let Some(s) = self.siblings.get() {
+            s.ended(&e.id);
+        }
         tracing::info!(session = %e.id, reason = e.reason, had_allocations, "session ended");
         if let Some(m) = e.media {
             self.close_media(m);

@@ -16,7 +16,7 @@ pub mod stats;
 pub use badinput::{source_prefix, BadInput};
 pub use client::{Client, ClientOutput, PeerOutput};
 pub use nonce::NonceKey;
-pub use policy::{PeerPolicy, PolicyError, PolicyVerdict};
+pub use policy::{PeerPolicy, PolicyError, PolicyVerdict, SiblingMedia};
 pub use shared::{Config, Shared};
 pub use standing::{Standing, UserDirectory, Wake};
 pub use static_users::{StaticUsers, StaticUsersError};

@@ -129,6 +129,24 @@ pub enum PolicyVerdict {
     Deny(&'static str),
 }
 
+/// A sibling gateway node's media: one address and its media port range (cluster mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SiblingMedia {
+    /// The node's advertised media address.
+    pub ip: IpAddr,
+    /// Its first media port.
+    pub first: u16,
+    /// Its last media port.
+    pub last: u16,
+}
+
+impl SiblingMedia {
+    /// Whether `ip:port` is this node's media.
+    pub fn contains(&self, ip: IpAddr, port: u16) -> bool {
+        canonical_ip(self.ip) == canonical_ip(ip) && (self.first..=self.last).contains(&port)
+    }
+}
+
 /// A rule that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid peer rule {rule:?}: {reason}")]
@@ -320,6 +338,20 @@ impl PeerPolicy {
         internal: &[SocketAddr],
         own: &[IpAddr],
     ) -> PolicyVerdict {
+        self.check_with_siblings(peer, internal, &[], own)
+    }
+
+    /// As [`PeerPolicy::check_with_own`], with `siblings`: the media addresses of the other
+    /// gateway nodes of a cluster, allowed like the gateway's own media (unless denied by a
+    /// rule) and only on their media ports, so that an allocation landing on one node can
+    /// reach a session whose media is on another.
+    pub fn check_with_siblings(
+        &self,
+        peer: SocketAddr,
+        internal: &[SocketAddr],
+        siblings: &[SiblingMedia],
+        own: &[IpAddr],
+    ) -> PolicyVerdict {
         let ip = canonical_ip(peer.ip());
         let port = peer.port();
         if port == 0 {
@@ -332,6 +364,9 @@ impl PeerPolicy {
             .iter()
             .any(|i| i.port() == port && canonical_ip(i.ip()) == ip)
         {
+            return PolicyVerdict::Allow;
+        }
+        if siblings.iter().any(|s| s.contains(ip, port)) {
             return PolicyVerdict::Allow;
         }
         let mut matched = false;
@@ -627,6 +662,48 @@ mod tests {
                 "{peer}"
             );
         }
+    }
+
+    #[test]
+    fn sibling_media_passes_on_its_ports_only_and_deny_rules_still_win() {
+        let default = PeerPolicy::parse("", "").unwrap();
+        let sib = [SiblingMedia {
+            ip: "127.0.0.3".parse().unwrap(),
+            first: 50000,
+            last: 50015,
+        }];
+        let check = |p: &PeerPolicy, peer: &str| p.check_with_siblings(sa(peer), &[], &sib, &[]);
+        assert_eq!(check(&default, "127.0.0.3:50000"), PolicyVerdict::Allow);
+        assert_eq!(check(&default, "127.0.0.3:50015"), PolicyVerdict::Allow);
+        assert_eq!(
+            check(&default, "[::ffff:127.0.0.3]:50001"),
+            PolicyVerdict::Allow
+        );
+        assert_ne!(
+            check(&default, "127.0.0.3:50016"),
+            PolicyVerdict::Allow,
+            "not a media port"
+        );
+        assert_ne!(
+            check(&default, "127.0.0.3:9100"),
+            PolicyVerdict::Allow,
+            "its HTTP API"
+        );
+        assert_ne!(
+            check(&default, "127.0.0.4:50000"),
+            PolicyVerdict::Allow,
+            "not a sibling"
+        );
+        let deny = PeerPolicy::parse("", "127.0.0.3").unwrap();
+        assert_eq!(
+            check(&deny, "127.0.0.3:50000"),
+            PolicyVerdict::Deny("denied by rule")
+        );
+        assert_eq!(
+            default.check_with_own(sa("127.0.0.3:50000"), &[], &[]),
+            PolicyVerdict::Deny("not in allow list"),
+            "without the cluster, no sibling"
+        );
     }
 
     /// The gateway's own addresses: its media ports pass (they are `internal`), any other

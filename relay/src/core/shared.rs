@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use auth::SecretRing;
 
 use super::badinput::{BadInput, BadInputLog};
+use super::policy::SiblingMedia;
 use super::{
     NonceKey, Now, PeerPolicy, PolicyVerdict, Standing, StaticUsers, Stats, UserDirectory, Wake,
 };
@@ -131,6 +132,10 @@ impl QuotaTicket {
             users.relayed.remove(&old);
         }
         users.relayed.insert(relayed, self.user.clone());
+        drop(users);
+        if let Some(d) = &self.shared.directory {
+            d.allocated(&self.user, relayed);
+        }
     }
 }
 
@@ -166,6 +171,7 @@ pub struct Shared {
     stats: Stats,
     secrets: ArcSwap<SecretRing>,
     internal: ArcSwap<Vec<SocketAddr>>,
+    siblings: ArcSwap<Vec<SiblingMedia>>,
     own: ArcSwap<Vec<IpAddr>>,
     policy: PeerPolicy,
     nonce_key: NonceKey,
@@ -212,6 +218,7 @@ impl Shared {
             stats: Stats::default(),
             secrets: ArcSwap::from_pointee(secrets),
             internal: ArcSwap::from_pointee(Vec::new()),
+            siblings: ArcSwap::from_pointee(Vec::new()),
             own: ArcSwap::from_pointee(Vec::new()),
             policy,
             nonce_key,
@@ -288,6 +295,21 @@ impl Shared {
         self.internal.load_full()
     }
 
+    /// The sibling nodes' media (cluster mode).
+    pub fn sibling_peers(&self) -> Arc<Vec<SiblingMedia>> {
+        self.siblings.load_full()
+    }
+
+    /// Replaces the sibling nodes' media (cluster mode), allowed as peers on their media
+    /// ports (see [`PeerPolicy::check_with_siblings`]). Returns whether they changed.
+    pub fn set_sibling_peers(&self, siblings: Vec<SiblingMedia>) -> bool {
+        let changed = **self.siblings.load() != siblings;
+        if changed {
+            self.siblings.store(Arc::new(siblings));
+        }
+        changed
+    }
+
     /// Replaces the gateway's own addresses (public, advertised, interface): refused as
     /// peers on every port but the media ports unless an allow entry names them (see
     /// [`PeerPolicy::check_with_own`]). Returns whether they changed.
@@ -316,8 +338,10 @@ impl Shared {
     /// (lock-free, no allocation).
     pub fn check_peer(&self, peer: SocketAddr) -> PolicyVerdict {
         let internal = self.internal.load();
+        let siblings = self.siblings.load();
         let own = self.own.load();
-        self.policy.check_with_own(peer, &internal, &own)
+        self.policy
+            .check_with_siblings(peer, &internal, &siblings, &own)
     }
 
     pub(crate) fn nonce_key(&self) -> &NonceKey {

@@ -32,6 +32,12 @@ pub enum Standing {
 pub trait UserDirectory: Send + Sync {
     /// The standing of `user`.
     fn standing(&self, user: &str) -> Standing;
+
+    /// An allocation of `user` now holds `relayed` (a gateway cluster tells the node that
+    /// holds the session, so that an offer naming `relayed` binds to it). Must not block.
+    fn allocated(&self, user: &str, relayed: std::net::SocketAddr) {
+        let _ = (user, relayed);
+    }
 }
 
 /// Wakes the connection task that holds an allocation, so it re-checks its user's standing
