@@ -47,6 +47,11 @@ pub fn router(
         r = r
             .route("/api/v1/streams", get(streams_list))
             .route("/api/v1/cluster", get(cluster_view))
+            .route(
+                "/api/v1/cluster/probe",
+                axum::routing::post(cluster_probe)
+                    .layer(axum::extract::DefaultBodyLimit::max(4096)),
+            )
             .merge(if proxy.is_some() {
                 // Proxy mode: the upstream owns `/`; the gateway's page moves.
                 crate::web::routes_under(crate::web::PROXY_PAGE_PREFIX)
@@ -231,6 +236,46 @@ async fn cluster_view(
             "this gateway is a single node (CLUSTER_REDIS_URL is not set)",
         ),
     }
+}
+
+/// `POST /api/v1/cluster/probe` `{"peer_url", "turn"}`: a sibling node's doctor asks
+/// whether this node reaches its addresses ([`crate::cluster::probe`]). Only for holders of
+/// the cluster token naming their node (`X-Gateway-Node`).
+async fn cluster_probe(
+    State(app): State<Arc<App>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(cluster) = app
+        .signaling()
+        .and_then(|s| s.streams().cluster())
+        .map(|p| p.cluster().clone())
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_clustered",
+            "this gateway is a single node (CLUSTER_REDIS_URL is not set)",
+        );
+    };
+    let node = headers
+        .get(crate::media::pull::PeerAuth::NODE_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match cluster.sibling_of(node, token) {
+        Ok(Some(_)) => {}
+        _ => return unauthorized(),
+    }
+    let Ok(req) = serde_json::from_slice::<crate::cluster::probe::ProbeRequest>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_probe",
+            "the body is {\"peer_url\": \"http://HOST:PORT\", \"turn\": \"HOST:PORT\"}",
+        );
+    };
+    Json(crate::cluster::probe::reach(cluster.node_id(), &req).await).into_response()
 }
 
 /// `GET /api/v1/streams`: every stream, its source, codecs, whether it is live and its

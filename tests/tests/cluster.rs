@@ -112,6 +112,7 @@ impl Drop for Redis {
 /// a file, shown when the test fails.
 struct Node {
     id: String,
+    env: Vec<(String, String)>,
     child: Option<Child>,
     http: SocketAddr,
     turn: SocketAddr,
@@ -132,25 +133,31 @@ impl Node {
         let http: SocketAddr = format!("{ip}:{}", free_tcp_port()).parse().unwrap();
         let turn: SocketAddr = format!("{ip}:{}", free_tcp_port()).parse().unwrap();
         let log = std::env::temp_dir().join(format!("gw-cluster-{}-{id}.log", std::process::id()));
-        let child = Command::new(gateway_bin())
-            .env("GATEWAY_HTTP_ADDR", http.to_string())
-            .env("TURN_LISTEN", turn.to_string())
-            .env("TURN_SECRET", SECRET)
-            .env("TURN_HOST", turn_host)
+        let env: Vec<(String, String)> = [
+            ("GATEWAY_HTTP_ADDR", http.to_string()),
+            ("TURN_LISTEN", turn.to_string()),
+            ("TURN_SECRET", SECRET.to_owned()),
+            ("TURN_HOST", turn_host.to_owned()),
             // Each node's relay sockets on its own address (the ports of one range).
-            .env("TURN_RELAY_IP", &ip)
-            .env("TLS_CERT", &cert_path)
-            .env("TLS_KEY", &key_path)
-            .env("WEBRTC_BIND_IP", &ip)
-            .env("WEBRTC_ADVERTISE_IP", &ip)
-            .env("WEBRTC_PORT_RANGE", free_udp_range())
-            .env("STREAMS", "cam=whip")
-            .env("WHIP_TOKEN", WHIP_TOKEN)
-            .env("API_TOKEN", API_TOKEN)
-            .env("PULL_IDLE_TIMEOUT", "2")
-            .env("CLUSTER_REDIS_URL", redis.url())
-            .env("CLUSTER_NODE_ID", &id)
-            .env("RUST_LOG", "gateway=info,str0m=warn")
+            ("TURN_RELAY_IP", ip.clone()),
+            ("TLS_CERT", cert_path.to_string_lossy().into_owned()),
+            ("TLS_KEY", key_path.to_string_lossy().into_owned()),
+            ("WEBRTC_BIND_IP", ip.clone()),
+            ("WEBRTC_ADVERTISE_IP", ip.clone()),
+            ("WEBRTC_PORT_RANGE", free_udp_range()),
+            ("STREAMS", "cam=whip".to_owned()),
+            ("WHIP_TOKEN", WHIP_TOKEN.to_owned()),
+            ("API_TOKEN", API_TOKEN.to_owned()),
+            ("PULL_IDLE_TIMEOUT", "2".to_owned()),
+            ("CLUSTER_REDIS_URL", redis.url()),
+            ("CLUSTER_NODE_ID", id.clone()),
+            ("RUST_LOG", "gateway=info,str0m=warn".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let child = Command::new(gateway_bin())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove("STUN_SERVER")
             .env_remove("ICE_SERVERS")
             .stdout(Stdio::null())
@@ -159,6 +166,7 @@ impl Node {
             .expect("spawn gateway");
         Node {
             id,
+            env,
             child: Some(child),
             http,
             turn,
@@ -196,6 +204,22 @@ impl Node {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// `gateway doctor` with this node's settings: (passed, report).
+    fn doctor(&self) -> (bool, String) {
+        let out = Command::new(gateway_bin())
+            .arg("doctor")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "error")
+            .env_remove("STUN_SERVER")
+            .env_remove("ICE_SERVERS")
+            .output()
+            .expect("run gateway doctor");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     }
 
     /// A counter or gauge of this node's `/metrics`.
@@ -358,6 +382,44 @@ async fn three_nodes_serve_one_published_stream_and_survive_a_node_and_redis() {
     assert_eq!(me["turn_host"], "n1.turn.test", "{me}");
     assert_eq!(me["peer_url"], format!("http://{}", n1.http), "{me}");
 
+    // The doctor of node 3: Redis answers, node 1 reaches node 3's peer URL.
+    let (passed, report) = n3.doctor();
+    assert!(passed, "{report}");
+    assert!(
+        report.contains("OK    CLUSTER_REDIS_URL: Redis answers; 3 live node(s)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("OK    reachable from node n1: it reaches the peer URL"),
+        "{report}"
+    );
+
+    // Operators' and siblings' doors are shut to others.
+    let r = request(n1.http, "GET", "/api/v1/cluster", &[], b"").await;
+    assert_eq!(r.status, 401, "{r:?}");
+    let r = request(
+        n1.http,
+        "POST",
+        "/api/v1/cluster/probe",
+        &[("X-Gateway-Node", "n9")],
+        b"{}",
+    )
+    .await;
+    assert_eq!(r.status, 401, "{r:?}");
+    let r = request(
+        n1.http,
+        "POST",
+        "/whep/cam",
+        &[
+            ("Content-Type", "application/sdp"),
+            ("X-Gateway-Node", "n9"),
+            ("Authorization", "Bearer guess"),
+        ],
+        gateway_tests::video_offer().as_bytes(),
+    )
+    .await;
+    r.expect_error(401, "unauthorized");
+
     // Each node's sessions name its own TURN host.
     for n in [&n1, &n2, &n3] {
         let cfg = request(n.http, "GET", "/api/v1/webrtc/config", &[], b"")
@@ -420,6 +482,18 @@ async fn three_nodes_serve_one_published_stream_and_survive_a_node_and_redis() {
         serving(&c1, "n3"),
         1,
         "one pull for node 3's two viewers: {c1}"
+    );
+    let metrics = request(n1.http, "GET", "/metrics", &[], b"").await.body;
+    for line in [
+        "gateway_cluster_redis_up 1",
+        "gateway_cluster_pulls_served{node=\"n2\"} 1",
+        "gateway_cluster_pulls_served{node=\"n3\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
+    assert!(
+        metrics.contains("gateway_cluster_node_viewers{node=\"n2\"}"),
+        "{metrics}"
     );
     let pulling = n2.cluster().await["pulling"].clone();
     assert_eq!(pulling.as_array().map(Vec::len), Some(1), "{pulling}");

@@ -12,6 +12,9 @@
 //! * [`view`]: the last snapshot of nodes and origins, read by requests without touching
 //!   Redis (sans-I/O).
 //! * [`store`]: the Redis shell (heartbeat, claims, leaving).
+//! * [`probe`]: a sibling's doctor asks whether this node reaches it.
+//! * [`sessions`]: sessions across nodes (pub/sub): an allocation on one node for a
+//!   session of another lives, binds and ends with that session.
 //! * [`pulls`]: an edge node's pulls of streams whose origin is another node, one per
 //!   stream however many viewers, dropped after the last viewer.
 //!
@@ -22,6 +25,7 @@
 //! last snapshot, pulls talk node to node, and the heartbeat retries (the log says so once).
 
 pub mod node;
+pub mod probe;
 pub mod pulls;
 pub mod sessions;
 pub mod store;

@@ -180,6 +180,18 @@ impl Store {
         Ok(pubsub)
     }
 
+    /// PING, then every live node's record (for the doctor).
+    pub async fn nodes(&self) -> redis::RedisResult<Vec<NodeRecord>> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").exec_async(&mut conn).await?;
+        Ok(self
+            .read_prefix(NODE_PREFIX, MAX_NODES)
+            .await?
+            .into_iter()
+            .filter_map(|(_, json)| serde_json::from_str(&json).ok())
+            .collect())
+    }
+
     /// This node leaves: its record and its claims go at once (not at their TTL).
     pub async fn leave(&self, node: &str, claimed: &BTreeSet<String>) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();

@@ -16,11 +16,13 @@
 //!   ICE_SERVERS) allocates with minted or static credentials;
 //! - [`self_loop`]: a forced-relay loop through the embedded relay (Allocate,
 //!   CreatePermission, Send, Data);
+//! - [`cluster`]: cluster mode's Redis, node id, and that a sibling node reaches this one;
 //! - [`modes`]: proxy mode's upstream and its offer endpoint; relay-only mode's static
 //!   users (each allocates) and allow list.
 
 pub mod advertised;
 pub mod certificate;
+pub mod cluster;
 pub mod external;
 pub mod modes;
 pub mod ports;
@@ -204,7 +206,8 @@ where
         + advertised::Stun
         + external::TurnProbe
         + self_loop::LoopRunner
-        + modes::ModeProbe,
+        + modes::ModeProbe
+        + cluster::ClusterProbe,
 {
     let live = ports::check(plan, net, r).await;
     advertised::check(&plan.media, net, r).await;
@@ -217,6 +220,7 @@ where
     external::check(&plan.ice, relay::io::unix_now(), net, r).await;
     self_loop::check(plan, live, relay::io::unix_now(), net, r).await;
     modes::check(plan, live, net, r).await;
+    cluster::check(plan, net, r).await;
 }
 
 fn unix_now_i64() -> i64 {
