@@ -238,8 +238,8 @@ async fn cluster_view(
     }
 }
 
-/// `POST /api/v1/cluster/probe` `{"peer_url", "turn"}`: a sibling node's doctor asks
-/// whether this node reaches its addresses ([`crate::cluster::probe`]). Only for holders of
+/// `POST /api/v1/cluster/probe` `{"peer_url"}`: a sibling node's doctor asks whether
+/// this node reaches its peer URL ([`crate::cluster::probe`]). Only for holders of
 /// the cluster token naming their node (`X-Gateway-Node`).
 async fn cluster_probe(
     State(app): State<Arc<App>>,
@@ -272,7 +272,7 @@ async fn cluster_probe(
         return error(
             StatusCode::BAD_REQUEST,
             "bad_probe",
-            "the body is {\"peer_url\": \"http://HOST:PORT\", \"turn\": \"HOST:PORT\"}",
+            "the body is {\"peer_url\": \"http://HOST:PORT\"}",
         );
     };
     Json(crate::cluster::probe::reach(cluster.node_id(), &req).await).into_response()

@@ -15,6 +15,7 @@
 //! * [`probe`]: a sibling's doctor asks whether this node reaches it.
 //! * [`sessions`]: sessions across nodes (pub/sub): an allocation on one node for a
 //!   session of another lives, binds and ends with that session.
+//! * [`seal`]: records and messages carry an HMAC keyed by the cluster token.
 //! * [`pulls`]: an edge node's pulls of streams whose origin is another node, one per
 //!   stream however many viewers, dropped after the last viewer.
 //!
@@ -27,20 +28,22 @@
 pub mod node;
 pub mod probe;
 pub mod pulls;
+pub mod seal;
 pub mod sessions;
 pub mod store;
+mod tasks;
 pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq as _;
 use tokio::sync::Notify;
 
 pub use node::{ClusterPlan, NodeRecord};
-use store::{Claim, Store, HEARTBEAT, REDIS_TIMEOUT};
+use store::{Claim, Store, REDIS_TIMEOUT};
 use view::View;
 
 use crate::media::pull::PeerAuth;
@@ -90,12 +93,24 @@ pub enum PeerRefusal {
 pub struct Cluster {
     plan: ClusterPlan,
     store: Store,
+    seal: seal::Seal,
     view: Mutex<View>,
     wake: Notify,
     redis_up: AtomicBool,
+    /// Bumped each time Redis is reached again after a loss (the subscription is then
+    /// made anew: a connection that died silently would hear nothing forever).
+    epoch: tokio::sync::watch::Sender<u64>,
     /// Session id → the sibling's pull it is.
     served: Mutex<BTreeMap<String, Served>>,
-    claimed: tokio::sync::Mutex<BTreeSet<String>>,
+    /// Streams this node's claims hold (the heartbeat's: it renews and releases them).
+    claimed: Mutex<BTreeSet<String>>,
+    /// Streams a WHIP publisher claimed before its session is up: kept claimed for
+    /// [`store::NODE_TTL`] even while no publisher is registered yet.
+    pending: Mutex<BTreeMap<String, Instant>>,
+    /// Held by a heartbeat while it talks to Redis; leaving waits for it.
+    beat: tokio::sync::Mutex<()>,
+    /// Set when the node leaves: the heartbeat writes nothing more.
+    leaving: AtomicBool,
     local: std::sync::OnceLock<Local>,
     /// Sessions across nodes ([`sessions`]).
     book: Mutex<sessions::SessionBook>,
@@ -112,6 +127,7 @@ impl Cluster {
             .map_err(|e| anyhow::anyhow!("CLUSTER_REDIS_URL: {:?}", e.kind()))?;
         let (outbox, outbox_rx) = tokio::sync::mpsc::channel(OUTBOX);
         Ok(Arc::new(Self {
+            seal: seal::Seal::new(&plan.token),
             book: Mutex::new(sessions::SessionBook::default()),
             outbox,
             outbox_rx: Mutex::new(Some(outbox_rx)),
@@ -121,8 +137,12 @@ impl Cluster {
             store,
             wake: Notify::new(),
             redis_up: AtomicBool::new(false),
+            epoch: tokio::sync::watch::Sender::new(0),
             served: Mutex::new(BTreeMap::new()),
-            claimed: tokio::sync::Mutex::new(BTreeSet::new()),
+            claimed: Mutex::new(BTreeSet::new()),
+            pending: Mutex::new(BTreeMap::new()),
+            beat: tokio::sync::Mutex::new(()),
+            leaving: AtomicBool::new(false),
             local: std::sync::OnceLock::new(),
         }))
     }
@@ -148,15 +168,15 @@ impl Cluster {
             return;
         }
         tracing::info!(node = %self.plan.node_id, "cluster mode: joining through Redis");
-        tokio::spawn(heartbeat_task(Arc::downgrade(self)));
-        tokio::spawn(subscribe_task(Arc::downgrade(self)));
+        tokio::spawn(tasks::heartbeat(Arc::downgrade(self)));
+        tokio::spawn(tasks::subscribe(Arc::downgrade(self)));
         let rx = self
             .outbox_rx
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(rx) = rx {
-            tokio::spawn(publish_task(Arc::downgrade(self), rx));
+            tokio::spawn(tasks::publish(Arc::downgrade(self), rx));
         }
     }
 
@@ -166,7 +186,7 @@ impl Cluster {
 
     /// Queues a session message for the siblings (dropped when the queue is full).
     fn announce(&self, m: sessions::Message) {
-        if self.outbox.try_send(m.encode()).is_err() {
+        if self.outbox.try_send(self.seal.seal(&m.encode())).is_err() {
             tracing::debug!("cluster: session message dropped (queue full or Redis gone)");
         }
     }
@@ -248,30 +268,52 @@ impl Cluster {
 
     /// A WHIP publisher wants `stream`: `Err(holder)` when another node is its origin
     /// (refused like a second publisher). Without Redis the publisher is taken (this node
-    /// serves what it has) and the heartbeat settles the claim when Redis is back.
+    /// serves what it has) and the heartbeat settles the claim when Redis is back. A claim
+    /// holds for [`store::NODE_TTL`] while the publisher's session comes up.
     pub async fn claim(&self, stream: &str) -> Result<(), String> {
-        match tokio::time::timeout(REDIS_TIMEOUT, self.store.claim(stream, &self.plan.node_id))
-            .await
-        {
-            Ok(Ok(Claim::Held)) => {
-                self.claimed.lock().await.insert(stream.to_owned());
-                Ok(())
-            }
+        let held =
+            tokio::time::timeout(REDIS_TIMEOUT, self.store.claim(stream, &self.plan.node_id)).await;
+        let outcome = match held {
+            Ok(Ok(Claim::Held)) => Ok(()),
             Ok(Ok(Claim::HeldBy(holder))) => Err(holder),
-            _ => {
-                // The last snapshot decides.
-                match self.origin_elsewhere(stream) {
-                    Some(n) => Err(n.id),
-                    None => Ok(()),
-                }
-            }
+            // The last snapshot decides.
+            _ => match self.origin_elsewhere(stream) {
+                Some(n) => Err(n.id),
+                None => Ok(()),
+            },
+        };
+        if outcome.is_ok() {
+            lock(&self.pending).insert(stream.to_owned(), Instant::now());
         }
+        outcome
     }
 
-    /// This node leaves (SIGTERM): its record and claims go now, so siblings stop sending
-    /// viewers' pulls here at once rather than at the TTL. Bounded in time.
+    /// The publisher that claimed `stream` did not come up: the claim goes with the next
+    /// heartbeat (unless the stream is live here after all).
+    pub fn unclaim(&self, stream: &str) {
+        lock(&self.pending).remove(stream);
+        self.poke();
+    }
+
+    /// The streams to hold now: those `live` here and the pending claims.
+    fn to_hold(&self, live: Vec<String>, now: Instant) -> BTreeSet<String> {
+        let mut pending = lock(&self.pending);
+        pending.retain(|_, at| now.saturating_duration_since(*at) < store::NODE_TTL);
+        live.into_iter().chain(pending.keys().cloned()).collect()
+    }
+
+    /// This node leaves (SIGTERM): the heartbeat stops writing, and its record and claims
+    /// go now, so siblings stop sending pulls here at once rather than at the TTL. Bounded
+    /// in time.
     pub async fn leave(&self) {
-        let claimed = self.claimed.lock().await.clone();
+        self.leaving.store(true, Ordering::SeqCst);
+        // A heartbeat under way finishes first (bounded by its own timeout).
+        let _beat = tokio::time::timeout(store::HEARTBEAT + REDIS_TIMEOUT, self.beat.lock()).await;
+        let claimed: BTreeSet<String> = lock(&self.claimed)
+            .iter()
+            .chain(lock(&self.pending).keys())
+            .cloned()
+            .collect();
         match tokio::time::timeout(
             REDIS_TIMEOUT,
             self.store.leave(&self.plan.node_id, &claimed),
@@ -370,7 +412,13 @@ impl Cluster {
 
 impl crate::session::Siblings for Cluster {
     fn standing(&self, user: &str) -> relay::core::Standing {
-        self.book().standing(user, Instant::now())
+        let view = self.view();
+        let alive = |node: &str| view.nodes().any(|n| n.id == node);
+        self.book().standing(user, Instant::now(), &alive)
+    }
+
+    fn has_siblings(&self) -> bool {
+        self.view().siblings().next().is_some()
     }
 
     fn user_of_relayed(&self, relayed: std::net::SocketAddr) -> Option<String> {
@@ -406,126 +454,6 @@ impl crate::session::Siblings for Cluster {
     }
 }
 
-/// Publishes this node's session messages, in order.
-async fn publish_task(weak: Weak<Cluster>, mut rx: tokio::sync::mpsc::Receiver<String>) {
-    let mut down_said = false;
-    while let Some(m) = rx.recv().await {
-        let Some(c) = weak.upgrade() else { return };
-        let sent =
-            tokio::time::timeout(REDIS_TIMEOUT, c.store.publish(sessions::CHANNEL, &m)).await;
-        match sent {
-            Ok(Ok(())) => down_said = false,
-            _ if !down_said => {
-                down_said = true;
-                tracing::warn!("cluster: a session message could not reach Redis; siblings learn of this node's session ends when Redis is back or from the media");
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Hears the siblings' session messages: a session that ended elsewhere closes its
-/// allocations here within the message's delivery. Resubscribes after a loss.
-async fn subscribe_task(weak: Weak<Cluster>) {
-    use futures_util::StreamExt as _;
-    loop {
-        let subscribed = {
-            let Some(c) = weak.upgrade() else { return };
-            tokio::time::timeout(REDIS_TIMEOUT, c.store.subscribe(sessions::CHANNEL)).await
-        };
-        if let Ok(Ok(mut pubsub)) = subscribed {
-            let mut messages = pubsub.on_message();
-            while let Some(msg) = messages.next().await {
-                let Some(c) = weak.upgrade() else { return };
-                let Some(local) = c.local.get() else { continue };
-                let parsed = std::str::from_utf8(msg.get_payload_bytes())
-                    .ok()
-                    .and_then(sessions::Message::parse);
-                let Some(m) = parsed.filter(|m| m.node() != c.plan.node_id) else {
-                    continue;
-                };
-                let alloc = matches!(m, sessions::Message::Alloc { .. });
-                let wake = c.book().receive(m, &*local.session_live, Instant::now());
-                if let Some(session) = wake {
-                    (local.wake)(&session);
-                }
-                if alloc {
-                    c.allocations_heard.notify_waiters();
-                }
-            }
-        }
-        // Lost (or never had) the subscription: the heartbeat says Redis is gone; retry.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// Renews this node's record and claims, reads the others', until the cluster is dropped.
-async fn heartbeat_task(weak: Weak<Cluster>) {
-    let mut tick = tokio::time::interval(HEARTBEAT);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut warned_conflicts: BTreeSet<(String, String)> = BTreeSet::new();
-    // Redis's loss is said once, not every heartbeat.
-    let mut down_said = false;
-    loop {
-        {
-            let Some(c) = weak.upgrade() else { return };
-            let wake = async { c.wake.notified().await };
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = wake => {}
-            }
-        }
-        let Some(c) = weak.upgrade() else { return };
-        let Some(local) = c.local.get() else { return };
-        let record = (local.record)();
-        let live = (local.origins)();
-        let mut claimed = c.claimed.lock().await;
-        let result = tokio::time::timeout(
-            HEARTBEAT + REDIS_TIMEOUT,
-            c.store.heartbeat(&record, &live, &mut claimed),
-        )
-        .await;
-        drop(claimed);
-        match result {
-            Ok(Ok(snapshot)) => {
-                down_said = false;
-                if !c.redis_up.swap(true, Ordering::Relaxed) {
-                    tracing::info!(node = %record.id, nodes = snapshot.nodes.len(), "cluster: Redis reached; directory shared");
-                }
-                for conflict in &snapshot.conflicts {
-                    if warned_conflicts.insert(conflict.clone()) {
-                        tracing::warn!(stream = %conflict.0, holder = %conflict.1, "cluster: this stream has a source here, but another node is its origin; viewers elsewhere are sent there");
-                    }
-                }
-                let siblings = snapshot
-                    .nodes
-                    .iter()
-                    .filter(|n| n.id != record.id)
-                    .map(|n| relay::core::SiblingMedia {
-                        ip: n.media_ip,
-                        first: n.media_ports.0,
-                        last: n.media_ports.1,
-                    })
-                    .collect();
-                (local.set_siblings)(siblings);
-                c.view()
-                    .refresh(snapshot.nodes, snapshot.origins, Instant::now());
-            }
-            Ok(Err(_)) | Err(_) => {
-                let why = match &result {
-                    Ok(Err(e)) => format!("{:?}", e.kind()),
-                    _ => "timed out".to_owned(),
-                };
-                c.redis_up.store(false, Ordering::Relaxed);
-                if !down_said {
-                    down_said = true;
-                    tracing::warn!(error = %why, "cluster: Redis unreachable; serving the sessions and streams this node has, cross-node pulls use the last directory; retrying every {}s", HEARTBEAT.as_secs());
-                }
-            }
-        }
-    }
-}
-
 /// Process CPU time, for the node's load.
 pub(crate) fn cpu_time() -> Duration {
     use nix::sys::resource::{getrusage, UsageWho};
@@ -539,4 +467,9 @@ pub(crate) fn cpu_time() -> Duration {
         }
         Err(_) => Duration::ZERO,
     }
+}
+
+/// A std mutex's guard, through poisoning (every holder leaves the data consistent).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -29,6 +29,33 @@ pub struct NodeRecord {
     pub started_unix: u64,
 }
 
+/// Media ports a node may announce at most (WEBRTC_PORT_RANGE is a few dozen): a bound on
+/// what the relay admits as one sibling's media.
+pub const MAX_MEDIA_PORTS: u16 = 4096;
+
+impl NodeRecord {
+    /// Whether the record is one a gateway could have written: a valid id, a peer URL, a
+    /// media address a peer could send to and a bounded port range. (Records are sealed
+    /// too; this bounds what a node holding the token, or a bug, can make its siblings do.)
+    pub fn is_sound(&self) -> bool {
+        let ip = self.media_ip;
+        let (first, last) = self.media_ports;
+        valid_node_id(&self.id)
+            && self.peer_url.len() <= 256
+            && self
+                .peer_url
+                .parse::<hyper::Uri>()
+                .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")))
+            && self.turn_host.len() <= 253
+            && !ip.is_unspecified()
+            && !ip.is_multicast()
+            && first > 0
+            && first <= last
+            && last - first < MAX_MEDIA_PORTS
+            && self.cpu_percent.is_finite()
+    }
+}
+
 /// A valid node id: 1 to 64 of `A-Z a-z 0-9 - _ .` (a Kubernetes node name is one).
 pub fn valid_node_id(id: &str) -> bool {
     crate::streams::valid_stream_name(id)
@@ -73,9 +100,10 @@ impl ClusterPlan {
         if let Err(e) = redis::Client::open(redis_url) {
             return Err((
                 "CLUSTER_REDIS_URL",
+                // Its kind only: the detail may quote the URL, and with it a password.
                 format!(
-                    "not a Redis URL ({}): write redis://HOST:PORT[/DB] or rediss://…",
-                    e.kind_text()
+                    "not a Redis URL ({:?}): write redis://HOST:PORT[/DB] or rediss://…",
+                    e.kind()
                 ),
             ));
         }
@@ -150,17 +178,6 @@ fn host_name() -> Option<String> {
     valid_node_id(&name).then_some(name)
 }
 
-trait KindText {
-    fn kind_text(&self) -> String;
-}
-
-impl KindText for redis::RedisError {
-    /// The error's kind and detail, never the URL (it may hold a password).
-    fn kind_text(&self) -> String {
-        format!("{:?}", self.kind())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,5 +246,62 @@ mod tests {
             "http://gw1:9100"
         );
         assert_eq!(p.token, "0123456789abcdefXYZ");
+    }
+
+    #[test]
+    fn unsound_records_are_refused() {
+        let good = NodeRecord {
+            id: "n1".into(),
+            peer_url: "http://10.0.0.1:9100".into(),
+            media_ip: "10.0.0.1".parse().unwrap(),
+            media_ports: (50000, 50050),
+            turn_host: "n1.example.com".into(),
+            viewers: 1,
+            allocations: 1,
+            cpu_percent: 3.5,
+            started_unix: 1,
+        };
+        assert!(good.is_sound());
+        let bad = [
+            NodeRecord {
+                id: "n 1".into(),
+                ..good.clone()
+            },
+            NodeRecord {
+                peer_url: "file:///etc".into(),
+                ..good.clone()
+            },
+            NodeRecord {
+                media_ip: "0.0.0.0".parse().unwrap(),
+                ..good.clone()
+            },
+            NodeRecord {
+                media_ip: "224.0.0.1".parse().unwrap(),
+                ..good.clone()
+            },
+            NodeRecord {
+                media_ports: (1, 65535),
+                ..good.clone()
+            },
+            NodeRecord {
+                media_ports: (0, 10),
+                ..good.clone()
+            },
+            NodeRecord {
+                media_ports: (50050, 50000),
+                ..good.clone()
+            },
+            NodeRecord {
+                cpu_percent: f64::NAN,
+                ..good.clone()
+            },
+            NodeRecord {
+                turn_host: "x".repeat(300),
+                ..good.clone()
+            },
+        ];
+        for b in bad {
+            assert!(!b.is_sound(), "{b:?}");
+        }
     }
 }

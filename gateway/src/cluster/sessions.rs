@@ -152,13 +152,25 @@ impl<K: std::hash::Hash + Eq + Clone, V> Bounded<K, V> {
     }
 }
 
+/// What a sibling's message did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Heard {
+    /// A session that ended: its allocations here must re-check their standing.
+    pub ended: Option<String>,
+    /// A relayed address now binds one of this node's sessions.
+    pub bound: bool,
+}
+
 /// See the module docs.
 #[derive(Debug, Default)]
 pub struct SessionBook {
     /// Siblings' sessions that offered: session → node.
     live: Bounded<String, String>,
-    /// Sessions that ended here or on a sibling.
+    /// Sessions that offered and ended, here or on a sibling.
     ended: Bounded<String, ()>,
+    /// This node's sessions that ended without offering (kept apart: anonymous config
+    /// requests make many, and they must not push the offered ones out).
+    ended_pending: Bounded<String, ()>,
     /// Relayed addresses siblings hold for this node's sessions: relayed → session.
     relayed: Bounded<SocketAddr, String>,
     /// This node's sessions announced live (their end is announced too).
@@ -166,18 +178,20 @@ pub struct SessionBook {
 }
 
 impl SessionBook {
-    /// The standing of `user`, a session id not live on this node: Live while a sibling
-    /// holds it, Ended once it ended anywhere, else Unknown (a sibling's session that has
-    /// not offered yet: bounded lifetime until it does).
-    pub fn standing(&self, user: &str, now: Instant) -> Standing {
+    /// The standing of `user`, a session id not live on this node: Live while a live
+    /// sibling (`alive`) holds it, Ended once it ended anywhere, else Unknown (a sibling's
+    /// session that has not offered yet, or whose node is gone: bounded lifetime).
+    pub fn standing(&self, user: &str, now: Instant, alive: &dyn Fn(&str) -> bool) -> Standing {
         let user = user.to_owned();
-        if self.ended.get(&user, now, ENDED_MEMORY).is_some() {
+        if self.ended.get(&user, now, ENDED_MEMORY).is_some()
+            || self.ended_pending.get(&user, now, ENDED_MEMORY).is_some()
+        {
             return Standing::Ended;
         }
-        if self.live.get(&user, now, ENDED_MEMORY).is_some() {
-            return Standing::Live;
+        match self.live.get(&user, now, ENDED_MEMORY) {
+            Some(node) if alive(node) => Standing::Live,
+            _ => Standing::Unknown,
         }
-        Standing::Unknown
     }
 
     /// The session of this node a sibling's allocation at `relayed` belongs to.
@@ -198,47 +212,52 @@ impl SessionBook {
     /// it when it had been announced live (a session that never offered is nobody's
     /// business but this node's).
     pub fn ended(&mut self, me: &str, session: &str, now: Instant) -> Option<Message> {
+        if self.announced.remove(&session.to_owned()).is_none() {
+            self.ended_pending.insert(session.to_owned(), (), now);
+            return None;
+        }
         self.ended.insert(session.to_owned(), (), now);
-        self.announced.remove(&session.to_owned())?;
         Some(Message::End {
             node: me.to_owned(),
             session: session.to_owned(),
         })
     }
 
-    /// A sibling's message (`local`: whether a session is live on this node). Returns the
-    /// session whose allocations here must re-check their standing (it ended).
-    pub fn receive(
-        &mut self,
-        m: Message,
-        local: &dyn Fn(&str) -> bool,
-        now: Instant,
-    ) -> Option<String> {
+    /// A sibling's message (`local`: whether a session is live on this node).
+    pub fn receive(&mut self, m: Message, local: &dyn Fn(&str) -> bool, now: Instant) -> Heard {
         match m {
             Message::Live { node, session } => {
                 self.live.insert(session, node, now);
-                None
+                Heard::default()
             }
             Message::End { session, .. } => {
                 self.live.remove(&session);
                 self.ended.insert(session.clone(), (), now);
-                Some(session)
+                Heard {
+                    ended: Some(session),
+                    bound: false,
+                }
             }
             Message::Alloc {
                 session, relayed, ..
             } => {
                 // Only this node's sessions: the others' are their nodes' business.
-                if local(&session) {
+                let bound = local(&session);
+                if bound {
                     self.relayed.insert(relayed, session, now);
                 }
-                None
+                Heard { ended: None, bound }
             }
         }
     }
 
     /// Entries held (for watching that they stay bounded).
     pub fn len(&self) -> usize {
-        self.live.len() + self.ended.len() + self.relayed.len() + self.announced.len()
+        self.live.len()
+            + self.ended.len()
+            + self.ended_pending.len()
+            + self.relayed.len()
+            + self.announced.len()
     }
 
     /// Whether nothing is held.
@@ -294,26 +313,36 @@ mod tests {
         let mut book = SessionBook::default();
         let now = Instant::now();
         let none = |_: &str| false;
-        assert_eq!(book.standing(S, now), Standing::Unknown, "not offered yet");
+        let up = |n: &str| n == "n1";
+        assert_eq!(
+            book.standing(S, now, &up),
+            Standing::Unknown,
+            "not offered yet"
+        );
         let live = Message::Live {
             node: "n1".into(),
             session: S.into(),
         };
-        assert_eq!(book.receive(live.clone(), &none, now), None);
-        assert_eq!(book.standing(S, now), Standing::Live);
+        assert_eq!(book.receive(live.clone(), &none, now), Heard::default());
+        assert_eq!(book.standing(S, now, &up), Standing::Live);
+        assert_eq!(
+            book.standing(S, now, &none),
+            Standing::Unknown,
+            "its node is gone: bounded"
+        );
         let end = Message::End {
             node: "n1".into(),
             session: S.into(),
         };
         assert_eq!(
-            book.receive(end, &none, now).as_deref(),
+            book.receive(end, &none, now).ended.as_deref(),
             Some(S),
             "wake its allocations"
         );
-        assert_eq!(book.standing(S, now), Standing::Ended);
+        assert_eq!(book.standing(S, now, &up), Standing::Ended);
         // A late "live" does not bring an ended session back.
         book.receive(live, &none, now);
-        assert_eq!(book.standing(S, now), Standing::Ended);
+        assert_eq!(book.standing(S, now, &up), Standing::Ended);
     }
 
     #[test]
@@ -326,26 +355,29 @@ mod tests {
             session: S.into(),
             relayed,
         };
-        book.receive(alloc.clone(), &|_| false, now);
+        assert!(!book.receive(alloc.clone(), &|_| false, now).bound);
         assert_eq!(book.user_of_relayed(relayed, now), None, "not ours");
-        book.receive(alloc, &|s| s == S, now);
+        assert!(book.receive(alloc, &|s| s == S, now).bound);
         assert_eq!(book.user_of_relayed(relayed, now).as_deref(), Some(S));
         assert_eq!(
             book.user_of_relayed(relayed, now + RELAYED_MEMORY),
             None,
             "forgotten"
         );
-        // A pending session that ends is not announced; an offered one is.
-        assert_eq!(
-            book.ended("n1", "gws-ffffffffffffffffffffffffffffffff", now),
-            None
-        );
+        // A pending session that ends is not announced (but ended here); an offered one is.
+        let pending = "gws-ffffffffffffffffffffffffffffffff";
+        assert_eq!(book.ended("n1", pending, now), None);
+        assert_eq!(book.standing(pending, now, &|_| true), Standing::Ended);
         assert_eq!(book.offered("n1", S, now).encode(), format!("live n1 {S}"));
         assert_eq!(
             book.ended("n1", S, now).map(|m| m.encode()),
             Some(format!("end n1 {S}"))
         );
-        assert_eq!(book.standing(S, now), Standing::Ended, "ended here");
+        assert_eq!(
+            book.standing(S, now, &|_| true),
+            Standing::Ended,
+            "ended here"
+        );
     }
 
     #[test]

@@ -2,12 +2,17 @@
 //! origin of) and reads (every live node, every stream's origin) each heartbeat.
 //!
 //! Keys, each with a TTL the heartbeat renews, so a node that dies leaves no trace past
-//! [`NODE_TTL`]:
+//! [`NODE_TTL`]; two sets index them (members whose key expired are pruned on reading):
 //!
 //! ```text
-//! gateway:node:{id}       JSON NodeRecord
+//! gateway:nodes           set of node ids
+//! gateway:node:{id}       the node's sealed record: "<mac> <JSON NodeRecord>" (see seal)
+//! gateway:streams         set of stream names
 //! gateway:stream:{name}   the id of the stream's origin node (set if absent, renewed by its holder)
 //! ```
+//!
+//! Whatever is read is bounded ([`MAX_VALUE`], the view's counts) and checked: a value
+//! that is not UTF-8, too long, unsealed or not a valid record is skipped, never trusted.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -15,6 +20,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 
 use super::node::NodeRecord;
+use super::seal::Seal;
 use super::view::{MAX_NODES, MAX_STREAMS};
 
 /// How long a node's record and its streams' claims live without a heartbeat.
@@ -23,19 +29,24 @@ pub const NODE_TTL: Duration = Duration::from_secs(6);
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// A Redis command's longest wait: a slow Redis delays the directory, never a viewer.
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Longest value taken from Redis.
+pub const MAX_VALUE: usize = 4096;
 
+const NODES: &str = "gateway:nodes";
 const NODE_PREFIX: &str = "gateway:node:";
+const STREAMS: &str = "gateway:streams";
 const STREAM_PREFIX: &str = "gateway:stream:";
-/// Keys read per SCAN round, and rounds at most.
-const SCAN_COUNT: usize = 512;
-const SCAN_ROUNDS: usize = 64;
 
 /// Claims a stream for a node: renews the claim if the node holds it, takes it if nobody
 /// does; answers 1, or the id of the node that holds it.
 const CLAIM: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if not cur then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.call('SADD', KEYS[2], ARGV[3])
+  return 1
+end
 return cur";
 
 /// Drops a node's claim of a stream (and nobody else's).
@@ -71,6 +82,19 @@ pub struct Snapshot {
     pub conflicts: Vec<(String, String)>,
 }
 
+/// A Redis error as logs may show it: its kind and the server's words, never the URL
+/// (which may hold a password).
+pub fn describe(e: &redis::RedisError) -> String {
+    match e.detail() {
+        Some(d) => format!(
+            "{:?}: {}",
+            e.kind(),
+            d.chars().take(200).collect::<String>()
+        ),
+        None => format!("{:?}", e.kind()),
+    }
+}
+
 impl Store {
     /// A store for `url` (connects lazily; commands time out after [`REDIS_TIMEOUT`]).
     pub fn new(url: &str) -> redis::RedisResult<Self> {
@@ -94,13 +118,21 @@ impl Store {
         let v: redis::Value = self
             .claim
             .key(format!("{STREAM_PREFIX}{stream}"))
+            .key(STREAMS)
             .arg(node)
             .arg(NODE_TTL.as_millis() as u64)
+            .arg(stream)
             .invoke_async(&mut conn)
             .await?;
         Ok(match v {
             redis::Value::Int(1) => Claim::Held,
-            other => Claim::HeldBy(redis::from_redis_value::<String>(other).unwrap_or_default()),
+            other => Claim::HeldBy(
+                redis::from_redis_value::<String>(other)
+                    .unwrap_or_default()
+                    .chars()
+                    .take(64)
+                    .collect(),
+            ),
         })
     }
 
@@ -116,25 +148,32 @@ impl Store {
         Ok(())
     }
 
-    /// One heartbeat: writes `record`, claims the streams `live` here and releases those of
-    /// `claimed` no longer live (updating `claimed`), then reads every node and origin.
+    /// One heartbeat: writes `record` (sealed), claims the streams of `keep` and releases
+    /// those of `claimed` not in it (updating `claimed`), then reads every node and origin.
     pub async fn heartbeat(
         &self,
+        seal: &Seal,
         record: &NodeRecord,
-        live: &[String],
+        keep: &BTreeSet<String>,
         claimed: &mut BTreeSet<String>,
     ) -> redis::RedisResult<Snapshot> {
         let mut conn = self.conn.clone();
         let json = serde_json::to_string(record).unwrap_or_default();
-        redis::cmd("SET")
+        redis::pipe()
+            .cmd("SET")
             .arg(format!("{NODE_PREFIX}{}", record.id))
-            .arg(json)
+            .arg(seal.seal(&json))
             .arg("PX")
             .arg(NODE_TTL.as_millis() as u64)
+            .ignore()
+            .cmd("SADD")
+            .arg(NODES)
+            .arg(&record.id)
+            .ignore()
             .exec_async(&mut conn)
             .await?;
         let mut snapshot = Snapshot::default();
-        for stream in live {
+        for stream in keep {
             match self.claim(stream, &record.id).await? {
                 Claim::Held => {
                     claimed.insert(stream.clone());
@@ -145,22 +184,39 @@ impl Store {
                 }
             }
         }
-        let gone: Vec<String> = claimed
-            .iter()
-            .filter(|s| !live.contains(s))
-            .cloned()
-            .collect();
+        let gone: Vec<String> = claimed.difference(keep).cloned().collect();
         for stream in gone {
             self.release(&stream, &record.id).await?;
             claimed.remove(&stream);
         }
-        for (_, json) in self.read_prefix(NODE_PREFIX, MAX_NODES).await? {
-            if let Ok(n) = serde_json::from_str::<NodeRecord>(&json) {
-                snapshot.nodes.push(n);
-            }
-        }
-        snapshot.origins = self.read_prefix(STREAM_PREFIX, MAX_STREAMS).await?;
+        snapshot.nodes = self.nodes_sealed(seal).await?;
+        snapshot.origins = self
+            .read_set(STREAMS, STREAM_PREFIX, MAX_STREAMS)
+            .await?
+            .into_iter()
+            .filter(|(_, node)| super::node::valid_node_id(node))
+            .collect();
         Ok(snapshot)
+    }
+
+    /// Every live node's record whose seal verifies and that checks out.
+    async fn nodes_sealed(&self, seal: &Seal) -> redis::RedisResult<Vec<NodeRecord>> {
+        Ok(self
+            .read_set(NODES, NODE_PREFIX, MAX_NODES)
+            .await?
+            .into_iter()
+            .filter_map(|(id, value)| {
+                let record: NodeRecord = serde_json::from_str(seal.open(&value)?).ok()?;
+                (record.id == id && record.is_sound()).then_some(record)
+            })
+            .collect())
+    }
+
+    /// PING, then every live node's record (for the doctor).
+    pub async fn nodes(&self, seal: &Seal) -> redis::RedisResult<Vec<NodeRecord>> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").exec_async(&mut conn).await?;
+        self.nodes_sealed(seal).await
     }
 
     /// Publishes `message` on `channel`.
@@ -180,66 +236,72 @@ impl Store {
         Ok(pubsub)
     }
 
-    /// PING, then every live node's record (for the doctor).
-    pub async fn nodes(&self) -> redis::RedisResult<Vec<NodeRecord>> {
-        let mut conn = self.conn.clone();
-        redis::cmd("PING").exec_async(&mut conn).await?;
-        Ok(self
-            .read_prefix(NODE_PREFIX, MAX_NODES)
-            .await?
-            .into_iter()
-            .filter_map(|(_, json)| serde_json::from_str(&json).ok())
-            .collect())
-    }
-
     /// This node leaves: its record and its claims go at once (not at their TTL).
     pub async fn leave(&self, node: &str, claimed: &BTreeSet<String>) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
         for stream in claimed {
             self.release(stream, node).await?;
         }
-        redis::cmd("DEL")
+        redis::pipe()
+            .cmd("DEL")
             .arg(format!("{NODE_PREFIX}{node}"))
+            .ignore()
+            .cmd("SREM")
+            .arg(NODES)
+            .arg(node)
+            .ignore()
             .exec_async(&mut conn)
             .await
     }
 
-    /// Every key under `prefix` (at most `max`) with its value, suffix first.
-    async fn read_prefix(
+    /// The members of `set` (at most `max`, valid names only) with the values of their
+    /// keys `prefix{member}`; members whose key is gone are pruned from the set. Values
+    /// that are not UTF-8 or longer than [`MAX_VALUE`] are skipped.
+    async fn read_set(
         &self,
+        set: &str,
         prefix: &str,
         max: usize,
     ) -> redis::RedisResult<Vec<(String, String)>> {
         let mut conn = self.conn.clone();
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        for _ in 0..SCAN_ROUNDS {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{prefix}*"))
-                .arg("COUNT")
-                .arg(SCAN_COUNT)
-                .query_async(&mut conn)
-                .await?;
-            keys.extend(batch);
-            cursor = next;
-            if cursor == 0 || keys.len() >= max {
-                break;
-            }
-        }
-        keys.sort();
-        keys.dedup();
-        keys.truncate(max);
-        if keys.is_empty() {
+        let members: Vec<Vec<u8>> = redis::cmd("SRANDMEMBER")
+            .arg(set)
+            .arg(max)
+            .query_async(&mut conn)
+            .await?;
+        let mut names: Vec<String> = members
+            .into_iter()
+            .filter_map(|m| String::from_utf8(m).ok())
+            .filter(|m| crate::streams::valid_stream_name(m))
+            .collect();
+        names.sort();
+        names.dedup();
+        if names.is_empty() {
             return Ok(Vec::new());
         }
-        let values: Vec<Option<String>> =
+        let keys: Vec<String> = names.iter().map(|n| format!("{prefix}{n}")).collect();
+        let values: Vec<Option<Vec<u8>>> =
             redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-        Ok(keys
-            .into_iter()
+        let gone: Vec<&String> = names
+            .iter()
+            .zip(&values)
+            .filter(|(_, v)| v.is_none())
+            .map(|(n, _)| n)
+            .collect();
+        if !gone.is_empty() {
+            redis::cmd("SREM")
+                .arg(set)
+                .arg(&gone)
+                .exec_async(&mut conn)
+                .await?;
+        }
+        Ok(names
+            .iter()
             .zip(values)
-            .filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_owned(), v?)))
+            .filter_map(|(n, v)| {
+                let v = v.filter(|v| v.len() <= MAX_VALUE)?;
+                Some((n.clone(), String::from_utf8(v).ok()?))
+            })
             .collect())
     }
 }

@@ -1,7 +1,7 @@
 //! What this node knows of the cluster: the last snapshot of the node registry and the
 //! stream directory read from Redis, and the rules that use it. Sans-I/O: the Redis shell
-//! ([`super::store`]) refreshes it; requests read it without waiting on Redis, so a slow or
-//! lost Redis never holds a viewer's request.
+//! ([`super::store`]) refreshes it; requests read it without waiting on Redis. While Redis
+//! is lost the last snapshot stands: streams keep their origins, pulls go on node to node.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -40,8 +40,8 @@ impl View {
         &self.me
     }
 
-    /// Replaces the snapshot: the nodes whose records are alive in Redis, and each live
-    /// stream's origin. Records that do not name themselves as their key did are dropped.
+    /// Replaces the snapshot: the nodes whose records are alive in Redis (the store took
+    /// only sealed, sound records filed under their own id), and each live stream's origin.
     pub fn refresh(
         &mut self,
         nodes: impl IntoIterator<Item = NodeRecord>,

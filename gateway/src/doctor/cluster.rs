@@ -15,8 +15,8 @@ use crate::config::Plan;
 
 /// Talking to Redis and to sibling nodes (real, or a fake in tests).
 pub(crate) trait ClusterProbe {
-    /// PING Redis and read the live nodes' records.
-    async fn nodes(&self, redis_url: &str) -> Result<Vec<NodeRecord>, String>;
+    /// PING Redis and read the live nodes' records (those sealed with the cluster token).
+    async fn nodes(&self, plan: &ClusterPlan) -> Result<Vec<NodeRecord>, String>;
     /// Ask `sibling` to reach `target`, as node `plan.node_id`.
     async fn ask(
         &self,
@@ -31,7 +31,7 @@ pub(crate) trait ClusterProbe {
 /// The checks, when `plan` is a cluster node's.
 pub(crate) async fn check(plan: &Plan, net: &impl ClusterProbe, r: &mut Report<'_>) {
     let Some(cluster) = &plan.cluster else { return };
-    let nodes = match net.nodes(&cluster.redis_url).await {
+    let nodes = match net.nodes(cluster).await {
         Ok(n) => n,
         Err(e) => {
             r.add(
@@ -115,13 +115,14 @@ pub(crate) async fn check(plan: &Plan, net: &impl ClusterProbe, r: &mut Report<'
 }
 
 impl ClusterProbe for System {
-    async fn nodes(&self, redis_url: &str) -> Result<Vec<NodeRecord>, String> {
-        let store =
-            crate::cluster::store::Store::new(redis_url).map_err(|e| format!("{:?}", e.kind()))?;
-        tokio::time::timeout(WAIT, store.nodes())
+    async fn nodes(&self, plan: &ClusterPlan) -> Result<Vec<NodeRecord>, String> {
+        use crate::cluster::store::{describe, Store};
+        let store = Store::new(&plan.redis_url).map_err(|e| format!("{:?}", e.kind()))?;
+        let seal = crate::cluster::seal::Seal::new(&plan.token);
+        tokio::time::timeout(WAIT, store.nodes(&seal))
             .await
             .map_err(|_| format!("no answer within {} s", WAIT.as_secs()))?
-            .map_err(|e| format!("{:?}", e.kind()))
+            .map_err(|e| describe(&e))
     }
 
     async fn ask(
@@ -208,7 +209,7 @@ mod tests {
     }
 
     impl ClusterProbe for Fake {
-        async fn nodes(&self, _: &str) -> Result<Vec<NodeRecord>, String> {
+        async fn nodes(&self, _: &ClusterPlan) -> Result<Vec<NodeRecord>, String> {
             self.nodes.clone()
         }
         async fn ask(

@@ -67,6 +67,8 @@ pub trait Siblings: Send + Sync {
     /// Notified whenever a sibling tells of an allocation of one of this node's sessions
     /// (an offer may come before the news of its relay candidate's allocation).
     fn allocations_heard(&self) -> Arc<tokio::sync::Notify>;
+    /// Whether any other node is live (else no sibling holds an allocation to wait for).
+    fn has_siblings(&self) -> bool;
 }
 
 /// How long an offer whose relay candidates are no allocation known here waits to hear of
@@ -211,7 +213,7 @@ impl Registry {
         sdp: &str,
         ip: Option<IpAddr>,
     ) -> Result<Answered, OfferError> {
-        let candidate_users = self.candidate_users(sdp).await;
+        let candidate_users = self.candidate_users(sdp, named).await;
         let req = OfferRequest {
             named,
             client_ids,
@@ -281,8 +283,9 @@ impl Registry {
 
     /// The users whose allocations hold the relay candidates of `sdp`: this node's relay
     /// knows its own; in cluster mode a sibling's allocation of one of this node's sessions
-    /// is told by the sibling, waited for a moment when not heard of yet.
-    async fn candidate_users(&self, sdp: &str) -> Vec<String> {
+    /// is told by the sibling, waited for a moment when not heard of yet (not when the
+    /// offer names a live session of this node, or when no sibling is live).
+    async fn candidate_users(&self, sdp: &str, named: Option<&str>) -> Vec<String> {
         let relayed: Vec<SocketAddr> = relay_candidates(sdp).collect();
         let find = |s: Option<&Arc<dyn Siblings>>| -> (Vec<String>, bool) {
             let mut missing = false;
@@ -302,6 +305,9 @@ impl Registry {
         let Some(siblings) = self.siblings.get() else {
             return find(None).0;
         };
+        if !siblings.has_siblings() || named.is_some_and(|n| self.table().contains(n)) {
+            return find(Some(siblings)).0;
+        }
         let heard = siblings.allocations_heard();
         let deadline = tokio::time::Instant::now() + SIBLING_ALLOCATION_WAIT;
         loop {

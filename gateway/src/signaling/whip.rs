@@ -125,10 +125,17 @@ async fn post_to(
             let location = format!("/whip/{name}/{}", a.session);
             whep::created(sig, a, &location)
         }
-        Err(crate::session::OfferError::Media(crate::media::MediaError::StreamHasPublisher(_))) => {
-            Err(has_publisher(&name))
+        Err(e) => {
+            if let Some(c) = &cluster {
+                c.unclaim(&name);
+            }
+            match e {
+                crate::session::OfferError::Media(
+                    crate::media::MediaError::StreamHasPublisher(_),
+                ) => Err(has_publisher(&name)),
+                e => Ok(whep::refused(e)),
+            }
         }
-        Err(e) => Ok(whep::refused(e)),
     }
 }
 
