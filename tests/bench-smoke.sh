@@ -45,6 +45,15 @@ for row in "viewers of the 1 Mbit/s test pattern, 1 core, direct UDP \\(peer: Ja
   grep -Eq "^\| ${row}[^|]* \| [^|]+ \| [^|]+ \| ${num} \| ${num} \| ${num}× \|$" "$out" \
     || fail "row '$row' lacks figures for the gateway and Janus"
 done
+# A cluster of three gateways (Redis, an origin and two edges pulling from it): the cluster's
+# viewers against one gateway's, and what each edge's pull costs the origin.
+row="cluster of 3 gateways \\(an origin, 2 edges\\), a core each, direct UDP \\(peer: one gateway\\): most viewers"
+grep -Eq "^\| ${row}[^|]* \| [^|]+ \| [^|]+ \| ${num} \| ${num} \| ${num}× \|$" "$out" \
+  || fail "row '$row' lacks figures for the cluster and one gateway"
+for row in "cluster of 3 gateways \\(an origin, 2 edges\\), a core each, direct UDP \\(peer: one gateway\\): origin's extra CPU per edge node"; do
+  grep -Eq "^\| ${row} \| [^|]+ \| [^|]+ \| ${num} \| n/a \| n/a \|$" "$out" \
+    || fail "row '$row' lacks the gateway's figure"
+done
 # The RTP join part (a sender with a 10 s keyframe interval, viewers joining late): figures
 # for the gateway, n/a for coturn.
 for row in "time to first frame for a new viewer of an RTP stream whose keyframes come every 10 s: p50" \

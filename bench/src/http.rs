@@ -35,11 +35,26 @@ pub async fn http(
     path: &str,
     body: Option<&str>,
 ) -> anyhow::Result<(u16, String)> {
-    let req = hyper::Request::builder()
+    http_as(addr, method, path, body, None).await
+}
+
+/// [`http`], with `Authorization: Bearer <bearer>` when given.
+pub async fn http_as(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    bearer: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    let mut req = hyper::Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"))
         .header("accept", "application/json")
-        .header("content-type", "application/json")
+        .header("content-type", "application/json");
+    if let Some(token) = bearer {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let req = req
         .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
         .with_context(|| format!("{method} {path}: building the request"))?;
     let exchange = async {

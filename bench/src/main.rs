@@ -36,6 +36,7 @@
 )]
 
 mod clip;
+mod cluster;
 mod conn;
 mod cpu;
 mod http;
@@ -85,6 +86,8 @@ struct Plan {
     viewers_only: bool,
     /// `--janus`: only the direct-UDP viewers of the gateway and Janus, printed.
     janus_only: bool,
+    /// `--cluster`: only the cluster of three gateways against one, printed.
+    cluster_only: bool,
     /// `--rtp-join`: only the RTP join part, printed (no report written).
     rtp_join_only: bool,
     /// Only the video-like relay load (step 7), both servers, for a quiet measurement or a
@@ -119,6 +122,7 @@ impl Plan {
             soak_setup: None,
             viewers_only: false,
             janus_only: false,
+            cluster_only: false,
             rtp_join_only: false,
             video_only: false,
             video_allocs: vec![100, 1000],
@@ -166,6 +170,7 @@ impl Plan {
                 }
                 "--viewers" => plan.viewers_only = true,
                 "--janus" => plan.janus_only = true,
+                "--cluster" => plan.cluster_only = true,
                 "--rtp-join" => plan.rtp_join_only = true,
                 "--video" => plan.video_only = true,
                 "--soak-setup" => {
@@ -185,6 +190,8 @@ impl Plan {
                          --viewers                                only the viewers-per-core part (TURN/TLS)\n  \
                          --janus                                  only the direct-UDP viewers, gateway and Janus\n  \
                                                                   (needs root for a network namespace, and janus)\n  \
+                         --cluster                                only a 3-node cluster (Redis) against one gateway\n  \
+                                                                  (needs root for a network namespace, and redis-server)\n  \
                          --rtp-join                               only the RTP join part (needs ffmpeg)\n  \
                          --video                                  only the video-like relay load, both servers\n  \
                          --uclient-repeat SERVER N                turnutils_uclient at video-like load (40 allocations\n  \
@@ -435,9 +442,11 @@ async fn run(mut plan: Plan, server_core: Option<usize>) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    if plan.viewers_only || plan.janus_only {
+    if plan.viewers_only || plan.janus_only || plan.cluster_only {
         let paths: &[viewers::Path] = if plan.janus_only {
             &[viewers::Path::GatewayDirect, viewers::Path::JanusDirect]
+        } else if plan.cluster_only {
+            &[viewers::Path::GatewayDirect, viewers::Path::ClusterEdge]
         } else {
             &[viewers::Path::GatewayTurnTls]
         };
@@ -697,6 +706,7 @@ async fn run(mut plan: Plan, server_core: Option<usize>) -> anyhow::Result<()> {
             viewers::Path::GatewayTurnTls,
             viewers::Path::GatewayDirect,
             viewers::Path::JanusDirect,
+            viewers::Path::ClusterEdge,
         ],
         start,
         &mut results,
@@ -950,6 +960,10 @@ async fn viewer_parts(
         let outcome = viewers::run(common, &plan, path, &clip, start).await;
         outcome.report(results, notes);
         outcomes.push(outcome);
+    }
+    if paths.contains(&viewers::Path::ClusterEdge) {
+        cluster::report(common, &clip, quick, &outcomes, results, notes).await;
+        log(start, "  cluster done");
     }
     outcomes
 }

@@ -50,6 +50,9 @@ impl Netns {
         let (client, server) = (format!("{CLIENT_IP}/30"), format!("{SERVER_IP}/30"));
         ip(&["netns", "add", &ns.name]).context("creating a network namespace (needs root)")?;
         ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        // The pair of an earlier namespace of this process may outlive it for a moment
+        // (the kernel tears a deleted namespace's links down asynchronously): delete it.
+        let _ = ip(&["link", "del", &outer]);
         ip(&[
             "link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", &ns.name,
         ])?;

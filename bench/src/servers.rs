@@ -174,10 +174,22 @@ impl Common {
         http: &str,
         log: &Path,
     ) -> anyhow::Result<Command> {
+        self.gateway_command_core(ns, self.server_core, turn, http, log)
+    }
+
+    /// [`Common::gateway_command_in`], on `core` (`None`: beside the load generator).
+    pub fn gateway_command_core(
+        &self,
+        ns: Option<&crate::netns::Netns>,
+        core: Option<usize>,
+        turn: SocketAddr,
+        http: &str,
+        log: &Path,
+    ) -> anyhow::Result<Command> {
         let logf = std::fs::File::create(log)?;
         let mut cmd = match ns {
-            Some(ns) => ns.command(self.server_core, self.gateway_bin.as_os_str()),
-            None => crate::cpu::command_on(self.server_core, self.gateway_bin.as_os_str()),
+            Some(ns) => ns.command(core, self.gateway_bin.as_os_str()),
+            None => crate::cpu::command_on(core, self.gateway_bin.as_os_str()),
         };
         cmd.env_clear();
         if let Some(path) = std::env::var_os("PATH") {

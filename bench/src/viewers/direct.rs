@@ -43,8 +43,19 @@ pub(crate) async fn join_gateway(
     server_ip: IpAddr,
     webrtc_id: &str,
 ) -> anyhow::Result<Joined> {
+    join_gateway_stream(http_addr, local_ip, server_ip, "default", webrtc_id).await
+}
+
+/// [`join_gateway`] for the stream (project id) `stream`.
+pub(crate) async fn join_gateway_stream(
+    http_addr: SocketAddr,
+    local_ip: IpAddr,
+    server_ip: IpAddr,
+    stream: &str,
+    webrtc_id: &str,
+) -> anyhow::Result<Joined> {
     let (mut rtc, sock, local) = client(local_ip).await?;
-    offer_to_gateway(&mut rtc, http_addr, "default", webrtc_id).await?;
+    offer_to_gateway(&mut rtc, http_addr, stream, webrtc_id).await?;
     Ok(Joined {
         rtc,
         sock,

@@ -77,6 +77,9 @@ const ROW: &str = "viewers of the 1 Mbit/s test pattern, 1 gateway core, TURN/TL
 /// Prefix of every table row of the direct-UDP comparison (gateway and Janus columns).
 pub const ROW_DIRECT: &str =
     "viewers of the 1 Mbit/s test pattern, 1 core, direct UDP (peer: Janus)";
+/// Prefix of every table row of a cluster's edge node.
+pub const ROW_EDGE: &str =
+    "viewers of the 1 Mbit/s test pattern, 1 core, direct UDP, cluster edge node pulling it from its origin";
 /// The first frames must come within this for a step to pass...
 const MAX_TTFF: Duration = Duration::from_secs(1);
 /// ...at this percentile. Not the maximum: one lost handshake datagram costs a viewer a
@@ -93,6 +96,9 @@ pub enum Path {
     GatewayDirect,
     /// Janus's streaming plugin over direct UDP (in the namespace).
     JanusDirect,
+    /// A cluster's edge node over direct UDP, its stream pulled from its origin node (in
+    /// the namespace, with the origin and Redis: [`crate::cluster`]).
+    ClusterEdge,
 }
 
 impl Path {
@@ -101,6 +107,7 @@ impl Path {
         match self {
             Path::GatewayTurnTls | Path::GatewayDirect => "gateway",
             Path::JanusDirect => "Janus",
+            Path::ClusterEdge => "edge gateway",
         }
     }
 
@@ -110,6 +117,7 @@ impl Path {
             Path::GatewayTurnTls => "viewers",
             Path::GatewayDirect => "viewers, gateway direct UDP",
             Path::JanusDirect => "viewers, Janus direct UDP",
+            Path::ClusterEdge => "viewers, cluster edge direct UDP",
         }
     }
 
@@ -216,6 +224,16 @@ async fn join(ctx: &Ctx, id: usize) -> anyhow::Result<Joined> {
             )
             .await?,
         ),
+        Path::ClusterEdge => Joined::Direct(
+            direct::join_gateway_stream(
+                ctx.http,
+                ctx.client_ip,
+                ctx.server_ip,
+                crate::cluster::STREAM,
+                &format!("bench-edge-{id}"),
+            )
+            .await?,
+        ),
         Path::JanusDirect => {
             let (watch, offer) = crate::janus::Watch::begin(ctx.http).await?;
             let (joined, answer) =
@@ -254,6 +272,42 @@ async fn viewer(
     };
     if let Err(e) = result.await {
         let _ = stats.failed.set(format!("{e:#}"));
+    }
+}
+
+/// One direct viewer of `stream` on the gateway at `http` in the namespace, outside the
+/// ramp (the cluster part's probes): joins as the Geti client does and receives until
+/// `stop`. Returns when it ended; `first` is set at its first frame.
+pub(crate) async fn watch_one(
+    http: SocketAddr,
+    stream: &'static str,
+    id: &'static str,
+    first: Arc<tokio::sync::Notify>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let stats = Arc::new(Stats::default());
+    let start = Instant::now();
+    let joined = direct::join_gateway_stream(
+        http,
+        crate::netns::CLIENT_IP,
+        crate::netns::SERVER_IP,
+        stream,
+        id,
+    )
+    .await?;
+    let watcher = {
+        let stats = stats.clone();
+        async move {
+            while stats.ttff().is_none() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            first.notify_one();
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = joined.pump(start, &stats, &mut stop, None) => r,
+        () = watcher => Ok(()),
     }
 }
 
@@ -756,6 +810,16 @@ impl Outcome {
         v
     }
 
+    /// Which server the viewers watched.
+    pub fn path(&self) -> Path {
+        self.path
+    }
+
+    /// The most viewers of a passing step.
+    pub fn viewers(&self) -> Option<usize> {
+        self.best().map(|b| b.n)
+    }
+
     fn best(&self) -> Option<&StepResult> {
         self.steps.iter().filter(|s| s.passed).max_by_key(|s| s.n)
     }
@@ -768,6 +832,7 @@ impl Outcome {
             Path::GatewayTurnTls => (ROW, true),
             Path::GatewayDirect => (ROW_DIRECT, true),
             Path::JanusDirect => (ROW_DIRECT, false),
+            Path::ClusterEdge => (ROW_EDGE, true),
         };
         let label = self.path.label();
         let server = self.path.server();

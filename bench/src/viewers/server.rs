@@ -21,15 +21,21 @@ use crate::servers::{self, ChildGuard, Common};
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 enum Process {
-    Gateway { guard: ChildGuard, log: PathBuf },
+    Gateway {
+        guard: ChildGuard,
+        log: PathBuf,
+    },
     Janus(Janus),
+    /// Redis, the origin and one edge node; the edge is the server measured.
+    Cluster(crate::cluster::Cluster),
 }
 
 /// A media server child process for one step, and its feed.
 pub(super) struct MediaServer {
     process: Process,
-    /// ffmpeg streaming the clip to it; dropped (killed) with the server.
-    _feed: ChildGuard,
+    /// ffmpeg streaming the clip to it; dropped (killed) with the server (the cluster
+    /// holds its own).
+    _feed: Option<ChildGuard>,
     /// The gateway's HTTP API, or Janus's.
     pub(super) http: SocketAddr,
     /// The gateway's TURN port (TURN/TLS path).
@@ -59,7 +65,33 @@ impl MediaServer {
                 target: None,
                 ip: SERVER_IP,
                 process: Process::Janus(janus),
-                _feed: feed,
+                _feed: Some(feed),
+            });
+        }
+        if path == Path::ClusterEdge {
+            let ns =
+                ns.ok_or_else(|| anyhow::anyhow!("the cluster needs the network namespace"))?;
+            let cluster = crate::cluster::Cluster::start(
+                common,
+                ns,
+                clip,
+                1,
+                crate::cluster::Pinned::Edge,
+                serial,
+            )
+            .await?;
+            let edge = cluster
+                .edges
+                .first()
+                .map(|e| e.http)
+                .ok_or_else(|| anyhow::anyhow!("no edge node"))?;
+            return Ok(Self {
+                http: edge,
+                turn: edge,
+                target: None,
+                ip: SERVER_IP,
+                process: Process::Cluster(cluster),
+                _feed: None,
             });
         }
         let ip = if ns.is_some() { SERVER_IP } else { LOOPBACK };
@@ -87,7 +119,7 @@ impl MediaServer {
             .transpose()?;
         let mut server = Self {
             process: Process::Gateway { guard, log },
-            _feed: feed,
+            _feed: Some(feed),
             http: http_addr,
             turn,
             target,
@@ -139,6 +171,7 @@ impl MediaServer {
         match &self.process {
             Process::Gateway { guard, .. } => servers::cpu_seconds(guard.pid()).unwrap_or(f64::NAN),
             Process::Janus(j) => j.cpu_seconds(),
+            Process::Cluster(c) => c.edges.first().map_or(f64::NAN, |e| e.cpu_seconds()),
         }
     }
 }
