@@ -198,6 +198,15 @@ impl Node {
         r.json()
     }
 
+    /// SIGTERM: a graceful shutdown begins (the process is reaped on drop).
+    fn sigterm(&self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+    }
+
     /// SIGKILL: no goodbye to Redis, no DELETE to anyone.
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -597,6 +606,19 @@ async fn three_nodes_serve_one_published_stream_and_survive_a_node_and_redis() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     drop(publisher);
+
+    // Node 3 stops gracefully: it leaves the registry at once, not at its TTL.
+    let stopping = Instant::now();
+    n3.sigterm();
+    wait_for("node 1 forgets node 3 after its SIGTERM", || async {
+        node_ids(&n1.cluster().await) == ["n1"]
+    })
+    .await;
+    assert!(
+        stopping.elapsed() < NODE_TTL,
+        "node 3 left {:?} after SIGTERM: it should not wait for its TTL ({NODE_TTL:?})",
+        stopping.elapsed()
+    );
 }
 
 /// An L4 load balancer in front of the nodes' TURN ports: one address (one TURNS name),
