@@ -11,7 +11,8 @@
 //! * [`node`]: the record a node publishes and the settings of cluster mode.
 //! * [`view`]: the last snapshot of nodes and origins, read by requests without touching
 //!   Redis (sans-I/O).
-//! * [`store`]: the Redis shell (heartbeat, claims, leaving).
+//! * [`store`]: the Redis shell (heartbeat, claims, leaving); `tasks`: the heartbeat, and
+//!   the publisher and subscriber of session messages.
 //! * [`probe`]: a sibling's doctor asks whether this node reaches it.
 //! * [`sessions`]: sessions across nodes (pub/sub): an allocation on one node for a
 //!   session of another lives, binds and ends with that session.
