@@ -112,7 +112,7 @@ impl Store {
         })
     }
 
-    /// Claims `stream` for `node` ([`CLAIM`]).
+    /// Claims `stream` for `node`: renews it if `node` holds it, takes it if nobody does.
     pub async fn claim(&self, stream: &str, node: &str) -> redis::RedisResult<Claim> {
         let mut conn = self.conn.clone();
         let v: redis::Value = self
