@@ -132,7 +132,13 @@ impl Node {
         let (cert_path, key_path) = cert.write_pem_files();
         let http: SocketAddr = format!("{ip}:{}", free_tcp_port()).parse().unwrap();
         let turn: SocketAddr = format!("{ip}:{}", free_tcp_port()).parse().unwrap();
-        let log = std::env::temp_dir().join(format!("gw-cluster-{}-{id}.log", std::process::id()));
+        // Unique per node process: the tests of this file run side by side.
+        static SERIAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = std::env::temp_dir().join(format!(
+            "gw-cluster-{}-{serial}-{id}.log",
+            std::process::id()
+        ));
         let env: Vec<(String, String)> = [
             ("GATEWAY_HTTP_ADDR", http.to_string()),
             ("TURN_LISTEN", turn.to_string()),
@@ -512,6 +518,36 @@ async fn three_nodes_serve_one_published_stream_and_survive_a_node_and_redis() {
     // Node 2 dies. Node 3's viewers keep video; node 2's viewers come back on node 3.
     n2.kill();
     let killed = Instant::now();
+    // When the directory forgets node 2, watched from now on (beside the viewers' checks,
+    // whose own time must not count).
+    let forgetting = {
+        let (h1, h3) = (n1.http, n3.http);
+        tokio::spawn(async move {
+            let bearer = format!("Bearer {API_TOKEN}");
+            let ids = |http| {
+                let bearer = bearer.clone();
+                async move {
+                    let r = request(
+                        http,
+                        "GET",
+                        "/api/v1/cluster",
+                        &[("Authorization", &bearer)],
+                        b"",
+                    )
+                    .await;
+                    node_ids(&r.json())
+                }
+            };
+            let deadline = killed + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if ids(h1).await == ["n1", "n3"] && ids(h3).await == ["n1", "n3"] {
+                    return Some(killed.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            None
+        })
+    };
     drop((v2a, v2b));
     let (f3, got3r) = tokio::join!(
         v3.frames(30, MEDIA_LIMIT),
@@ -535,12 +571,10 @@ async fn three_nodes_serve_one_published_stream_and_survive_a_node_and_redis() {
     );
     assert_picture("node 2's viewer a, reconnected to node 3", &fa);
     assert_picture("node 2's viewer b, reconnected to node 3", &fb);
-    wait_for("the directory forgets node 2", || async {
-        node_ids(&n1.cluster().await) == ["n1", "n3"]
-            && node_ids(&n3.cluster().await) == ["n1", "n3"]
-    })
-    .await;
-    let forgot = killed.elapsed();
+    let forgot = forgetting
+        .await
+        .unwrap()
+        .expect("the directory forgets node 2 within 30 s");
     assert!(
         forgot <= NODE_TTL + HEARTBEAT + Duration::from_secs(2),
         "node 2 forgotten {forgot:?} after it died (TTL {NODE_TTL:?})"
@@ -664,8 +698,14 @@ async fn behind_one_turn_name_an_allocation_on_another_node_reaches_its_session(
     for n in [&n1, &n2, &n3] {
         n.ready().await;
     }
-    wait_for("node 2 sees three nodes", || async {
-        node_ids(&n2.cluster().await) == ["n1", "n2", "n3"]
+    // Every node knows the others (as in a cluster that has run for a while: a node learns
+    // of its siblings at its next heartbeat).
+    wait_for("every node sees three nodes", || async {
+        let mut all = true;
+        for n in [&n1, &n2, &n3] {
+            all &= node_ids(&n.cluster().await) == ["n1", "n2", "n3"];
+        }
+        all
     })
     .await;
     // One TURNS name for the three nodes; the first connection goes to node 2.
