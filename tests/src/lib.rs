@@ -14,6 +14,7 @@
 pub mod coturn;
 pub mod http;
 pub mod peer;
+pub mod publisher;
 pub mod turn_client;
 
 use std::net::SocketAddr;

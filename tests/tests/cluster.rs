@@ -17,15 +17,14 @@
 use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gateway_tests::coturn::{free_udp_range, gateway_bin};
 use gateway_tests::http::request;
 use gateway_tests::peer::{decoded_size, relayed_viewer, relayed_viewer_as, wait_for, Viewer};
+use gateway_tests::publisher::Publisher;
 use gateway_tests::{free_tcp_port, TestCert};
 use serde_json::Value;
-use tokio::io::AsyncBufReadExt;
 
 const SECRET: &str = "cluster-test-secret-0123456789";
 const WHIP_TOKEN: &str = "cluster-whip-token-0123456789";
@@ -262,64 +261,20 @@ impl Drop for Node {
     }
 }
 
-/// An aiortc WHIP publisher (tests/standins/whip_publisher.py), killed on drop.
-struct Publisher {
-    _child: tokio::process::Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Publisher {
-    fn start(http: SocketAddr, path: &str) -> Publisher {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let python = root.join(".venv-aiortc/bin/python");
-        assert!(
-            python.exists(),
-            "{} is missing: ./tests/run creates it",
-            python.display()
-        );
-        let mut child = tokio::process::Command::new(python)
-            .arg(root.join("standins/whip_publisher.py"))
-            .args(["--url", &format!("http://{http}{path}")])
-            .args([
-                "--token", WHIP_TOKEN, "--codec", "h264", "--size", "320x240",
-            ])
-            .args(["--lifetime", "400"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("publisher starts");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().expect("stdout");
-        let sink = lines.clone();
-        tokio::spawn(async move {
-            let mut out = tokio::io::BufReader::new(out).lines();
-            while let Ok(Some(l)) = out.next_line().await {
-                sink.lock().unwrap().push(l);
-            }
-        });
-        Publisher {
-            _child: child,
-            lines,
+/// Until the three nodes answer `/health` and each one's directory lists all three (as in a
+/// cluster that has run for a while: a node learns of its siblings at its next heartbeat).
+async fn all_know_each_other(nodes: [&Node; 3]) {
+    for n in nodes {
+        n.ready().await;
+    }
+    wait_for("every node sees three nodes", || async {
+        let mut all = true;
+        for n in nodes {
+            all &= node_ids(&n.cluster().await) == ["n1", "n2", "n3"];
         }
-    }
-
-    async fn line(&self, prefix: &str) -> String {
-        let mut found = None;
-        wait_for(&format!("publisher reports {prefix:?}"), || {
-            found = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.starts_with(prefix))
-                .cloned();
-            std::future::ready(found.is_some())
-        })
-        .await;
-        found.unwrap()
-    }
+        all
+    })
+    .await;
 }
 
 /// Node ids in a `/api/v1/cluster` answer.
@@ -373,17 +328,7 @@ async fn three_nodes_serve_one_published_stream_and_survive_a_node_and_redis() {
     let n1 = Node::start(1, &redis, &cert);
     let mut n2 = Node::start(2, &redis, &cert);
     let n3 = Node::start(3, &redis, &cert);
-    for n in [&n1, &n2, &n3] {
-        n.ready().await;
-    }
-    wait_for("every node sees three nodes", || async {
-        let mut all = true;
-        for n in [&n1, &n2, &n3] {
-            all &= node_ids(&n.cluster().await) == ["n1", "n2", "n3"];
-        }
-        all
-    })
-    .await;
+    all_know_each_other([&n1, &n2, &n3]).await;
     let c1 = n1.cluster().await;
     assert_eq!(c1["node"], "n1");
     assert_eq!(c1["redis"], "up");
@@ -449,14 +394,14 @@ async fn three_nodes_serve_one_published_stream_and_survive_a_node_and_redis() {
     }
 
     // The publisher on node 1; a second one on node 2 is refused like a second publisher.
-    let publisher = Publisher::start(n1.http, "/whip/cam");
+    let publisher = Publisher::start(n1.http, "/whip/cam", WHIP_TOKEN, "h264", "320x240", 400);
     assert_eq!(publisher.line("STATUS").await.trim(), "STATUS 201");
     publisher.line("CONNECTED").await;
     wait_for("node 2 knows node 1 is cam's origin", || async {
         origin(&n2.cluster().await).as_deref() == Some("n1")
     })
     .await;
-    let second = Publisher::start(n2.http, "/whip/cam");
+    let second = Publisher::start(n2.http, "/whip/cam", WHIP_TOKEN, "h264", "320x240", 400);
     let status = second.line("STATUS").await;
     assert!(
         status.starts_with("STATUS 409") && status.contains("stream_has_publisher"),
@@ -695,19 +640,7 @@ async fn behind_one_turn_name_an_allocation_on_another_node_reaches_its_session(
     let n1 = Node::start_named(1, &redis, &cert, "turn.test");
     let n2 = Node::start_named(2, &redis, &cert, "turn.test");
     let n3 = Node::start_named(3, &redis, &cert, "turn.test");
-    for n in [&n1, &n2, &n3] {
-        n.ready().await;
-    }
-    // Every node knows the others (as in a cluster that has run for a while: a node learns
-    // of its siblings at its next heartbeat).
-    wait_for("every node sees three nodes", || async {
-        let mut all = true;
-        for n in [&n1, &n2, &n3] {
-            all &= node_ids(&n.cluster().await) == ["n1", "n2", "n3"];
-        }
-        all
-    })
-    .await;
+    all_know_each_other([&n1, &n2, &n3]).await;
     // One TURNS name for the three nodes; the first connection goes to node 2.
     let lb = Forwarder::start(vec![n2.turn, n3.turn, n1.turn]).await;
 

@@ -14,16 +14,14 @@
 )]
 
 use std::net::SocketAddr;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gateway_tests::coturn::free_udp_range;
 use gateway_tests::http::request;
 use gateway_tests::peer::{decoded_size, relayed_viewer, vp8_keyframe_size, wait_for, Viewer};
+use gateway_tests::publisher::Publisher;
 use gateway_tests::{TestCert, TEST_SERVER_NAME};
 use serde_json::json;
-use tokio::io::AsyncBufReadExt;
 
 const SECRET: &str = "whip-test-secret-0123456789";
 /// The H.264 stream's own token.
@@ -33,76 +31,6 @@ const WHIP_TOKEN: &str = "whip-global-token-0123456789";
 const H264_SIZE: (usize, usize) = (320, 240);
 const VP8_SIZE: (u16, u16) = (352, 288);
 const MEDIA_LIMIT: Duration = Duration::from_secs(20);
-
-/// An aiortc publisher: a child process (killed on drop) whose report lines are collected.
-struct Publisher {
-    _child: tokio::process::Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Publisher {
-    /// Starts a publisher of `codec` at `size` to `path` of the gateway at `http`.
-    fn start(http: SocketAddr, path: &str, token: &str, codec: &str, size: &str) -> Publisher {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let python = root.join(".venv-aiortc/bin/python");
-        assert!(
-            python.exists(),
-            "{} is missing: ./tests/run creates the aiortc virtualenv",
-            python.display()
-        );
-        let mut child = tokio::process::Command::new(python)
-            .arg(root.join("standins/whip_publisher.py"))
-            .args(["--url", &format!("http://{http}{path}")])
-            .args(["--token", token, "--codec", codec, "--size", size])
-            .args(["--lifetime", "150"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("publisher starts");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().expect("stdout");
-        let sink = lines.clone();
-        tokio::spawn(async move {
-            let mut out = tokio::io::BufReader::new(out).lines();
-            while let Ok(Some(l)) = out.next_line().await {
-                sink.lock().unwrap().push(l);
-            }
-        });
-        Publisher {
-            _child: child,
-            lines,
-        }
-    }
-
-    /// The first report line starting with `prefix`, waited for (30 s at most).
-    async fn line(&self, prefix: &str) -> String {
-        let mut found = None;
-        wait_for(&format!("publisher reports {prefix:?}"), || {
-            found = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.starts_with(prefix))
-                .cloned();
-            std::future::ready(found.is_some())
-        })
-        .await;
-        found.unwrap()
-    }
-
-    /// Keyframe requests (PLI/FIR) the publisher received so far.
-    fn plis(&self) -> usize {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.starts_with("PLI "))
-            .count()
-    }
-}
 
 /// The gateway: two WHIP streams, TLS for the relay's turns: URL, media on loopback.
 async fn start(cert: &TestCert) -> gateway::run::Running {
@@ -211,11 +139,11 @@ async fn whip_publishers_feed_their_own_streams_through_udp_and_the_relay() {
         .expect_error(409, "no_active_source");
 
     // A wrong token (the other stream's) is refused by the real publisher too.
-    let wrong = Publisher::start(http, "/whip/cam", WHIP_TOKEN, "h264", "320x240");
+    let wrong = Publisher::start(http, "/whip/cam", WHIP_TOKEN, "h264", "320x240", 150);
     assert!(wrong.line("STATUS").await.starts_with("STATUS 401"));
 
-    let cam = Publisher::start(http, "/whip/cam", CAM_TOKEN, "h264", "320x240");
-    let screen = Publisher::start(http, "/whip/screen", WHIP_TOKEN, "vp8", "352x288");
+    let cam = Publisher::start(http, "/whip/cam", CAM_TOKEN, "h264", "320x240", 150);
+    let screen = Publisher::start(http, "/whip/screen", WHIP_TOKEN, "vp8", "352x288", 150);
     assert_eq!(cam.line("STATUS").await.trim(), "STATUS 201");
     let location = cam.line("LOCATION").await;
     let location = location.strip_prefix("LOCATION ").unwrap().to_owned();
@@ -225,7 +153,7 @@ async fn whip_publishers_feed_their_own_streams_through_udp_and_the_relay() {
     screen.line("CONNECTED").await;
 
     // A second publisher of a live stream.
-    let second = Publisher::start(http, "/whip/cam", CAM_TOKEN, "h264", "320x240");
+    let second = Publisher::start(http, "/whip/cam", CAM_TOKEN, "h264", "320x240", 150);
     let status = second.line("STATUS").await;
     assert!(status.starts_with("STATUS 409"), "{status}");
     assert!(status.contains("stream_has_publisher"), "{status}");
@@ -339,7 +267,7 @@ async fn whip_publishers_feed_their_own_streams_through_udp_and_the_relay() {
         .await
         .expect_error(404, "unknown_session");
     let _gap = cam_udp.frames(usize::MAX, Duration::from_millis(500)).await;
-    let again = Publisher::start(http, "/whip/cam", CAM_TOKEN, "h264", "320x240");
+    let again = Publisher::start(http, "/whip/cam", CAM_TOKEN, "h264", "320x240", 150);
     assert_eq!(again.line("STATUS").await.trim(), "STATUS 201");
     let started = Instant::now();
     let fc = cam_udp.frames(20, MEDIA_LIMIT).await;
@@ -517,7 +445,7 @@ async fn a_new_publisher_takes_over_a_stream_that_allows_it() {
     )
     .await;
     let http = gw.http_addr;
-    let first = Publisher::start(http, "/whip/cam", CAM_TOKEN, "h264", "320x240");
+    let first = Publisher::start(http, "/whip/cam", CAM_TOKEN, "h264", "320x240", 150);
     assert_eq!(first.line("STATUS").await.trim(), "STATUS 201");
     let first_location = first.line("LOCATION").await;
     let first_location = first_location.strip_prefix("LOCATION ").unwrap().to_owned();
@@ -538,10 +466,10 @@ async fn a_new_publisher_takes_over_a_stream_that_allows_it() {
     );
 
     // A wrong token still cannot take anything over.
-    let wrong = Publisher::start(http, "/whip/cam", WHIP_TOKEN, "h264", "640x480");
+    let wrong = Publisher::start(http, "/whip/cam", WHIP_TOKEN, "h264", "640x480", 150);
     assert!(wrong.line("STATUS").await.starts_with("STATUS 401"));
 
-    let second = Publisher::start(http, "/whip/cam", CAM_TOKEN, "h264", "640x480");
+    let second = Publisher::start(http, "/whip/cam", CAM_TOKEN, "h264", "640x480", 150);
     assert_eq!(second.line("STATUS").await.trim(), "STATUS 201");
     second.line("CONNECTED").await;
     // The first publisher's session is over: its resource is gone.

@@ -56,6 +56,24 @@ impl NodeRecord {
     }
 }
 
+#[cfg(test)]
+impl NodeRecord {
+    /// A sound record of node `id` reached at `peer_url`, for tests.
+    pub(crate) fn sample(id: &str, peer_url: &str) -> Self {
+        NodeRecord {
+            id: id.into(),
+            peer_url: peer_url.into(),
+            media_ip: std::net::Ipv4Addr::new(10, 0, 0, 1).into(),
+            media_ports: (50000, 50050),
+            turn_host: format!("{id}.example.com"),
+            viewers: 1,
+            allocations: 1,
+            cpu_percent: 3.5,
+            started_unix: 1,
+        }
+    }
+}
+
 /// A valid node id: 1 to 64 of `A-Z a-z 0-9 - _ .` (a Kubernetes node name is one).
 pub fn valid_node_id(id: &str) -> bool {
     crate::streams::valid_stream_name(id)
@@ -250,17 +268,7 @@ mod tests {
 
     #[test]
     fn unsound_records_are_refused() {
-        let good = NodeRecord {
-            id: "n1".into(),
-            peer_url: "http://10.0.0.1:9100".into(),
-            media_ip: "10.0.0.1".parse().unwrap(),
-            media_ports: (50000, 50050),
-            turn_host: "n1.example.com".into(),
-            viewers: 1,
-            allocations: 1,
-            cpu_percent: 3.5,
-            started_unix: 1,
-        };
+        let good = NodeRecord::sample("n1", "http://10.0.0.1:9100");
         assert!(good.is_sound());
         let bad = [
             NodeRecord {

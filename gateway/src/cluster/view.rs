@@ -93,17 +93,7 @@ mod tests {
     use super::*;
 
     fn node(id: &str) -> NodeRecord {
-        NodeRecord {
-            id: id.into(),
-            peer_url: format!("http://{id}:9100"),
-            media_ip: "127.0.0.2".parse().unwrap(),
-            media_ports: (50000, 50050),
-            turn_host: id.into(),
-            viewers: 0,
-            allocations: 0,
-            cpu_percent: 0.0,
-            started_unix: 0,
-        }
+        NodeRecord::sample(id, &format!("http://{id}:9100"))
     }
 
     #[test]

@@ -195,17 +195,7 @@ mod tests {
     }
 
     fn node(id: &str, peer_url: &str) -> NodeRecord {
-        NodeRecord {
-            id: id.into(),
-            peer_url: peer_url.into(),
-            media_ip: "10.0.0.2".parse().unwrap(),
-            media_ports: (50000, 50050),
-            turn_host: "t".into(),
-            viewers: 0,
-            allocations: 0,
-            cpu_percent: 0.0,
-            started_unix: 0,
-        }
+        NodeRecord::sample(id, peer_url)
     }
 
     impl ClusterProbe for Fake {
